@@ -1,0 +1,112 @@
+"""A connection's bounded outbox: many producers, one writer that drains it in batches."""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TypeAlias
+
+import attrs
+import trio
+
+__all__ = ["Outbox", "OutFrame", "SharedFrame"]
+
+
+@attrs.define(eq=False, slots=True)
+class SharedFrame:
+    """One Engine.IO frame sent to many connections, encoded once for all of them.
+
+    The first WebSocket writer that sends it caches the finished WebSocket frame in
+    ``wire``; every other recipient writes those same bytes (server frames are unmasked,
+    RFC 6455 §5.1, so the bytes are identical for every peer).
+    """
+
+    eio: str | bytes
+    wire: bytes | None = None
+
+
+OutFrame: TypeAlias = str | bytes | SharedFrame
+
+
+@attrs.define(eq=False)
+class Outbox:
+    """Frames waiting for one connection's writer.
+
+    Unlike a memory channel, the writer takes everything queued at once (so it can write
+    it with one ``send_all``), and control frames (PING, CLOSE) skip the bound so a full
+    outbox cannot starve the heartbeat. Only the connection's writer receives.
+    """
+
+    max_frames: int
+    volatile_backlog: int = 32
+    _frames: deque[OutFrame] = attrs.field(factory=deque, init=False)
+    _lot: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot, init=False)
+    _closed: bool = attrs.field(default=False, init=False)
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close`` was called."""
+        return self._closed
+
+    def send_nowait(self, frame: OutFrame) -> None:
+        """Queue a frame, or raise ``trio.WouldBlock`` if the outbox is full.
+
+        Raises:
+            trio.ClosedResourceError: The outbox was closed.
+            trio.WouldBlock: ``max_frames`` frames are already queued.
+        """
+        if self._closed:
+            raise trio.ClosedResourceError("outbox is closed")
+        if len(self._frames) >= self.max_frames:
+            raise trio.WouldBlock
+        self._frames.append(frame)
+        if self._lot:
+            self._lot.unpark()
+
+    def takes_volatile(self) -> bool:
+        """Whether a volatile frame should be queued now (fewer than ``volatile_backlog`` wait)."""
+        return not self._closed and len(self._frames) < self.volatile_backlog
+
+    def send_control(self, frame: OutFrame) -> None:
+        """Queue a control frame regardless of the bound (ignored once closed)."""
+        if self._closed:
+            return
+        self._frames.append(frame)
+        if self._lot:
+            self._lot.unpark()
+
+    async def receive_batch(self, limit: int) -> list[OutFrame]:
+        """Wait until something is queued and take up to ``limit`` frames, oldest first.
+
+        Cancellation: a cancelled wait takes nothing from the outbox.
+
+        Raises:
+            trio.EndOfChannel: The outbox is closed and empty.
+        """
+        if not self._frames:
+            if self._closed:
+                raise trio.EndOfChannel
+            await self._lot.park()
+            if not self._frames:
+                if self._closed:
+                    raise trio.EndOfChannel
+                return []  # woken by ``kick``: the transport has control bytes to write
+        else:
+            await trio.lowlevel.checkpoint()
+        frames = self._frames
+        if len(frames) <= limit:
+            batch = list(frames)
+            frames.clear()
+            return batch
+        return [frames.popleft() for _ in range(limit)]
+
+    def kick(self) -> None:
+        """Wake the writer with nothing queued (the transport has its own bytes to write)."""
+        self._lot.unpark_all()
+
+    def close(self) -> None:
+        """Refuse further frames; the writer still drains what is queued, then ends."""
+        self._closed = True
+        self._lot.unpark_all()

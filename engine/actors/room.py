@@ -1,0 +1,149 @@
+"""The room actor: one task per room owning its members, its offset and its fan-out."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TypeAlias
+
+import attrs
+import trio
+
+from roomcast.engine.actors.outbox import Outbox, OutFrame
+
+__all__ = ["Broadcast", "Join", "Leave", "Member", "RoomActor", "RoomCommand", "Stop"]
+
+logger = logging.getLogger(__name__)
+
+
+@attrs.frozen(kw_only=True)
+class Member:
+    """A room member as the room sees it: where to put frames and how to evict it.
+
+    Attributes:
+        sid: The Socket.IO socket id.
+        outbox: The member connection's outbox.
+        evict: Called (synchronously) when the member cannot keep up; it closes the
+            member's connection as a slow consumer. It never blocks the room.
+    """
+
+    sid: str
+    outbox: Outbox
+    evict: Callable[[str], None]
+
+
+@attrs.frozen(kw_only=True)
+class Join:
+    """Add ``member`` to the room."""
+
+    member: Member
+    done: trio.Event = attrs.field(factory=trio.Event)
+
+
+@attrs.frozen(kw_only=True)
+class Leave:
+    """Remove the member with ``sid`` from the room."""
+
+    sid: str
+    done: trio.Event = attrs.field(factory=trio.Event)
+
+
+@attrs.frozen(kw_only=True)
+class Broadcast:
+    """Fan ``frames`` out to every member not in ``exclude`` and not yet in ``seen``.
+
+    ``seen`` is shared by the rooms of one multi-room broadcast, so a socket in several
+    target rooms gets the frames once (Socket.IO's union semantics). ``delivered`` counts
+    members reached; ``offset`` is the room offset given to this event.
+    """
+
+    frames: tuple[OutFrame, ...]
+    exclude: frozenset[str] = frozenset()
+    seen: set[str] | None = None
+    volatile: bool = False
+    on_member: Callable[[str], None] | None = None
+    done: trio.Event = attrs.field(factory=trio.Event)
+    result: list[int] = attrs.field(factory=list)
+
+
+@attrs.frozen(kw_only=True)
+class Stop:
+    """Finish the commands before this one, then end the actor."""
+
+    done: trio.Event = attrs.field(factory=trio.Event)
+
+
+RoomCommand: TypeAlias = Join | Leave | Broadcast | Stop
+
+
+@attrs.define(eq=False)
+class RoomActor:
+    """Owns one room: membership, a monotonically increasing offset, and fan-out.
+
+    Only ``run`` touches the state. Others send commands on ``inbox``. Fan-out never awaits
+    a member: ``send_nowait`` into each outbox; a full outbox drops a volatile frame and
+    evicts the member otherwise (the slow-consumer policy).
+    """
+
+    namespace: str
+    name: str
+    inbox_size: int
+    offset: int = 0
+    members: dict[str, Member] = attrs.field(factory=dict)
+    inbox: trio.MemorySendChannel[RoomCommand] = attrs.field(init=False)
+    _receive: trio.MemoryReceiveChannel[RoomCommand] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.inbox, self._receive = trio.open_memory_channel[RoomCommand](self.inbox_size)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Process commands until ``Stop``; a crash leaves the state for a restart.
+
+        Cancellation: commands not yet processed stay in the inbox.
+        """
+        task_status.started()
+        async for command in self._receive:
+            try:
+                if isinstance(command, Broadcast):
+                    self._fan_out(command)
+                elif isinstance(command, Join):
+                    self.members[command.member.sid] = command.member
+                elif isinstance(command, Leave):
+                    self.members.pop(command.sid, None)
+                else:
+                    command.done.set()
+                    return
+            finally:
+                command.done.set()
+
+    def _fan_out(self, command: Broadcast) -> None:
+        self.offset += 1
+        command.result.append(self.offset)
+        exclude, seen, frames = command.exclude, command.seen, command.frames
+        delivered = 0
+        evicted: list[Member] = []
+        for sid, member in self.members.items():
+            if sid in exclude:
+                continue
+            if seen is not None:
+                if sid in seen:
+                    continue
+                seen.add(sid)
+            outbox = member.outbox
+            if command.volatile and not outbox.takes_volatile():
+                continue
+            try:
+                for frame in frames:
+                    outbox.send_nowait(frame)
+            except trio.WouldBlock:
+                evicted.append(member)
+                continue
+            except trio.ClosedResourceError:
+                continue  # the member is leaving; its cleanup removes it
+            delivered += 1
+            if command.on_member is not None:
+                command.on_member(sid)
+        command.result.append(delivered)
+        for member in evicted:
+            logger.warning("evicting slow consumer %s from room %r", member.sid, self.name)
+            member.evict("slow consumer")

@@ -1,0 +1,153 @@
+"""The supervisor: heartbeat and connect deadlines for every connection, room restarts."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import math
+from collections import deque
+from typing import NoReturn, Protocol
+
+import attrs
+import trio
+
+from roomcast.engine.actors.room import RoomActor
+from roomcast.engine.errors import EngineError
+
+__all__ = ["DeadlineScheduler", "RoomCrashLoopError", "Supervisor", "Timed"]
+
+logger = logging.getLogger(__name__)
+
+
+class Timed(Protocol):
+    """Something with a deadline: a connection's next heartbeat or connect check."""
+
+    timer_token: int
+
+    def on_deadline(self, now: float) -> None:
+        """Called once the deadline passed; the object reschedules itself if it must."""
+
+
+class RoomCrashLoopError(EngineError):
+    """A room actor crashed more often than the restart intensity allows."""
+
+
+@attrs.define(eq=False)
+class DeadlineScheduler:
+    """One task that wakes objects at their deadlines, for any number of objects.
+
+    A heap of ``(deadline, token, object)``; rescheduling pushes a new entry with a new
+    token, and stale entries are skipped when they surface (lazy deletion). One sleeping
+    task serves 100,000 connections, instead of 100,000 sleeping tasks.
+    """
+
+    _heap: list[tuple[float, int, Timed]] = attrs.field(factory=list)
+    _tokens: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
+    _sleep: trio.CancelScope | None = None
+
+    def schedule(self, target: Timed, deadline: float) -> None:
+        """Call ``target.on_deadline`` at ``deadline``, replacing any earlier schedule."""
+        token = next(self._tokens)
+        target.timer_token = token
+        if deadline == math.inf:
+            return
+        heapq.heappush(self._heap, (deadline, token, target))
+        if self._sleep is not None and deadline < self._sleep.deadline:
+            self._sleep.deadline = deadline
+
+    def cancel(self, target: Timed) -> None:
+        """Forget ``target``'s schedule."""
+        target.timer_token = 0
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> NoReturn:
+        """Wake targets at their deadlines, forever.
+
+        Cancellation: targets not yet due are not called.
+        """
+        task_status.started()
+        heap = self._heap
+        while True:
+            now = trio.current_time()
+            while heap and heap[0][0] <= now:
+                _, token, target = heapq.heappop(heap)
+                if target.timer_token == token:
+                    target.timer_token = 0
+                    try:
+                        target.on_deadline(now)
+                    except Exception:
+                        logger.exception("deadline handler of %r failed", target)
+            if len(heap) > 64 and len(heap) > 4 * self._live():
+                self._compact()
+            with trio.CancelScope(deadline=heap[0][0] if heap else math.inf) as self._sleep:
+                await trio.sleep_forever()
+            self._sleep = None
+
+    def _live(self) -> int:
+        return sum(1 for _, token, target in self._heap if target.timer_token == token)
+
+    def _compact(self) -> None:
+        self._heap = [e for e in self._heap if e[2].timer_token == e[1]]
+        heapq.heapify(self._heap)
+
+
+@attrs.define(eq=False)
+class Supervisor:
+    """Owns the deadline scheduler and the room actors (with OTP-style restarts).
+
+    ``run`` is started in the server's nursery; it opens the nursery that room actors run
+    in. A room actor that raises is restarted with its state; more than ``max_restarts``
+    crashes of the rooms within ``restart_window`` seconds escalate as RoomCrashLoopError.
+    """
+
+    max_restarts: int = 5
+    restart_window: float = 10.0
+    scheduler: DeadlineScheduler = attrs.field(factory=DeadlineScheduler)
+    _nursery: trio.Nursery | None = None
+    _crashes: deque[float] = attrs.field(factory=deque)
+    rooms_running: int = 0
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> NoReturn:
+        """Run the scheduler and host room actors until cancelled.
+
+        Cancellation: every room actor is cancelled with it.
+        """
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await nursery.start(self.scheduler.run)
+            task_status.started()
+            await trio.sleep_forever()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def spawn_room(self, actor: RoomActor) -> None:
+        """Start ``actor`` under supervision."""
+        if self._nursery is None:
+            raise RuntimeError("the supervisor is not running")
+        self._nursery.start_soon(self._supervise_room, actor)
+
+    async def _supervise_room(self, actor: RoomActor) -> None:
+        self.rooms_running += 1
+        try:
+            while True:
+                try:
+                    await actor.run()
+                    return
+                except Exception as exc:
+                    now = trio.current_time()
+                    self._crashes.append(now)
+                    while self._crashes and self._crashes[0] < now - self.restart_window:
+                        self._crashes.popleft()
+                    logger.exception("room actor %s %r crashed", actor.namespace, actor.name)
+                    if len(self._crashes) > self.max_restarts:
+                        raise RoomCrashLoopError(
+                            f"{len(self._crashes)} room crashes within {self.restart_window} s"
+                        ) from exc
+        finally:
+            self.rooms_running -= 1

@@ -1,0 +1,231 @@
+"""The in-memory adapter: one node, room actors, and a synchronous membership index."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+
+import attrs
+import trio
+
+from roomcast.engine.actors.outbox import OutFrame
+from roomcast.engine.actors.room import Broadcast, Join, Leave, Member, RoomActor, Stop
+from roomcast.engine.adapters.base import Adapter, BroadcastOptions, LocalSocket
+
+__all__ = ["MemoryAdapter"]
+
+logger = logging.getLogger(__name__)
+
+
+@attrs.define(eq=False)
+class MemoryAdapter(Adapter):
+    """Rooms of one namespace on this node.
+
+    Each room with members has a ``RoomActor`` (spawned through ``spawn_room``, which the
+    supervisor implements with restarts). The adapter keeps an index of who is where, used
+    to expand ``except`` rooms and to list sockets without asking the actors; it changes
+    in the same step as the command to the actor is queued, so both always agree at the
+    points where a task can observe them.
+
+    A socket's own id is a room too (as in Socket.IO); it is served without an actor:
+    frames go straight to that socket's outbox.
+    """
+
+    namespace: str
+    spawn_room: Callable[[RoomActor], None]
+    room_inbox_size: int = 256
+    _sockets: dict[str, LocalSocket] = attrs.field(factory=dict)
+    _rooms: dict[str, set[str]] = attrs.field(factory=dict)
+    _socket_rooms: dict[str, set[str]] = attrs.field(factory=dict)
+    _actors: dict[str, RoomActor] = attrs.field(factory=dict)
+    _offsets: dict[str, int] = attrs.field(factory=dict)
+
+    def add_socket(self, socket: LocalSocket) -> None:
+        self._sockets[socket.sid] = socket
+        self._socket_rooms[socket.sid] = set()
+
+    def _member(self, socket: LocalSocket) -> Member:
+        return Member(sid=socket.sid, outbox=socket.outbox, evict=socket.evict)
+
+    async def add_all(self, sid: str, rooms: Iterable[str]) -> None:
+        socket = self._sockets.get(sid)
+        if socket is None:
+            return
+        joined = self._socket_rooms[sid]
+        pending: list[trio.Event] = []
+        for room in rooms:
+            if room in joined or room == sid:
+                continue
+            joined.add(room)
+            self._rooms.setdefault(room, set()).add(sid)
+            command = Join(member=self._member(socket))
+            await self._actor(room).inbox.send(command)
+            pending.append(command.done)
+        for done in pending:
+            await done.wait()
+
+    def _actor(self, room: str) -> RoomActor:
+        actor = self._actors.get(room)
+        if actor is None:
+            actor = RoomActor(
+                namespace=self.namespace,
+                name=room,
+                inbox_size=self.room_inbox_size,
+                offset=self._offsets.get(room, 0),
+            )
+            self._actors[room] = actor
+            self.spawn_room(actor)
+        return actor
+
+    async def delete(self, sid: str, room: str) -> None:
+        joined = self._socket_rooms.get(sid)
+        if joined is None or room not in joined:
+            return
+        joined.discard(room)
+        await self._leave(sid, room)
+
+    async def _leave(self, sid: str, room: str) -> None:
+        members = self._rooms.get(room)
+        if members is None:  # pragma: no cover - the index and the rooms agree
+            return
+        members.discard(sid)
+        actor = self._actors[room]
+        command = Leave(sid=sid)
+        if not members:
+            # The room is empty: retire its actor now, so a later join starts a new one.
+            del self._rooms[room]
+            del self._actors[room]
+            await actor.inbox.send(command)
+            stop = Stop()
+            await actor.inbox.send(stop)
+            actor.inbox.close()
+            await stop.done.wait()
+            self._offsets[room] = actor.offset
+        else:
+            await actor.inbox.send(command)
+            await command.done.wait()
+
+    async def delete_all(self, sid: str) -> None:
+        self._sockets.pop(sid, None)
+        joined = self._socket_rooms.pop(sid, set())
+        for room in sorted(joined):
+            await self._leave(sid, room)
+
+    async def broadcast(
+        self,
+        frames: tuple[OutFrame, ...],
+        opts: BroadcastOptions,
+        *,
+        on_member: Callable[[str], None] | None = None,
+    ) -> int:
+        exclude = self._excluded(opts)
+        if not opts.rooms:
+            return self._send_direct(self._sockets, frames, exclude, opts.volatile, on_member)
+        seen: set[str] | None = set() if len(opts.rooms) > 1 else None
+        delivered = 0
+        for room in sorted(opts.rooms):
+            socket = self._sockets.get(room)
+            if socket is not None:  # a socket's own room
+                if seen is not None:
+                    if room in seen:
+                        continue
+                    seen.add(room)
+                delivered += self._send_direct(
+                    {room: socket}, frames, exclude, opts.volatile, on_member
+                )
+                continue
+            actor = self._actors.get(room)
+            if actor is None:
+                continue
+            command = Broadcast(
+                frames=frames,
+                exclude=exclude,
+                seen=seen,
+                volatile=opts.volatile,
+                on_member=on_member,
+            )
+            await actor.inbox.send(command)
+            await command.done.wait()
+            if len(command.result) == 2:
+                delivered += command.result[1]
+        return delivered
+
+    def _excluded(self, opts: BroadcastOptions) -> frozenset[str]:
+        if not opts.except_rooms:
+            return opts.except_sids
+        excluded = set(opts.except_sids)
+        for room in opts.except_rooms:
+            if room in self._sockets:
+                excluded.add(room)
+            excluded.update(self._rooms.get(room, ()))
+        return frozenset(excluded)
+
+    @staticmethod
+    def _send_direct(
+        sockets: dict[str, LocalSocket],
+        frames: tuple[OutFrame, ...],
+        exclude: frozenset[str],
+        volatile: bool,
+        on_member: Callable[[str], None] | None,
+    ) -> int:
+        delivered = 0
+        evicted: list[LocalSocket] = []
+        for sid, socket in list(sockets.items()):
+            if sid in exclude:
+                continue
+            outbox = socket.outbox
+            if volatile and not outbox.takes_volatile():
+                continue
+            try:
+                for frame in frames:
+                    outbox.send_nowait(frame)
+            except trio.WouldBlock:
+                evicted.append(socket)
+                continue
+            except trio.ClosedResourceError:
+                continue
+            delivered += 1
+            if on_member is not None:
+                on_member(sid)
+        for socket in evicted:
+            logger.warning("evicting slow consumer %s", socket.sid)
+            socket.evict("slow consumer")
+        return delivered
+
+    def sockets(self, opts: BroadcastOptions) -> set[str]:
+        exclude = self._excluded(opts)
+        if not opts.rooms:
+            return {sid for sid in self._sockets if sid not in exclude}
+        found: set[str] = set()
+        for room in opts.rooms:
+            if room in self._sockets:
+                found.add(room)
+            found.update(self._rooms.get(room, ()))
+        return found - exclude
+
+    def socket_rooms(self, sid: str) -> frozenset[str]:
+        joined = self._socket_rooms.get(sid)
+        if joined is None:
+            return frozenset()
+        return frozenset(joined | {sid})
+
+    def rooms(self) -> frozenset[str]:
+        return frozenset(self._rooms)
+
+    def room_offset(self, room: str) -> int:
+        """The offset of the last event broadcast to ``room`` (0 before any)."""
+        actor = self._actors.get(room)
+        return actor.offset if actor is not None else self._offsets.get(room, 0)
+
+    async def aclose(self) -> None:
+        actors = list(self._actors.values())
+        self._actors.clear()
+        self._rooms.clear()
+        for actor in actors:
+            stop = Stop()
+            try:
+                await actor.inbox.send(stop)
+            except trio.ClosedResourceError:  # pragma: no cover - already retired
+                continue
+            actor.inbox.close()
+            await stop.done.wait()

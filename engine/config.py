@@ -1,0 +1,61 @@
+"""One frozen Config: every limit, queue size and timer of a roomcast server."""
+
+from __future__ import annotations
+
+import attrs
+
+from roomcast.protocol import DEFAULT_LIMITS, Limits
+
+__all__ = ["Config"]
+
+
+def _positive(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class Config:
+    """Server configuration. Durations are float seconds, sizes ``max_*_bytes``, counts ``max_*``.
+
+    Attributes:
+        path: The Engine.IO endpoint path (Socket.IO's default ``/socket.io/``).
+        ping_interval: Seconds between a PONG and the next PING (Engine.IO v4 heartbeat).
+        ping_timeout: Seconds a client has to answer a PING before it is dropped.
+        connect_timeout: Seconds an Engine.IO session may live without joining any
+            Socket.IO namespace (Node's ``connectTimeout``).
+        limits: Decoder limits (payload bytes, attachments, ack ids, nesting, ...).
+        outbox_size: Frames one connection may have queued for writing. A non-volatile
+            frame that does not fit disconnects that connection as a slow consumer.
+        volatile_backlog: A volatile emit is dropped for a connection that already has this
+            many frames queued (it "cannot take it now").
+        max_write_batch: Most frames the writer joins into one ``send_all``.
+        handler_queue_size: Incoming app events buffered per connection while its handler
+            runs. When full, the reader stops reading (TCP backpressure), but the session's
+            control traffic already read is still handled first.
+        room_inbox_size: Commands a room actor may have queued; senders wait when full.
+        room_max_restarts: Room actor crashes tolerated within ``room_restart_window``
+            before the failure escalates and stops the server (OTP restart intensity).
+        room_restart_window: Seconds of the restart-intensity window.
+        close_grace: Seconds allowed for a close frame and a clean shutdown of a transport.
+        max_request_header_bytes: Largest HTTP request line plus headers.
+        request_header_timeout: Seconds a client has to send its whole request head.
+        websocket_handshake_timeout: Seconds to complete the WebSocket upgrade.
+    """
+
+    path: str = "/socket.io/"
+    ping_interval: float = attrs.field(default=25.0, validator=_positive)
+    ping_timeout: float = attrs.field(default=20.0, validator=_positive)
+    connect_timeout: float = attrs.field(default=45.0, validator=_positive)
+    limits: Limits = DEFAULT_LIMITS
+    outbox_size: int = 1024
+    volatile_backlog: int = 32
+    max_write_batch: int = 512
+    handler_queue_size: int = 256
+    room_inbox_size: int = 256
+    room_max_restarts: int = 5
+    room_restart_window: float = 10.0
+    close_grace: float = 2.0
+    max_request_header_bytes: int = 16_384
+    request_header_timeout: float = 10.0
+    websocket_handshake_timeout: float = 10.0

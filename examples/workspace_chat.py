@@ -1,0 +1,64 @@
+"""Workspace chat: the seed example.
+
+Clients ``join_workspace`` (a room) and ``dispatch_message`` {workspaceId, textMarker};
+everyone in that workspace, and nobody else, gets ``receive_message``
+{sender, text, timestamp}.
+
+Run: ``python examples/workspace_chat.py --host 127.0.0.1 --port 5000``
+or:  ``roomcast serve examples.workspace_chat:build_server``
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+
+import trio
+
+from roomcast.engine import Config, Server, Socket
+from roomcast.engine.cli import serve_until_signal
+from roomcast.protocol import JsonValue
+
+
+def build_server(config: Config | None = None) -> Server:
+    """The chat app's server."""
+    server = Server(config=config or Config())
+
+    @server.on("join_workspace")
+    async def join_workspace(socket: Socket, workspace_id: JsonValue) -> JsonValue:
+        if not isinstance(workspace_id, str) or not workspace_id:
+            return {"ok": False, "error": "workspaceId must be a non-empty string"}
+        await socket.join(workspace_id)
+        return {"ok": True, "workspaceId": workspace_id}
+
+    @server.on("dispatch_message")
+    async def dispatch_message(socket: Socket, message: JsonValue) -> JsonValue:
+        if not isinstance(message, dict):
+            return {"ok": False, "error": "expected {workspaceId, textMarker}"}
+        workspace_id, text = message.get("workspaceId"), message.get("textMarker")
+        if not isinstance(workspace_id, str) or not isinstance(text, str):
+            return {"ok": False, "error": "workspaceId and textMarker must be strings"}
+        if workspace_id not in socket.rooms:
+            return {"ok": False, "error": "join the workspace first"}
+        delivered = await server.to(workspace_id).emit(
+            "receive_message",
+            {"sender": socket.sid, "text": text, "timestamp": int(time.time() * 1000)},
+        )
+        return {"ok": True, "delivered": delivered}
+
+    return server
+
+
+def main() -> None:
+    """Parse the options and serve until SIGINT/SIGTERM."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=5000)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    trio.run(serve_until_signal, build_server(), args.host, args.port)
+
+
+if __name__ == "__main__":
+    main()

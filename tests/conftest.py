@@ -1,0 +1,45 @@
+"""Shared fixtures for roomcast's test suite."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+JS_DIR = Path(__file__).parent / "js"
+
+
+@pytest.fixture(scope="session")
+def js_peers() -> Path:
+    """Make sure the npm packages in ``tests/js`` are installed; return that folder.
+
+    Runs ``npm ci`` (from the committed ``package-lock.json``) when ``node_modules`` is
+    missing or older than the lockfile. Fails, never skips, without ``node`` or ``npm``:
+    the JavaScript cross-checks are part of the suite, not an optional extra.
+    """
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("Node.js is required for the JS cross-checks: `node` is not on PATH")
+    lockfile = JS_DIR / "package-lock.json"
+    # npm writes node_modules/.package-lock.json at the end of every install.
+    marker = JS_DIR / "node_modules" / ".package-lock.json"
+    if not marker.exists() or marker.stat().st_mtime < lockfile.stat().st_mtime:
+        npm = shutil.which("npm")
+        if npm is None:
+            pytest.fail("npm is required to install tests/js packages: `npm` is not on PATH")
+        result = subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund"],
+            cwd=JS_DIR,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        if result.returncode != 0:
+            pytest.fail(
+                f"`npm ci` in {JS_DIR} failed ({result.returncode}):\n"
+                f"{result.stdout}\n{result.stderr}"
+            )
+    return JS_DIR
