@@ -41,6 +41,8 @@ class Config:
         max_request_header_bytes: Largest HTTP request line plus headers.
         request_header_timeout: Seconds a client has to send its whole request head.
         websocket_handshake_timeout: Seconds to complete the WebSocket upgrade.
+        upgrade_timeout: Seconds a polling session's WebSocket probe may take to finish
+            the Engine.IO upgrade (probe, then UPGRADE).
     """
 
     path: str = "/socket.io/"
@@ -59,3 +61,4 @@ class Config:
     max_request_header_bytes: int = 16_384
     request_header_timeout: float = 10.0
     websocket_handshake_timeout: float = 10.0
+    upgrade_timeout: float = 10.0

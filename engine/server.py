@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
+import mimetypes
+import os
 import re
 import secrets
-from collections.abc import Callable
-from typing import Any, Final, NoReturn
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Final, Literal, NoReturn
+from urllib.parse import urlsplit
 
 import attrs
 import trio
 
-from roomcast.engine.actors.connection import Connection
+from roomcast.engine.actors.connection import Connection, EngineLayer
 from roomcast.engine.actors.supervisor import Supervisor
 from roomcast.engine.adapters.base import Adapter
 from roomcast.engine.adapters.memory import MemoryAdapter
@@ -25,10 +28,10 @@ from roomcast.engine.namespace import (
     ack_args,
 )
 from roomcast.engine.socket import Handshake, Socket
-from roomcast.engine.transport.http import HttpRequest, read_request, send_response
-from roomcast.engine.transport.websocket import accept_websocket
+from roomcast.engine.transport.http import HttpConnection, HttpRequest, error_body
+from roomcast.engine.transport.websocket import WebSocketTransport, accept_websocket
 from roomcast.protocol._eio import EioServerSession
-from roomcast.protocol._sio import JSON_PARSER, Ack, Event, JsonValue, Parser
+from roomcast.protocol._sio import JSON_PARSER, Ack, JsonValue, Parser
 
 __all__ = ["AdapterFactory", "Server"]
 
@@ -73,7 +76,11 @@ class Server:
     supervisor: Supervisor = attrs.field(init=False)
     namespaces: dict[str, Namespace] = attrs.field(factory=dict, init=False)
     _dynamic: list[tuple[NamespaceMatcher, Namespace]] = attrs.field(factory=list, init=False)
+    cors_allowed_origins: Sequence[str] | Literal["*"] | Callable[[str], bool] = ()
+    allow_request: Callable[[HttpRequest], Awaitable[bool]] | None = None
+    static_dirs: dict[str, str] = attrs.field(factory=dict)
     connections: dict[str, Connection] = attrs.field(factory=dict, init=False)
+    _engines: dict[str, EngineLayer] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         self.supervisor = Supervisor(
@@ -236,10 +243,23 @@ class Server:
             await socket.namespace.remove_socket(socket, reason)
 
     async def on_close(self, conn: Connection, reason: str) -> None:
-        self.connections.pop(conn.eio_sid, None)
+        if self.connections.get(conn.eio_sid) is conn:
+            del self.connections[conn.eio_sid]
         for socket in list(conn.namespaces.values()):
             if isinstance(socket, Socket):
                 await socket.namespace.remove_socket(socket, reason)
+
+    # -- Engine.IO endpoints --------------------------------------------------------------
+
+    def mount_engine(self, path: str, layer: EngineLayer) -> None:
+        """Serve a bare Engine.IO endpoint (no Socket.IO layer) at ``path``.
+
+        ``layer.on_message(conn, data)`` gets every message; ``conn.send_message`` answers.
+        """
+        self._engines[_normal_path(path)] = layer
+
+    async def on_message(self, conn: Connection, data: str | bytes) -> None:
+        """Unused: the Socket.IO endpoint decodes messages itself."""
 
     # -- serving ---------------------------------------------------------------------------
 
@@ -274,59 +294,185 @@ class Server:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def serve_stream(self, stream: trio.abc.Stream) -> None:
-        """Serve one client connection on any Trio stream (a socket or an in-memory pair).
+        """Serve one client's HTTP connection on any Trio stream (a socket or an in-memory
+        pair): requests one after another, or a WebSocket.
 
         Needs ``supervisor.run`` to be running (``serve`` starts it).
 
-        Cancellation: the connection is closed as in a server shutdown.
+        Cancellation: a WebSocket connection is closed as in a server shutdown.
         """
-        remote = _remote_address(stream)
         config = self.config
+        http = HttpConnection(
+            stream=stream,
+            max_head_bytes=config.max_request_header_bytes,
+            remote=_remote_address(stream),
+        )
         try:
-            try:
-                with trio.fail_after(config.request_header_timeout):
-                    request = await read_request(
-                        stream, max_head_bytes=config.max_request_header_bytes, remote=remote
-                    )
-            except trio.TooSlowError:
-                await send_response(stream, 408, b"request head timeout")
-                return
-            except TransportClosed:
-                await _linger(stream)
-                return
-            await self._route(stream, request)
+            while True:
+                try:
+                    with trio.fail_after(config.request_header_timeout):
+                        request = await http.next_request()
+                except trio.TooSlowError:
+                    if http.received_in_cycle:  # an idle keep-alive just ends quietly
+                        await http.respond(408, error_body(3, "request head timeout"), close=True)
+                    return
+                if request is None:
+                    return
+                if not await self._handle(http, request) or not http.reusable:
+                    return
+        except TransportClosed:
+            await _linger(stream)
         finally:
             await trio.aclose_forcefully(stream)
 
-    async def _route(self, stream: trio.abc.Stream, request: HttpRequest) -> None:
-        config = self.config
+    def _origin_allowed(self, request: HttpRequest) -> bool:
+        origin = request.headers.get("origin")
+        if origin is None:
+            return True  # not a browser: the Origin check protects browsers' users
+        allowed = self.cors_allowed_origins
+        if allowed == "*":
+            return True
+        if callable(allowed):
+            return bool(allowed(origin))
+        if origin in allowed:
+            return True
+        # Same origin: the page was served by this host.
+        return urlsplit(origin).netloc == request.headers.get("host")
+
+    def _cors_headers(self, request: HttpRequest) -> tuple[tuple[str, str], ...]:
+        origin = request.headers.get("origin")
+        if origin is None:
+            return ()
+        return (
+            ("Access-Control-Allow-Origin", origin),
+            ("Access-Control-Allow-Credentials", "true"),
+            ("Vary", "Origin"),
+        )
+
+    async def _handle(self, http: HttpConnection, request: HttpRequest) -> bool:
+        """Answer one request; False when the stream was taken over or must close."""
+        path = _normal_path(request.path)
         if request.path == "/healthz":
-            await send_response(stream, 200, b"ok")
-            return
-        if request.path.rstrip("/") != config.path.rstrip("/"):
-            await send_response(stream, 404, b"not found")
-            return
+            await http.respond(200, b"ok")
+            return True
+        layer: EngineLayer
+        if path == _normal_path(self.config.path):
+            layer, parser = self, self.parser
+        elif path in self._engines:
+            layer, parser = self._engines[path], None
+        else:
+            return await self._static(http, request)
+        cors = self._cors_headers(request)
+        if not self._origin_allowed(request):
+            await http.respond(403, error_body(4, "Forbidden"), close=True)
+            return False
+        if request.method == "OPTIONS":
+            requested = request.headers.get("access-control-request-headers", "")
+            headers = (
+                *cors,
+                ("Access-Control-Allow-Methods", "GET, POST, OPTIONS"),
+                ("Access-Control-Allow-Headers", requested),
+                ("Access-Control-Max-Age", "86400"),
+            )
+            await http.respond(204, headers=headers)
+            return True
+        if self.allow_request is not None and not await self.allow_request(request):
+            await http.respond(403, error_body(4, "Forbidden"), headers=cors, close=True)
+            return False
         query = request.query
         if query.get("EIO") != "4":
-            await send_response(stream, 400, b'{"code":5,"message":"Unsupported protocol version"}')
-            return
-        if query.get("transport") != "websocket" or not request.is_websocket:
-            await send_response(stream, 400, b'{"code":0,"message":"Transport unknown"}')
-            return
-        if "sid" in query:
-            await send_response(stream, 400, b'{"code":1,"message":"Session ID unknown"}')
-            return
-        try:
-            with trio.fail_after(config.websocket_handshake_timeout):
-                transport = await accept_websocket(
-                    stream, request.head, max_message_bytes=config.limits.max_payload_bytes
-                )
-        except (TransportClosed, trio.TooSlowError):
-            return
+            await http.respond(400, error_body(5, "Unsupported protocol version"), headers=cors)
+            return True
+        transport = query.get("transport")
+        sid = query.get("sid")
+        if transport == "websocket":
+            if not request.is_websocket:
+                await http.respond(400, error_body(3, "Bad request"), headers=cors)
+                return True
+            if sid is None:
+                await self._new_websocket(http, request, layer, parser, path)
+                return False
+            conn = self.connections.get(sid)
+            if conn is None or conn.endpoint != path:
+                await http.respond(400, error_body(1, "Session ID unknown"), headers=cors)
+                return True
+            ws = await self._accept_websocket(http, request)
+            if ws is not None:
+                await conn.upgrade(ws)
+            return False
+        if transport != "polling":
+            await http.respond(400, error_body(0, "Transport unknown"), headers=cors)
+            return True
+        if sid is None:
+            if request.method != "GET":
+                await http.respond(400, error_body(2, "Bad handshake method"), headers=cors)
+                return True
+            conn = self._new_connection(request, layer, parser, path, transport="polling")
+            await self.supervisor.start_connection(conn.run)
+            handshake = "0" + str(conn.session.handshake().data)
+            await http.respond(200, handshake.encode(), headers=cors)
+            return True
+        conn = self.connections.get(sid)
+        if conn is None or conn.endpoint != path or conn.closed or conn.transport_name != "polling":
+            await http.respond(400, error_body(1, "Session ID unknown"), headers=cors)
+            return True
+        if request.method == "GET":
+            status, text = await self._poll(http, conn)
+            await http.respond(status, text.encode(), headers=cors)
+            return status == 200
+        if request.method == "POST":
+            try:
+                body = await http.read_body(self.config.limits.max_payload_bytes)
+            except TransportClosed:
+                conn.close("transport error")
+                raise
+            if await conn.receive_payload(body):
+                await http.respond(200, b"ok", headers=cors)
+                return True
+            await http.respond(400, error_body(3, "Bad request"), headers=cors)
+            return True
+        await http.respond(400, error_body(3, "Bad request"), headers=cors)
+        return True
+
+    async def _poll(self, http: HttpConnection, conn: Connection) -> tuple[int, str]:
+        """Hold a polling GET; if the client goes away meanwhile, close the session."""
+        result: tuple[int, str] = (400, "")
+
+        async def poll(cancel: trio.CancelScope) -> None:
+            nonlocal result
+            result = await conn.poll()
+            cancel.cancel()
+
+        async def watch(cancel: trio.CancelScope) -> None:
+            # Anything the client sends while its GET is held belongs to its next request;
+            # end-of-stream means it left.
+            try:
+                while data := await http.stream.receive_some(16_384):
+                    http.feed(bytes(data))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            conn.client_gone()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(poll, nursery.cancel_scope)
+            nursery.start_soon(watch, nursery.cancel_scope)
+        return result
+
+    def _new_connection(
+        self,
+        request: HttpRequest,
+        layer: EngineLayer,
+        parser: Parser | None,
+        path: str,
+        *,
+        transport: str,
+        ws: WebSocketTransport | None = None,
+    ) -> Connection:
+        config = self.config
         sid = _new_id()
         session = EioServerSession(
             sid=sid,
-            transport="websocket",
+            transport=transport,
             ping_interval=config.ping_interval,
             ping_timeout=config.ping_timeout,
             max_payload=config.limits.max_payload_bytes,
@@ -335,17 +481,72 @@ class Server:
         conn = Connection(
             config=config,
             session=session,
-            transport=transport,
-            parser=self.parser,
-            layer=self,
+            layer=layer,
             scheduler=self.supervisor.scheduler,
+            parser=parser,
+            transport=ws,
             request=request,
+            endpoint=path,
         )
         self.connections[sid] = conn
+        return conn
+
+    async def _accept_websocket(
+        self, http: HttpConnection, request: HttpRequest
+    ) -> WebSocketTransport | None:
+        try:
+            with trio.fail_after(self.config.websocket_handshake_timeout):
+                return await accept_websocket(
+                    http.stream,
+                    http.upgrade_bytes(request),
+                    max_message_bytes=self.config.limits.max_payload_bytes,
+                )
+        except (TransportClosed, trio.TooSlowError):
+            return None
+
+    async def _new_websocket(
+        self,
+        http: HttpConnection,
+        request: HttpRequest,
+        layer: EngineLayer,
+        parser: Parser | None,
+        path: str,
+    ) -> None:
+        ws = await self._accept_websocket(http, request)
+        if ws is None:
+            return
+        conn = self._new_connection(request, layer, parser, path, transport="websocket", ws=ws)
         try:
             await conn.run()
         finally:
-            self.connections.pop(sid, None)
+            self.connections.pop(conn.eio_sid, None)
+
+    async def _static(self, http: HttpConnection, request: HttpRequest) -> bool:
+        for prefix, directory in self.static_dirs.items():
+            if not request.path.startswith(prefix):
+                continue
+            relative = request.path[len(prefix) :].lstrip("/") or "index.html"
+            target = await trio.to_thread.run_sync(_static_file, directory, relative)
+            if request.method in ("GET", "HEAD") and target is not None:
+                content = await trio.Path(target).read_bytes()
+                kind = mimetypes.guess_type(target)[0] or "application/octet-stream"
+                await http.respond(200, content, content_type=kind)
+                return True
+        await http.respond(404, b"not found")
+        return True
+
+
+def _static_file(directory: str, relative: str) -> str | None:
+    """The file ``relative`` names under ``directory``, or None (never outside it)."""
+    root = os.path.realpath(directory)
+    target = os.path.realpath(os.path.join(root, relative))
+    if target.startswith(root + os.sep) and os.path.isfile(target):
+        return target
+    return None
+
+
+def _normal_path(path: str) -> str:
+    return path.rstrip("/") + "/"
 
 
 async def _linger(stream: trio.abc.Stream) -> None:
@@ -374,6 +575,3 @@ def _remote_address(stream: trio.abc.Stream) -> str | None:
     except OSError:
         return None
     return f"{host}:{port}"
-
-
-_ = Event  # re-exported for app code building packets

@@ -1,31 +1,42 @@
-"""The connection actor: one client, its reader, its writer and its handler runner.
+"""The connection actor: one client's Engine.IO session and the Socket.IO namespaces on it.
 
-The reader decodes frames and handles the Engine.IO session (pongs, closes) and Socket.IO
-acks at once; app work (connects, events, namespace disconnects) goes in order to the
-handler runner. The writer is the only code that writes to the transport: everything
-else puts frames in the bounded outbox, and the writer writes all that is queued with
-one ``send_all``. Heartbeat and connect deadlines are kept by the supervisor's
-scheduler, not by a sleeping task per connection.
+The reader side decodes what the client sends and handles the Engine.IO session (pongs,
+closes) and Socket.IO acks at once; app work (connects, events, namespace disconnects)
+goes in order to the handler runner. Exactly one writer sends: over WebSocket the writer
+task, which writes all that is queued with one ``send_all``; over HTTP long-polling the
+one GET request allowed at a time. Everything else puts frames in the bounded outbox.
+Heartbeat and connect deadlines are kept by the supervisor's scheduler, not by a
+sleeping task per connection.
+
+Transports: a session starts on WebSocket or on polling. A polling session can upgrade
+(Engine.IO v4 "Upgrade"): a WebSocket with its sid sends ``2probe``, gets ``3probe``,
+held GETs are answered with NOOP, and on ``5`` the WebSocket becomes the only transport.
 """
 
 from __future__ import annotations
 
+import base64
 import logging
 import math
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol, cast
 
 import attrs
 import trio
 
-from roomcast.engine.actors.outbox import Outbox, OutFrame
+from roomcast.engine.actors.outbox import Outbox, OutFrame, SharedFrame
 from roomcast.engine.errors import TransportClosed
 from roomcast.protocol import RemoteProtocolError
 from roomcast.protocol._eio import (
     Closed,
     EioEvent,
+    EioPacket,
     EioServerSession,
+    EioState,
     MessageReceived,
     SendPacket,
+    Upgraded,
+    UpgradeStarted,
+    decode_payload,
     decode_ws_frame,
     encode_ws_frame,
 )
@@ -45,19 +56,39 @@ if TYPE_CHECKING:
     from roomcast.engine.transport.websocket import WebSocketTransport
     from roomcast.protocol._sio import Parser
 
-__all__ = ["Connection", "SocketLayer"]
+__all__ = ["Connection", "EngineLayer", "RawMessage", "SocketLayer"]
 
 logger = logging.getLogger(__name__)
 
+
+@attrs.frozen
+class RawMessage:
+    """An Engine.IO message for an endpoint without the Socket.IO layer."""
+
+    data: str | bytes
+
+
 _WORK: Final = (ConnectRequested, EventReceived, DisconnectRequested)
-Work = ConnectRequested | EventReceived | DisconnectRequested
+Work = ConnectRequested | EventReceived | DisconnectRequested | RawMessage
 
 # WebSocket close codes (RFC 6455 §7.4.1) by disconnect reason.
 _CLOSE_CODES: Final = {"slow consumer": 1008, "parse error": 1002, "server shutting down": 1001}
+NOOP: Final = "6"
+CLOSE: Final = "1"
 
 
-class SocketLayer(Protocol):
-    """The Socket.IO application layer a connection reports to (the server implements it)."""
+class EngineLayer(Protocol):
+    """What a connection reports to: an Engine.IO app (messages) or a Socket.IO server."""
+
+    async def on_message(self, conn: Connection, data: str | bytes) -> None:
+        """An Engine.IO message arrived (endpoints without the Socket.IO layer)."""
+
+    async def on_close(self, conn: Connection, reason: str) -> None:
+        """The connection is over: clean up everything that refers to it."""
+
+
+class SocketLayer(EngineLayer, Protocol):
+    """The Socket.IO application layer (the server implements it)."""
 
     async def on_connect(self, conn: Connection, namespace: str, auth: JsonValue) -> None:
         """A namespace CONNECT arrived: run middleware and accept or refuse it."""
@@ -80,8 +111,14 @@ class SocketLayer(Protocol):
     async def on_namespace_disconnect(self, conn: Connection, namespace: str, reason: str) -> None:
         """The client left one namespace."""
 
-    async def on_close(self, conn: Connection, reason: str) -> None:
-        """The connection is over: every namespace socket must be cleaned up."""
+
+def polling_part(frame: OutFrame) -> str:
+    """One outbox frame in the polling payload form (binary as ``b`` + base64)."""
+    if isinstance(frame, SharedFrame):
+        frame = frame.eio
+    if isinstance(frame, str):
+        return frame
+    return "b" + base64.b64encode(frame).decode("ascii")
 
 
 @attrs.define(eq=False)
@@ -90,33 +127,48 @@ class Connection:
 
     Only the actor's own tasks touch its protocol state. ``send_packet`` and
     ``send_frames`` may be called from any task: they only queue into the outbox.
+    ``parser`` is None for an endpoint without the Socket.IO layer.
     """
 
     config: Config
     session: EioServerSession
-    transport: WebSocketTransport
-    parser: Parser
-    layer: SocketLayer
+    layer: EngineLayer
     scheduler: DeadlineScheduler
+    parser: Parser | None = None
+    transport: WebSocketTransport | None = None
     request: HttpRequest | None = None
+    endpoint: str = "/socket.io/"
     outbox: Outbox = attrs.field(init=False)
-    sio: SioServerConnection = attrs.field(factory=SioServerConnection, init=False)
+    sio: SioServerConnection = attrs.field(init=False)
     close_reason: str | None = attrs.field(default=None, init=False)
     timer_token: int = attrs.field(default=0, init=False)
     connect_deadline: float = attrs.field(default=math.inf, init=False)
     namespaces: dict[str, object] = attrs.field(factory=dict, init=False)
-    _decoder: object = attrs.field(init=False)
+    finished: trio.Event = attrs.field(factory=trio.Event, init=False)
+    _decoder: object = attrs.field(default=None, init=False)
     _scheduled: float = attrs.field(default=math.inf, init=False)
     _closed: trio.Event = attrs.field(factory=trio.Event, init=False)
     _writer_done: trio.Event = attrs.field(factory=trio.Event, init=False)
     _read_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope, init=False)
     _handler_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope, init=False)
+    _nursery: trio.Nursery | None = attrs.field(default=None, init=False)
+    _work_send: trio.MemorySendChannel[Work] = attrs.field(init=False)
+    _work_receive: trio.MemoryReceiveChannel[Work] = attrs.field(init=False)
+    _poll_active: bool = attrs.field(default=False, init=False)
+    _post_active: bool = attrs.field(default=False, init=False)
+    _upgrading: bool = attrs.field(default=False, init=False)
+    _poll_close_body: str = attrs.field(default=CLOSE, init=False)
 
     def __attrs_post_init__(self) -> None:
         self.outbox = Outbox(
             max_frames=self.config.outbox_size, volatile_backlog=self.config.volatile_backlog
         )
-        self._decoder = self.parser.decoder(self.config.limits)
+        self.sio = SioServerConnection(self.config.limits)
+        if self.parser is not None:
+            self._decoder = self.parser.decoder(self.config.limits)
+        self._work_send, self._work_receive = trio.open_memory_channel[Work](
+            self.config.handler_queue_size
+        )
 
     @property
     def eio_sid(self) -> str:
@@ -128,16 +180,26 @@ class Connection:
         """Whether the connection is closing or closed."""
         return self.close_reason is not None
 
+    @property
+    def transport_name(self) -> str:
+        """``"polling"`` or ``"websocket"`` (after an upgrade, ``"websocket"``)."""
+        return self.session.transport
+
     # -- sending (any task) -------------------------------------------------------------
 
     def send_packet(self, packet: SioPacket) -> bool:
         """Encode and queue one Socket.IO packet; False if it could not be queued."""
+        assert self.parser is not None, "not a Socket.IO endpoint"
         return self.send_frames(
             tuple(
                 "4" + payload if isinstance(payload, str) else payload
                 for payload in self.parser.encode(packet)
             )
         )
+
+    def send_message(self, data: str | bytes) -> bool:
+        """Queue one Engine.IO message (endpoints without the Socket.IO layer)."""
+        return self.send_frames(("4" + data if isinstance(data, str) else data,))
 
     def send_frames(self, frames: tuple[OutFrame, ...], *, volatile: bool = False) -> bool:
         """Queue already-encoded Engine.IO frames; False if dropped.
@@ -163,6 +225,7 @@ class Connection:
         if self.close_reason is None:
             self.close_reason = reason
             self._closed.set()
+            self.outbox.kick()  # a held polling GET answers now
 
     def evict(self, reason: str) -> None:
         """Close a connection that cannot keep up (never blocks the caller)."""
@@ -174,7 +237,7 @@ class Connection:
 
     def _reschedule(self) -> None:
         deadline = self.session.next_deadline()
-        if not self.namespaces:
+        if not self.namespaces and self.parser is not None:
             deadline = min(deadline, self.connect_deadline)
         if deadline != self._scheduled or self.timer_token == 0:
             self._scheduled = deadline
@@ -186,7 +249,7 @@ class Connection:
         if self.close_reason is not None:
             return
         self._apply(self.session.tick(now))
-        if not self.namespaces and now >= self.connect_deadline:
+        if self.parser is not None and not self.namespaces and now >= self.connect_deadline:
             self.close("connect timeout")
         if self.close_reason is None:
             self._reschedule()
@@ -200,22 +263,30 @@ class Connection:
 
     # -- the actor ------------------------------------------------------------------------
 
-    async def run(self) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve the connection until it closes; then clean up and close the transport.
+
+        Over WebSocket the reader and writer run inside; over polling, requests call
+        ``poll`` and ``receive_payload`` from their own tasks.
 
         Cancellation: treated as a server shutdown; the cleanup (disconnect handlers, room
         leaves, the close frame) still runs, within ``close_grace``.
         """
         config = self.config
-        self.outbox.send_control(encode_ws_frame(self.session.handshake()))
+        if self.transport is not None:
+            self.outbox.send_control(encode_ws_frame(self.session.handshake()))
         self.connect_deadline = trio.current_time() + config.connect_timeout
         self._reschedule()
-        work_send, work_receive = trio.open_memory_channel[Work](config.handler_queue_size)
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._write_loop)
-                nursery.start_soon(self._handler_loop, work_receive)
-                nursery.start_soon(self._read_loop, work_send)
+                self._nursery = nursery
+                nursery.start_soon(self._handler_loop)
+                if self.transport is not None:
+                    nursery.start_soon(self._write_loop, self.transport)
+                    nursery.start_soon(self._read_loop, self.transport)
+                else:
+                    self._writer_done.set()
+                task_status.started()
                 await self._closed.wait()
                 self._read_scope.cancel()
                 self._handler_scope.cancel()
@@ -227,17 +298,19 @@ class Connection:
             self.close("server shutting down")
             self.scheduler.cancel(self)
             self.outbox.close()
-            work_send.close()
-            work_receive.close()
+            self._work_send.close()
+            self._work_receive.close()
             reason = self.close_reason or "server shutting down"
             with trio.move_on_after(config.close_grace, shield=True):
                 try:
                     await self.layer.on_close(self, reason)
                 finally:
-                    await self.transport.aclose(_CLOSE_CODES.get(reason, 1000), reason)
+                    if self.transport is not None:
+                        await self.transport.aclose(_CLOSE_CODES.get(reason, 1000), reason)
+                    self.finished.set()
 
-    async def _write_loop(self) -> None:
-        outbox, transport, limit = self.outbox, self.transport, self.config.max_write_batch
+    async def _write_loop(self, transport: WebSocketTransport) -> None:
+        outbox, limit = self.outbox, self.config.max_write_batch
         try:
             while True:
                 batch = await outbox.receive_batch(limit)
@@ -249,8 +322,8 @@ class Connection:
         finally:
             self._writer_done.set()
 
-    async def _read_loop(self, work: trio.MemorySendChannel[Work]) -> None:
-        transport, session, limits = self.transport, self.session, self.config.limits
+    async def _read_loop(self, transport: WebSocketTransport) -> None:
+        limits = self.config.limits
         with self._read_scope:
             try:
                 while True:
@@ -263,23 +336,36 @@ class Connection:
                         logger.debug("connection %s: %s", self.eio_sid, exc)
                         self.close("parse error")
                         return
-                    for event in session.receive(packet, trio.current_time()):
-                        if isinstance(event, MessageReceived):
-                            if not await self._on_message(event.data, work):
-                                return
-                        elif isinstance(event, SendPacket):
-                            self.outbox.send_control(encode_ws_frame(event.packet))
-                        elif isinstance(event, Closed):
-                            self.close(event.reason)
-                            return
-                    if session.next_deadline() != self._scheduled:
-                        self._reschedule()
+                    if not await self._receive_packet(packet):
+                        return
             except TransportClosed as exc:
                 if transport.control:
                     self.outbox.kick()
                 self.close(exc.reason)
 
-    async def _on_message(self, data: str | bytes, work: trio.MemorySendChannel[Work]) -> bool:
+    async def _receive_packet(self, packet: EioPacket) -> bool:
+        """Handle one Engine.IO packet from the active transport; False once closing."""
+        session = self.session
+        for event in session.receive(packet, trio.current_time()):
+            if isinstance(event, MessageReceived):
+                if not await self._on_message(event.data):
+                    return False
+            elif isinstance(event, SendPacket):
+                self.outbox.send_control(encode_ws_frame(event.packet))
+            elif isinstance(event, Closed):
+                if event.reason == "transport close":
+                    self._poll_close_body = NOOP  # Engine.IO: a held GET ends with NOOP
+                self.close(event.reason)
+                return False
+        if session.next_deadline() != self._scheduled:
+            self._reschedule()
+        return self.close_reason is None
+
+    async def _on_message(self, data: str | bytes) -> bool:
+        work = self._work_send
+        if self.parser is None:
+            await work.send(RawMessage(data))
+            return True
         try:
             packet = self._decoder.receive(data)  # type: ignore[attr-defined]
             if packet is None:
@@ -291,28 +377,156 @@ class Connection:
             return False
         for event in events:
             if isinstance(event, AckReceived):
-                self.layer.on_ack(self, event.namespace, event.ack_id, event.args)
+                cast("SocketLayer", self.layer).on_ack(
+                    self, event.namespace, event.ack_id, event.args
+                )
             elif isinstance(event, _WORK):
                 await work.send(event)
         return True
 
-    async def _handler_loop(self, work: trio.MemoryReceiveChannel[Work]) -> None:
+    async def _handler_loop(self) -> None:
         layer = self.layer
         with self._handler_scope:
-            async for event in work:
+            async for event in self._work_receive:
                 # The per-connection boundary: an app handler's bug is logged and confined
                 # to this connection; the connection keeps serving.
                 try:
                     if isinstance(event, EventReceived):
-                        await layer.on_event(
+                        await cast("SocketLayer", layer).on_event(
                             self, event.namespace, event.name, event.args, event.ack_id
                         )
+                    elif isinstance(event, RawMessage):
+                        await layer.on_message(self, event.data)
                     elif isinstance(event, ConnectRequested):
-                        await layer.on_connect(self, event.namespace, event.auth)
+                        await cast("SocketLayer", layer).on_connect(
+                            self, event.namespace, event.auth
+                        )
                         self._reschedule()
                     else:
-                        await layer.on_namespace_disconnect(
+                        await cast("SocketLayer", layer).on_namespace_disconnect(
                             self, event.namespace, "client namespace disconnect"
                         )
                 except Exception:
                     logger.exception("handler failed on connection %s", self.eio_sid)
+
+    # -- HTTP long-polling (called from request tasks) ------------------------------------
+
+    async def poll(self) -> tuple[int, str]:
+        """Answer a polling GET: wait until something is queued, then take it all.
+
+        Returns the HTTP status and body. While an upgrade is under way the answer is
+        NOOP; once the connection closes, whatever was queued and then CLOSE (or NOOP
+        when the client itself closed). A second GET while one is held closes the
+        session (CONFORMANCE.md §2.2): the held one answers CLOSE, the new one 400.
+
+        Cancellation: nothing is taken from the outbox.
+        """
+        if self._poll_active:
+            self._poll_close_body = CLOSE
+            self.close("transport error")
+            await trio.lowlevel.checkpoint()
+            return 400, '{"code":3,"message":"Bad request"}'
+        self._poll_active = True
+        try:
+            outbox, limit = self.outbox, self.config.max_write_batch
+            while True:
+                if self.session.state is EioState.UPGRADING or self._upgrading_done():
+                    await trio.lowlevel.checkpoint()
+                    return 200, NOOP
+                frames = outbox.take(limit)
+                if self.close_reason is not None:
+                    parts = [*map(polling_part, frames), self._poll_close_body]
+                    return 200, "\x1e".join(parts)
+                if frames:
+                    return 200, "\x1e".join(map(polling_part, frames))
+                await outbox.wait()
+        finally:
+            self._poll_active = False
+
+    def _upgrading_done(self) -> bool:
+        return self.session.transport == "websocket"
+
+    async def receive_payload(self, body: bytes) -> bool:
+        """Handle a polling POST body; False means answer 400 (the session is closed).
+
+        Cancellation: part of the payload may have been handled.
+        """
+        if self._post_active:
+            self.close("transport error")
+            await trio.lowlevel.checkpoint()
+            return False
+        self._post_active = True
+        try:
+            try:
+                packets = decode_payload(body, self.config.limits)
+            except RemoteProtocolError as exc:
+                logger.debug("connection %s: %s", self.eio_sid, exc)
+                self.close("parse error")
+                await trio.lowlevel.checkpoint()
+                return False
+            for packet in packets:
+                if not await self._receive_packet(packet):
+                    return self.close_reason in ("transport close", None)
+            return True
+        finally:
+            self._post_active = False
+
+    def client_gone(self) -> None:
+        """The client went away while a GET was held (polling's "transport close")."""
+        self.close("transport close")
+
+    # -- upgrade to WebSocket (called from the WebSocket request task) --------------------
+
+    async def upgrade(self, transport: WebSocketTransport) -> None:
+        """Run the probe on ``transport`` and make it the session's only transport; then
+        wait until the connection is finished (the caller then closes the stream).
+
+        A WebSocket that cannot upgrade this session (already upgraded, closing, or an
+        upgrade under way) is closed at once: the session keeps working.
+
+        Cancellation: the connection closes as in a server shutdown.
+        """
+        if (
+            self.closed
+            or self._upgrading
+            or self.transport is not None
+            or self.session.transport != "polling"
+            or self._nursery is None
+        ):
+            await transport.aclose(1000, "")
+            return
+        self._upgrading = True
+        limits = self.config.limits
+        upgraded = False
+        try:
+            with trio.move_on_after(self.config.upgrade_timeout):
+                while not upgraded:
+                    packet = decode_ws_frame(await transport.receive_message(), limits)
+                    for event in self.session.receive_probe(packet, trio.current_time()):
+                        if isinstance(event, SendPacket):
+                            await transport.send([encode_ws_frame(event.packet)])
+                        elif isinstance(event, UpgradeStarted):
+                            self.outbox.kick()  # the held GET answers NOOP
+                        elif isinstance(event, Upgraded):
+                            upgraded = True
+                        elif isinstance(event, Closed):
+                            self.close(event.reason)
+                            break
+                    if self.close_reason is not None:
+                        break
+        except (TransportClosed, RemoteProtocolError) as exc:
+            logger.debug("upgrade of %s failed: %s", self.eio_sid, exc)
+        if not upgraded or self.close_reason is not None:
+            self._upgrading = False
+            if self.session.state is EioState.UPGRADING and self.close_reason is None:
+                self.close("transport error")  # the probe began but never finished
+            await transport.aclose(1000, "")
+            return
+        self.transport = transport
+        self._writer_done = trio.Event()
+        nursery = self._nursery
+        nursery.start_soon(self._write_loop, transport)
+        nursery.start_soon(self._read_loop, transport)
+        self.outbox.kick()  # write what queued up during the upgrade
+        self._reschedule()
+        await self.finished.wait()

@@ -77,30 +77,37 @@ class Outbox:
         if self._lot:
             self._lot.unpark()
 
-    async def receive_batch(self, limit: int) -> list[OutFrame]:
-        """Wait until something is queued and take up to ``limit`` frames, oldest first.
+    async def wait(self) -> None:
+        """Wait until a frame is queued, ``kick`` is called, or the outbox is closed.
 
-        Cancellation: a cancelled wait takes nothing from the outbox.
-
-        Raises:
-            trio.EndOfChannel: The outbox is closed and empty.
+        Cancellation: nothing changes.
         """
-        if not self._frames:
-            if self._closed:
-                raise trio.EndOfChannel
-            await self._lot.park()
-            if not self._frames:
-                if self._closed:
-                    raise trio.EndOfChannel
-                return []  # woken by ``kick``: the transport has control bytes to write
-        else:
+        if self._frames or self._closed:
             await trio.lowlevel.checkpoint()
+            return
+        await self._lot.park()
+
+    def take(self, limit: int) -> list[OutFrame]:
+        """Take up to ``limit`` queued frames, oldest first (maybe none)."""
         frames = self._frames
         if len(frames) <= limit:
             batch = list(frames)
             frames.clear()
             return batch
         return [frames.popleft() for _ in range(limit)]
+
+    async def receive_batch(self, limit: int) -> list[OutFrame]:
+        """Wait, then take up to ``limit`` frames; an empty list means a ``kick``.
+
+        Cancellation: a cancelled wait takes nothing from the outbox.
+
+        Raises:
+            trio.EndOfChannel: The outbox is closed and empty.
+        """
+        await self.wait()
+        if not self._frames and self._closed:
+            raise trio.EndOfChannel
+        return self.take(limit)
 
     def kick(self) -> None:
         """Wake the writer with nothing queued (the transport has its own bytes to write)."""

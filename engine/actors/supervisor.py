@@ -7,6 +7,7 @@ import itertools
 import logging
 import math
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import NoReturn, Protocol
 
 import attrs
@@ -125,6 +126,15 @@ class Supervisor:
             task_status.started()
             await trio.sleep_forever()
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def start_connection(self, run: Callable[..., Awaitable[None]]) -> None:
+        """Start a connection actor that no request task owns (a polling session).
+
+        Cancellation: the actor may or may not have started.
+        """
+        if self._nursery is None:
+            raise RuntimeError("the supervisor is not running")
+        await self._nursery.start(run)
 
     def spawn_room(self, actor: RoomActor) -> None:
         """Start ``actor`` under supervision."""

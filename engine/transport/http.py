@@ -1,7 +1,8 @@
-"""The HTTP front: one request head read with h11 under a size limit and a deadline.
+"""The HTTP front: HTTP/1.1 on h11, request after request on one stream (keep-alive).
 
-The server routes what it gets: a WebSocket upgrade on the Engine.IO path is handed to
-``transport.websocket`` with the bytes already read; anything else gets an HTTP answer.
+Heads have a size limit and the caller a deadline (slowloris); bodies have a size limit.
+The server routes each request: Engine.IO polling, a WebSocket upgrade (handed over to
+``transport.websocket`` with the bytes already read), static files, ``/healthz``.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ import trio
 
 from roomcast.engine.errors import TransportClosed
 
-__all__ = ["HttpRequest", "read_request", "send_response"]
+__all__ = ["BodyTooLarge", "HttpConnection", "HttpRequest", "error_body"]
 
 _RECEIVE_BYTES: Final = 16_384
 _REASONS: Final = {
+    101: b"Switching Protocols",
     200: b"OK",
     204: b"No Content",
     400: b"Bad Request",
@@ -35,25 +37,34 @@ _REASONS: Final = {
 }
 
 
+def error_body(code: int, message: str) -> bytes:
+    """An Engine.IO-style JSON error body (``{"code":..,"message":..}``)."""
+    return json.dumps({"code": code, "message": message}, separators=(",", ":")).encode()
+
+
+class BodyTooLarge(TransportClosed):
+    """A request body exceeded its limit; it was answered with 413."""
+
+
 @attrs.frozen(kw_only=True)
 class HttpRequest:
     """A request head.
 
     Attributes:
         method: ``GET``, ``POST``, ...
-        path: The decoded path of the target, without the query.
+        target: The raw request target.
+        path: The path of the target, without the query.
         query: Query parameters (the last value wins for a repeated name).
         headers: Header names lower-cased, values as sent (latin-1 decoded).
-        head: Every byte read from the stream so far (the head and anything after it),
-            for a protocol the request switches to.
         remote: The peer's address as ``host:port``, or None when not a socket.
     """
 
     method: str
+    target: str
     path: str
     query: dict[str, str]
     headers: dict[str, str]
-    head: bytes
+    raw_headers: tuple[tuple[bytes, bytes], ...]
     remote: str | None
 
     @property
@@ -64,84 +75,169 @@ class HttpRequest:
             and "upgrade" in self.headers.get("connection", "").lower()
         )
 
+    def head_bytes(self) -> bytes:
+        """The request head re-serialised (what a protocol taking over needs to parse)."""
+        lines = [f"{self.method} {self.target} HTTP/1.1\r\n".encode("latin-1")]
+        lines.extend(b"%s: %s\r\n" % (k, v) for k, v in self.raw_headers)
+        lines.append(b"\r\n")
+        return b"".join(lines)
 
-async def read_request(
-    stream: trio.abc.Stream, *, max_head_bytes: int, remote: str | None
-) -> HttpRequest:
-    """Read one request head from ``stream``; the caller owns the deadline.
 
-    A head over ``max_head_bytes`` is answered with 431 here.
+@attrs.define(eq=False)
+class HttpConnection:
+    """One client's HTTP/1.1 connection, read request by request (keep-alive)."""
 
-    Cancellation: the stream is left mid-request; the caller closes it.
+    stream: trio.abc.Stream
+    max_head_bytes: int
+    remote: str | None = None
+    received_in_cycle: int = attrs.field(default=0, init=False)
+    _conn: h11.Connection = attrs.field(init=False)
 
-    Raises:
-        TransportClosed: The peer left, or sent something that is not HTTP/1.1 (it was
-            answered with 400 or 431 when possible).
-    """
-    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_head_bytes)
-    raw = bytearray()
-    while True:
-        try:
-            event = conn.next_event()
-        except h11.RemoteProtocolError as exc:
-            status = 431 if len(raw) > max_head_bytes else exc.error_status_hint
-            await send_response(stream, status, _error_body(str(exc)), close=True)
-            raise TransportClosed(f"bad HTTP request: {exc}") from exc
-        if event is h11.NEED_DATA:
+    def __attrs_post_init__(self) -> None:
+        self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_head_bytes)
+
+    async def _next_event(self) -> h11.Event | type[h11.PAUSED] | type[h11.NEED_DATA]:
+        while True:
             try:
-                data = await stream.receive_some(_RECEIVE_BYTES)
+                event = self._conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                status = exc.error_status_hint
+                await self._send_raw_error(status, str(exc))
+                raise TransportClosed(f"bad HTTP request: {exc}") from exc
+            if event is not h11.NEED_DATA:
+                return event
+            try:
+                data = await self.stream.receive_some(_RECEIVE_BYTES)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise TransportClosed("transport error") from exc
-            if not data:
-                raise TransportClosed("transport close")
-            raw += data
-            conn.receive_data(bytes(data))
-            continue
-        if isinstance(event, h11.Request):
-            # h11 bounds only a head still incomplete; a whole oversized head that arrived
-            # at once is refused here.
-            head_end = raw.find(b"\r\n\r\n")
-            if head_end < 0 or head_end + 4 > max_head_bytes:
-                await send_response(stream, 431, _error_body("request head too large"))
-                raise TransportClosed("request head too large")
-            target = urlsplit(event.target.decode("latin-1"))
-            return HttpRequest(
-                method=event.method.decode("ascii", "replace"),
-                path=target.path,
-                query=dict(parse_qsl(target.query, keep_blank_values=True)),
-                headers={k.decode("latin-1"): v.decode("latin-1") for k, v in event.headers},
-                head=bytes(raw),
-                remote=remote,
-            )
-        raise TransportClosed("connection closed before a request")  # pragma: no cover
+            self.received_in_cycle += len(data)
+            self._conn.receive_data(bytes(data))
+
+    def feed(self, data: bytes) -> None:
+        """Buffer bytes read from the stream by someone else (they belong to h11)."""
+        self._conn.receive_data(data)
+
+    async def next_request(self) -> HttpRequest | None:
+        """Read the next request head; None when the peer closed between requests.
+
+        The caller owns the deadline (``trio.fail_after``). A head over the limit is
+        answered with 431 here.
+
+        Cancellation: the connection is left mid-request; close it.
+
+        Raises:
+            TransportClosed: The peer broke HTTP/1.1 (answered 400/431 when possible) or
+                went away mid-request.
+        """
+        conn = self._conn
+        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+            conn.start_next_cycle()
+        self.received_in_cycle = 0
+        event = await self._next_event()
+        if isinstance(event, h11.ConnectionClosed):
+            return None
+        if not isinstance(event, h11.Request):  # pragma: no cover - h11 guarantees it
+            raise TransportClosed(f"unexpected HTTP event {event!r}")
+        head_size = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
+        if head_size > self.max_head_bytes:
+            # h11 bounds only a head still incomplete; a whole head that arrived at once
+            # over the limit is refused here.
+            await self._send_raw_error(431, "request head too large")
+            raise TransportClosed("request head too large")
+        target_text = event.target.decode("latin-1")
+        target = urlsplit(target_text)
+        return HttpRequest(
+            method=event.method.decode("ascii", "replace"),
+            target=target_text,
+            path=target.path,
+            query=dict(parse_qsl(target.query, keep_blank_values=True)),
+            headers={k.decode("latin-1"): v.decode("latin-1") for k, v in event.headers},
+            raw_headers=tuple((k, v) for k, v in event.headers.raw_items()),
+            remote=self.remote,
+        )
+
+    async def read_body(self, max_bytes: int) -> bytes:
+        """Read the whole body of the current request (at most ``max_bytes``).
+
+        Raises:
+            BodyTooLarge: Over the limit (answered 413; the connection must close).
+            TransportClosed: The peer left or broke HTTP/1.1.
+        """
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            event = await self._next_event()
+            if isinstance(event, h11.Data):
+                size += len(event.data)
+                if size > max_bytes:
+                    await self.respond(413, error_body(4, "payload too large"), close=True)
+                    raise BodyTooLarge("payload too large")
+                parts.append(bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                return b"".join(parts)
+            else:
+                raise TransportClosed("connection closed during the request body")
+
+    def upgrade_bytes(self, request: HttpRequest) -> bytes:
+        """The bytes for a protocol taking over after ``request`` (its head, and anything
+        the client already sent after it)."""
+        trailing, _closed = self._conn.trailing_data
+        return request.head_bytes() + bytes(trailing)
+
+    @property
+    def reusable(self) -> bool:
+        """Whether another request may follow on this connection."""
+        return self._conn.our_state is h11.DONE and self._conn.their_state is h11.DONE
+
+    async def respond(
+        self,
+        status: int,
+        body: bytes = b"",
+        *,
+        content_type: str = "text/plain; charset=UTF-8",
+        headers: tuple[tuple[str, str], ...] = (),
+        close: bool = False,
+    ) -> None:
+        """Answer the current request with a whole response.
+
+        Cancellation: part of the response may have been written; close the connection.
+        """
+        all_headers = [
+            ("Content-Type", content_type),
+            ("Content-Length", str(len(body))),
+            *headers,
+        ]
+        if close:
+            all_headers.append(("Connection", "close"))
+        conn = self._conn
+        try:
+            parts = [
+                conn.send(
+                    h11.Response(status_code=status, headers=all_headers, reason=_reason(status))
+                )
+            ]
+            if body:
+                parts.append(conn.send(h11.Data(data=body)))
+            parts.append(conn.send(h11.EndOfMessage()))
+        except h11.LocalProtocolError:
+            # Not in a state to answer (an error while reading the request): answer raw.
+            await self._send_raw_error(status, body.decode("utf-8", "replace"))
+            return
+        await self._send(b"".join(p for p in parts if p))
+
+    async def _send(self, data: bytes) -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await self.stream.send_all(data)
+
+    async def _send_raw_error(self, status: int, message: str) -> None:
+        body = message.encode()
+        head = b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=UTF-8\r\n" % (
+            status,
+            _reason(status),
+        )
+        head += b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+        await self._send(head + body)
 
 
-def _error_body(message: str) -> bytes:
-    return json.dumps({"code": 3, "message": message}).encode()
-
-
-async def send_response(
-    stream: trio.abc.Stream,
-    status: int,
-    body: bytes = b"",
-    *,
-    content_type: str = "text/plain; charset=UTF-8",
-    headers: tuple[tuple[str, str], ...] = (),
-    close: bool = True,
-) -> None:
-    """Write a whole HTTP/1.1 response; a peer that already left is ignored.
-
-    Cancellation: part of the response may have been written.
-    """
-    lines = [
-        b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown")),
-        b"Content-Type: %s\r\n" % content_type.encode("latin-1"),
-        b"Content-Length: %d\r\n" % len(body),
-    ]
-    lines.extend(b"%s: %s\r\n" % (k.encode("latin-1"), v.encode("latin-1")) for k, v in headers)
-    if close:
-        lines.append(b"Connection: close\r\n")
-    lines.append(b"\r\n")
-    lines.append(body)
-    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-        await stream.send_all(b"".join(lines))
+def _reason(status: int) -> bytes:
+    return _REASONS.get(status, b"Unknown")
