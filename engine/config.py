@@ -43,6 +43,16 @@ class Config:
         websocket_handshake_timeout: Seconds to complete the WebSocket upgrade.
         upgrade_timeout: Seconds a polling session's WebSocket probe may take to finish
             the Engine.IO upgrade (probe, then UPGRADE).
+        attachment_timeout: Seconds a binary packet may wait for its announced
+            attachments; then the connection closes ("attachment timeout").
+        max_events_per_second: Sustained Engine.IO messages per second one connection
+            may send (a token bucket; 0 turns the limit off). Over it, the connection
+            closes with the reason "rate limit exceeded".
+        max_events_burst: The bucket's size: how many messages may arrive at once.
+        max_connections: Most Engine.IO sessions at once; more get HTTP 503.
+        max_connections_per_address: Most sessions from one remote address (None: no
+            per-address limit; set it when clients do not share addresses through a
+            proxy).
     """
 
     path: str = "/socket.io/"
@@ -62,3 +72,8 @@ class Config:
     request_header_timeout: float = 10.0
     websocket_handshake_timeout: float = 10.0
     upgrade_timeout: float = 10.0
+    attachment_timeout: float = 10.0
+    max_events_per_second: float = 1_000.0
+    max_events_burst: int = 2_000
+    max_connections: int = 50_000
+    max_connections_per_address: int | None = None

@@ -8,6 +8,7 @@ import os
 import re
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any, Final, Literal, NoReturn
 from urllib.parse import urlsplit
 
@@ -81,6 +82,7 @@ class Server:
     static_dirs: dict[str, str] = attrs.field(factory=dict)
     connections: dict[str, Connection] = attrs.field(factory=dict, init=False)
     _engines: dict[str, EngineLayer] = attrs.field(factory=dict, init=False)
+    _per_address: dict[str, int] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         self.supervisor = Supervisor(
@@ -243,8 +245,7 @@ class Server:
             await socket.namespace.remove_socket(socket, reason)
 
     async def on_close(self, conn: Connection, reason: str) -> None:
-        if self.connections.get(conn.eio_sid) is conn:
-            del self.connections[conn.eio_sid]
+        self._forget(conn)
         for socket in list(conn.namespaces.values()):
             if isinstance(socket, Socket):
                 await socket.namespace.remove_socket(socket, reason)
@@ -380,6 +381,9 @@ class Server:
             await http.respond(403, error_body(4, "Forbidden"), headers=cors, close=True)
             return False
         query = request.query
+        if "sid" not in query and not self._admit(request):
+            await http.respond(503, error_body(3, "Too many connections"), headers=cors)
+            return True
         if query.get("EIO") != "4":
             await http.respond(400, error_body(5, "Unsupported protocol version"), headers=cors)
             return True
@@ -408,7 +412,7 @@ class Server:
                 await http.respond(400, error_body(2, "Bad handshake method"), headers=cors)
                 return True
             conn = self._new_connection(request, layer, parser, path, transport="polling")
-            await self.supervisor.start_connection(conn.run)
+            await self.supervisor.start_connection(partial(self._run_connection, conn))
             handshake = "0" + str(conn.session.handshake().data)
             await http.respond(200, handshake.encode(), headers=cors)
             return True
@@ -432,6 +436,20 @@ class Server:
             await http.respond(400, error_body(3, "Bad request"), headers=cors)
             return True
         await http.respond(400, error_body(3, "Bad request"), headers=cors)
+        return True
+
+    def _admit(self, request: HttpRequest) -> bool:
+        """Whether a new session fits under the connection limits."""
+        config = self.config
+        if len(self.connections) >= config.max_connections:
+            logger.warning("refusing a session: %d connections", len(self.connections))
+            return False
+        per_address = config.max_connections_per_address
+        if per_address is not None and request.remote is not None:
+            host = _host_of(request.remote)
+            if self._per_address.get(host, 0) >= per_address:
+                logger.warning("refusing a session from %s: %d connections", host, per_address)
+                return False
         return True
 
     async def _poll(self, http: HttpConnection, conn: Connection) -> tuple[int, str]:
@@ -489,7 +507,22 @@ class Server:
             endpoint=path,
         )
         self.connections[sid] = conn
+        if request.remote is not None:
+            host = _host_of(request.remote)
+            self._per_address[host] = self._per_address.get(host, 0) + 1
         return conn
+
+    def _forget(self, conn: Connection) -> None:
+        if self.connections.get(conn.eio_sid) is conn:
+            del self.connections[conn.eio_sid]
+            request = conn.request
+            if request is not None and request.remote is not None:
+                host = _host_of(request.remote)
+                left = self._per_address.get(host, 0) - 1
+                if left > 0:
+                    self._per_address[host] = left
+                else:
+                    self._per_address.pop(host, None)
 
     async def _accept_websocket(
         self, http: HttpConnection, request: HttpRequest
@@ -516,10 +549,15 @@ class Server:
         if ws is None:
             return
         conn = self._new_connection(request, layer, parser, path, transport="websocket", ws=ws)
+        await self._run_connection(conn)
+
+    async def _run_connection(
+        self, conn: Connection, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         try:
-            await conn.run()
+            await conn.run(task_status=task_status)
         finally:
-            self.connections.pop(conn.eio_sid, None)
+            self._forget(conn)
 
     async def _static(self, http: HttpConnection, request: HttpRequest) -> bool:
         for prefix, directory in self.static_dirs.items():
@@ -534,6 +572,10 @@ class Server:
                 return True
         await http.respond(404, b"not found")
         return True
+
+
+def _host_of(remote: str) -> str:
+    return remote.rpartition(":")[0] or remote
 
 
 def _static_file(directory: str, relative: str) -> str | None:

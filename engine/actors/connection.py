@@ -158,6 +158,9 @@ class Connection:
     _post_active: bool = attrs.field(default=False, init=False)
     _upgrading: bool = attrs.field(default=False, init=False)
     _poll_close_body: str = attrs.field(default=CLOSE, init=False)
+    _tokens: float = attrs.field(default=0.0, init=False)
+    _tokens_at: float = attrs.field(default=0.0, init=False)
+    attachments_deadline: float = attrs.field(default=math.inf, init=False)
 
     def __attrs_post_init__(self) -> None:
         self.outbox = Outbox(
@@ -169,6 +172,7 @@ class Connection:
         self._work_send, self._work_receive = trio.open_memory_channel[Work](
             self.config.handler_queue_size
         )
+        self._tokens = float(self.config.max_events_burst)
 
     @property
     def eio_sid(self) -> str:
@@ -236,7 +240,7 @@ class Connection:
     # -- deadlines (called by the supervisor's scheduler) --------------------------------
 
     def _reschedule(self) -> None:
-        deadline = self.session.next_deadline()
+        deadline = min(self.session.next_deadline(), self.attachments_deadline)
         if not self.namespaces and self.parser is not None:
             deadline = min(deadline, self.connect_deadline)
         if deadline != self._scheduled or self.timer_token == 0:
@@ -251,6 +255,8 @@ class Connection:
         self._apply(self.session.tick(now))
         if self.parser is not None and not self.namespaces and now >= self.connect_deadline:
             self.close("connect timeout")
+        if now >= self.attachments_deadline:
+            self.close("attachment timeout")
         if self.close_reason is None:
             self._reschedule()
 
@@ -361,15 +367,43 @@ class Connection:
             self._reschedule()
         return self.close_reason is None
 
+    def _over_rate(self) -> bool:
+        """Take one token from the connection's bucket; True when it is empty."""
+        rate = self.config.max_events_per_second
+        if rate <= 0:
+            return False
+        now = trio.current_time()
+        tokens = min(
+            float(self.config.max_events_burst), self._tokens + (now - self._tokens_at) * rate
+        )
+        self._tokens_at = now
+        if tokens < 1.0:
+            self._tokens = tokens
+            return True
+        self._tokens = tokens - 1.0
+        return False
+
     async def _on_message(self, data: str | bytes) -> bool:
         work = self._work_send
+        if self._over_rate():
+            logger.warning(
+                "connection %s: over %s messages/s", self.eio_sid, self.config.max_events_per_second
+            )
+            self.close("rate limit exceeded")
+            return False
         if self.parser is None:
             await work.send(RawMessage(data))
             return True
         try:
             packet = self._decoder.receive(data)  # type: ignore[attr-defined]
             if packet is None:
+                if self.attachments_deadline == math.inf:
+                    self.attachments_deadline = trio.current_time() + self.config.attachment_timeout
+                    self._reschedule()
                 return True
+            if self.attachments_deadline != math.inf:
+                self.attachments_deadline = math.inf
+                self._reschedule()
             events = self.sio.receive(packet)
         except RemoteProtocolError as exc:
             logger.debug("connection %s: %s", self.eio_sid, exc)
