@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from roomcast.engine.client import Client, open_client
 from roomcast.engine.config import Config
 from roomcast.engine.errors import (
     AckError,
+    ConnectionFailedError,
     ConnectionLostError,
     ConnectRefusedError,
     EngineError,
+    EventOverrunError,
+    HandlerError,
+    NamespaceDisconnected,
     SlowConsumerError,
     TransportClosed,
 )
@@ -19,14 +24,20 @@ __all__ = [
     "AckError",
     "BroadcastAckResult",
     "BroadcastOperator",
+    "Client",
     "Config",
+    "ConnectionFailedError",
     "ConnectRefusedError",
     "ConnectionLostError",
     "EngineError",
+    "EventOverrunError",
+    "HandlerError",
     "Handshake",
     "Namespace",
+    "NamespaceDisconnected",
     "Server",
     "Socket",
     "SlowConsumerError",
     "TransportClosed",
+    "open_client",
 ]
