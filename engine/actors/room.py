@@ -11,7 +11,17 @@ import trio
 
 from roomcast.engine.actors.outbox import Outbox, OutFrame
 
-__all__ = ["Broadcast", "Join", "Leave", "Member", "RoomActor", "RoomCommand", "Stop"]
+__all__ = [
+    "Broadcast",
+    "Crash",
+    "InjectedCrash",
+    "Join",
+    "Leave",
+    "Member",
+    "RoomActor",
+    "RoomCommand",
+    "Stop",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +83,19 @@ class Stop:
     done: trio.Event = attrs.field(factory=trio.Event)
 
 
-RoomCommand: TypeAlias = Join | Leave | Broadcast | Stop
+@attrs.frozen(kw_only=True)
+class Crash:
+    """Make the actor raise ``error`` (fault injection for tests of supervision)."""
+
+    error: Exception
+    done: trio.Event = attrs.field(factory=trio.Event)
+
+
+class InjectedCrash(Exception):
+    """The default error of a ``Crash`` command."""
+
+
+RoomCommand: TypeAlias = Join | Leave | Broadcast | Stop | Crash
 
 
 @attrs.define(eq=False)
@@ -110,6 +132,8 @@ class RoomActor:
                     self.members[command.member.sid] = command.member
                 elif isinstance(command, Leave):
                     self.members.pop(command.sid, None)
+                elif isinstance(command, Crash):
+                    raise command.error
                 else:
                     command.done.set()
                     return

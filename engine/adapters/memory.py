@@ -9,7 +9,16 @@ import attrs
 import trio
 
 from roomcast.engine.actors.outbox import OutFrame
-from roomcast.engine.actors.room import Broadcast, Join, Leave, Member, RoomActor, Stop
+from roomcast.engine.actors.room import (
+    Broadcast,
+    Crash,
+    InjectedCrash,
+    Join,
+    Leave,
+    Member,
+    RoomActor,
+    Stop,
+)
 from roomcast.engine.adapters.base import Adapter, BroadcastOptions, LocalSocket
 
 __all__ = ["MemoryAdapter"]
@@ -211,6 +220,20 @@ class MemoryAdapter(Adapter):
 
     def rooms(self) -> frozenset[str]:
         return frozenset(self._rooms)
+
+    async def crash_room(self, room: str, error: Exception | None = None) -> bool:
+        """Make the actor of ``room`` crash (fault injection); False if there is none.
+
+        The supervisor restarts it with its members; returns once the crash happened.
+        """
+        actor = self._actors.get(room)
+        if actor is None:
+            await trio.lowlevel.checkpoint()
+            return False
+        command = Crash(error=error or InjectedCrash(f"injected crash of room {room!r}"))
+        await actor.inbox.send(command)
+        await command.done.wait()
+        return True
 
     def room_offset(self, room: str) -> int:
         """The offset of the last event broadcast to ``room`` (0 before any)."""

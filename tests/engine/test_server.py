@@ -11,6 +11,8 @@ import trio
 import trio.testing
 
 from roomcast.engine import ConnectRefusedError, Server, Socket
+from roomcast.engine.actors.supervisor import RoomCrashLoopError
+from roomcast.engine.adapters.memory import MemoryAdapter
 from roomcast.protocol import JsonValue
 
 from .conftest import RawClient, open_memory_server
@@ -402,3 +404,35 @@ async def test_cleanup_leaves_no_rooms_connections_or_tasks() -> None:
             assert server.of("/").sockets == {}
             assert server.of("/").adapter.rooms() == frozenset()
             assert server.supervisor.rooms_running == 0
+
+
+async def test_a_crashed_room_actor_is_restarted_with_its_members(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = chat_server()
+    adapter = server.of("/").adapter
+    assert isinstance(adapter, MemoryAdapter)
+    with trio.fail_after(10), caplog.at_level(logging.ERROR):
+        async with open_memory_server(server) as srv, srv.client() as a:
+            await a.connect()
+            await a.send('421["join","r"]')
+            assert await a.recv() == '431[["r"]]'
+            assert await adapter.crash_room("r")
+            assert await server.to("r").emit("message", "after crash") == 1
+            assert await a.recv() == '42["message","after crash"]'
+            assert not await adapter.crash_room("nope")
+    assert any("crashed" in r.getMessage() for r in caplog.records)
+
+
+async def test_room_crash_loop_escalates(autojump_clock: trio.testing.MockClock) -> None:
+    server = chat_server()
+    adapter = server.of("/").adapter
+    assert isinstance(adapter, MemoryAdapter)
+    with trio.fail_after(10), pytest.RaisesGroup(RoomCrashLoopError, flatten_subgroups=True):
+        async with open_memory_server(server) as srv, srv.client() as a:
+            await a.connect()
+            await a.send('421["join","r"]')
+            assert await a.recv() == '431[["r"]]'
+            for _ in range(server.config.room_max_restarts + 1):
+                await adapter.crash_room("r")
+            await trio.sleep_forever()
