@@ -6,7 +6,7 @@ One record is one frame::
 
 and the body is a msgpack array led by the schema version::
 
-    [SCHEMA_VERSION, offset, time, namespace, room, kind, sender, event, args, epoch]
+    [SCHEMA_VERSION, offset, time, namespace, room, kind, sender, event, args, epoch, exclude]
 
 The format, and the reason for each choice in it, is specified in
 ``docs/event-log.md``. The engine's log writer and reader (``roomcast.engine.log``)
@@ -61,7 +61,7 @@ _MAX_OFFSET: Final = 2**63 - 1
 # carried, and low enough that recursive consumers of a decoded record stay well inside
 # Python's recursion limit.
 _MAX_NESTING_DEPTH: Final = 256
-_FIELD_COUNT: Final = 10
+_FIELD_COUNT: Final = 11
 
 LogValue: TypeAlias = (
     bool | int | float | str | bytes | list["LogValue"] | dict[str, "LogValue"] | None
@@ -102,6 +102,10 @@ def _args(value: Iterable[LogValue]) -> tuple[LogValue, ...]:
     return tuple(value)
 
 
+def _sids(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
+
+
 def _time(value: float) -> float:
     return float(value)
 
@@ -120,6 +124,9 @@ class LogRecord:
         event: The event name, for ``MESSAGE`` records.
         args: The event arguments (msgpack-able values, including bytes).
         epoch: The id of the log epoch the record belongs to (``""`` allowed).
+        exclude: Socket ids a ``MESSAGE`` was not for (the sender of a
+            ``socket.broadcast``, the members of ``except`` rooms), so that replaying
+            the record for recovery leaves them out as the broadcast did.
     """
 
     offset: int
@@ -131,6 +138,7 @@ class LogRecord:
     event: str | None = None
     args: tuple[LogValue, ...] = attrs.field(default=(), converter=_args)
     epoch: str
+    exclude: tuple[str, ...] = attrs.field(default=(), converter=_sids)
 
 
 class CorruptRecordError(RemoteProtocolError):
@@ -238,6 +246,12 @@ def _check_fields(
             raise _InvalidRecord(f"{name} is a {type(value).__name__}, not a str or None")
 
 
+def _check_exclude(exclude: Iterable[object]) -> None:
+    for sid in exclude:
+        if not isinstance(sid, str):
+            raise _InvalidRecord(f"exclude holds a {type(sid).__name__}, not a str")
+
+
 def encode_record(record: LogRecord, *, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> bytes:
     """Encode one record as one frame: length, checksum, msgpack body.
 
@@ -266,6 +280,7 @@ def encode_record(record: LogRecord, *, max_record_bytes: int = DEFAULT_MAX_RECO
         )
         if not isinstance(record.kind, RecordKind):
             raise _InvalidRecord(f"kind {record.kind!r} is not a RecordKind")
+        _check_exclude(record.exclude)
         # Pack before walking the arguments: the packer bounds recursion itself, so a
         # cyclic argument fails here instead of sending the walk round forever.
         try:
@@ -281,6 +296,7 @@ def encode_record(record: LogRecord, *, max_record_bytes: int = DEFAULT_MAX_RECO
                     record.event,
                     record.args,
                     record.epoch,
+                    record.exclude,
                 ],
                 use_bin_type=True,
             )
@@ -315,8 +331,11 @@ def _decode_body(body: bytes) -> LogRecord:
         )
     if len(fields) != _FIELD_COUNT:
         raise _InvalidRecord(f"body has {len(fields)} fields, schema 1 has {_FIELD_COUNT}")
-    _, offset, time, namespace, room, kind, sender, event, args, epoch = fields
+    _, offset, time, namespace, room, kind, sender, event, args, epoch, exclude = fields
     _check_fields(offset, time, namespace, room, sender, event, epoch)
+    if type(exclude) is not list:
+        raise _InvalidRecord(f"exclude is a {type(exclude).__name__}, not an array")
+    _check_exclude(exclude)
     if type(kind) is not int:
         raise _InvalidRecord(f"kind is a {type(kind).__name__}, not an int")
     try:
@@ -336,6 +355,7 @@ def _decode_body(body: bytes) -> LogRecord:
         event=event,
         args=cast("list[LogValue]", args),
         epoch=epoch,
+        exclude=cast("list[str]", exclude),
     )
 
 

@@ -45,6 +45,7 @@ def make_record(**changes: object) -> LogRecord:
         "event": "say",
         "args": ("héllo", b"\x00\xff", [1, {"k": None}], True, -1, 1.5),
         "epoch": "ep-1",
+        "exclude": ("sid-2",),
     }
     fields.update(changes)
     return LogRecord(**fields)  # type: ignore[arg-type]  # test helper: fields vary per test
@@ -60,7 +61,7 @@ def body_of(fields: object) -> bytes:
 
 
 def valid_fields() -> list[object]:
-    return [SCHEMA_VERSION, 3, 1.5, "/", "r", 7, "s", "e", ["a", 1], "ep"]
+    return [SCHEMA_VERSION, 3, 1.5, "/", "r", 7, "s", "e", ["a", 1], "ep", ["x"]]
 
 
 # --- Format constants -------------------------------------------------------------------
@@ -85,7 +86,7 @@ def test_record_kind_values_are_stable() -> None:
 
 # Every byte annotated, so a change to the format shows up here and nowhere silently.
 GOLDEN_BODY = bytes.fromhex(
-    "9a"  # array of 10 fields
+    "9b"  # array of 11 fields
     "01"  # schema version 1
     "2a"  # offset 42
     "cb41d954fc40100000"  # time 1700000000.25 as float64
@@ -102,8 +103,9 @@ GOLDEN_BODY = bytes.fromhex(
     "ff"  # -1
     "cb3ff8000000000000"  # 1.5 as float64
     "a465702d31"  # epoch "ep-1"
+    "91a57369642d32"  # exclude ["sid-2"]
 )
-GOLDEN_FRAME = bytes.fromhex("000000451f16e311") + GOLDEN_BODY  # length 69, crc32
+GOLDEN_FRAME = bytes.fromhex("0000004cfa9c022d") + GOLDEN_BODY  # length 76, crc32
 
 
 def test_golden_vector_encode() -> None:
@@ -111,8 +113,8 @@ def test_golden_vector_encode() -> None:
 
 
 def test_golden_vector_decode() -> None:
-    assert len(GOLDEN_BODY) == 0x45
-    assert zlib.crc32(GOLDEN_BODY) == 0x1F16E311
+    assert len(GOLDEN_BODY) == 0x4C
+    assert zlib.crc32(GOLDEN_BODY) == 0xFA9C022D
     assert decode_record(GOLDEN_FRAME) == make_record()
 
 
@@ -322,15 +324,15 @@ def deep_args(depth: int) -> bytes:
         (b"", "not valid msgpack"),
         (b"\xc1", "not valid msgpack"),
         (body_of(valid_fields()) + b"\x00", "not valid msgpack"),
-        (b"\x9a" + b"\xa1", "not valid msgpack"),
+        (b"\x9b" + b"\xa1", "not valid msgpack"),
         (b"\x81\x91\x01\x01", "not valid msgpack"),  # {[1]: 1}: unhashable key
         (b"\xa2\xff\xfe", "not valid msgpack"),  # invalid UTF-8 in a str
         (body_of([]), "not a non-empty msgpack array"),
         (body_of({"v": 1}), "not a non-empty msgpack array"),
         (body_of(["1"]), "schema version is a str"),
         (body_of([True]), "schema version is a bool"),
-        (body_of(valid_fields()[:9]), "body has 9 fields"),
-        (body_of([*valid_fields(), 0]), "body has 11 fields"),
+        (body_of(valid_fields()[:10]), "body has 10 fields"),
+        (body_of([*valid_fields(), 0]), "body has 12 fields"),
         (with_field(1, "3"), "offset is a str"),
         (with_field(1, -1), "out of range"),
         (with_field(1, 2**63), "out of range"),
@@ -342,6 +344,8 @@ def deep_args(depth: int) -> bytes:
         (with_field(6, 1), "sender is a int"),
         (with_field(7, ["e"]), "event is a list"),
         (with_field(9, None), "epoch is a NoneType"),
+        (with_field(10, "x"), "exclude is a str"),
+        (with_field(10, [1]), "exclude holds a int"),
         (with_field(5, "7"), "kind is a str"),
         (with_field(5, True), "kind is a bool"),
         (with_field(8, {"a": 1}), "args is a dict"),
@@ -394,7 +398,7 @@ def test_decode_requires_exactly_one_frame() -> None:
     assert info.value.position == 0
     with pytest.raises(TornRecordError, match="0 bytes into the 8-byte header"):
         decode_record(b"")
-    with pytest.raises(TornRecordError, match="76 bytes into a 77-byte record"):
+    with pytest.raises(TornRecordError, match="83 bytes into a 84-byte record"):
         decode_record(GOLDEN_FRAME[:-1])
 
 
