@@ -13,24 +13,38 @@ import attrs
 import trio
 
 from roomcast.engine.actors.outbox import OutFrame, SharedFrame
-from roomcast.engine.adapters.base import Adapter, BroadcastOptions
+from roomcast.engine.adapters.base import (
+    AckAnswer,
+    Adapter,
+    BroadcastAckResult,
+    BroadcastOptions,
+    ServerSideResult,
+    SocketInfo,
+)
+from roomcast.engine.recovery import RECOVERABLE_REASONS, SavedSession
 from roomcast.protocol._sio import Event, JsonValue, SioPacket
 
 if TYPE_CHECKING:
     from roomcast.engine.server import Server
-    from roomcast.engine.socket import Socket
+    from roomcast.engine.socket import Handshake, Socket
 
 __all__ = [
     "BroadcastAckResult",
     "BroadcastOperator",
     "Namespace",
     "NamespaceMatcher",
+    "RemoteSocket",
+    "ServerSideHandler",
+    "ServerSideResult",
 ]
 
 logger = logging.getLogger(__name__)
 
 Handler: TypeAlias = Callable[..., Awaitable[Any]]
 Middleware: TypeAlias = Callable[["Socket", JsonValue], Awaitable[None]]
+ServerSideHandler: TypeAlias = Callable[..., Awaitable[Any]]
+"""``async def handler(*args)`` for events other nodes send with ``server_side_emit``;
+its return value answers a ``server_side_call`` (None: no arguments, a tuple: several)."""
 NamespaceMatcher: TypeAlias = "re.Pattern[str] | Callable[[str, JsonValue], bool]"
 H = TypeVar("H", bound=Handler)
 
@@ -52,37 +66,72 @@ def ack_args(result: object) -> tuple[JsonValue, ...]:
     return (result,)  # type: ignore[return-value]
 
 
-@attrs.frozen(kw_only=True)
-class BroadcastAckResult:
-    """The answers to a broadcast with ack.
-
-    Attributes:
-        answers: Each answering socket id with its ack arguments.
-        missing: Socket ids that were sent the event and did not answer in time.
-    """
-
-    answers: dict[str, tuple[JsonValue, ...]]
-    missing: frozenset[str]
-
-
 @attrs.define(eq=False)
 class _AckCollector:
+    """One broadcast ack on this node: registered on each recipient socket under one id."""
+
+    on_answer: AckAnswer
     expected: set[str] = attrs.field(factory=set)
-    answers: dict[str, tuple[JsonValue, ...]] = attrs.field(factory=dict)
+    answered: set[str] = attrs.field(factory=set)
     counted: bool = False
     all_in: trio.Event = attrs.field(factory=trio.Event)
 
     def resolve(self, sid: str, args: tuple[JsonValue, ...]) -> None:
-        if sid in self.expected:
-            self.answers[sid] = args
+        if sid in self.expected and sid not in self.answered:
+            self.answered.add(sid)
+            self.on_answer(sid, args)
             self._check()
 
     def fail(self, sid: str, error: Exception) -> None:
         self._check()
 
     def _check(self) -> None:
-        if self.counted and len(self.answers) >= len(self.expected):
+        if self.counted and len(self.answered) >= len(self.expected):
             self.all_in.set()
+
+
+@attrs.define(eq=False)
+class RemoteSocket:
+    """A socket on another node, as ``fetch_sockets`` lists it.
+
+    It has the attributes of a ``Socket`` that make sense at a distance, and its methods
+    act through the cluster (its node does the work).
+
+    Attributes:
+        sid: The Socket.IO socket id.
+        namespace: The namespace (this node's object for it).
+        rooms: The rooms it was in when listed (its own id included).
+        data: A copy of its ``socket.data`` when listed.
+        handshake: What its client sent when it connected.
+        node: The id of the node that holds it.
+    """
+
+    sid: str
+    namespace: Namespace
+    rooms: frozenset[str]
+    data: dict[str, JsonValue]
+    handshake: Handshake
+    node: str
+
+    @property
+    def _operator(self) -> BroadcastOperator:
+        return self.namespace.to(self.sid)
+
+    async def emit(self, event: str, *args: JsonValue) -> None:
+        """Send ``event`` to this socket's client. Cancellation: it may have been sent."""
+        await self._operator.emit(event, *args)
+
+    async def join(self, *rooms: str) -> None:
+        """Make the socket join ``rooms`` (on its node). Cancellation: it may have joined."""
+        await self._operator.sockets_join(*rooms)
+
+    async def leave(self, room: str) -> None:
+        """Make the socket leave ``room`` (on its node). Cancellation: it may have left."""
+        await self._operator.sockets_leave(room)
+
+    async def disconnect(self, *, close: bool = False) -> None:
+        """Disconnect the socket (on its node). Cancellation: it may be disconnected."""
+        await self._operator.disconnect_sockets(close=close)
 
 
 @attrs.frozen(kw_only=True)
@@ -126,67 +175,90 @@ class BroadcastOperator:
         packet = Event(name=event, args=args, namespace=ns.name)
         return await ns.broadcast_packet(packet, self.opts)
 
+    def _targets(self) -> list[Namespace]:
+        # A dynamic parent namespace acts on its children (as broadcast_packet does).
+        ns = self.namespace
+        return list(ns.children.values()) or [ns]
+
     async def call(self, event: str, *args: JsonValue, within: float) -> BroadcastAckResult:
         """Send ``event`` with an ack to every matching socket and collect the answers.
 
         Waits until every recipient answered or ``within`` seconds passed, then returns
         the answers and who did not answer. (A deadline argument, not the caller's cancel
-        scope, because the partial result is the point: cancelling would lose it.)
+        scope, because the partial result is the point: cancelling would lose it.) With a
+        cluster adapter the recipients on every node answer.
 
         Cancellation: the answers collected so far are lost; late answers are ignored.
         """
-        ns = self.namespace
-        ack_id = ns.next_ack_id()
-        collector = _AckCollector()
+        targets = self._targets()
+        results: list[BroadcastAckResult] = []
 
-        def register(sid: str) -> None:
-            socket = ns.sockets.get(sid)
-            if socket is not None:
-                collector.expected.add(sid)
-                socket.acks[ack_id] = collector
-                socket.connection.sio.expect_ack(ns.name, ack_id)
+        async def one(ns: Namespace) -> None:
+            results.append(
+                await ns.adapter.broadcast_with_ack(event, args, self.opts, within=within)
+            )
 
-        packet = Event(name=event, args=args, namespace=ns.name, ack_id=ack_id)
-        try:
-            with trio.move_on_after(within):
-                await ns.broadcast_packet(packet, self.opts, on_member=register)
-                collector.counted = True
-                collector._check()
-                await collector.all_in.wait()
-        finally:
-            for sid in collector.expected:
-                socket = ns.sockets.get(sid)
+        if len(targets) == 1:
+            await one(targets[0])
+        else:
+            async with trio.open_nursery() as nursery:
+                for ns in targets:
+                    nursery.start_soon(one, ns)
+        answers: dict[str, tuple[JsonValue, ...]] = {}
+        missing: set[str] = set()
+        for result in results:
+            answers.update(result.answers)
+            missing.update(result.missing)
+        return BroadcastAckResult(answers=answers, missing=frozenset(missing))
+
+    async def fetch_sockets(self) -> list[Socket | RemoteSocket]:
+        """The matching sockets of every node: this node's as ``Socket`` objects, other
+        nodes' as ``RemoteSocket`` descriptions. Cancellation: nothing changes.
+
+        Raises:
+            ClusterError: A cluster adapter could not ask every node (see
+                ``roomcast.engine.adapters.cluster``).
+        """
+        found: list[Socket | RemoteSocket] = []
+        for ns in self._targets():
+            for info in await ns.adapter.fetch_sockets(self.opts):
+                socket = ns.sockets.get(info.sid) if info.node is None else None
                 if socket is not None:
-                    socket.acks.pop(ack_id, None)
-        answers = dict(collector.answers)
-        return BroadcastAckResult(
-            answers=answers, missing=frozenset(collector.expected - answers.keys())
-        )
-
-    def _matching(self) -> list[Socket]:
-        ns = self.namespace
-        return [ns.sockets[sid] for sid in ns.adapter.sockets(self.opts) if sid in ns.sockets]
-
-    async def fetch_sockets(self) -> list[Socket]:
-        """The matching sockets. Cancellation: nothing changes."""
-        await trio.lowlevel.checkpoint()
-        return self._matching()
+                    found.append(socket)
+                elif info.node is not None:
+                    found.append(
+                        RemoteSocket(
+                            sid=info.sid,
+                            namespace=ns,
+                            rooms=info.rooms,
+                            data=info.data,
+                            handshake=info.handshake,
+                            node=info.node,
+                        )
+                    )
+        return found
 
     async def sockets_join(self, *rooms: str) -> None:
-        """Make every matching socket join ``rooms``."""
-        for socket in self._matching():
-            await socket.join(*rooms)
+        """Make every matching socket (on every node) join ``rooms``.
+
+        Cancellation: some sockets may have joined.
+        """
+        for ns in self._targets():
+            await ns.adapter.add_sockets(self.opts, frozenset(rooms))
 
     async def sockets_leave(self, *rooms: str) -> None:
-        """Make every matching socket leave ``rooms``."""
-        for socket in self._matching():
-            for room in rooms:
-                await socket.leave(room)
+        """Make every matching socket (on every node) leave ``rooms``.
+
+        Cancellation: some sockets may have left.
+        """
+        for ns in self._targets():
+            await ns.adapter.del_sockets(self.opts, frozenset(rooms))
 
     async def disconnect_sockets(self, *, close: bool = False) -> None:
-        """Disconnect every matching socket (``close`` also closes their connections)."""
-        for socket in self._matching():
-            await socket.disconnect(close=close)
+        """Disconnect every matching socket, on every node (``close`` also closes their
+        connections). Cancellation: some sockets may be disconnected."""
+        for ns in self._targets():
+            await ns.adapter.disconnect_sockets(self.opts, close=close)
 
 
 @attrs.define(eq=False)
@@ -211,7 +283,11 @@ class Namespace:
     middlewares: list[Middleware] = attrs.field(factory=list)
     sockets: dict[str, Socket] = attrs.field(factory=dict)
     children: dict[str, Namespace] = attrs.field(factory=dict)
+    server_side_handlers: dict[str, ServerSideHandler] = attrs.field(factory=dict)
     _ack_ids: itertools.count[int] = attrs.field(factory=itertools.count)
+
+    def __attrs_post_init__(self) -> None:
+        self.adapter.bind(self)
 
     def on(self, event: str) -> Callable[[H], H]:
         """Register an async handler for ``event`` (or ``connect`` / ``disconnect``)."""
@@ -240,6 +316,114 @@ class Namespace:
         self.middlewares.append(middleware)
         return middleware
 
+    def on_server_side(self, event: str) -> Callable[[H], H]:
+        """Register ``async def handler(*args)`` for ``event`` sent by another node's
+        ``server_side_emit`` / ``server_side_call`` (its return value answers the call)."""
+
+        def register(handler: H) -> H:
+            _check_handler(handler, f"server-side {event!r}")
+            self.server_side_handlers[event] = handler
+            return handler
+
+        return register
+
+    async def server_side_emit(self, event: str, *args: JsonValue) -> None:
+        """Send ``event`` to the server-side handlers of every other node of the cluster.
+
+        Cancellation: some nodes may have been sent it.
+        """
+        await self.adapter.server_side_emit(event, args)
+
+    async def server_side_call(
+        self, event: str, *args: JsonValue, within: float
+    ) -> ServerSideResult:
+        """Send ``event`` to every other node and collect their handlers' answers for
+        ``within`` seconds. Cancellation: the answers so far are lost."""
+        return await self.adapter.server_side_call(event, args, within=within)
+
+    # -- AdapterHost: what the adapter asks of this node's sockets ---------------------------
+
+    def socket_info(self, sid: str) -> SocketInfo | None:
+        """The description of local socket ``sid`` (None if it is not connected here)."""
+        socket = self.sockets.get(sid)
+        if socket is None:
+            return None
+        return SocketInfo(
+            sid=sid,
+            namespace=self.name,
+            rooms=socket.rooms,
+            data=dict(socket.data),
+            handshake=socket.handshake,
+        )
+
+    async def disconnect_local(self, sid: str, *, close: bool) -> None:
+        """Disconnect local socket ``sid`` if it is here (a server-side disconnect).
+
+        Cancellation: the socket is gone either way; its cleanup may be incomplete.
+        """
+        socket = self.sockets.get(sid)
+        if socket is None:
+            await trio.lowlevel.checkpoint()
+            return
+        await socket.disconnect(close=close)
+
+    async def call_local(
+        self,
+        event: str,
+        args: tuple[JsonValue, ...],
+        opts: BroadcastOptions,
+        *,
+        within: float,
+        on_sent: Callable[[frozenset[str]], None],
+        on_answer: AckAnswer,
+    ) -> None:
+        """Send ``event`` with one fresh ack id to the matching sockets of this node and
+        report their answers until all answered or ``within`` seconds passed.
+
+        Cancellation: the ack registrations are removed; late answers are ignored.
+        """
+        ack_id = self.next_ack_id()
+        collector = _AckCollector(on_answer=on_answer)
+
+        def register(sid: str) -> None:
+            socket = self.sockets.get(sid)
+            if socket is not None:
+                collector.expected.add(sid)
+                socket.acks[ack_id] = collector
+                socket.connection.sio.expect_ack(self.name, ack_id)
+
+        packet = Event(name=event, args=args, namespace=self.name, ack_id=ack_id)
+        local = attrs.evolve(opts, local=True)
+        try:
+            with trio.move_on_after(within):
+                await self.adapter.broadcast(self.encode(packet), local, on_member=register)
+                collector.counted = True
+                on_sent(frozenset(collector.expected))
+                collector._check()
+                await collector.all_in.wait()
+        finally:
+            for sid in collector.expected:
+                socket = self.sockets.get(sid)
+                if socket is not None:
+                    socket.acks.pop(ack_id, None)
+        if not collector.counted:  # the deadline passed during the fan-out
+            on_sent(frozenset(collector.expected))
+
+    async def handle_server_side(
+        self, event: str, args: tuple[JsonValue, ...]
+    ) -> tuple[JsonValue, ...] | None:
+        """Run the server-side handler for ``event``; its answer, or None when there is no
+        handler or it raised (which is logged)."""
+        handler = self.server_side_handlers.get(event)
+        if handler is None:
+            await trio.lowlevel.checkpoint()
+            return None
+        try:
+            return ack_args(await handler(*args))
+        except Exception:
+            logger.exception("server-side handler %r failed in %s", event, self.name)
+            return None
+
     def next_ack_id(self) -> int:
         """A fresh ack id, unique in the namespace (so one id serves a whole broadcast)."""
         return next(self._ack_ids)
@@ -266,6 +450,21 @@ class Namespace:
                     attrs.evolve(packet, namespace=child.name), opts, on_member=on_member
                 )
             return total
+        store = self.server.recovery_store
+        if (
+            store is not None
+            and isinstance(packet, Event)
+            and packet.ack_id is None
+            and not opts.volatile
+        ):
+            _, args = store.record(
+                self.name,
+                opts.rooms,
+                opts.except_rooms | opts.except_sids,
+                packet.name,
+                packet.args,
+            )
+            packet = attrs.evolve(packet, args=args)
         return await self.adapter.broadcast(self.encode(packet), opts, on_member=on_member)
 
     def broadcast_operator(self, **opts: Any) -> BroadcastOperator:
@@ -296,8 +495,8 @@ class Namespace:
         """Send ``event`` to every socket of the namespace."""
         return await self.broadcast_operator().emit(event, *args)
 
-    async def fetch_sockets(self) -> list[Socket]:
-        """Every socket of the namespace."""
+    async def fetch_sockets(self) -> list[Socket | RemoteSocket]:
+        """Every socket of the namespace (on every node)."""
         return await self.broadcast_operator().fetch_sockets()
 
     async def sockets_join(self, *rooms: str) -> None:
@@ -324,6 +523,18 @@ class Namespace:
         socket.connection.namespaces.pop(self.name, None)
         self.sockets.pop(socket.sid, None)
         socket._fail_acks(reason)
+        store = self.server.recovery_store
+        if store is not None and socket.pid is not None and reason in RECOVERABLE_REASONS:
+            store.save(
+                SavedSession(
+                    pid=socket.pid,
+                    sid=socket.sid,
+                    namespace=self.name,
+                    rooms=socket.rooms - {socket.sid},
+                    data=socket.data,
+                    disconnected_at=trio.current_time(),
+                )
+            )
         await self.adapter.delete_all(socket.sid)
         for handler in self.disconnect_handlers:
             try:

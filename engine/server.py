@@ -28,11 +28,12 @@ from roomcast.engine.namespace import (
     NamespaceMatcher,
     ack_args,
 )
+from roomcast.engine.recovery import RecoveryConfig, RecoveryStore
 from roomcast.engine.socket import Handshake, Socket
 from roomcast.engine.transport.http import HttpConnection, HttpRequest, error_body
 from roomcast.engine.transport.websocket import WebSocketTransport, accept_websocket
 from roomcast.protocol._eio import EioServerSession
-from roomcast.protocol._sio import JSON_PARSER, Ack, JsonValue, Parser
+from roomcast.protocol._sio import JSON_PARSER, Ack, Event, JsonValue, Parser
 
 __all__ = ["AdapterFactory", "Server"]
 
@@ -80,11 +81,15 @@ class Server:
     cors_allowed_origins: Sequence[str] | Literal["*"] | Callable[[str], bool] = ()
     allow_request: Callable[[HttpRequest], Awaitable[bool]] | None = None
     static_dirs: dict[str, str] = attrs.field(factory=dict)
+    recovery: RecoveryConfig | None = None
+    recovery_store: RecoveryStore | None = attrs.field(default=None, init=False)
     connections: dict[str, Connection] = attrs.field(factory=dict, init=False)
     _engines: dict[str, EngineLayer] = attrs.field(factory=dict, init=False)
     _per_address: dict[str, int] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
+        if self.recovery is not None:
+            self.recovery_store = RecoveryStore(config=self.recovery)
         self.supervisor = Supervisor(
             max_restarts=self.config.room_max_restarts,
             restart_window=self.config.room_restart_window,
@@ -176,8 +181,14 @@ class Server:
             conn.send_packet(conn.sio.refuse(namespace, {"message": "Invalid namespace"}))
             return
         request = conn.request
+        store = self.recovery_store
+        restored = None
+        if store is not None and isinstance(auth, dict):
+            pid, offset = auth.get("pid"), auth.get("offset")
+            if isinstance(pid, str) and isinstance(offset, str):
+                restored = store.restore(namespace, pid, offset, trio.current_time())
         socket = Socket(
-            sid=_new_id(),
+            sid=restored[0].sid if restored is not None else _new_id(),
             namespace=ns,
             connection=conn,
             handshake=Handshake(
@@ -187,10 +198,17 @@ class Server:
                 address=request.remote if request is not None else None,
                 time=trio.current_time(),
             ),
+            data=dict(restored[0].data) if restored is not None else {},
+            pid=(restored[0].pid if restored is not None else store.new_pid())
+            if store is not None
+            else None,
+            recovered=restored is not None,
         )
+        skip = restored is not None and store is not None and store.config.skip_middlewares
         try:
-            for middleware in ns.middlewares:
-                await middleware(socket, socket.handshake.auth)
+            if not skip:
+                for middleware in ns.middlewares:
+                    await middleware(socket, socket.handshake.auth)
         except ConnectRefusedError as exc:
             data: dict[str, JsonValue] = {"message": exc.message}
             if exc.data is not None:
@@ -202,7 +220,12 @@ class Server:
         ns.sockets[socket.sid] = socket
         ns.adapter.add_socket(socket)
         conn.namespaces[namespace] = socket
-        conn.send_packet(conn.sio.accept(namespace, socket.sid))
+        conn.send_packet(conn.sio.accept(namespace, socket.sid, pid=socket.pid))
+        if restored is not None:
+            session, missed = restored
+            await ns.adapter.add_all(socket.sid, session.rooms)
+            for event in missed:
+                conn.send_packet(Event(name=event.name, args=event.args, namespace=namespace))
         for handler in ns.connect_handlers:
             await handler(socket, socket.handshake.auth)
 

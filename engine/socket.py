@@ -64,6 +64,9 @@ class Socket:
         handshake: What the client sent when it connected.
         data: Free-form per-socket data for the app (kept across recovery, listed by
             ``fetch_sockets``).
+        pid: The private session id (connection state recovery on), else None.
+        recovered: Whether this socket is a recovered one (same sid, rooms and data,
+            missed events replayed).
     """
 
     sid: str
@@ -71,6 +74,8 @@ class Socket:
     connection: Connection
     handshake: Handshake
     data: dict[str, Any] = attrs.field(factory=dict)
+    pid: str | None = None
+    recovered: bool = False
     connected: bool = True
     acks: dict[int, AckWaiter | Any] = attrs.field(factory=dict, repr=False)
 
@@ -101,9 +106,16 @@ class Socket:
 
         Cancellation: not a cancellation point beyond one checkpoint.
         """
+        if not self.connected:
+            await trio.lowlevel.checkpoint()
+            return
+        if self.pid is not None:
+            # With recovery on, a direct emit is a broadcast to the socket's own room, so
+            # it gets an offset and is kept for replay (as in Node).
+            await self.namespace.broadcast_operator(rooms=frozenset({self.sid})).emit(event, *args)
+            return
         await trio.lowlevel.checkpoint()
-        if self.connected:
-            self.connection.send_packet(Event(name=event, args=args, namespace=self.namespace.name))
+        self.connection.send_packet(Event(name=event, args=args, namespace=self.namespace.name))
 
     async def call(self, event: str, *args: JsonValue) -> tuple[JsonValue, ...]:
         """Send ``event`` with an ack id and wait for the client's answer.

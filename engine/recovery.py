@@ -1,0 +1,181 @@
+"""Connection state recovery, compatible with Socket.IO's ``connectionStateRecovery``.
+
+With recovery on, every broadcast event without an ack and not volatile gets an offset,
+appended as its last argument (as Node's session-aware adapter does: the client keeps
+the last one it saw). A socket that disconnects for a recoverable reason is saved under
+its private id (``pid``); a client that reconnects within ``max_disconnection_duration``
+with ``{pid, offset}`` in its CONNECT auth gets its id, rooms and data back, and every
+event it missed, in order. When that cannot be done (unknown or expired session, an
+offset we no longer hold, another epoch) the client is told it was not recovered: it
+gets a new id, and nothing is invented or skipped silently.
+
+The store here is in memory and bounded; the event log, when on, is its durable copy,
+so recovery also survives a restart (see ``docs/event-log.md``).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import deque
+from typing import Any, Final
+
+import attrs
+
+from roomcast.protocol._sio import JsonValue
+
+__all__ = [
+    "RECOVERABLE_REASONS",
+    "MissedEvent",
+    "RecoveryConfig",
+    "RecoveryStore",
+    "SavedSession",
+]
+
+RECOVERABLE_REASONS: Final = frozenset(
+    {"transport error", "transport close", "forced close", "ping timeout", "server shutting down"}
+)
+"""Disconnect reasons after which a socket's state is kept (Node's list)."""
+
+
+@attrs.frozen(kw_only=True)
+class RecoveryConfig:
+    """Connection state recovery settings.
+
+    Attributes:
+        max_disconnection_duration: Seconds a disconnected socket's state is kept.
+        skip_middlewares: Whether a recovered socket skips the namespace middleware.
+        max_events: Most broadcast events kept for replay (oldest dropped first; a client
+            whose offset fell out is not recovered).
+    """
+
+    max_disconnection_duration: float = 120.0
+    skip_middlewares: bool = True
+    max_events: int = 100_000
+
+
+@attrs.frozen(kw_only=True)
+class SavedSession:
+    """A disconnected socket's state, kept for its recovery."""
+
+    pid: str
+    sid: str
+    namespace: str
+    rooms: frozenset[str]
+    data: dict[str, Any]
+    disconnected_at: float
+
+
+@attrs.frozen(kw_only=True)
+class MissedEvent:
+    """A broadcast event as stored for replay.
+
+    Attributes:
+        seq: Its position in the server's event sequence.
+        namespace: Its namespace.
+        rooms: The rooms it went to (empty: the whole namespace).
+        exclude: Rooms (socket ids are rooms too) whose members it was not for.
+        name: The event name.
+        args: Its arguments, the offset last.
+    """
+
+    seq: int
+    namespace: str
+    rooms: frozenset[str]
+    exclude: frozenset[str]
+    name: str
+    args: tuple[JsonValue, ...]
+
+    def is_for(self, namespace: str, rooms: frozenset[str]) -> bool:
+        """Whether a socket in ``rooms`` of ``namespace`` was sent this event."""
+        if namespace != self.namespace:
+            return False
+        included = not self.rooms or not self.rooms.isdisjoint(rooms)
+        return included and self.exclude.isdisjoint(rooms)
+
+
+@attrs.define(eq=False)
+class RecoveryStore:
+    """Offsets, recent events and disconnected sessions of one server (one epoch)."""
+
+    config: RecoveryConfig = attrs.field(factory=RecoveryConfig)
+    epoch: str = attrs.field(factory=lambda: secrets.token_hex(4))
+    seq: int = 0
+    _events: deque[MissedEvent] = attrs.field(factory=deque)
+    _sessions: dict[str, SavedSession] = attrs.field(factory=dict)
+
+    def offset(self, seq: int) -> str:
+        """The offset string clients see for event ``seq``."""
+        return f"{self.epoch}-{seq}"
+
+    def parse_offset(self, offset: str) -> int | None:
+        """The sequence number of an offset of this epoch, or None."""
+        epoch, _, seq = offset.rpartition("-")
+        if epoch != self.epoch or not seq.isdigit():
+            return None
+        return int(seq)
+
+    def record(
+        self,
+        namespace: str,
+        rooms: frozenset[str],
+        exclude: frozenset[str],
+        name: str,
+        args: tuple[JsonValue, ...],
+    ) -> tuple[int, tuple[JsonValue, ...]]:
+        """Give the next broadcast event its offset and keep it; return the sequence
+        number and the arguments with the offset appended."""
+        self.seq += 1
+        full = (*args, self.offset(self.seq))
+        events = self._events
+        events.append(
+            MissedEvent(
+                seq=self.seq,
+                namespace=namespace,
+                rooms=rooms,
+                exclude=exclude,
+                name=name,
+                args=full,
+            )
+        )
+        if len(events) > self.config.max_events:
+            events.popleft()
+        return self.seq, full
+
+    def new_pid(self) -> str:
+        """A fresh private session id."""
+        return secrets.token_urlsafe(15)
+
+    def save(self, session: SavedSession) -> None:
+        """Keep a disconnected socket's state."""
+        self._sessions[session.pid] = session
+
+    def prune(self, now: float) -> None:
+        """Forget sessions past ``max_disconnection_duration``."""
+        limit = now - self.config.max_disconnection_duration
+        for pid in [p for p, s in self._sessions.items() if s.disconnected_at < limit]:
+            del self._sessions[pid]
+
+    def restore(
+        self, namespace: str, pid: str, offset: str, now: float
+    ) -> tuple[SavedSession, list[MissedEvent]] | None:
+        """Take the session ``pid`` back with the events it missed after ``offset``.
+
+        Returns None (the client is told it was not recovered) when the session is
+        unknown, for another namespace or expired, or when the offset is of another
+        epoch or older than the oldest event kept (a gap we cannot fill).
+        """
+        self.prune(now)
+        session = self._sessions.get(pid)
+        if session is None or session.namespace != namespace:
+            return None
+        seq = self.parse_offset(offset)
+        events = self._events
+        if seq is None or seq > self.seq:
+            return None
+        oldest = events[0].seq if events else self.seq + 1
+        if seq < oldest - 1:
+            return None  # events after the client's offset were dropped: a gap
+        del self._sessions[pid]
+        rooms = session.rooms | {session.sid}
+        missed = [e for e in events if e.seq > seq and e.is_for(namespace, rooms)]
+        return session, missed
