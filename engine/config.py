@@ -53,6 +53,9 @@ class Config:
         max_connections_per_address: Most sessions from one remote address (None: no
             per-address limit; set it when clients do not share addresses through a
             proxy).
+        websocket_compression: Agree on WebSocket permessage-deflate (RFC 7692) when a
+            client offers it (off by default, like Node's socket.io). The payload limit
+            then applies to each message's decompressed size.
     """
 
     path: str = "/socket.io/"
@@ -77,3 +80,4 @@ class Config:
     max_events_burst: int = 2_000
     max_connections: int = 50_000
     max_connections_per_address: int | None = None
+    websocket_compression: bool = False

@@ -39,6 +39,7 @@ __all__ = ["AdapterFactory", "Server"]
 
 logger = logging.getLogger(__name__)
 
+CLOSE_PAYLOAD: Final = b"1"  # an Engine.IO CLOSE packet, as a polling body
 _LINGER_TIMEOUT: Final = 1.0
 _LINGER_BYTES: Final = 65_536
 
@@ -86,6 +87,7 @@ class Server:
     connections: dict[str, Connection] = attrs.field(factory=dict, init=False)
     _engines: dict[str, EngineLayer] = attrs.field(factory=dict, init=False)
     _per_address: dict[str, int] = attrs.field(factory=dict, init=False)
+    _connections: trio.Nursery | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
         if self.recovery is not None:
@@ -267,6 +269,11 @@ class Server:
         if isinstance(socket, Socket):
             await socket.namespace.remove_socket(socket, reason)
 
+    def on_closing(self, conn: Connection, reason: str) -> None:
+        for socket in conn.namespaces.values():
+            if isinstance(socket, Socket):
+                socket._fail_acks(reason)
+
     async def on_close(self, conn: Connection, reason: str) -> None:
         self._forget(conn)
         for socket in list(conn.namespaces.values()):
@@ -305,17 +312,34 @@ class Server:
         sockname = listeners[0].socket.getsockname()
         try:
             async with trio.open_nursery() as nursery:
-                await nursery.start(self.supervisor.run)
-                async with trio.open_nursery() as connections:
-                    logger.info("roomcast listening on http://%s:%d", sockname[0], sockname[1])
-                    task_status.started((sockname[0], sockname[1]))
-                    await trio.serve_listeners(
-                        self.serve_stream, listeners, handler_nursery=connections
-                    )
+                # Shut down in order: connections first (their cleanup leaves rooms and
+                # runs disconnect handlers), then the supervisor with the room actors.
+                system = await nursery.start(self._run_supervisor)
+                try:
+                    async with trio.open_nursery() as connections:
+                        self._connections = connections
+                        logger.info("roomcast listening on http://%s:%d", sockname[0], sockname[1])
+                        task_status.started((sockname[0], sockname[1]))
+                        await trio.serve_listeners(
+                            self.serve_stream, listeners, handler_nursery=connections
+                        )
+                finally:
+                    self._connections = None
+                    system.cancel()
         finally:
             for listener in listeners:
                 await trio.aclose_forcefully(listener)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _run_supervisor(
+        self, *, task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        # Shielded from the server's cancellation: serve() cancels it itself, once the
+        # connections are closed.
+        with trio.CancelScope(shield=True) as scope:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.supervisor.run)
+                task_status.started(scope)
 
     async def serve_stream(self, stream: trio.abc.Stream) -> None:
         """Serve one client's HTTP connection on any Trio stream (a socket or an in-memory
@@ -435,7 +459,10 @@ class Server:
                 await http.respond(400, error_body(2, "Bad handshake method"), headers=cors)
                 return True
             conn = self._new_connection(request, layer, parser, path, transport="polling")
-            await self.supervisor.start_connection(partial(self._run_connection, conn))
+            if self._connections is not None:
+                await self._connections.start(self._run_connection, conn)
+            else:  # served without serve() (in-memory streams): the supervisor hosts it
+                await self.supervisor.start_connection(partial(self._run_connection, conn))
             handshake = "0" + str(conn.session.handshake().data)
             await http.respond(200, handshake.encode(), headers=cors)
             return True
@@ -444,8 +471,22 @@ class Server:
             await http.respond(400, error_body(1, "Session ID unknown"), headers=cors)
             return True
         if request.method == "GET":
-            status, text = await self._poll(http, conn)
-            await http.respond(status, text.encode(), headers=cors)
+            result: tuple[int, str] | None = None
+            try:
+                result = await self._poll(http, conn)
+            finally:
+                # The answer is written even when the server is shutting down (then it
+                # is CLOSE), within close_grace.
+                status, body = (
+                    (200, CLOSE_PAYLOAD)
+                    if result is None
+                    else (
+                        result[0],
+                        result[1].encode(),
+                    )
+                )
+                with trio.move_on_after(self.config.close_grace, shield=True):
+                    await http.respond(status, body, headers=cors, close=result is None)
             return status == 200
         if request.method == "POST":
             try:

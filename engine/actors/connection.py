@@ -111,6 +111,9 @@ class SocketLayer(EngineLayer, Protocol):
     async def on_namespace_disconnect(self, conn: Connection, namespace: str, reason: str) -> None:
         """The client left one namespace."""
 
+    def on_closing(self, conn: Connection, reason: str) -> None:
+        """The connection started closing: fail whatever waits on the client (at once)."""
+
 
 def polling_part(frame: OutFrame) -> str:
     """One outbox frame in the polling payload form (binary as ``b`` + base64)."""
@@ -149,6 +152,7 @@ class Connection:
     _scheduled: float = attrs.field(default=math.inf, init=False)
     _closed: trio.Event = attrs.field(factory=trio.Event, init=False)
     _writer_done: trio.Event = attrs.field(factory=trio.Event, init=False)
+    _handlers_done: trio.Event = attrs.field(factory=trio.Event, init=False)
     _read_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope, init=False)
     _handler_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope, init=False)
     _nursery: trio.Nursery | None = attrs.field(default=None, init=False)
@@ -294,7 +298,16 @@ class Connection:
                     self._writer_done.set()
                 task_status.started()
                 await self._closed.wait()
+                # Stop reading; let the handler runner finish what was already received
+                # (a DISCONNECT right before the close must still run its cleanup and
+                # the app's disconnect handlers), within close_grace. Pending acks fail
+                # first, so a handler waiting on this client cannot stall the close.
                 self._read_scope.cancel()
+                self._work_send.close()
+                if self.parser is not None:
+                    cast("SocketLayer", self.layer).on_closing(self, self.close_reason or "")
+                with trio.move_on_after(config.close_grace):
+                    await self._handlers_done.wait()
                 self._handler_scope.cancel()
                 self.outbox.close()
                 with trio.move_on_after(config.close_grace):
@@ -392,7 +405,10 @@ class Connection:
             self.close("rate limit exceeded")
             return False
         if self.parser is None:
-            await work.send(RawMessage(data))
+            try:
+                await work.send(RawMessage(data))
+            except trio.ClosedResourceError:
+                return False
             return True
         try:
             packet = self._decoder.receive(data)  # type: ignore[attr-defined]
@@ -415,13 +431,18 @@ class Connection:
                     self, event.namespace, event.ack_id, event.args
                 )
             elif isinstance(event, _WORK):
-                await work.send(event)
+                try:
+                    await work.send(event)
+                except trio.ClosedResourceError:
+                    return False  # the connection is closing
         return True
 
     async def _handler_loop(self) -> None:
         layer = self.layer
         with self._handler_scope:
             async for event in self._work_receive:
+                if isinstance(event, ConnectRequested) and self.close_reason is not None:
+                    continue  # too late to join a namespace
                 # The per-connection boundary: an app handler's bug is logged and confined
                 # to this connection; the connection keeps serving.
                 try:
@@ -442,6 +463,7 @@ class Connection:
                         )
                 except Exception:
                     logger.exception("handler failed on connection %s", self.eio_sid)
+        self._handlers_done.set()
 
     # -- HTTP long-polling (called from request tasks) ------------------------------------
 

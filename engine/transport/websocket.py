@@ -3,12 +3,25 @@
 wsproto parses what the peer sends (masking, fragments, control frames, UTF-8, the
 close handshake). Data frames we send are built here: a server frame is never masked
 (RFC 6455 §5.1), so one finished frame can be written to every member of a room.
+
+permessage-deflate (RFC 7692) is opt-in (``accept_websocket(..., compression=True)``),
+as in Node's socket.io. Its inbound side (``BoundedDeflate``) inflates with a bound: a
+message is refused (close 1009) as soon as its *decompressed* size passes the limit, and
+zlib is never asked for more than that, so a compression bomb costs at most the limit.
+Outbound, each message of at least ``DEFLATE_THRESHOLD`` bytes is compressed on its own
+(no context takeover on our side, which RFC 7692 §7.1.1.1 always allows); smaller ones go
+uncompressed (RSV1 clear, RFC 7692 §6), so they keep sharing one encoded frame.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
+import re
 import struct
+import zlib
+from collections import deque
+from collections.abc import Callable
 from typing import Final
 
 import attrs
@@ -19,23 +32,31 @@ from wsproto.events import (
     AcceptConnection,
     BytesMessage,
     CloseConnection,
-    Message,
     Ping,
     RejectConnection,
     Request,
     TextMessage,
 )
+from wsproto.extensions import Extension
+from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opcode, RsvBits
 from wsproto.utilities import RemoteProtocolError as WsRemoteProtocolError
 
 from roomcast.engine.actors.outbox import OutFrame, SharedFrame
 from roomcast.engine.errors import TransportClosed
 
-__all__ = ["WebSocketTransport", "accept_websocket", "encode_frame"]
+__all__ = [
+    "DEFLATE_THRESHOLD",
+    "BoundedDeflate",
+    "WebSocketTransport",
+    "accept_websocket",
+    "encode_frame",
+]
 
 _RECEIVE_BYTES: Final = 65_536
 _OP_TEXT: Final = 0x1
 _OP_BINARY: Final = 0x2
 _FIN: Final = 0x80
+_RSV1: Final = 0x40
 _HEADER_16: Final = struct.Struct("!BBH")
 _HEADER_64: Final = struct.Struct("!BBQ")
 
@@ -46,11 +67,23 @@ CLOSE_PROTOCOL_ERROR: Final = 1002
 CLOSE_TOO_BIG: Final = 1009
 CLOSE_POLICY: Final = 1008
 
+DEFLATE_THRESHOLD: Final = 1024
+"""Messages shorter than this go uncompressed even when deflate is on (Node ``ws``'s
+``threshold``): compressing them costs more CPU than the bytes it saves."""
+_MAX_PENDING_PONGS: Final = 16
+_DEFLATE_LEVEL: Final = 6
+_DEFLATE_TAIL: Final = b"\x00\x00\xff\xff"
+_MAX_WINDOW_BITS: Final = 15
+# RFC 7692 §7.1.2: a window-bits value is a decimal integer 8..15. Ours must be >= 9 for
+# the server side: zlib silently widens a raw deflate window of 8 bits to 9.
+_WINDOW_BITS: Final = re.compile(r"(?:[89]|1[0-5])")
 
-def encode_frame(data: str | bytes) -> bytes:
+
+def encode_frame(data: str | bytes, *, compressed: bool = False) -> bytes:
     """Return one unmasked, unfragmented WebSocket frame carrying ``data``.
 
-    ``str`` goes as a text frame (UTF-8), ``bytes`` as a binary frame.
+    ``str`` goes as a text frame (UTF-8), ``bytes`` as a binary frame. ``compressed``
+    sets RSV1 (RFC 7692 §6: the payload is a deflated message); the caller compressed it.
     """
     if isinstance(data, str):
         payload = data.encode()
@@ -58,6 +91,8 @@ def encode_frame(data: str | bytes) -> bytes:
     else:
         payload = data
         first = _FIN | _OP_BINARY
+    if compressed:
+        first |= _RSV1
     n = len(payload)
     if n < 126:
         return bytes((first, n)) + payload
@@ -76,11 +111,171 @@ def wire_bytes(frame: OutFrame) -> bytes:
     return encode_frame(frame)
 
 
+def _offer_parameters(offer: str) -> dict[str, str | None] | None:
+    """The parameters of one permessage-deflate offer, or None when it is malformed.
+
+    RFC 7692 §5: a server declines an offer with an unknown parameter, a parameter given
+    twice, or a value that is not allowed.
+    """
+    params: dict[str, str | None] = {}
+    for part in offer.split(";")[1:]:
+        name, equals, value = part.partition("=")
+        name = name.strip().lower()
+        if name in params:
+            return None
+        text = value.strip()
+        if len(text) >= 2 and text[0] == text[-1] == '"':  # a quoted-string (§7.1)
+            text = text[1:-1]
+        if name in ("server_no_context_takeover", "client_no_context_takeover"):
+            if equals:
+                return None
+            params[name] = None
+        elif name == "server_max_window_bits":
+            # Required value; 8 is declined (see _WINDOW_BITS).
+            if _WINDOW_BITS.fullmatch(text) is None or text == "8":
+                return None
+            params[name] = text
+        elif name == "client_max_window_bits":
+            if equals and _WINDOW_BITS.fullmatch(text) is None:
+                return None
+            params[name] = text if equals else None
+        else:
+            return None
+    return params
+
+
+class BoundedDeflate(Extension):
+    """permessage-deflate (RFC 7692) for the server, inflating with a size bound.
+
+    wsproto's own ``PerMessageDeflate`` inflates whatever arrives with no size bound and
+    merges several offers into one; this one takes the first acceptable offer as it is and
+    never lets zlib produce more than ``max_message_bytes`` for one message.
+
+    Inbound frames are inflated here (wsproto calls the ``frame_inbound_*`` hooks);
+    outbound data frames are built by ``WebSocketTransport`` with ``compress``.
+    """
+
+    name = "permessage-deflate"
+
+    def __init__(self, max_message_bytes: int) -> None:
+        self.max_message_bytes = max_message_bytes
+        self.server_window_bits = _MAX_WINDOW_BITS
+        self.client_no_context_takeover = False
+        self._enabled = False
+        self._decompressor: zlib._Decompress | None = None
+        self._data_frame = False  # the frame being read is TEXT/BINARY/CONTINUATION
+        self._inflating = False  # the message being read has RSV1 set
+        self._message_bytes = 0  # inflated bytes of that message so far
+
+    def enabled(self) -> bool:
+        """Whether the handshake agreed on the extension."""
+        return self._enabled
+
+    def offer(self) -> str:  # pragma: no cover - a client-side hook; we only accept
+        """The client offer (unused: this class only serves)."""
+        return ""
+
+    def accept(self, offer: str) -> str | None:
+        """Accept the first valid offer (its response parameters); decline the rest."""
+        if self._enabled:
+            return None
+        params = _offer_parameters(offer)
+        if params is None:
+            return None
+        response = []
+        if "server_no_context_takeover" in params:
+            response.append("server_no_context_takeover")
+        if "client_no_context_takeover" in params:
+            # We inflate each message with a fresh window from then on.
+            self.client_no_context_takeover = True
+            response.append("client_no_context_takeover")
+        bits = params.get("server_max_window_bits")
+        if bits is not None:
+            self.server_window_bits = int(bits)
+            response.append(f"server_max_window_bits={bits}")
+        # client_max_window_bits is left out of the response: the client keeps its
+        # window (at most 15 bits), and we inflate with 15 bits, which reads any of them.
+        self._enabled = True
+        return "; ".join(response)
+
+    def frame_inbound_header(
+        self,
+        proto: FrameDecoder | FrameProtocol,
+        opcode: Opcode,
+        rsv: RsvBits,
+        payload_length: int,
+    ) -> CloseReason | RsvBits:
+        """Note whether a new message is compressed (RSV1 on its first frame, §6)."""
+        if opcode.iscontrol():
+            if rsv.rsv1:  # RFC 7692 §6.1: control frames are never compressed
+                return CloseReason.PROTOCOL_ERROR
+            self._data_frame = False
+            return RsvBits(False, False, False)
+        self._data_frame = True
+        if opcode is Opcode.CONTINUATION:
+            if rsv.rsv1:  # RSV1 only on the first frame of a message
+                return CloseReason.PROTOCOL_ERROR
+        else:
+            self._inflating = rsv.rsv1
+            self._message_bytes = 0
+        return RsvBits(True, False, False)
+
+    def _inflate(self, data: bytes) -> bytes | CloseReason:
+        if self._decompressor is None:
+            self._decompressor = zlib.decompressobj(-_MAX_WINDOW_BITS)
+        room = self.max_message_bytes - self._message_bytes
+        try:
+            # At most one byte past the limit: a bomb never gets to allocate its output.
+            out = self._decompressor.decompress(data, room + 1)
+        except zlib.error:
+            return CloseReason.INVALID_FRAME_PAYLOAD_DATA
+        if len(out) > room:
+            return CloseReason.MESSAGE_TOO_BIG
+        if self._decompressor.unused_data:  # data after a final deflate block
+            return CloseReason.INVALID_FRAME_PAYLOAD_DATA
+        self._message_bytes += len(out)
+        return out
+
+    def frame_inbound_payload_data(
+        self, proto: FrameDecoder | FrameProtocol, data: bytes
+    ) -> bytes | CloseReason:
+        """Inflate a piece of a compressed message, within the size bound."""
+        if not (self._data_frame and self._inflating):
+            return data
+        return self._inflate(data)
+
+    def frame_inbound_complete(
+        self, proto: FrameDecoder | FrameProtocol, fin: bool
+    ) -> bytes | CloseReason | None:
+        """At the end of a compressed message, inflate its implied tail (§7.2.2)."""
+        if not (self._data_frame and fin and self._inflating):
+            return None
+        self._inflating = False
+        out = self._inflate(_DEFLATE_TAIL)
+        decompressor = self._decompressor
+        if self.client_no_context_takeover or (decompressor is not None and decompressor.eof):
+            self._decompressor = None
+        return out
+
+    def compress(self, payload: bytes) -> bytes:
+        """Deflate one whole message on its own (no context takeover), without the
+        trailing ``00 00 ff ff`` (RFC 7692 §7.2.1)."""
+        compressor = zlib.compressobj(_DEFLATE_LEVEL, zlib.DEFLATED, -self.server_window_bits)
+        data = compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH)
+        return data[:-4]
+
+
 async def accept_websocket(
-    stream: trio.abc.Stream, head: bytes, *, max_message_bytes: int
+    stream: trio.abc.Stream,
+    head: bytes,
+    *,
+    max_message_bytes: int,
+    compression: bool = False,
 ) -> WebSocketTransport:
     """Complete the WebSocket handshake whose HTTP request head (and any bytes after it)
     were already read from ``stream`` into ``head``.
+
+    With ``compression``, permessage-deflate is agreed if the client offers it.
 
     Cancellation: the stream is left in an undefined state; the caller closes it.
 
@@ -97,11 +292,18 @@ async def accept_websocket(
         raise TransportClosed(f"bad WebSocket handshake: {exc}") from exc
     if request is None:  # pragma: no cover - the HTTP front only calls us with a whole head
         raise TransportClosed("incomplete WebSocket handshake")
+    deflate = BoundedDeflate(max_message_bytes) if compression else None
+    accept = AcceptConnection(extensions=[deflate] if deflate is not None else [])
     try:
-        await stream.send_all(ws.send(AcceptConnection()))
+        await stream.send_all(ws.send(accept))
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
         raise TransportClosed("peer left during the WebSocket handshake") from exc
-    return WebSocketTransport(stream=stream, ws=ws, max_message_bytes=max_message_bytes)
+    return WebSocketTransport(
+        stream=stream,
+        ws=ws,
+        max_message_bytes=max_message_bytes,
+        deflate=deflate if deflate is not None and deflate.enabled() else None,
+    )
 
 
 async def _send_quietly(stream: trio.abc.Stream, data: bytes) -> None:
@@ -113,20 +315,32 @@ async def _send_quietly(stream: trio.abc.Stream, data: bytes) -> None:
 class WebSocketTransport:
     """An accepted WebSocket: one reader (``receive_message``) and one writer (``send``).
 
-    The reader answers WebSocket pings and the peer's close by queueing frames for the
-    writer through ``control``, a callback the connection actor sets to its outbox, so
-    that only the writer ever writes to the stream.
+    The reader answers WebSocket pings and the peer's close by queueing frames in
+    ``control`` for the writer, so that only the writer ever writes to the stream; it
+    calls ``on_control`` (when set) as soon as it queued one, so the writer can send it
+    without waiting for the next whole message. Each ping gets its PONG, but once
+    ``_MAX_PENDING_PONGS`` wait unwritten, further pings replace the latest one (RFC 6455
+    §5.5.3 allows answering only the latest), so a ping flood cannot grow ``control``.
+
+    ``deflate`` is the agreed permessage-deflate extension, or None.
     """
 
     stream: trio.abc.Stream
     ws: WSConnection
     max_message_bytes: int
+    deflate: BoundedDeflate | None = None
+    on_control: Callable[[], None] | None = attrs.field(default=None, init=False)
     control: list[bytes] = attrs.field(factory=list, init=False)
     close_code: int | None = attrs.field(default=None, init=False)
     close_reason: str = attrs.field(default="", init=False)
-    _parts: list[str | bytes] = attrs.field(factory=list, init=False)
+    # A message arriving in several frames is gathered here (bytes or text), so its
+    # memory is its size, however many frames (even empty ones) it came in.
+    _partial: bytearray | io.StringIO | None = attrs.field(default=None, init=False)
     _size: int = attrs.field(default=0, init=False)
-    _pending: list[str | bytes] = attrs.field(factory=list, init=False)
+    _pending: deque[str | bytes] = attrs.field(factory=deque, init=False)
+    _peer_closed: TransportClosed | None = attrs.field(default=None, init=False)
+    _pongs: int = attrs.field(default=0, init=False)
+    _pong_at: int = attrs.field(default=0, init=False)
     _write_interrupted: bool = attrs.field(default=False, init=False)
 
     async def receive_message(self) -> str | bytes:
@@ -136,54 +350,113 @@ class WebSocketTransport:
 
         Raises:
             TransportClosed: The peer closed, broke the protocol, or went away; its
-                ``code`` says which (1000/1001 from the peer, 1002, 1009, or 1006).
+                ``code`` says which (1000/1001 from the peer, 1002, 1007, 1009, or 1006).
         """
         while not self._pending:
+            if self._peer_closed is not None:
+                raise self._peer_closed
             try:
                 data = await self.stream.receive_some(_RECEIVE_BYTES)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise TransportClosed("transport error", code=1006) from exc
             if not data:
                 raise TransportClosed("transport close", code=1006)
+            queued = len(self.control)
             try:
                 self.ws.receive_data(data if isinstance(data, bytes) else bytes(data))
                 self._take_events()
-            except WsRemoteProtocolError as exc:
+            except WsRemoteProtocolError as exc:  # pragma: no cover - wsproto reports
+                # frame errors as a CloseConnection event (see _take_events)
                 self._queue_close(CLOSE_PROTOCOL_ERROR, "protocol error")
-                raise TransportClosed(f"WebSocket protocol error: {exc}", code=1002) from exc
-        return self._pending.pop(0)
+                raise TransportClosed("transport error", code=CLOSE_PROTOCOL_ERROR) from exc
+            finally:
+                if len(self.control) != queued and self.on_control is not None:
+                    self.on_control()
+        return self._pending.popleft()
 
     def _take_events(self) -> None:
         for event in self.ws.events():
-            if isinstance(event, Message):
-                self._size += len(event.data)
-                if self._size > self.max_message_bytes:
-                    self._queue_close(CLOSE_TOO_BIG, "message too big")
-                    raise TransportClosed("message too big", code=CLOSE_TOO_BIG)
-                self._parts.append(event.data)
-                if event.message_finished:
-                    if len(self._parts) == 1:
-                        self._pending.append(self._parts[0])
-                    elif isinstance(event, TextMessage):
-                        self._pending.append("".join(p for p in self._parts if isinstance(p, str)))
-                    else:
-                        assert isinstance(event, BytesMessage)
-                        self._pending.append(
-                            b"".join(p for p in self._parts if isinstance(p, bytes))
-                        )
-                    self._parts.clear()
-                    self._size = 0
+            if isinstance(event, TextMessage | BytesMessage):
+                self._take_data(event)
             elif isinstance(event, Ping):
-                self.control.append(self.ws.send(event.response()))
+                pong = self.ws.send(event.response())
+                if self._pongs < _MAX_PENDING_PONGS:
+                    self._pong_at = len(self.control)
+                    self._pongs += 1
+                    self.control.append(pong)
+                else:  # RFC 6455 §5.5.3: answering only the latest ping is enough
+                    self.control[self._pong_at] = pong
             elif isinstance(event, CloseConnection):
+                if self.ws.state is ConnectionState.OPEN:
+                    # wsproto reports a frame it refuses (bad framing, invalid UTF-8, a
+                    # message over the deflate bound) as a CloseConnection with the code
+                    # to answer (RFC 6455 §7.4.1: 1002, 1007, 1009), the connection still
+                    # open: we send that close.
+                    code = int(event.code)
+                    if code == CLOSE_TOO_BIG:
+                        self._queue_close(code, "message too big")
+                        raise TransportClosed("message too big", code=code)
+                    self._queue_close(code, "")
+                    raise TransportClosed("transport error", code=code)
                 self.close_code, self.close_reason = event.code, event.reason or ""
                 if self.ws.state is ConnectionState.REMOTE_CLOSING:
                     self.control.append(self.ws.send(event.response()))
-                raise TransportClosed("transport close", code=event.code)
+                # Messages that came in the same read as the close frame are delivered
+                # first (a client's DISCONNECT is often sent right before its close).
+                self._peer_closed = TransportClosed("transport close", code=event.code)
+                return
+
+    def _take_data(self, event: TextMessage | BytesMessage) -> None:
+        data = event.data
+        self._size += len(data)
+        if self._size > self.max_message_bytes:
+            self._queue_close(CLOSE_TOO_BIG, "message too big")
+            raise TransportClosed("message too big", code=CLOSE_TOO_BIG)
+        partial = self._partial
+        if partial is None:
+            if event.message_finished:  # the usual case: one frame, no copy
+                self._pending.append(data if isinstance(data, str | bytes) else bytes(data))
+                self._size = 0
+                return
+            partial = self._partial = (
+                io.StringIO() if isinstance(event, TextMessage) else bytearray()
+            )
+        if isinstance(partial, bytearray):
+            if not isinstance(data, str):
+                partial += data
+        elif isinstance(data, str):
+            partial.write(data)
+        if event.message_finished:
+            self._pending.append(
+                bytes(partial) if isinstance(partial, bytearray) else partial.getvalue()
+            )
+            self._partial = None
+            self._size = 0
 
     def _queue_close(self, code: int, reason: str) -> None:
         if self.ws.state is ConnectionState.OPEN:
             self.control.append(self.ws.send(CloseConnection(code=code, reason=reason)))
+
+    def _take_control(self) -> list[bytes]:
+        control = self.control
+        self.control = []
+        self._pongs = 0
+        return control
+
+    def _wire(self, frame: OutFrame) -> bytes:
+        deflate = self.deflate
+        if deflate is None:
+            return wire_bytes(frame)
+        data = frame.eio if isinstance(frame, SharedFrame) else frame
+        if len(data) < DEFLATE_THRESHOLD:
+            return wire_bytes(frame)
+        payload = data.encode() if isinstance(data, str) else data
+        compressed = deflate.compress(payload)
+        if isinstance(data, str):
+            # A text frame's payload after inflating is the UTF-8 text (RFC 7692 §6.1);
+            # encode_frame would re-encode a str, so build the text frame from bytes.
+            return _text_frame(compressed)
+        return encode_frame(compressed, compressed=True)
 
     async def send(self, frames: list[OutFrame]) -> None:
         """Write queued control frames and then ``frames`` with one ``send_all``.
@@ -194,10 +467,9 @@ class WebSocketTransport:
             TransportClosed: The peer is gone.
         """
         if self.control:
-            parts = [*self.control, *map(wire_bytes, frames)]
-            self.control.clear()
+            parts = [*self._take_control(), *map(self._wire, frames)]
         else:
-            parts = list(map(wire_bytes, frames))
+            parts = list(map(self._wire, frames))
         data = parts[0] if len(parts) == 1 else b"".join(parts)
         # Until send_all returns, a cancel leaves a frame half-written: nothing more may
         # be written to this stream after that (not even the close frame).
@@ -216,10 +488,15 @@ class WebSocketTransport:
         self._queue_close(code, reason)
         try:
             if self.control and not self._write_interrupted:
-                data = b"".join(self.control)
-                self.control.clear()
+                data = b"".join(self._take_control())
                 await self.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
             await trio.aclose_forcefully(self.stream)
+
+
+def _text_frame(compressed: bytes) -> bytes:
+    frame = bytearray(encode_frame(compressed, compressed=True))
+    frame[0] = _FIN | _RSV1 | _OP_TEXT  # encode_frame marked the bytes as binary
+    return bytes(frame)

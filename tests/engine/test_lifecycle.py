@@ -8,7 +8,7 @@ import trio.lowlevel
 import trio.testing
 import trio_websocket
 from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, Request, TextMessage
+from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
 from roomcast.engine import Config, Server, Socket
 from roomcast.protocol import JsonValue
@@ -197,3 +197,32 @@ async def test_healthz_and_bad_requests_get_http_answers() -> None:
             huge = "X-Pad: " + "a" * 20_000 + "\r\n"
             assert (await get("/healthz", huge)).startswith(b"HTTP/1.1 431")
             nursery.cancel_scope.cancel()
+
+
+async def test_disconnect_right_before_the_close_frame_is_handled_in_full(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A DISCONNECT in the same write as the close frame is not lost, and the disconnect
+    handler it triggers runs to its end (it is not cancelled by the close)."""
+    server = Server()
+    finished: list[str] = []
+
+    @server.on("disconnect")
+    async def gone(socket: Socket, reason: str) -> None:
+        await trio.sleep(0.5)  # a handler that awaits (a database write, say)
+        finished.append(reason)
+
+    with trio.fail_after(30):
+        async with open_memory_server(server) as srv:
+            client_stream, server_stream = trio.testing.memory_stream_pair()
+            srv.nursery.start_soon(server.serve_stream, server_stream)
+            client = StalledClient(client_stream)
+            await client.stream.send_all(client.ws.send(Request(host="localhost", target=WS_PATH)))
+            assert (await client._until_message()).startswith("0")
+            await client.stream.send_all(client.ws.send(TextMessage(data="40")))
+            assert (await client._until_message()).startswith("40")
+            await client.stream.send_all(
+                client.ws.send(TextMessage(data="41")) + client.ws.send(CloseConnection(code=1000))
+            )
+            await trio.sleep(5)
+    assert finished == ["client namespace disconnect"]
