@@ -1,0 +1,1 @@
+"""Interop tests: roomcast against real third-party Socket.IO clients in subprocesses."""

@@ -1,0 +1,502 @@
+"""The server app the interop tests run, and the harness around the peer processes.
+
+``build_app`` builds the seed example's server (``examples.workspace_chat``) and adds the
+handlers the scenarios need; everything those handlers see is written down in an
+``Observed`` record, so a test asserts on the server's side as well as on what the peer
+printed. ``serve_app`` runs it on ``127.0.0.1`` (a free port) and ``open_peer`` starts a
+peer client script (``tests/js/client_scenarios.mjs`` or ``psio_client.py``) as a
+subprocess whose stdout is JSON lines ``{"event": NAME, ...}``, binary values written as
+``{"$bin": BASE64}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Final, TypeAlias, cast
+
+import attrs
+import trio
+
+from examples.workspace_chat import build_server
+from roomcast.engine import (
+    BroadcastAckResult,
+    Config,
+    ConnectionLostError,
+    ConnectRefusedError,
+    Server,
+    Socket,
+)
+from roomcast.protocol import JSON_PARSER, MSGPACK_PARSER, JsonValue, Parser
+
+__all__ = [
+    "CLEANUP_SECONDS",
+    "PARSERS",
+    "POLL_WITHIN",
+    "REFUSAL_DATA",
+    "SERVER_BLOB",
+    "TOKEN",
+    "Json",
+    "Line",
+    "Observed",
+    "Peer",
+    "PeerCommand",
+    "RunningServer",
+    "build_app",
+    "from_json",
+    "open_peer",
+    "patterned",
+    "serve_app",
+    "the",
+    "typed",
+]
+
+Json: TypeAlias = bool | int | float | str | list["Json"] | dict[str, "Json"] | None
+"""A value as read from a peer's JSON lines."""
+Line: TypeAlias = dict[str, Json]
+
+PARSERS: Final[Mapping[str, Parser]] = {"json": JSON_PARSER, "msgpack": MSGPACK_PARSER}
+TOKEN: Final = "s3cret"
+"""The token ``/private`` accepts."""
+REFUSAL_DATA: Final[JsonValue] = {"reason": "bad token", "retryAfter": 3, "hints": [1, None]}
+POLL_WITHIN: Final = 1.0
+"""Seconds ``start_poll`` waits for the broadcast's answers."""
+SERVER_BLOB: Final = bytes(range(256)) * 300
+"""What the server sends in ``ask_binary``: 76,800 bytes, over the 64 KiB frame-length step."""
+CALL_TIMEOUT: Final = 3.0
+"""Seconds a handler waits for a client's answer to ``socket.call``."""
+CLEANUP_SECONDS: Final = 0.05
+"""How long the main namespace's disconnect handler "works" (see ``build_app``)."""
+PEER_GRACE: Final = 5.0
+
+
+def patterned(length: int) -> bytes:
+    """The bytes ``i % 251`` for ``i`` below ``length`` (the peers build the same)."""
+    return bytes(i % 251 for i in range(length))
+
+
+# --------------------------------------------------------------------------- the app
+
+
+@attrs.define(eq=False)
+class Observed:
+    """What the server's handlers saw; tests wait on it with ``wait_for``.
+
+    Attributes:
+        connects: ``(namespace, sid, auth)`` per accepted socket, in order.
+        disconnects: ``(namespace, sid, reason)`` per disconnect handler call.
+        refusals: The auth payload of each CONNECT ``/private`` refused.
+        events: ``(event, args)`` as the handlers of echo and upload received them.
+        call_answers: The client's answers to the server's ``socket.call``s.
+        polls: The result of each ``start_poll`` broadcast call.
+        connection_counts: ``len(server.connections)`` each time ``whoami`` ran.
+        cleanups: ``(sid, "done" | "cancelled")`` per run of the main namespace's
+            awaiting disconnect handler.
+    """
+
+    connects: list[tuple[str, str, JsonValue]] = attrs.field(factory=list)
+    disconnects: list[tuple[str, str, str]] = attrs.field(factory=list)
+    refusals: list[JsonValue] = attrs.field(factory=list)
+    events: list[tuple[str, tuple[JsonValue, ...]]] = attrs.field(factory=list)
+    call_answers: list[tuple[JsonValue, ...]] = attrs.field(factory=list)
+    polls: list[BroadcastAckResult] = attrs.field(factory=list)
+    connection_counts: list[int] = attrs.field(factory=list)
+    cleanups: list[tuple[str, str]] = attrs.field(factory=list)
+    _changed: trio.Event = attrs.field(factory=trio.Event)
+
+    def changed(self) -> None:
+        """Wake everyone waiting in ``wait_for``; call after each change."""
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_for(self, predicate: Callable[[], bool]) -> None:
+        """Return once ``predicate()`` holds (checked after every change)."""
+        while not predicate():
+            await self._changed.wait()
+
+    def disconnect_reason(self, sid: str) -> str | None:
+        """The reason the disconnect handler got for socket ``sid``, if it ran."""
+        reasons = [reason for _, who, reason in self.disconnects if who == sid]
+        assert len(reasons) <= 1, f"{sid} disconnected {len(reasons)} times: {reasons}"
+        return reasons[0] if reasons else None
+
+    async def wait_disconnect(self, sid: str) -> str:
+        """Wait until socket ``sid`` disconnected; its reason."""
+        await self.wait_for(lambda: self.disconnect_reason(sid) is not None)
+        reason = self.disconnect_reason(sid)
+        assert reason is not None
+        return reason
+
+    async def wait_cleanup(self, sid: str) -> str:
+        """Wait until the awaiting disconnect handler of ``sid`` ended; how it ended."""
+        await self.wait_for(lambda: any(who == sid for who, _ in self.cleanups))
+        (outcome,) = [outcome for who, outcome in self.cleanups if who == sid]
+        return outcome
+
+    def auth_of(self, sid: str) -> JsonValue:
+        """The auth payload socket ``sid`` connected with."""
+        (auth,) = [auth for _, who, auth in self.connects if who == sid]
+        return auth
+
+
+def build_app(parser: Parser, config: Config | None = None) -> tuple[Server, Observed]:
+    """The seed example's server with ``parser`` and the scenarios' handlers.
+
+    Namespaces: ``/`` (the example's join_workspace and dispatch_message, plus the
+    handlers below), ``/admin`` (whoami, admin_only) and ``/private`` (whoami; its
+    middleware refuses any auth whose token is not ``TOKEN``, with ``REFUSAL_DATA``).
+    Every namespace records connects, disconnects and ``whoami`` calls; ``/`` also has a
+    second disconnect handler that awaits ``CLEANUP_SECONDS`` and records whether it got
+    to its end (``Observed.cleanups``).
+    """
+    server = build_server(config)
+    # build_server takes no parser: set it before serving (connections and broadcasts
+    # read it when they encode, so nothing was built with the old one yet).
+    server.parser = parser
+    seen = Observed()
+    main = server.of("/")
+    admin = server.of("/admin")
+    private = server.of("/private")
+
+    for ns in (main, admin, private):
+
+        @ns.on("connect")
+        async def on_connect(socket: Socket, auth: JsonValue) -> None:
+            seen.connects.append((socket.namespace.name, socket.sid, auth))
+            seen.changed()
+            await socket.emit("auth_echo", auth)
+
+        @ns.on("disconnect")
+        async def on_disconnect(socket: Socket, reason: str) -> None:
+            seen.disconnects.append((socket.namespace.name, socket.sid, reason))
+            seen.changed()
+            await trio.lowlevel.checkpoint()
+
+        @ns.on("whoami")
+        async def whoami(socket: Socket) -> JsonValue:
+            seen.connection_counts.append(len(server.connections))
+            seen.changed()
+            await trio.lowlevel.checkpoint()
+            return {
+                "sid": socket.sid,
+                "eio": socket.connection.eio_sid,
+                "namespace": socket.namespace.name,
+                "auth": socket.handshake.auth,
+                "connections": len(server.connections),
+            }
+
+    @main.on("disconnect")
+    async def clean_up(socket: Socket, reason: str) -> None:
+        # Stands for the async work a real app does when someone leaves (a database
+        # write, a notification to the others): it has to run to its end.
+        try:
+            await trio.sleep(CLEANUP_SECONDS)
+        except trio.Cancelled:
+            seen.cleanups.append((socket.sid, "cancelled"))
+            seen.changed()
+            raise
+        seen.cleanups.append((socket.sid, "done"))
+        seen.changed()
+
+    @admin.on("admin_only")
+    async def admin_only(socket: Socket, value: JsonValue) -> JsonValue:
+        await trio.lowlevel.checkpoint()
+        return {"admin": True, "value": value, "namespace": socket.namespace.name}
+
+    @private.use
+    async def check_token(socket: Socket, auth: JsonValue) -> None:
+        await trio.lowlevel.checkpoint()
+        if not isinstance(auth, dict) or auth.get("token") != TOKEN:
+            seen.refusals.append(auth)
+            seen.changed()
+            raise ConnectRefusedError("not authorized", REFUSAL_DATA)
+
+    @main.on("echo")
+    async def echo(socket: Socket, *args: JsonValue) -> tuple[JsonValue, ...]:
+        seen.events.append(("echo", args))
+        seen.changed()
+        await trio.lowlevel.checkpoint()
+        return args
+
+    @main.on("upload")
+    async def upload(socket: Socket, *args: JsonValue) -> JsonValue:
+        seen.events.append(("upload", args))
+        seen.changed()
+        await trio.lowlevel.checkpoint()
+        return "stored"
+
+    @main.on("add")
+    async def add(socket: Socket, a: JsonValue, b: JsonValue) -> JsonValue:
+        await trio.lowlevel.checkpoint()
+        if isinstance(a, int) and isinstance(b, int):
+            return a + b
+        return None
+
+    @main.on("noop")
+    async def noop(socket: Socket) -> None:
+        await trio.lowlevel.checkpoint()
+
+    @main.on("barrier")
+    async def barrier(socket: Socket) -> JsonValue:
+        await trio.lowlevel.checkpoint()
+        return "ok"
+
+    async def call_client(socket: Socket, event: str, *args: JsonValue) -> JsonValue:
+        try:
+            with trio.fail_after(CALL_TIMEOUT):
+                answer = await socket.call(event, *args)
+        except (trio.TooSlowError, ConnectionLostError) as exc:
+            return {"error": repr(exc)}
+        seen.call_answers.append(answer)
+        seen.changed()
+        return list(answer)
+
+    @main.on("ask_me")
+    async def ask_me(socket: Socket, payload: JsonValue) -> JsonValue:
+        return await call_client(socket, "question", payload)
+
+    @main.on("ask_binary")
+    async def ask_binary(socket: Socket) -> JsonValue:
+        return await call_client(socket, "transform", {"data": SERVER_BLOB, "name": "server"})
+
+    @main.on("push_binary")
+    async def push_binary(socket: Socket) -> JsonValue:
+        await socket.emit(
+            "binary_push",
+            {"blob": SERVER_BLOB[:1000], "parts": [b"a", {"deep": b"\x00\xff"}, "text"]},
+            b"top",
+        )
+        return "pushed"
+
+    @main.on("join_room")
+    async def join_room(socket: Socket, room: JsonValue) -> JsonValue:
+        assert isinstance(room, str)
+        await socket.join(room)
+        return list[JsonValue](sorted(socket.rooms))
+
+    @main.on("start_poll")
+    async def start_poll(socket: Socket, room: JsonValue, question: JsonValue) -> JsonValue:
+        assert isinstance(room, str)
+        result = await server.to(room).call("poll", question, within=POLL_WITHIN)
+        seen.polls.append(result)
+        seen.changed()
+        answers: dict[str, JsonValue] = {sid: list(args) for sid, args in result.answers.items()}
+        return {"answers": answers, "missing": list[JsonValue](sorted(result.missing))}
+
+    @main.on("kick_me")
+    async def kick_me(socket: Socket) -> None:
+        await socket.disconnect()
+
+    return server, seen
+
+
+# --------------------------------------------------------------------------- serving
+
+
+@attrs.define(eq=False)
+class RunningServer:
+    """A server ``serve_app`` runs; ``stop`` shuts it down while the test goes on."""
+
+    server: Server
+    url: str
+    _scope: trio.CancelScope
+    _stopped: trio.Event
+
+    async def stop(self) -> None:
+        """Cancel ``serve`` (a clean shutdown) and wait until it has returned."""
+        self._scope.cancel()
+        await self._stopped.wait()
+
+
+@asynccontextmanager
+async def serve_app(server: Server) -> AsyncIterator[RunningServer]:
+    """Run ``server.serve`` on 127.0.0.1 and a free port for the block; stop it after."""
+    scope = trio.CancelScope()
+    started = trio.Event()
+    stopped = trio.Event()
+    address: list[tuple[str, int]] = []
+
+    # serve runs in a nursery of its own task, under its own cancel scope, so that
+    # ``stop`` can shut the server down while the test body (in this task) goes on.
+    async def run() -> None:
+        try:
+            with scope:
+                async with trio.open_nursery() as nursery:
+                    address.append(await nursery.start(server.serve, "127.0.0.1", 0))
+                    started.set()
+        finally:
+            started.set()
+            stopped.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run)
+        await started.wait()
+        assert address, "the server did not start"
+        host, port = address[0]
+        running = RunningServer(
+            server=server, url=f"http://{host}:{port}", scope=scope, stopped=stopped
+        )
+        try:
+            yield running
+        finally:
+            scope.cancel()
+
+
+# --------------------------------------------------------------------------- peers
+
+
+@attrs.frozen(kw_only=True)
+class PeerCommand:
+    """How to start one kind of peer: ``argv URL PARSER SCENARIO``."""
+
+    argv: tuple[str, ...]
+    parser_name: str
+
+    @property
+    def parser(self) -> Parser:
+        """The server-side parser matching the peer's."""
+        return PARSERS[self.parser_name]
+
+    def __call__(self, url: str, scenario: str) -> list[str]:
+        return [*self.argv, url, self.parser_name, scenario]
+
+
+@attrs.define(eq=False)
+class Peer:
+    """A running peer script: read its JSON lines, wait for it, or kill it."""
+
+    process: trio.Process
+    lines: list[Line] = attrs.field(factory=list)
+    stderr: bytearray = attrs.field(factory=bytearray)
+    _buffer: bytearray = attrs.field(factory=bytearray)
+    _eof: bool = False
+    _stderr_done: trio.Event = attrs.field(factory=trio.Event)
+
+    async def next_line(self) -> Line | None:
+        """The next JSON line the peer printed, or None at the end of its output."""
+        stdout = self.process.stdout
+        assert stdout is not None
+        while b"\n" not in self._buffer:
+            if self._eof:
+                return None
+            chunk = await stdout.receive_some(65_536)
+            if not chunk:
+                self._eof = True
+                if self._buffer:
+                    self._buffer += b"\n"
+                continue
+            self._buffer += chunk
+        raw, _, rest = bytes(self._buffer).partition(b"\n")
+        self._buffer = bytearray(rest)
+        try:
+            line = json.loads(raw)
+        except ValueError as exc:
+            raise AssertionError(
+                f"peer printed a non-JSON line {raw!r}{self._diagnostics()}"
+            ) from exc
+        assert isinstance(line, dict), raw
+        line = cast("Line", line)
+        if line.get("event") == "error":
+            raise AssertionError(f"peer failed: {line}{self._diagnostics()}")
+        self.lines.append(line)
+        return line
+
+    async def expect(self, event: str) -> Line:
+        """Read lines up to the first with ``event``; return it."""
+        while True:
+            line = await self.next_line()
+            if line is None:
+                raise AssertionError(f"peer ended before {event!r}{self._diagnostics()}")
+            if line.get("event") == event:
+                return line
+
+    async def finish(self) -> list[Line]:
+        """Read the peer's output to its end, check it exited 0 after "done"; every line."""
+        while await self.next_line() is not None:
+            pass
+        code = await self.process.wait()
+        await self._stderr_done.wait()
+        assert code == 0, f"peer exited with {code}{self._diagnostics()}"
+        assert self.lines, f"peer printed nothing{self._diagnostics()}"
+        assert self.lines[-1].get("event") == "done", self._diagnostics()
+        return self.lines
+
+    def kill(self) -> None:
+        """SIGKILL the peer process (by its pid), if it still runs."""
+        if self.process.returncode is None:
+            self.process.kill()
+
+    def _diagnostics(self) -> str:
+        return f"\n  lines: {self.lines}\n  stderr: {self.stderr.decode(errors='replace')[-4000:]}"
+
+    async def _drain_stderr(self) -> None:
+        stderr = self.process.stderr
+        assert stderr is not None
+        try:
+            while chunk := await stderr.receive_some(65_536):
+                self.stderr += chunk
+        finally:
+            self._stderr_done.set()
+
+
+@asynccontextmanager
+async def open_peer(command: Sequence[str]) -> AsyncIterator[Peer]:
+    """Start a peer script; on the way out kill it if it still runs and reap it."""
+    process = await trio.lowlevel.open_process(
+        list(command),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    peer = Peer(process=process)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(peer._drain_stderr)
+            try:
+                yield peer
+            finally:
+                peer.kill()
+                with trio.move_on_after(PEER_GRACE, shield=True):
+                    await process.wait()
+                nursery.cancel_scope.cancel()
+    finally:
+        peer.kill()
+        with trio.move_on_after(PEER_GRACE, shield=True):
+            await process.wait()
+            for stream in (process.stdout, process.stderr):
+                if stream is not None:
+                    await trio.aclose_forcefully(stream)
+
+
+# --------------------------------------------------------------------------- reading lines
+
+
+def from_json(value: Json) -> JsonValue:
+    """A value from a peer's line with ``{"$bin": BASE64}`` turned back into bytes."""
+    if isinstance(value, list):
+        return [from_json(item) for item in value]
+    if isinstance(value, dict):
+        if value.keys() == {"$bin"}:
+            return base64.b64decode(cast("str", value["$bin"]), validate=True)
+        return {key: from_json(item) for key, item in value.items()}
+    return value
+
+
+def typed(value: object) -> object:
+    """``value`` with each scalar tagged with its type, so that ``True != 1 != 1.0`` and
+    ``b"a" != "a"`` in a comparison; tuples and lists compare alike (args are tuples)."""
+    if isinstance(value, dict):
+        return {key: typed(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [typed(item) for item in value]
+    return (type(value).__name__, value)
+
+
+def the(lines: Sequence[Line], event: str) -> Line:
+    """The one line with ``event`` (there must be exactly one)."""
+    found = [line for line in lines if line.get("event") == event]
+    assert len(found) == 1, f"{len(found)} {event!r} lines in {lines}"
+    return found[0]

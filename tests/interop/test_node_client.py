@@ -1,0 +1,353 @@
+"""roomcast against npm's ``socket.io-client`` 4.8, with the JSON and the msgpack parser.
+
+Each test starts the app of ``tests/interop/app.py`` in-process on a free port, runs one
+scenario of ``tests/js/client_scenarios.mjs`` in a Node subprocess (WebSocket transport
+only), and checks both what the client printed and what the server's handlers saw.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Final
+
+import pytest
+import trio
+
+from roomcast.engine import BroadcastAckResult, Config
+from tests.interop.app import (
+    POLL_WITHIN,
+    REFUSAL_DATA,
+    SERVER_BLOB,
+    TOKEN,
+    Line,
+    Observed,
+    PeerCommand,
+    build_app,
+    from_json,
+    open_peer,
+    patterned,
+    serve_app,
+    the,
+    typed,
+)
+
+pytestmark = pytest.mark.node
+
+DISCONNECT_CYCLES: Final = 10
+"""Connections client_disconnect opens and closes in turn (client_scenarios.mjs)."""
+SCENARIO_TIMEOUT: Final = 10.0
+"""A hard bound per test; the scenarios take well under a second (start_poll: 1 s)."""
+
+
+@pytest.fixture(params=["json", "msgpack"])
+def node_peer(request: pytest.FixtureRequest, js_peers: Path) -> PeerCommand:
+    node = shutil.which("node")
+    assert node is not None
+    parser_name = request.param
+    assert isinstance(parser_name, str)
+    return PeerCommand(argv=(node, str(js_peers / "client_scenarios.mjs")), parser_name=parser_name)
+
+
+async def run_scenario(peer: PeerCommand, scenario: str) -> tuple[list[Line], Observed]:
+    """Run a scenario to its end against a fresh app; the peer's lines and the record."""
+    server, seen = build_app(peer.parser)
+    with trio.fail_after(SCENARIO_TIMEOUT):
+        async with serve_app(server) as running, open_peer(peer(running.url, scenario)) as proc:
+            lines = await proc.finish()
+    return lines, seen
+
+
+def _str(value: object) -> str:
+    assert isinstance(value, str), value
+    return value
+
+
+async def test_connect_with_auth(node_peer: PeerCommand) -> None:
+    lines, seen = await run_scenario(node_peer, "connect_auth")
+    sid = _str(the(lines, "connect")["id"])
+    auth = {"token": TOKEN, "user": "ada", "n": 7, "tags": ["a", "b"], "nested": {"ok": True}}
+    # The server's connect handler got the auth payload, under the sid the client has...
+    assert seen.connects == [("/", sid, auth)]
+    assert typed(seen.auth_of(sid)) == typed(auth)
+    # ... and its emit from the connect handler reached the client.
+    assert typed(from_json(the(lines, "auth_echo")["args"])) == typed([auth])
+
+
+async def test_middleware_refuses_with_data(node_peer: PeerCommand) -> None:
+    lines, seen = await run_scenario(node_peer, "refused")
+    error = the(lines, "connect_error")
+    # Node's client turns CONNECT_ERROR {"message", "data"} into err.message / err.data.
+    assert error["message"] == "not authorized"
+    assert typed(error["data"]) == typed(REFUSAL_DATA)
+    assert error["connected"] is False
+    assert error["active"] is False  # a refused socket does not retry
+    assert seen.refusals == [{"token": "wrong"}]
+    # The same middleware lets the right token in.
+    good = the(lines, "connect")
+    sid = _str(good["id"])
+    whoami = good["whoami"]
+    assert isinstance(whoami, dict)
+    assert whoami["sid"] == sid
+    assert whoami["namespace"] == "/private"
+    assert seen.connects == [("/private", sid, {"token": TOKEN})]
+
+
+async def test_two_namespaces_share_one_engine_io_connection(node_peer: PeerCommand) -> None:
+    server, seen = build_app(node_peer.parser)
+    with trio.fail_after(SCENARIO_TIMEOUT):
+        async with (
+            serve_app(server) as running,
+            open_peer(node_peer(running.url, "two_namespaces")) as proc,
+        ):
+            lines = await proc.finish()
+            whoami = the(lines, "whoami")
+            assert isinstance(whoami["root"], dict)
+            assert isinstance(whoami["admin"], dict)
+            root_id, admin_id = _str(whoami["root"]["id"]), _str(whoami["admin"]["id"])
+            # /admin left while / stayed: a clean namespace disconnect for /admin.
+            assert await seen.wait_disconnect(admin_id) == "client namespace disconnect"
+            await seen.wait_disconnect(root_id)
+    assert the(lines, "manager")["shared"] is True
+    root, admin = whoami["root"]["reply"], whoami["admin"]["reply"]
+    assert isinstance(root, dict)
+    assert isinstance(admin, dict)
+    assert root["sid"] == root_id
+    assert admin["sid"] == admin_id
+    assert root_id != admin_id
+    assert root["namespace"] == "/"
+    assert admin["namespace"] == "/admin"
+    assert root["auth"] == {"who": "root"}
+    assert admin["auth"] == {"who": "admin"}
+    # One Engine.IO session carries both namespaces, and the server has one connection.
+    assert root["eio"] == admin["eio"]
+    assert root["connections"] == admin["connections"] == 1
+    assert seen.connection_counts == [1, 1, 1]
+    assert the(lines, "admin_only")["reply"] == {
+        "admin": True,
+        "value": "x",
+        "namespace": "/admin",
+    }
+    after = the(lines, "after_admin_left")["root"]
+    assert isinstance(after, dict)
+    assert after["eio"] == root["eio"]
+    assert sorted(ns for ns, _, _ in seen.connects) == ["/", "/admin"]
+
+
+async def test_room_isolation_in_the_seed_example(node_peer: PeerCommand) -> None:
+    started = time.time()
+    lines, _ = await run_scenario(node_peer, "room_isolation")
+    assert the(lines, "joins")["joins"] == {
+        "alice": {"ok": True, "workspaceId": "ws-1"},
+        "bob": {"ok": True, "workspaceId": "ws-1"},
+        "carol": {"ok": True, "workspaceId": "ws-2"},
+    }
+    assert the(lines, "dispatches")["dispatches"] == {
+        "alice": {"ok": True, "delivered": 2},
+        "carol": {"ok": True, "delivered": 1},
+        "bob": {"ok": False, "error": "join the workspace first"},
+    }
+    received = the(lines, "received")
+    ids, by_client = received["ids"], received["received"]
+    assert isinstance(ids, dict)
+    assert isinstance(by_client, dict)
+    assert len(set(ids.values())) == 3
+
+    def messages(name: str) -> list[tuple[object, object]]:
+        found = by_client[name]
+        assert isinstance(found, list)
+        result: list[tuple[object, object]] = []
+        for message in found:
+            assert isinstance(message, dict)
+            assert message.keys() == {"sender", "text", "timestamp"}
+            timestamp = message["timestamp"]
+            assert isinstance(timestamp, int)
+            assert started * 1000 - 1000 <= timestamp <= time.time() * 1000 + 1000
+            result.append((message["sender"], message["text"]))
+        return result
+
+    # Exactly one message each: ws-1's to alice and bob, ws-2's to carol, bob's refused
+    # one to nobody.
+    assert messages("alice") == [(ids["alice"], "from-alice")]
+    assert messages("bob") == [(ids["alice"], "from-alice")]
+    assert messages("carol") == [(ids["carol"], "from-carol")]
+
+
+async def test_acks_both_ways(node_peer: PeerCommand) -> None:
+    lines, seen = await run_scenario(node_peer, "acks")
+    # Client -> server: the handler's return value is the ack (a tuple: several args).
+    assert typed(the(lines, "echo")["reply"]) == typed([1, "two", {"three": [3]}, None, True])
+    assert typed(the(lines, "add")["reply"]) == typed(5)
+    assert the(lines, "noop")["reply"] == []  # None: an ack with no arguments
+    assert typed(the(lines, "timeout_add")["reply"]) == typed(42)
+    # Server -> client: socket.call got the client's ack callback arguments.
+    assert typed(seen.call_answers) == typed([({"answer": 42}, "extra")])
+    assert the(lines, "ask_me")["reply"] == [{"answer": 42}, "extra"]
+
+
+async def test_binary_both_ways(node_peer: PeerCommand) -> None:
+    lines, seen = await run_scenario(node_peer, "binary")
+    small = bytes([0, 1, 2, 253, 254, 255])
+    payload = {
+        "name": "blob",
+        "data": small,
+        "nested": {"list": [b"hi", 5, {"deep": patterned(100_000)}]},
+    }
+    # The server's handlers got bytes where the client sent Buffers...
+    assert typed(seen.events) == typed(
+        [("echo", (payload, b"*")), ("upload", ({"file": small, "size": 6},))]
+    )
+    # ... and the echo came back as Buffers.
+    assert typed(from_json(the(lines, "echo")["reply"])) == typed([payload, b"*"])
+    assert the(lines, "upload")["reply"] == "stored"
+    # Server -> client event with bytes nested in objects.
+    assert the(lines, "push_binary")["reply"] == "pushed"
+    push = the(lines, "binary_push")
+    assert push["isBuffer"] is True
+    assert typed(from_json(push["args"])) == typed(
+        [{"blob": SERVER_BLOB[:1000], "parts": [b"a", {"deep": b"\x00\xff"}, "text"]}, b"top"]
+    )
+    # Server -> client call with bytes; the client's ack answers with bytes.
+    answer = {"reversed": SERVER_BLOB[::-1], "length": len(SERVER_BLOB)}
+    assert typed(seen.call_answers) == typed([(answer,)])
+    assert typed(from_json(the(lines, "ask_binary")["reply"])) == typed([answer])
+
+
+async def test_broadcast_acks(node_peer: PeerCommand) -> None:
+    lines, seen = await run_scenario(node_peer, "broadcast_acks")
+    poll = the(lines, "poll")
+    ids = poll["ids"]
+    assert isinstance(ids, dict)
+    ana, ben, cy = (_str(ids[name]) for name in ("ana", "ben", "cy"))
+    # cy got the event (so it was a recipient) and did not answer within the window.
+    assert poll["cyPolled"] is True
+    expected = BroadcastAckResult(
+        answers={
+            ana: ({"voter": "ana", "question": "lunch?"},),
+            ben: ({"voter": "ben", "question": "lunch?"}, 2),
+        },
+        missing=frozenset({cy}),
+    )
+    assert seen.polls == [expected]
+    assert poll["reply"] == {
+        "answers": {
+            ana: [{"voter": "ana", "question": "lunch?"}],
+            ben: [{"voter": "ben", "question": "lunch?"}, 2],
+        },
+        "missing": [cy],
+    }
+    # cy's late answer was ignored and its connection still works.
+    assert the(lines, "after_late")["reply"] == "ok"
+    assert POLL_WITHIN < SCENARIO_TIMEOUT
+
+
+async def _disconnect_cycles(peer: PeerCommand) -> tuple[list[Line], Observed, list[str]]:
+    """Run client_disconnect (connections that each emit and then disconnect, one after
+    the other); wait until the server handled every disconnect and its cleanup."""
+    server, seen = build_app(peer.parser)
+    with trio.fail_after(SCENARIO_TIMEOUT):
+        async with (
+            serve_app(server) as running,
+            open_peer(peer(running.url, "client_disconnect")) as proc,
+        ):
+            lines = await proc.finish()
+            sids = [_str(line["id"]) for line in lines if line["event"] == "connect"]
+            for sid in sids:
+                await seen.wait_disconnect(sid)
+                await seen.wait_cleanup(sid)
+    assert len(sids) == DISCONNECT_CYCLES
+    return lines, seen, sids
+
+
+async def test_client_disconnect_reason(node_peer: PeerCommand) -> None:
+    lines, seen, sids = await _disconnect_cycles(node_peer)
+    client_reasons = [line["reason"] for line in lines if line["event"] == "disconnect"]
+    assert client_reasons == ["io client disconnect"] * DISCONNECT_CYCLES
+    # socket.disconnect() sends DISCONNECT and at once closes the Engine.IO connection (it
+    # was the last namespace): the server must report the DISCONNECT, as Node's does...
+    wrong = {
+        cycle: reason
+        for cycle, sid in enumerate(sids)
+        if (reason := seen.disconnect_reason(sid)) != "client namespace disconnect"
+    }
+    assert wrong == {}, "cycle -> the server's disconnect reason"
+    # ... after running the handler of the event emitted just before it.
+    handled = [args for event, args in seen.events if event == "upload"]
+    lost = [c for c in range(DISCONNECT_CYCLES) if ({"last": "words", "cycle": c},) not in handled]
+    assert lost == [], "cycles whose last event never reached its handler"
+    assert len(seen.events) == DISCONNECT_CYCLES - len(lost)
+
+
+async def test_disconnect_handler_is_not_cancelled_by_the_close(node_peer: PeerCommand) -> None:
+    """The main namespace's disconnect handler awaits (as app cleanup does): the
+    transport close that follows the client's DISCONNECT must not cancel it."""
+    _, seen, sids = await _disconnect_cycles(node_peer)
+    assert sorted(sid for sid, _ in seen.cleanups) == sorted(sids)
+    cancelled = [sids.index(sid) for sid, outcome in seen.cleanups if outcome != "done"]
+    assert cancelled == [], "cycles whose disconnect handler was cancelled"
+
+
+async def test_server_disconnect_reason(node_peer: PeerCommand) -> None:
+    server, seen = build_app(node_peer.parser)
+    with trio.fail_after(SCENARIO_TIMEOUT):
+        async with (
+            serve_app(server) as running,
+            open_peer(node_peer(running.url, "server_disconnect")) as proc,
+        ):
+            lines = await proc.finish()
+            sid = _str(the(lines, "connect")["id"])
+            server_reason = await seen.wait_disconnect(sid)
+    disconnect = the(lines, "disconnect")
+    assert disconnect["reason"] == "io server disconnect"
+    assert disconnect["active"] is False  # the client does not reconnect after a kick
+    assert server_reason == "server namespace disconnect"
+
+
+async def test_server_shutdown_reason(node_peer: PeerCommand) -> None:
+    server, seen = build_app(node_peer.parser)
+    with trio.fail_after(SCENARIO_TIMEOUT):
+        async with (
+            serve_app(server) as running,
+            open_peer(node_peer(running.url, "server_shutdown")) as proc,
+        ):
+            sid = _str((await proc.expect("connect"))["id"])
+            await seen.wait_for(lambda: any(who == sid for _, who, _ in seen.connects))
+            await running.stop()
+            assert seen.disconnect_reason(sid) == "server shutting down"
+            lines = await proc.finish()
+    assert the(lines, "disconnect")["reason"] == "transport close"
+
+
+async def test_heartbeat(node_peer: PeerCommand) -> None:
+    """With a 100 ms ping interval the client answers every ping and stays connected."""
+    config = Config(ping_interval=0.1, ping_timeout=0.5)
+    server, seen = build_app(node_peer.parser, config)
+    with trio.fail_after(SCENARIO_TIMEOUT):
+        async with (
+            serve_app(server) as running,
+            open_peer(node_peer(running.url, "heartbeat")) as proc,
+        ):
+            lines = await proc.finish()
+            alive = the(lines, "alive")
+            reason = await seen.wait_disconnect(_str(alive["id"]))
+    assert alive["connected"] is True
+    assert alive["reply"] == "ok"
+    pings = alive["pings"]
+    assert isinstance(pings, int)
+    assert pings >= 5  # ~10 in the second the client idled
+    assert reason != "ping timeout"
+
+
+async def test_killed_client_reason(node_peer: PeerCommand) -> None:
+    server, seen = build_app(node_peer.parser)
+    with trio.fail_after(SCENARIO_TIMEOUT):
+        async with (
+            serve_app(server) as running,
+            open_peer(node_peer(running.url, "killed")) as proc,
+        ):
+            sid = _str((await proc.expect("connect"))["id"])
+            await seen.wait_for(lambda: any(who == sid for _, who, _ in seen.connects))
+            proc.kill()
+            assert await seen.wait_disconnect(sid) in {"transport close", "transport error"}
+            assert len(server.connections) == 0

@@ -1,0 +1,305 @@
+"""roomcast against python-socketio's ``AsyncClient`` (asyncio, in its own process), with
+its default (JSON) and its msgpack serializer.
+
+Each test starts the app of ``tests/interop/app.py`` in-process on a free port, runs one
+scenario of ``tests/interop/psio_client.py`` with this interpreter in a subprocess
+(WebSocket transport only), and checks both what the client printed and what the
+server's handlers saw.
+
+python-socketio names reasons its own way: "client disconnect", "server disconnect" and
+"transport error" (python-engineio has no "transport close"). Its ``disconnect()`` also
+closes the WebSocket before its writer task sends the queued DISCONNECT and Engine.IO
+CLOSE packets: on the wire there is only a close frame, so the server's reason is
+"transport close", as a Node ``socket.io`` server would say too.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Final
+
+import pytest
+import trio
+
+from roomcast.engine import BroadcastAckResult, Config
+from tests.interop.app import (
+    REFUSAL_DATA,
+    SERVER_BLOB,
+    TOKEN,
+    Line,
+    Observed,
+    PeerCommand,
+    build_app,
+    from_json,
+    open_peer,
+    patterned,
+    serve_app,
+    the,
+    typed,
+)
+
+pytestmark = pytest.mark.peer
+
+SCRIPT: Final = Path(__file__).with_name("psio_client.py")
+SCENARIO_TIMEOUT: Final = 10.0
+"""A hard bound per test; the scenarios take well under a second (start_poll: 1 s)."""
+
+
+@pytest.fixture(params=["json", "msgpack"])
+def psio_peer(request: pytest.FixtureRequest) -> PeerCommand:
+    parser_name = request.param
+    assert isinstance(parser_name, str)
+    return PeerCommand(argv=(sys.executable, str(SCRIPT)), parser_name=parser_name)
+
+
+async def run_scenario(
+    peer: PeerCommand, scenario: str, *, disconnects: int = 0
+) -> tuple[list[Line], Observed]:
+    """Run a scenario to its end against a fresh app, then wait (before the server stops)
+    until ``disconnects`` sockets disconnected; the peer's lines and the record."""
+    server, seen = build_app(peer.parser)
+    with trio.fail_after(SCENARIO_TIMEOUT):
+        async with serve_app(server) as running, open_peer(peer(running.url, scenario)) as proc:
+            lines = await proc.finish()
+            await seen.wait_for(lambda: len(seen.disconnects) >= disconnects)
+    return lines, seen
+
+
+def _str(value: object) -> str:
+    assert isinstance(value, str), value
+    return value
+
+
+async def test_connect_with_auth(psio_peer: PeerCommand) -> None:
+    lines, seen = await run_scenario(psio_peer, "connect_auth", disconnects=1)
+    sid = _str(the(lines, "connect")["id"])
+    auth = {"token": TOKEN, "user": "ada", "n": 7, "tags": ["a", "b"], "nested": {"ok": True}}
+    assert seen.connects == [("/", sid, auth)]
+    assert typed(seen.auth_of(sid)) == typed(auth)
+    assert typed(from_json(the(lines, "auth_echo")["args"])) == typed([auth])
+    assert seen.disconnects == [("/", sid, "transport close")]
+
+
+async def test_middleware_refuses_with_data(psio_peer: PeerCommand) -> None:
+    lines, seen = await run_scenario(psio_peer, "refused")
+    error = the(lines, "connect_error")
+    # connect() raises ConnectionError; the connect_error handler got the packet's data.
+    assert error["message"] == "One or more namespaces failed to connect: /private"
+    assert typed(error["handler_args"]) == typed(
+        [[{"message": "not authorized", "data": REFUSAL_DATA}]]
+    )
+    assert error["connected"] is False
+    assert seen.refusals == [{"token": "wrong"}]
+    good = the(lines, "connect")
+    sid = _str(good["id"])
+    whoami = good["whoami"]
+    assert isinstance(whoami, dict)
+    assert whoami["sid"] == sid
+    assert whoami["namespace"] == "/private"
+    assert seen.connects == [("/private", sid, {"token": TOKEN})]
+
+
+async def test_two_namespaces_share_one_engine_io_connection(psio_peer: PeerCommand) -> None:
+    lines, seen = await run_scenario(psio_peer, "two_namespaces", disconnects=2)
+    whoami = the(lines, "whoami")
+    assert isinstance(whoami["root"], dict)
+    assert isinstance(whoami["admin"], dict)
+    root_id, admin_id = _str(whoami["root"]["id"]), _str(whoami["admin"]["id"])
+    root, admin = whoami["root"]["reply"], whoami["admin"]["reply"]
+    assert isinstance(root, dict)
+    assert isinstance(admin, dict)
+    assert (root["sid"], admin["sid"]) == (root_id, admin_id)
+    assert root_id != admin_id
+    assert (root["namespace"], admin["namespace"]) == ("/", "/admin")
+    assert root["auth"] == admin["auth"] == {"who": "both"}
+    assert root["eio"] == admin["eio"]
+    assert root["connections"] == admin["connections"] == 1
+    assert seen.connection_counts == [1, 1]
+    assert the(lines, "admin_only")["reply"] == {
+        "admin": True,
+        "value": "x",
+        "namespace": "/admin",
+    }
+    # One close frame ends both namespaces.
+    assert sorted(seen.disconnects) == sorted(
+        [("/", root_id, "transport close"), ("/admin", admin_id, "transport close")]
+    )
+
+
+async def test_room_isolation_in_the_seed_example(psio_peer: PeerCommand) -> None:
+    started = time.time()
+    lines, _ = await run_scenario(psio_peer, "room_isolation")
+    assert the(lines, "joins")["joins"] == {
+        "alice": {"ok": True, "workspaceId": "ws-1"},
+        "bob": {"ok": True, "workspaceId": "ws-1"},
+        "carol": {"ok": True, "workspaceId": "ws-2"},
+    }
+    assert the(lines, "dispatches")["dispatches"] == {
+        "alice": {"ok": True, "delivered": 2},
+        "carol": {"ok": True, "delivered": 1},
+        "bob": {"ok": False, "error": "join the workspace first"},
+    }
+    received = the(lines, "received")
+    ids, by_client = received["ids"], received["received"]
+    assert isinstance(ids, dict)
+    assert isinstance(by_client, dict)
+    assert len(set(ids.values())) == 3
+
+    def messages(name: str) -> list[tuple[object, object]]:
+        found = by_client[name]
+        assert isinstance(found, list)
+        result: list[tuple[object, object]] = []
+        for message in found:
+            assert isinstance(message, dict)
+            assert message.keys() == {"sender", "text", "timestamp"}
+            timestamp = message["timestamp"]
+            assert isinstance(timestamp, int)
+            assert started * 1000 - 1000 <= timestamp <= time.time() * 1000 + 1000
+            result.append((message["sender"], message["text"]))
+        return result
+
+    assert messages("alice") == [(ids["alice"], "from-alice")]
+    assert messages("bob") == [(ids["alice"], "from-alice")]
+    assert messages("carol") == [(ids["carol"], "from-carol")]
+
+
+async def test_acks_both_ways(psio_peer: PeerCommand) -> None:
+    lines, seen = await run_scenario(psio_peer, "acks")
+    assert typed(the(lines, "echo")["reply"]) == typed([1, "two", {"three": [3]}, None, True])
+    assert typed(the(lines, "add")["reply"]) == typed(5)
+    assert the(lines, "noop")["reply"] == []
+    # A handler returning a tuple answers the server's call with several arguments.
+    assert typed(seen.call_answers) == typed([({"answer": 42}, "extra")])
+    assert the(lines, "ask_me")["reply"] == [{"answer": 42}, "extra"]
+
+
+async def test_binary_both_ways(psio_peer: PeerCommand) -> None:
+    lines, seen = await run_scenario(psio_peer, "binary")
+    small = bytes([0, 1, 2, 253, 254, 255])
+    payload = {
+        "name": "blob",
+        "data": small,
+        "nested": {"list": [b"hi", 5, {"deep": patterned(100_000)}]},
+    }
+    assert typed(seen.events) == typed(
+        [("echo", (payload, b"*")), ("upload", ({"file": small, "size": 6},))]
+    )
+    assert typed(from_json(the(lines, "echo")["reply"])) == typed([payload, b"*"])
+    assert the(lines, "upload")["reply"] == "stored"
+    assert the(lines, "push_binary")["reply"] == "pushed"
+    push = the(lines, "binary_push")
+    assert push["isBytes"] is True
+    assert typed(from_json(push["args"])) == typed(
+        [{"blob": SERVER_BLOB[:1000], "parts": [b"a", {"deep": b"\x00\xff"}, "text"]}, b"top"]
+    )
+    answer = {"reversed": SERVER_BLOB[::-1], "length": len(SERVER_BLOB)}
+    assert typed(seen.call_answers) == typed([(answer,)])
+    assert typed(from_json(the(lines, "ask_binary")["reply"])) == typed([answer])
+
+
+async def test_broadcast_acks(psio_peer: PeerCommand) -> None:
+    lines, seen = await run_scenario(psio_peer, "broadcast_acks")
+    poll = the(lines, "poll")
+    ids = poll["ids"]
+    assert isinstance(ids, dict)
+    ana, ben, cy = (_str(ids[name]) for name in ("ana", "ben", "cy"))
+    # cy's handler started (it was sent the event) but answered only after the window.
+    assert poll["cyPolled"] is True
+    assert seen.polls == [
+        BroadcastAckResult(
+            answers={
+                ana: ({"voter": "ana", "question": "lunch?"},),
+                ben: ({"voter": "ben", "question": "lunch?"}, 2),
+            },
+            missing=frozenset({cy}),
+        )
+    ]
+    assert poll["reply"] == {
+        "answers": {
+            ana: [{"voter": "ana", "question": "lunch?"}],
+            ben: [{"voter": "ben", "question": "lunch?"}, 2],
+        },
+        "missing": [cy],
+    }
+    assert the(lines, "after_late")["reply"] == "ok"
+
+
+async def test_client_disconnect_reason(psio_peer: PeerCommand) -> None:
+    server, seen = build_app(psio_peer.parser)
+    with trio.fail_after(SCENARIO_TIMEOUT):
+        async with (
+            serve_app(server) as running,
+            open_peer(psio_peer(running.url, "client_disconnect")) as proc,
+        ):
+            lines = await proc.finish()
+            sid = _str(the(lines, "connect")["id"])
+            server_reason = await seen.wait_disconnect(sid)
+            cleanup = await seen.wait_cleanup(sid)
+    assert the(lines, "disconnect")["reason"] == "client disconnect"
+    assert server_reason == "transport close"  # only a close frame was sent (see above)
+    assert cleanup == "done"
+
+
+async def test_server_disconnect_reason(psio_peer: PeerCommand) -> None:
+    server, seen = build_app(psio_peer.parser)
+    with trio.fail_after(SCENARIO_TIMEOUT):
+        async with (
+            serve_app(server) as running,
+            open_peer(psio_peer(running.url, "server_disconnect")) as proc,
+        ):
+            lines = await proc.finish()
+            sid = _str(the(lines, "connect")["id"])
+            server_reason = await seen.wait_disconnect(sid)
+    disconnect = the(lines, "disconnect")
+    assert disconnect["reason"] == "server disconnect"
+    assert disconnect["connected"] is False
+    assert server_reason == "server namespace disconnect"
+
+
+async def test_server_shutdown_reason(psio_peer: PeerCommand) -> None:
+    server, seen = build_app(psio_peer.parser)
+    with trio.fail_after(SCENARIO_TIMEOUT):
+        async with (
+            serve_app(server) as running,
+            open_peer(psio_peer(running.url, "server_shutdown")) as proc,
+        ):
+            sid = _str((await proc.expect("connect"))["id"])
+            await seen.wait_for(lambda: any(who == sid for _, who, _ in seen.connects))
+            await running.stop()
+            assert seen.disconnect_reason(sid) == "server shutting down"
+            lines = await proc.finish()
+    # python-engineio's reason for a connection the server closed.
+    assert the(lines, "disconnect")["reason"] == "transport error"
+
+
+async def test_heartbeat(psio_peer: PeerCommand) -> None:
+    """With a 100 ms ping interval the client answers every ping and stays connected."""
+    config = Config(ping_interval=0.1, ping_timeout=0.5)
+    server, seen = build_app(psio_peer.parser, config)
+    with trio.fail_after(SCENARIO_TIMEOUT):
+        async with (
+            serve_app(server) as running,
+            open_peer(psio_peer(running.url, "heartbeat")) as proc,
+        ):
+            lines = await proc.finish()
+            alive = the(lines, "alive")
+            reason = await seen.wait_disconnect(_str(alive["id"]))
+    assert alive["connected"] is True
+    assert alive["reply"] == "ok"
+    assert reason != "ping timeout"
+
+
+async def test_killed_client_reason(psio_peer: PeerCommand) -> None:
+    server, seen = build_app(psio_peer.parser)
+    with trio.fail_after(SCENARIO_TIMEOUT):
+        async with (
+            serve_app(server) as running,
+            open_peer(psio_peer(running.url, "killed")) as proc,
+        ):
+            sid = _str((await proc.expect("connect"))["id"])
+            await seen.wait_for(lambda: any(who == sid for _, who, _ in seen.connects))
+            proc.kill()
+            assert await seen.wait_disconnect(sid) in {"transport close", "transport error"}
+            assert len(server.connections) == 0
