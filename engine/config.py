@@ -40,6 +40,8 @@ class Config:
         close_grace: Seconds allowed for a close frame and a clean shutdown of a transport.
         max_request_header_bytes: Largest HTTP request line plus headers.
         request_header_timeout: Seconds a client has to send its whole request head.
+        request_body_timeout: Seconds a client has to send a whole polling POST body;
+            then HTTP 408 and the session closes.
         websocket_handshake_timeout: Seconds to complete the WebSocket upgrade.
         upgrade_timeout: Seconds a polling session's WebSocket probe may take to finish
             the Engine.IO upgrade (probe, then UPGRADE).
@@ -73,6 +75,7 @@ class Config:
     close_grace: float = 2.0
     max_request_header_bytes: int = 16_384
     request_header_timeout: float = 10.0
+    request_body_timeout: float = 30.0
     websocket_handshake_timeout: float = 10.0
     upgrade_timeout: float = 10.0
     attachment_timeout: float = 10.0

@@ -490,7 +490,12 @@ class Server:
             return status == 200
         if request.method == "POST":
             try:
-                body = await http.read_body(self.config.limits.max_payload_bytes)
+                with trio.fail_after(self.config.request_body_timeout):
+                    body = await http.read_body(self.config.limits.max_payload_bytes)
+            except trio.TooSlowError:
+                conn.close("transport error")
+                await http.respond(408, error_body(3, "request body timeout"), close=True)
+                return False
             except TransportClosed:
                 conn.close("transport error")
                 raise
@@ -632,7 +637,9 @@ class Server:
             if request.method in ("GET", "HEAD") and target is not None:
                 content = await trio.Path(target).read_bytes()
                 kind = mimetypes.guess_type(target)[0] or "application/octet-stream"
-                await http.respond(200, content, content_type=kind)
+                await http.respond(
+                    200, content, content_type=kind, head_only=request.method == "HEAD"
+                )
                 return True
         await http.respond(404, b"not found")
         return True

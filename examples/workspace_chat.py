@@ -4,8 +4,14 @@ Clients ``join_workspace`` (a room) and ``dispatch_message`` {workspaceId, textM
 everyone in that workspace, and nobody else, gets ``receive_message``
 {sender, text, timestamp}.
 
+The server also serves the chat page (``examples/web/public``: a workspace picker, the
+message list and a send box) at ``/``, and npm's socket.io-client browser bundle at
+``/vendor/`` from ``examples/web/node_modules`` (install it once with
+``(cd examples/web && npm ci)``; nothing is loaded from a CDN).
+
 Run: ``python examples/workspace_chat.py --host 127.0.0.1 --port 5000``
 or:  ``roomcast serve examples.workspace_chat:build_server``
+then open http://127.0.0.1:5000/
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from pathlib import Path
+from typing import Final
 
 import trio
 
@@ -20,10 +28,23 @@ from roomcast.engine import Config, Server, Socket
 from roomcast.engine.cli import serve_until_signal
 from roomcast.protocol import JsonValue
 
+logger = logging.getLogger(__name__)
+
+WEB_DIR: Final = Path(__file__).resolve().parent / "web"
+PAGE_DIR: Final = WEB_DIR / "public"
+"""The chat page: index.html, app.js, style.css."""
+CLIENT_BUNDLE_DIR: Final = WEB_DIR / "node_modules" / "socket.io-client" / "dist"
+"""socket.io-client's browser bundles, as ``npm ci`` in examples/web installs them."""
+
 
 def build_server(config: Config | None = None) -> Server:
-    """The chat app's server."""
-    server = Server(config=config or Config())
+    """The chat app's server (it serves the chat page too)."""
+    server = Server(
+        config=config or Config(),
+        # The page comes from this server, so its Origin is our own: the default
+        # (same-origin) CORS policy lets it in and keeps other sites' pages out.
+        static_dirs={"/vendor/": str(CLIENT_BUNDLE_DIR), "/": str(PAGE_DIR)},
+    )
 
     @server.on("join_workspace")
     async def join_workspace(socket: Socket, workspace_id: JsonValue) -> JsonValue:
@@ -57,6 +78,10 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=5000)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if not (CLIENT_BUNDLE_DIR / "socket.io.min.js").is_file():
+        logger.warning(
+            "the chat page needs the socket.io-client bundle: run (cd %s && npm ci)", WEB_DIR
+        )
     trio.run(serve_until_signal, build_server(), args.host, args.port)
 
 

@@ -585,7 +585,9 @@ class EioServerSession:
                 return self._close("ping timeout")
             return []
         if now >= self._next_ping_at:
-            self._pong_deadline = now + self._ping_timeout
+            # Measured from when the PING was due, not from when this tick ran: a late
+            # tick must not give the client more time (CONFORMANCE.md §2.4, no slack).
+            self._pong_deadline = self._next_ping_at + self._ping_timeout
             return [SendPacket(packet=_PING)]
         return []
 

@@ -186,8 +186,20 @@ class HttpConnection:
 
     @property
     def reusable(self) -> bool:
-        """Whether another request may follow on this connection."""
-        return self._conn.our_state is h11.DONE and self._conn.their_state is h11.DONE
+        """Whether another request may follow on this connection.
+
+        A request with no body left to read (a GET) is finished here: h11 reports its
+        end without needing more data. A body nobody read means the connection closes.
+        """
+        conn = self._conn
+        while conn.their_state is h11.SEND_BODY:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError:
+                return False
+            if event is h11.NEED_DATA or isinstance(event, h11.ConnectionClosed):
+                return False
+        return conn.our_state is h11.DONE and conn.their_state is h11.DONE
 
     async def respond(
         self,
@@ -197,16 +209,17 @@ class HttpConnection:
         content_type: str = "text/plain; charset=UTF-8",
         headers: tuple[tuple[str, str], ...] = (),
         close: bool = False,
+        head_only: bool = False,
     ) -> None:
-        """Answer the current request with a whole response.
+        """Answer the current request with a whole response (``head_only``: the headers
+        of that response, for a HEAD request).
 
         Cancellation: part of the response may have been written; close the connection.
         """
-        all_headers = [
-            ("Content-Type", content_type),
-            ("Content-Length", str(len(body))),
-            *headers,
-        ]
+        all_headers = [("Content-Type", content_type)]
+        if status not in (204, 304):  # RFC 9110 §8.6: no Content-Length on a 204
+            all_headers.append(("Content-Length", str(len(body))))
+        all_headers.extend(headers)
         if close:
             all_headers.append(("Connection", "close"))
         conn = self._conn
@@ -216,7 +229,7 @@ class HttpConnection:
                     h11.Response(status_code=status, headers=all_headers, reason=_reason(status))
                 )
             ]
-            if body:
+            if body and not head_only:
                 parts.append(conn.send(h11.Data(data=body)))
             parts.append(conn.send(h11.EndOfMessage()))
         except h11.LocalProtocolError:

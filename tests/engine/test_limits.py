@@ -129,3 +129,37 @@ async def test_connection_limits_answer_503_and_free_up() -> None:
                 await ws.aclose()
                 await close_client_stream(ws)
             nursery.cancel_scope.cancel()
+
+
+async def test_a_polling_body_sent_too_slowly_gets_408(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    server, _ = echo_server(Config(request_body_timeout=5.0))
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.supervisor.run)
+            client, server_end = trio.testing.memory_stream_pair()
+            nursery.start_soon(server.serve_stream, server_end)
+            await client.send_all(
+                b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: x\r\n\r\n"
+            )
+            head = b""
+            while b'"maxPayload"' not in head:
+                head += await client.receive_some(65536)
+            sid = head.split(b'"sid":"')[1].split(b'"')[0].decode()
+            await client.send_all(
+                f"POST /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\n"
+                "Host: x\r\nContent-Length: 100\r\n\r\n4".encode()
+            )
+            for _ in range(10):  # one byte a second: never finishes the body
+                await trio.sleep(1)
+                try:
+                    await client.send_all(b"x")
+                except trio.BrokenResourceError:
+                    break  # the server answered and closed
+            answer = b""
+            while chunk := await client.receive_some(65536):
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 408 ")
+            assert sid not in server.connections
+            nursery.cancel_scope.cancel()

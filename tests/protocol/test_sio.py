@@ -72,9 +72,9 @@ values = _nested(st.one_of(scalars, st.binary(max_size=24)))  # bytes at any dep
 plain_objects = st.dictionaries(st.text(max_size=8), plain_values, max_size=4)
 namespaces = st.one_of(
     st.just("/"),
-    st.text(
-        st.characters(exclude_characters=",", exclude_categories=("Cs",)), max_size=30
-    ).map(lambda s: "/" + s),
+    st.text(st.characters(exclude_characters=",", exclude_categories=("Cs",)), max_size=30).map(
+        lambda s: "/" + s
+    ),
 )
 ack_ids = st.integers(min_value=0, max_value=MAX_SAFE_ACK_ID)
 arg_tuples = st.lists(values, max_size=5).map(tuple)

@@ -1,0 +1,112 @@
+"""The workspace chat page in a real browser: Debian's Chromium, headless, driven by
+playwright-core (tests/js/polling_browser_chat.mjs), against examples/workspace_chat.py's
+server running in this process.
+
+Two pages in workspace "alpha" see each other's messages, a third page in "beta" sees
+none of them (then switches to "alpha" and sees only what comes after), and the server
+confirms that every browser session began on HTTP long-polling and was upgraded to
+WebSocket (socket.io-client's default transports).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Final
+
+import pytest
+import trio
+
+from examples.workspace_chat import build_server
+from roomcast.engine import Server
+
+from ..conformance.wire import Endpoint
+
+BROWSER_TIMEOUT: Final = 60.0
+
+
+async def read_line(stdout: trio.abc.ReceiveStream, buffer: bytearray) -> dict[str, object]:
+    """The next JSON line from the script (fails at the end of its output)."""
+    while b"\n" not in buffer:
+        chunk = await stdout.receive_some(65_536)
+        if not chunk:
+            raise AssertionError(f"the browser script ended early; output so far: {buffer!r}")
+        buffer += chunk
+    raw, _, rest = bytes(buffer).partition(b"\n")
+    buffer[:] = rest
+    line = json.loads(raw)
+    assert isinstance(line, dict), raw
+    return line
+
+
+def check_server_side(server: Server, pages: dict[str, dict[str, str]], origin: str) -> None:
+    """Each page's socket is on a session that started polling and is WebSocket now."""
+    sockets = server.of("/").sockets
+    assert len(server.connections) == 3, list(server.connections)
+    for name, page in pages.items():
+        socket = sockets[page["sid"]]
+        conn = socket.connection
+        assert conn.request is not None
+        assert conn.request.query.get("transport") == "polling", (name, conn.request.query)
+        assert conn.transport_name == "websocket", (name, conn.transport_name)
+        assert page["transport"] == page["shown"] == "websocket", (name, page)
+        # The page's own origin (a same-origin GET may carry none): the default let it in.
+        assert conn.request.headers.get("origin", origin) == origin, name
+    # cat switched from beta to alpha on a new connection: nobody is left in beta.
+    in_alpha = {sid for sid, s in sockets.items() if "alpha" in s.rooms}
+    assert in_alpha == {page["sid"] for page in pages.values()}
+    assert not any("beta" in s.rooms for s in sockets.values())
+
+
+@pytest.mark.node
+async def test_two_pages_in_a_workspace_chat_and_a_third_sees_nothing(
+    js_peers: Path, chromium: str, web_bundle: Path, tmp_path: Path
+) -> None:
+    node = shutil.which("node")
+    assert node is not None
+    server = build_server()
+    script = js_peers / "polling_browser_chat.mjs"
+    env = {**os.environ, "CHROMIUM": chromium}
+    with trio.fail_after(BROWSER_TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            host, port = await nursery.start(server.serve, "127.0.0.1", 0)
+            page = await Endpoint(host=host, port=port).get("/")
+            assert page.status == 200
+            assert b'src="/vendor/socket.io.min.js"' in page.body
+            bundle = await Endpoint(host=host, port=port).get("/vendor/socket.io.min.js")
+            assert bundle.status == 200
+            assert bundle.body == await trio.Path(web_bundle).read_bytes()
+            process = await trio.lowlevel.open_process(
+                [node, str(script), f"http://{host}:{port}", str(tmp_path)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+            )
+            assert process.stdin is not None
+            assert process.stdout is not None
+            try:
+                buffer = bytearray()
+                while (line := await read_line(process.stdout, buffer))["event"] != "checkpoint":
+                    assert line["event"] != "error", line["message"]
+                pages = line["pages"]
+                assert isinstance(pages, dict)
+                check_server_side(server, pages, f"http://{host}:{port}")
+                await process.stdin.send_all(b"go\n")
+                while (line := await read_line(process.stdout, buffer))["event"] != "done":
+                    assert line["event"] != "error", line["message"]
+                assert await process.wait() == 0
+            finally:
+                if process.returncode is None:
+                    process.kill()
+                with trio.move_on_after(5, shield=True):
+                    await process.wait()
+                for pipe in (process.stdin, process.stdout, process.stderr):
+                    if pipe is not None:
+                        await trio.aclose_forcefully(pipe)
+            nursery.cancel_scope.cancel()
+    for name in ("ann", "bob", "cat"):
+        assert (tmp_path / f"{name}.png").stat().st_size > 1000
