@@ -1,1 +1,73 @@
-"""log."""
+"""The event log: append-only segment files, a group-commit writer, recovery, readers
+and replay. Specified in ``docs/event-log.md``.
+
+Writing (Trio)::
+
+    async with open_event_log(LogConfig(directory="./roomcast-log")) as log:
+        next_offset = (log.last_offset("/", "lobby") or 0) + 1
+        await log.append(LogRecord(offset=next_offset, ..., epoch=log.epoch))
+
+Reading (synchronous; from Trio, through ``trio.to_thread.run_sync``)::
+
+    for record in iter_records("./roomcast-log", namespace="/", room="lobby"):
+        ...
+"""
+
+from __future__ import annotations
+
+from roomcast.engine.log.config import FsyncPolicy, LogConfig
+from roomcast.engine.log.errors import (
+    LogClosedError,
+    LogCorruptError,
+    LogError,
+    LogLockedError,
+    LogUnsupportedError,
+    LogWriteError,
+)
+from roomcast.engine.log.reader import (
+    LogStats,
+    Problem,
+    VerifyReport,
+    iter_records,
+    log_stats,
+    membership_at,
+    record_to_json,
+    room_history,
+    verify_log,
+)
+from roomcast.engine.log.recovery import RecoveryReport, TailRepair
+from roomcast.engine.log.replay import Delivery, ReplayAction, ReplayStep, replay
+from roomcast.engine.log.segment import Corruption, RoomSpan
+from roomcast.engine.log.writer import EventLog, LogIO, LogStatistics, open_event_log
+
+__all__ = [
+    "Corruption",
+    "Delivery",
+    "EventLog",
+    "FsyncPolicy",
+    "LogClosedError",
+    "LogConfig",
+    "LogCorruptError",
+    "LogError",
+    "LogIO",
+    "LogLockedError",
+    "LogStatistics",
+    "LogStats",
+    "LogUnsupportedError",
+    "LogWriteError",
+    "Problem",
+    "ReplayAction",
+    "ReplayStep",
+    "RecoveryReport",
+    "RoomSpan",
+    "TailRepair",
+    "VerifyReport",
+    "iter_records",
+    "log_stats",
+    "membership_at",
+    "open_event_log",
+    "record_to_json",
+    "replay",
+    "room_history",
+    "verify_log",
+]

@@ -22,9 +22,10 @@ class FsyncPolicy(enum.StrEnum):
     """Every batch is synced before its appends return: an acknowledged record survives
     a crash of the process or of the machine."""
     INTERVAL = "interval"
-    """Batches are synced together at most ``fsync_interval`` after the first unsynced
-    write; appends return after that sync, so the guarantee is the same as ``ALWAYS``
-    with a little more latency and far fewer syncs."""
+    """The log is synced at most once per ``fsync_interval``: at once after a quiet
+    spell, else when the interval since the last sync is over, covering every batch
+    written since. Appends return after the sync that covers them, so the guarantee is
+    the same as ``ALWAYS``, with fewer syncs and up to ``fsync_interval`` more latency."""
     NEVER = "never"
     """Appends return once the record is written to the OS (it survives a crash of the
     process, not of the machine). The log is still synced when it rolls a segment and
@@ -39,16 +40,14 @@ def _directory(value: str | os.PathLike[str]) -> str:
     return os.fspath(value)
 
 
-def _positive(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+def _positive(instance: object, attribute: object, value: float) -> None:
     if not value > 0:
-        raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
+        raise ValueError(f"{getattr(attribute, 'name', '?')} must be > 0, got {value!r}")
 
 
-def _positive_or_none(
-    instance: object, attribute: attrs.Attribute[float | None], value: float | None
-) -> None:
-    if value is not None and not value > 0:
-        raise ValueError(f"{attribute.name} must be > 0 or None, got {value!r}")
+def _positive_or_none(instance: object, attribute: object, value: float | None) -> None:
+    if value is not None:
+        _positive(instance, attribute, value)
 
 
 @attrs.frozen(kw_only=True)
@@ -60,8 +59,8 @@ class LogConfig:
         directory: The log directory (created if missing).
         fsync: The `FsyncPolicy` (a name is accepted: ``"always"``, ``"interval"``,
             ``"never"``).
-        fsync_interval: Longest wait, under ``interval``, between the first unsynced
-            write and the sync that covers it.
+        fsync_interval: Under ``interval``, the shortest time between two syncs, and
+            so the longest a written append waits for the sync that covers it.
         segment_bytes: A segment is rolled before a batch would take it past this size
             (one record larger than that still goes into one segment).
         segment_age: A segment whose first record is older than this is rolled at the
@@ -87,9 +86,7 @@ class LogConfig:
     retention_bytes: int | None = attrs.field(
         default=1024 * 1024 * 1024, validator=_positive_or_none
     )
-    retention_age: float | None = attrs.field(
-        default=7 * 24 * 3600.0, validator=_positive_or_none
-    )
+    retention_age: float | None = attrs.field(default=7 * 24 * 3600.0, validator=_positive_or_none)
     max_batch: int = attrs.field(default=1024, validator=_positive)
     max_batch_bytes: int = attrs.field(default=4 * 1024 * 1024, validator=_positive)
     inbox_size: int = attrs.field(default=8192, validator=_positive)

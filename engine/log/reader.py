@@ -1,0 +1,656 @@
+"""The read side of the event log: filtered iteration, room history and membership,
+verification and statistics.
+
+Everything here is synchronous file reading (the CLI calls it directly); from Trio code
+call it through ``trio.to_thread.run_sync``. Readers never take the writer's lock and may
+run while a writer appends: a torn record at the very end of the newest segment is a
+write in progress and reads as the end of the log. Any other damage is reported, never
+skipped silently: with ``on_corrupt=None`` a reader raises `LogCorruptError`; with a
+callback it reports each damaged region to it and goes on at the next readable record.
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import fcntl
+import itertools
+import math
+import os
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import TypeAlias
+
+import attrs
+
+from roomcast.engine.log.errors import LogCorruptError
+from roomcast.engine.log.segment import (
+    EPOCH_FILE,
+    LOCK_FILE,
+    Corruption,
+    RoomSpan,
+    SegmentSummary,
+    SummaryBuilder,
+    iter_segment,
+    list_segments,
+    read_state,
+    read_summary,
+    segment_name,
+    segment_path,
+)
+from roomcast.protocol._log import DEFAULT_MAX_RECORD_BYTES, LogRecord, LogValue, RecordKind
+
+__all__ = [
+    "JsonRecord",
+    "LogStats",
+    "Problem",
+    "VerifyReport",
+    "iter_records",
+    "log_stats",
+    "membership_at",
+    "record_to_json",
+    "room_history",
+    "verify_log",
+]
+
+OnCorrupt: TypeAlias = Callable[[Corruption], None]
+JsonRecord: TypeAlias = dict[str, object]
+
+
+def _raise(corruption: Corruption) -> None:
+    raise LogCorruptError(
+        f"damaged event log: {corruption.describe()}",
+        segment=corruption.segment,
+        position=corruption.position,
+        detail=corruption.detail,
+        resumes_at=corruption.resumes_at,
+    )
+
+
+def _segment_records(
+    directory: Path,
+    number: int,
+    *,
+    newest: bool,
+    on_corrupt: OnCorrupt,
+    max_record_bytes: int,
+    skip: Callable[[SegmentSummary], bool] | None = None,
+) -> Iterator[LogRecord]:
+    """The records of one segment, damage reported to ``on_corrupt``; nothing if the
+    segment is gone (retention) or its summary says ``skip``."""
+    try:
+        file = segment_path(directory, number).open("rb")
+    except FileNotFoundError:
+        return
+    with file:
+        if skip is not None:
+            summary = read_summary(directory, number, size=os.fstat(file.fileno()).st_size)
+            if summary is not None and skip(summary):
+                return
+        for item in iter_segment(file, number, max_record_bytes=max_record_bytes):
+            if isinstance(item, Corruption):
+                if newest and item.kind == "torn" and item.tail:
+                    return  # a write in progress, or a crash the next open repairs
+                on_corrupt(item)
+            else:
+                yield item[1]
+
+
+def _records(
+    directory: Path,
+    *,
+    on_corrupt: OnCorrupt | None,
+    max_record_bytes: int,
+    skip: Callable[[SegmentSummary], bool] | None = None,
+    segments: Iterable[int] | None = None,
+) -> Iterator[LogRecord]:
+    numbers = list_segments(directory)
+    newest = numbers[-1] if numbers else None
+    for number in numbers if segments is None else segments:
+        yield from _segment_records(
+            directory,
+            number,
+            newest=number == newest,
+            on_corrupt=on_corrupt or _raise,
+            max_record_bytes=max_record_bytes,
+            skip=skip,
+        )
+
+
+def iter_records(
+    directory: str | os.PathLike[str],
+    *,
+    namespace: str | None = None,
+    room: str | None = None,
+    since_offset: int | None = None,
+    until_offset: int | None = None,
+    since_time: float | None = None,
+    until_time: float | None = None,
+    epoch: str | None = None,
+    on_corrupt: OnCorrupt | None = None,
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+) -> Iterator[LogRecord]:
+    """The records of the log in ``directory``, oldest first, filtered.
+
+    Every bound is inclusive; None means unbounded. Offsets are per room, so an offset
+    range is most useful with ``room``. Sealed segments whose summary shows nothing in
+    range are not read.
+
+    Raises:
+        LogCorruptError: A damaged record (only when ``on_corrupt`` is None).
+    """
+
+    def wanted(record: LogRecord) -> bool:
+        return (
+            (namespace is None or record.namespace == namespace)
+            and (room is None or record.room == room)
+            and (since_offset is None or record.offset >= since_offset)
+            and (until_offset is None or record.offset <= until_offset)
+            and (since_time is None or record.time >= since_time)
+            and (until_time is None or record.time <= until_time)
+            and (epoch is None or record.epoch == epoch)
+        )
+
+    def skip(summary: SegmentSummary) -> bool:
+        if epoch is not None and not summary.damage and epoch not in summary.epochs:
+            return True
+        return not summary.overlaps(
+            namespace=namespace,
+            room=room,
+            since_offset=since_offset,
+            until_offset=until_offset,
+            since_time=since_time,
+            until_time=until_time,
+        )
+
+    records = _records(
+        Path(directory), on_corrupt=on_corrupt, max_record_bytes=max_record_bytes, skip=skip
+    )
+    return (record for record in records if wanted(record))
+
+
+def room_history(
+    directory: str | os.PathLike[str],
+    namespace: str,
+    room: str,
+    *,
+    last: int | None = None,
+    after: int | None = None,
+    on_corrupt: OnCorrupt | None = None,
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+) -> list[LogRecord]:
+    """A room's recorded events, oldest first: everything with an offset greater than
+    ``after`` (all if None), or only the ``last`` of those.
+
+    For ``last`` the segments are read newest first and reading stops as soon as enough
+    records were found.
+
+    Raises:
+        LogCorruptError: A damaged record was met (only when ``on_corrupt`` is None).
+    """
+    since = None if after is None else after + 1
+    if last is None:
+        return list(
+            iter_records(
+                directory,
+                namespace=namespace,
+                room=room,
+                since_offset=since,
+                on_corrupt=on_corrupt,
+                max_record_bytes=max_record_bytes,
+            )
+        )
+    if last <= 0:
+        return []
+    path = Path(directory)
+    numbers = list_segments(path)
+    found: list[list[LogRecord]] = []
+    total = 0
+
+    def skip(summary: SegmentSummary) -> bool:
+        return not summary.overlaps(
+            namespace=namespace,
+            room=room,
+            since_offset=since,
+            until_offset=None,
+            since_time=None,
+            until_time=None,
+        )
+
+    for number in reversed(numbers):
+        records = [
+            record
+            for record in _segment_records(
+                path,
+                number,
+                newest=number == numbers[-1],
+                on_corrupt=on_corrupt or _raise,
+                max_record_bytes=max_record_bytes,
+                skip=skip,
+            )
+            if record.namespace == namespace
+            and record.room == room
+            and (since is None or record.offset >= since)
+        ]
+        found.append(records)
+        total += len(records)
+        if total >= last:
+            break
+    ordered = list(itertools.chain.from_iterable(reversed(found)))
+    return ordered[-last:]
+
+
+def membership_at(
+    directory: str | os.PathLike[str],
+    namespace: str,
+    room: str,
+    offset: int,
+    *,
+    on_corrupt: OnCorrupt | None = None,
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+) -> frozenset[str]:
+    """The sids in ``room`` right after its last record with an offset ``<= offset``:
+    who was a member when that event happened (empty before the room's first record).
+
+    Replays, in log order: ``JOIN`` and ``LEAVE`` of the room, ``DISCONNECT`` of a
+    member from the namespace (room ``""``), and ``SERVER_START``, ``SERVER_STOP`` and
+    ``EPOCH`` (nobody stays connected across a restart). Changes recorded after that
+    last room record are not applied.
+
+    Raises:
+        LogCorruptError: A damaged record was met (only when ``on_corrupt`` is None).
+    """
+    keys = {(namespace, room), (namespace, ""), ("", "")}
+
+    def skip(summary: SegmentSummary) -> bool:
+        return not summary.damage and not any(key in summary.rooms for key in keys)
+
+    members: set[str] = set()
+    # Namespace-wide changes wait here until a later record of the room shows that
+    # they happened before the offset asked for.
+    pending: list[str | None] = []
+    resets = (RecordKind.SERVER_START, RecordKind.SERVER_STOP, RecordKind.EPOCH)
+    for record in _records(
+        Path(directory), on_corrupt=on_corrupt, max_record_bytes=max_record_bytes, skip=skip
+    ):
+        if record.namespace == "" and record.kind in resets:
+            pending.append(None)
+        elif record.namespace != namespace:
+            continue
+        elif record.room == room:
+            if record.offset > offset:
+                break
+            for sid in pending:
+                if sid is None:
+                    members.clear()
+                else:
+                    members.discard(sid)
+            pending.clear()
+            if record.sender is None:
+                continue
+            if record.kind is RecordKind.JOIN:
+                members.add(record.sender)
+            elif record.kind in (RecordKind.LEAVE, RecordKind.DISCONNECT):
+                members.discard(record.sender)
+        elif (
+            record.room == "" and record.kind is RecordKind.DISCONNECT and record.sender is not None
+        ):
+            pending.append(record.sender)
+    return frozenset(members)
+
+
+# -------------------------------------------------------------------------- JSON view
+
+
+def _json_value(value: LogValue) -> object:
+    if isinstance(value, bytes):
+        return {"$bytes": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, float) and not math.isfinite(value):
+        return {"$float": repr(value)}
+    if isinstance(value, list | tuple):
+        return [_json_value(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _json_value(item) for key, item in value.items()}
+    return value
+
+
+def record_to_json(record: LogRecord) -> JsonRecord:
+    """A record as a JSON object (the ``--json`` output of ``roomcast replay``).
+
+    ``kind`` is the lower-case kind name; bytes become ``{"$bytes": base64}`` and
+    non-finite floats ``{"$float": "nan" | "inf" | "-inf"}``.
+    """
+    return {
+        "offset": record.offset,
+        "time": record.time,
+        "namespace": record.namespace,
+        "room": record.room,
+        "kind": record.kind.name.lower(),
+        "sender": record.sender,
+        "event": record.event,
+        "args": [_json_value(arg) for arg in record.args],
+        "epoch": record.epoch,
+    }
+
+
+# ------------------------------------------------------------------- verify and stats
+
+
+@attrs.frozen(kw_only=True)
+class Problem:
+    """Something wrong with a log.
+
+    Attributes:
+        message: What is wrong, for humans.
+        segment: The segment concerned, if one is.
+        position: The byte position in that segment, if known.
+    """
+
+    message: str
+    segment: int | None = None
+    position: int | None = None
+
+    def describe(self) -> str:
+        """One line for humans."""
+        where = ""
+        if self.segment is not None:
+            where = segment_name(self.segment)
+            if self.position is not None:
+                where += f" byte {self.position}"
+            where += ": "
+        return where + self.message
+
+
+@attrs.frozen(kw_only=True)
+class VerifyReport:
+    """What `verify_log` found.
+
+    Attributes:
+        directory: The log directory.
+        ok: True when there is no problem.
+        segments: Segments checked.
+        records: Readable records.
+        bytes: Total size of the segments.
+        epoch: The epoch named by ``epoch.json``.
+        in_use: Whether a writer had the log open (its newest record may be in flight).
+        problems: Everything wrong, with positions.
+        notes: Things worth knowing that are not damage.
+    """
+
+    directory: str
+    ok: bool
+    segments: int
+    records: int
+    bytes: int
+    epoch: str | None
+    in_use: bool
+    problems: tuple[Problem, ...]
+    notes: tuple[str, ...]
+
+
+def _in_use(directory: Path) -> bool:
+    try:
+        fd = os.open(directory / LOCK_FILE, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
+            return True
+        raise
+    finally:
+        os.close(fd)
+    return False
+
+
+def verify_log(
+    directory: str | os.PathLike[str], *, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+) -> VerifyReport:
+    """Read every record of every segment and check the log's structure.
+
+    Checks that each record decodes (checksum, schema), that nothing but a write in
+    progress is torn, that segment numbers have no gaps and match ``epoch.json``, that a
+    segment holds one epoch, that offsets never go back within a room and an epoch, that
+    summaries match their segments, and that the newest records carry the epoch
+    ``epoch.json`` names. Never writes anything.
+    """
+    path = Path(directory)
+    problems: list[Problem] = []
+    notes: list[str] = []
+    if not path.is_dir():
+        return VerifyReport(
+            directory=str(path),
+            ok=False,
+            segments=0,
+            records=0,
+            bytes=0,
+            epoch=None,
+            in_use=False,
+            problems=(Problem(message="not a directory"),),
+            notes=(),
+        )
+    in_use = _in_use(path)
+    if in_use:
+        notes.append("a writer has the log open: its newest record may still be in flight")
+    numbers = list_segments(path)
+    try:
+        state = read_state(path)
+    except ValueError as exc:
+        state = None
+        problems.append(Problem(message=str(exc)))
+    else:
+        if state is None:
+            problems.append(Problem(message=f"{EPOCH_FILE} is missing"))
+    if not numbers:
+        problems.append(Problem(message="the log has no segments"))
+    known = set(state.gaps) if state is not None else set()
+    for before, after in itertools.pairwise(numbers):
+        if after != before + 1:
+            gap = f"segments {before + 1}..{after - 1} are missing"
+            if (before + 1, after - 1) in known:
+                notes.append(f"{gap} (a known loss: a new epoch began after it)")
+            else:
+                problems.append(Problem(message=gap))
+    if state is not None and numbers:
+        stale = [n for n in numbers if n < state.first_segment]
+        if stale:
+            notes.append(
+                f"{len(stale)} segment(s) before segment {state.first_segment} were retired"
+                " by retention and will be deleted by the next writer"
+            )
+        if numbers[-1] < state.last_segment:
+            problems.append(
+                Problem(
+                    message=f"segments {numbers[-1] + 1}..{state.last_segment} named by"
+                    f" {EPOCH_FILE} are missing"
+                )
+            )
+        elif numbers[-1] > state.last_segment + 1:
+            problems.append(
+                Problem(message=f"segments after {state.last_segment} are unknown to {EPOCH_FILE}")
+            )
+        if state.open and not in_use:
+            notes.append("the last writer did not close the log (a crash); the next open repairs")
+
+    records = 0
+    total_bytes = 0
+    last_offsets: dict[tuple[str, str, str], int] = {}
+    newest_epoch: str | None = None
+    for number in numbers:
+        newest = number == numbers[-1]
+        builder = SummaryBuilder()
+        damaged = False
+        with segment_path(path, number).open("rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            for item in iter_segment(file, number, max_record_bytes=max_record_bytes):
+                if isinstance(item, Corruption):
+                    if newest and in_use and item.kind == "torn" and item.tail:
+                        notes.append(f"in-flight write at the end: {item.describe()}")
+                        continue
+                    damaged = True
+                    problems.append(
+                        Problem(message=item.describe(), segment=number, position=item.position)
+                    )
+                    continue
+                position, record = item
+                builder.add(record)
+                key = (record.epoch, record.namespace, record.room)
+                previous = last_offsets.get(key)
+                if previous is not None and record.offset < previous:
+                    problems.append(
+                        Problem(
+                            message=f"offset of {record.namespace!r} room {record.room!r}"
+                            f" goes back from {previous} to {record.offset}",
+                            segment=number,
+                            position=position,
+                        )
+                    )
+                last_offsets[key] = record.offset
+        total_bytes += size
+        records += builder.records
+        if len(builder.epochs) > 1:
+            problems.append(
+                Problem(
+                    message=f"records of several epochs in one segment: {list(builder.epochs)}",
+                    segment=number,
+                )
+            )
+        if newest and builder.epochs:
+            newest_epoch = builder.epochs[-1]
+        if not newest:
+            summary = read_summary(path, number)
+            if summary is None:
+                notes.append(f"{segment_name(number)} has no summary (the next open writes it)")
+            elif summary.size != size or (not damaged and summary.records != builder.records):
+                problems.append(
+                    Problem(
+                        message=f"summary does not match the segment (summary: {summary.size}"
+                        f" bytes, {summary.records} records; segment: {size} bytes,"
+                        f" {builder.records} records)",
+                        segment=number,
+                    )
+                )
+    # Only the newest segment counts: the segment before an epoch change legitimately
+    # belongs to the previous epoch, and the new one may still be empty.
+    if state is not None and newest_epoch is not None and newest_epoch != state.epoch:
+        problems.append(
+            Problem(
+                message=f"the newest records belong to epoch {newest_epoch} but"
+                f" {EPOCH_FILE} names {state.epoch}"
+            )
+        )
+    return VerifyReport(
+        directory=str(path),
+        ok=not problems,
+        segments=len(numbers),
+        records=records,
+        bytes=total_bytes,
+        epoch=state.epoch if state is not None else None,
+        in_use=in_use,
+        problems=tuple(problems),
+        notes=tuple(notes),
+    )
+
+
+@attrs.frozen(kw_only=True)
+class LogStats:
+    """A log's size and contents, by kind and by room.
+
+    Attributes:
+        directory: The log directory.
+        epoch: The current epoch (from ``epoch.json``).
+        epoch_started: When it began.
+        epoch_reasons: Why it began.
+        segments: How many segments.
+        bytes: Their total size.
+        records: Readable records.
+        first_time: Time of the oldest record.
+        last_time: Time of the newest record.
+        epochs: Every epoch with records, oldest first.
+        kinds: Record count by kind name.
+        rooms: A `RoomSpan` per ``(namespace, room)``.
+        damaged: Damaged regions met.
+    """
+
+    directory: str
+    epoch: str | None
+    epoch_started: float | None
+    epoch_reasons: tuple[str, ...]
+    segments: int
+    bytes: int
+    records: int
+    first_time: float | None
+    last_time: float | None
+    epochs: tuple[str, ...]
+    kinds: dict[str, int]
+    rooms: tuple[RoomSpan, ...]
+    damaged: int
+
+
+def log_stats(
+    directory: str | os.PathLike[str], *, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+) -> LogStats:
+    """Count the log's records by kind and room (from summaries where they are valid).
+
+    Raises:
+        ValueError: ``epoch.json`` is invalid.
+    """
+    path = Path(directory)
+    state = read_state(path)
+    numbers = list_segments(path)
+    summaries: list[SegmentSummary] = []
+    for number in numbers:
+        try:
+            size = segment_path(path, number).stat().st_size
+        except FileNotFoundError:
+            continue
+        summary = read_summary(path, number, size=size)
+        if summary is None:
+            builder = SummaryBuilder()
+            damage: list[Corruption] = []
+            for record in _segment_records(
+                path,
+                number,
+                newest=number == numbers[-1],
+                on_corrupt=damage.append,
+                max_record_bytes=max_record_bytes,
+            ):
+                builder.add(record)
+            summary = builder.build(number, size, tuple(damage))
+        summaries.append(summary)
+    kinds: dict[str, int] = {}
+    rooms: dict[tuple[str, str], RoomSpan] = {}
+    epochs: list[str] = []
+    for summary in summaries:
+        for kind, count in summary.kinds.items():
+            kinds[kind] = kinds.get(kind, 0) + count
+        for key, span in summary.rooms.items():
+            seen = rooms.get(key)
+            rooms[key] = (
+                span
+                if seen is None
+                else attrs.evolve(
+                    seen,
+                    first_offset=min(seen.first_offset, span.first_offset),
+                    last_offset=max(seen.last_offset, span.last_offset),
+                    count=seen.count + span.count,
+                )
+            )
+        epochs.extend(e for e in summary.epochs if e not in epochs)
+    times = [s for s in summaries if s.records]
+    return LogStats(
+        directory=str(path),
+        epoch=state.epoch if state is not None else None,
+        epoch_started=state.epoch_started if state is not None else None,
+        epoch_reasons=state.reasons if state is not None else (),
+        segments=len(summaries),
+        bytes=sum(s.size for s in summaries),
+        records=sum(s.records for s in summaries),
+        first_time=min((s.first_time for s in times if s.first_time is not None), default=None),
+        last_time=max((s.last_time for s in times if s.last_time is not None), default=None),
+        epochs=tuple(epochs),
+        kinds=dict(sorted(kinds.items())),
+        rooms=tuple(rooms[key] for key in sorted(rooms)),
+        damaged=sum(len(s.damage) for s in summaries),
+    )

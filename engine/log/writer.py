@@ -1,0 +1,715 @@
+"""The event-log writer: one actor that batches appends, writes, syncs and rolls.
+
+``open_event_log`` recovers the directory (in a thread), starts the writer task in a
+nursery it owns and yields an `EventLog`. Appends go through a bounded inbox; the
+writer takes everything queued (up to ``max_batch``), writes it with one ``write`` in
+one thread hop, and syncs by the fsync policy (group commit: one ``fsync`` covers every
+append that queued while the previous one ran). The guarantees are specified in
+``docs/event-log.md`` ("Durability").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Final
+
+import attrs
+import trio
+
+from roomcast.engine.log.config import FsyncPolicy, LogConfig
+from roomcast.engine.log.errors import LogClosedError, LogError, LogWriteError
+from roomcast.engine.log.recovery import RecoveryReport, lock_directory, recover
+from roomcast.engine.log.segment import (
+    FAILED_MARKER,
+    LogState,
+    SegmentSummary,
+    SummaryBuilder,
+    fsync_directory,
+    segment_name,
+    segment_path,
+    summary_path,
+    write_state,
+    write_summary,
+)
+from roomcast.protocol._log import LogRecord, LogValue, RecordKind, encode_record
+
+__all__ = ["EventLog", "LogIO", "LogStatistics", "open_event_log"]
+
+logger = logging.getLogger(__name__)
+
+SERVER_NAMESPACE: Final = ""
+"""Namespace of the writer's own records (``EPOCH``, ``SERVER_START``, ``SERVER_STOP``)."""
+
+
+class LogIO:
+    """The system calls the writer makes on segment files.
+
+    A seam for tests: a subclass can fail a write (``ENOSPC``) or a sync (``EIO``) at a
+    chosen moment without touching the real ``os`` module.
+    """
+
+    def write(self, fd: int, data: memoryview) -> int:
+        """Write some of ``data``; return how many bytes were written."""
+        return os.write(fd, data)
+
+    def fsync(self, fd: int) -> None:
+        """Make what was written to ``fd`` durable (data and the file size)."""
+        os.fdatasync(fd)
+
+
+@attrs.frozen(kw_only=True)
+class LogStatistics:
+    """Counters of a running log (for tests and monitoring).
+
+    Attributes:
+        queued: Appends waiting in the inbox.
+        records_written: Records written since the log was opened.
+        batches: Batches written (each one ``write`` and one thread hop).
+        syncs: ``fsync`` calls on segments.
+        segment: The segment being written.
+        segment_bytes: Its size.
+    """
+
+    queued: int
+    records_written: int
+    batches: int
+    syncs: int
+    segment: int
+    segment_bytes: int
+
+
+@attrs.define(eq=False)
+class _Files:
+    """The writer's files. Synchronous: only the writer task calls it, through threads."""
+
+    directory: Path
+    config: LogConfig
+    io: LogIO
+    clock: Callable[[], float]
+    state: LogState
+    sealed: list[SegmentSummary]
+    active: int
+    size: int
+    builder: SummaryBuilder
+    fd: int
+    lock_fd: int
+    since: float | None = None
+    """When the first record of the segment being written was written (``clock``)."""
+    records_written: int = 0
+    batches: int = 0
+    syncs: int = 0
+    closed: bool = False
+
+    @classmethod
+    def open(
+        cls, directory: Path, config: LogConfig, io: LogIO, clock: Callable[[], float]
+    ) -> tuple[_Files, RecoveryReport, dict[tuple[str, str], int]]:
+        lock_fd = lock_directory(directory)
+        try:
+            recovered = recover(directory, config=config, now=clock())
+            fd = os.open(segment_path(directory, recovered.active), os.O_WRONLY | os.O_APPEND)
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        files = cls(
+            directory=directory,
+            config=config,
+            io=io,
+            clock=clock,
+            state=recovered.state,
+            sealed=recovered.sealed,
+            active=recovered.active,
+            size=recovered.active_size,
+            builder=recovered.builder,
+            fd=fd,
+            lock_fd=lock_fd,
+        )
+        try:
+            files.apply_retention()
+        except BaseException:
+            files.close(clean=False)
+            raise
+        return files, recovered.report, recovered.last_offsets
+
+    def _too_old(self) -> bool:
+        age = self.config.segment_age
+        if age is None or self.size == 0:
+            return False
+        if self.since is None:
+            # A segment reopened after a restart: its oldest record tells its age.
+            self.since = self.builder.first_time
+        return self.since is not None and self.clock() - self.since > age
+
+    def write_batch(self, records: list[LogRecord], frames: list[bytes], sync: bool) -> None:
+        """Append ``frames`` (rolling segments as needed), then sync if ``sync``.
+
+        Raises:
+            OSError: A write, sync or roll failed. A partly written chunk was cut off
+                again, so the segment ends with whole records.
+        """
+        limit = self.config.segment_bytes
+        start, count = 0, len(frames)
+        while start < count:
+            if self.size and (self.size + len(frames[start]) > limit or self._too_old()):
+                self.roll()
+            end, total = start + 1, self.size + len(frames[start])
+            while end < count and total + len(frames[end]) <= limit:
+                total += len(frames[end])
+                end += 1
+            if self.size == 0:
+                self.since = self.clock()
+            self._write(b"".join(frames[start:end]))
+            for record in records[start:end]:
+                self.builder.add(record)
+            self.records_written += end - start
+            start = end
+        if frames:
+            self.batches += 1
+        if sync:
+            self.io.fsync(self.fd)
+            self.syncs += 1
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        written = 0
+        try:
+            while written < len(data):
+                n = self.io.write(self.fd, view[written:])
+                if n <= 0:  # pragma: no cover - write(2) on a regular file never returns 0
+                    raise OSError("write wrote nothing")
+                written += n
+        except OSError:
+            if written:
+                # Never leave part of a record behind us: later appends would follow it.
+                try:
+                    os.ftruncate(self.fd, self.size)
+                except OSError:
+                    logger.exception("could not cut a partial write off %s", self._name())
+            raise
+        self.size += written
+
+    def _name(self) -> str:
+        return segment_name(self.active)
+
+    def sync(self) -> None:
+        """Sync the segment being written."""
+        self.io.fsync(self.fd)
+        self.syncs += 1
+
+    def roll(self) -> None:
+        """Seal the segment being written (sync it, summarise it) and start the next."""
+        self.io.fsync(self.fd)
+        self.syncs += 1
+        summary = self.builder.build(self.active, self.size)
+        write_summary(self.directory, summary)
+        number = self.active + 1
+        fd = os.open(
+            segment_path(self.directory, number),
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND,
+            0o644,
+        )
+        try:
+            fsync_directory(self.directory)
+            state = attrs.evolve(self.state, last_segment=number)
+            write_state(self.directory, state)
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(self.fd)
+        self.fd, self.active, self.size, self.state = fd, number, 0, state
+        self.builder = SummaryBuilder()
+        self.sealed.append(summary)
+        logger.info("event log rolled to %s", segment_name(number))
+        self.apply_retention()
+
+    def apply_retention(self) -> None:
+        """Delete the oldest sealed segments while the log is too large or they too old."""
+        config = self.config
+        total = sum(s.size for s in self.sealed) + self.size
+        oldest = None if config.retention_age is None else self.clock() - config.retention_age
+        drop = 0
+        for summary in self.sealed:
+            too_big = config.retention_bytes is not None and total > config.retention_bytes
+            too_old = oldest is not None and (
+                summary.last_time is None or summary.last_time < oldest
+            )
+            if not (too_big or too_old):
+                break
+            total -= summary.size
+            drop += 1
+        if not drop:
+            return
+        victims, self.sealed = self.sealed[:drop], self.sealed[drop:]
+        first = self.sealed[0].segment if self.sealed else self.active
+        # epoch.json first: a crash in between leaves files that the next open deletes,
+        # never an epoch file naming segments that are gone.
+        gaps = tuple(gap for gap in self.state.gaps if gap[1] >= first)
+        self.state = attrs.evolve(self.state, first_segment=first, gaps=gaps)
+        write_state(self.directory, self.state)
+        for summary in victims:
+            segment_path(self.directory, summary.segment).unlink(missing_ok=True)
+            summary_path(self.directory, summary.segment).unlink(missing_ok=True)
+        fsync_directory(self.directory)
+        logger.info(
+            "event log retention deleted %d segment(s) up to %s",
+            drop,
+            segment_name(victims[-1].segment),
+        )
+
+    def mark_failed(self) -> None:
+        """Leave a marker so that the next open starts a new epoch (best effort)."""
+        try:
+            # An empty file needs no data blocks, so this works on a full disk too.
+            os.close(os.open(self.directory / FAILED_MARKER, os.O_WRONLY | os.O_CREAT, 0o644))
+            fsync_directory(self.directory)
+        except OSError:
+            logger.exception("could not leave the %s marker", FAILED_MARKER)
+
+    def close(self, *, clean: bool) -> None:
+        """Close the files; if ``clean``, sync and record in epoch.json that we closed."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            if clean:
+                self.io.fsync(self.fd)
+                self.syncs += 1
+                self.state = attrs.evolve(self.state, open=False)
+                write_state(self.directory, self.state)
+        finally:
+            os.close(self.fd)
+            os.close(self.lock_fd)
+
+
+@attrs.define(eq=False)
+class _Item:
+    """One append (or a flush, with no record) on its way to the writer."""
+
+    record: LogRecord | None
+    frame: bytes
+    done: trio.Event | None
+    sync: bool = False
+    error: LogError | None = None
+
+
+@attrs.frozen(kw_only=True)
+class _Failure:
+    message: str
+    errno: int | None
+    segment: int
+    cause: OSError
+
+
+@attrs.define(eq=False)
+class EventLog:
+    """An open event log: append records, read what the log recovered.
+
+    Create it with `open_event_log`. Records carry the offsets their room actors give
+    them; the log stamps each with its epoch (the record's own ``epoch`` is replaced).
+    """
+
+    config: LogConfig
+    recovery: RecoveryReport
+    _files: _Files
+    _clock: Callable[[], float]
+    _last_offsets: dict[tuple[str, str], int]
+    _send: trio.MemorySendChannel[_Item] = attrs.field(init=False)
+    _receive: trio.MemoryReceiveChannel[_Item] = attrs.field(init=False)
+    _failure: _Failure | None = attrs.field(default=None, init=False)
+    _closing: bool = attrs.field(default=False, init=False)
+    _finished: trio.Event = attrs.field(factory=trio.Event, init=False)
+    _writer_scope: trio.CancelScope = attrs.field(
+        factory=lambda: trio.CancelScope(shield=True), init=False
+    )
+
+    def __attrs_post_init__(self) -> None:
+        self._send, self._receive = trio.open_memory_channel[_Item](self.config.inbox_size)
+
+    # -- reading the state --------------------------------------------------------------
+
+    @property
+    def epoch(self) -> str:
+        """The epoch every record appended now belongs to."""
+        return self.recovery.epoch
+
+    @property
+    def directory(self) -> Path:
+        """The log directory."""
+        return self._files.directory
+
+    @property
+    def failed(self) -> LogWriteError | None:
+        """Why the log stopped accepting appends after a write error, or None."""
+        return None if self._failure is None else self._failure_error()
+
+    def last_offset(self, namespace: str, room: str) -> int | None:
+        """The largest offset appended for ``room`` (recovered from disk on open), or None.
+
+        A room actor starting after a restart continues numbering from here.
+        """
+        return self._last_offsets.get((namespace, room))
+
+    def statistics(self) -> LogStatistics:
+        """The writer's counters."""
+        files = self._files
+        return LogStatistics(
+            queued=self._send.statistics().current_buffer_used,
+            records_written=files.records_written,
+            batches=files.batches,
+            syncs=files.syncs,
+            segment=files.active,
+            segment_bytes=files.size,
+        )
+
+    # -- appending ----------------------------------------------------------------------
+
+    def _failure_error(self) -> LogWriteError:
+        failure = self._failure
+        assert failure is not None
+        return LogWriteError(failure.message, errno=failure.errno, segment=failure.segment)
+
+    def _check_open(self) -> None:
+        if self._failure is not None:
+            raise self._failure_error() from self._failure.cause
+        if self._closing:
+            raise LogClosedError("the event log is closed")
+
+    def _item(self, record: LogRecord, *, wait: bool) -> _Item:
+        self._check_open()
+        if record.epoch != self.epoch:
+            record = attrs.evolve(record, epoch=self.epoch)
+        frame = encode_record(record, max_record_bytes=self.config.max_record_bytes)
+        return _Item(record=record, frame=frame, done=trio.Event() if wait else None)
+
+    def _accepted(self, record: LogRecord) -> None:
+        key = (record.namespace, record.room)
+        if record.offset > self._last_offsets.get(key, -1):
+            self._last_offsets[key] = record.offset
+
+    async def append(self, record: LogRecord) -> LogRecord:
+        """Append ``record`` and return once it is durable by the fsync policy.
+
+        ``always`` and ``interval``: after an ``fsync`` that covers it. ``never``: after
+        it was written to the OS. Returns the record as stored (with the log's epoch).
+
+        Cancellation: if cancelled while the inbox is full, the record was not accepted.
+        Once accepted it is written whatever happens to the caller; a cancel then only
+        abandons the wait for it.
+
+        Raises:
+            LogWriteError: Writing or syncing failed: the record was not acknowledged
+                (it may or may not be on disk). Every later append raises it too.
+            LogClosedError: The log is closed.
+            LocalProtocolError: The record cannot be encoded (nothing was accepted).
+        """
+        item = self._item(record, wait=True)
+        try:
+            await self._send.send(item)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise LogClosedError("the event log is closed") from None
+        assert item.record is not None
+        assert item.done is not None
+        self._accepted(item.record)
+        await item.done.wait()
+        if item.error is not None:
+            raise item.error
+        return item.record
+
+    def append_nowait(self, record: LogRecord) -> LogRecord:
+        """Queue ``record`` for writing without waiting (fire and forget).
+
+        A later write error is not reported to this caller; it is logged, and every
+        later append raises it.
+
+        Raises:
+            trio.WouldBlock: The inbox is full; nothing was accepted.
+            LogWriteError: The log already failed.
+            LogClosedError: The log is closed.
+            LocalProtocolError: The record cannot be encoded.
+        """
+        item = self._item(record, wait=False)
+        try:
+            self._send.send_nowait(item)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise LogClosedError("the event log is closed") from None
+        assert item.record is not None
+        self._accepted(item.record)
+        return item.record
+
+    async def flush(self) -> None:
+        """Wait until everything accepted before this call is written and synced,
+        whatever the fsync policy.
+
+        Cancellation: the flush still happens; only the wait is abandoned.
+
+        Raises:
+            LogWriteError: Writing or syncing failed.
+            LogClosedError: The log is closed.
+        """
+        self._check_open()
+        item = _Item(record=None, frame=b"", done=trio.Event(), sync=True)
+        try:
+            await self._send.send(item)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise LogClosedError("the event log is closed") from None
+        assert item.done is not None
+        await item.done.wait()
+        if item.error is not None:
+            raise item.error
+
+    def server_record(self, kind: RecordKind, *args: LogValue) -> LogRecord:
+        """A record of the server's own stream (namespace and room ``""``), numbered
+        after the last one: used for ``EPOCH``, ``SERVER_START`` and ``SERVER_STOP``."""
+        offset = (self.last_offset(SERVER_NAMESPACE, "") or 0) + 1
+        return LogRecord(
+            offset=offset,
+            time=self._clock(),
+            namespace=SERVER_NAMESPACE,
+            room="",
+            kind=kind,
+            args=args,
+            epoch=self.epoch,
+        )
+
+    # -- the writer actor ---------------------------------------------------------------
+
+    async def _next_batch(self, deadline: float) -> tuple[list[_Item], bool]:
+        """Wait (until ``deadline``) for appends; take all that are queued, up to the
+        batch limits. Returns the batch and whether the inbox is closed and empty."""
+        config = self.config
+        batch: list[_Item] = []
+        with trio.move_on_at(deadline):
+            try:
+                batch.append(await self._receive.receive())
+            except trio.EndOfChannel:
+                return batch, True
+        size = len(batch[0].frame) if batch else 0
+        while batch and len(batch) < config.max_batch and size < config.max_batch_bytes:
+            try:
+                item = self._receive.receive_nowait()
+            except trio.WouldBlock:
+                break
+            except trio.EndOfChannel:
+                return batch, True
+            batch.append(item)
+            size += len(item.frame)
+        return batch, False
+
+    @staticmethod
+    def _finish(items: list[_Item], error: LogError | None = None) -> None:
+        for item in items:
+            item.error = error
+            if item.done is not None:
+                item.done.set()
+
+    async def _run(self) -> None:
+        """The writer: batch, write, sync, acknowledge; until the inbox is closed.
+
+        Shielded: it keeps draining while its owner shuts down, and is cancelled only
+        through ``_writer_scope`` when closing takes longer than ``close_timeout``.
+        """
+        policy = self.config.fsync
+        interval = self.config.fsync_interval
+        files = self._files
+        unsynced: list[_Item] = []
+        deadline = math.inf  # when the unsynced writes must be synced (``interval``)
+        last_sync = -math.inf
+        try:
+            with self._writer_scope:
+                while True:
+                    batch, ended = await self._next_batch(deadline)
+                    if self._failure is not None:
+                        self._finish(batch, self._failure_error())
+                        if ended:
+                            break
+                        continue
+                    records = [item for item in batch if item.record is not None]
+                    flush = any(item.sync for item in batch)
+                    now = trio.current_time()
+                    # ``interval`` syncs at most once per interval: right away after a
+                    # quiet spell, else when the interval since the last sync is over.
+                    sync = (
+                        ended
+                        or flush
+                        or policy is FsyncPolicy.ALWAYS
+                        or (
+                            policy is FsyncPolicy.INTERVAL
+                            and bool(unsynced or records)
+                            and now >= last_sync + interval
+                        )
+                    )
+                    if records or (sync and (unsynced or flush)):
+                        try:
+                            await trio.to_thread.run_sync(
+                                files.write_batch,
+                                [item.record for item in records if item.record is not None],
+                                [item.frame for item in records],
+                                sync,
+                            )
+                        except OSError as exc:
+                            await self._fail(exc, unsynced + batch)
+                            unsynced, deadline = [], math.inf
+                            if ended:
+                                break
+                            continue
+                    if sync:
+                        self._finish(unsynced + batch)
+                        unsynced, deadline, last_sync = [], math.inf, now
+                    elif policy is FsyncPolicy.NEVER:
+                        self._finish(batch)
+                    else:
+                        unsynced.extend(batch)
+                        if unsynced:
+                            deadline = last_sync + interval
+                    if ended:
+                        break
+                await trio.to_thread.run_sync(self._close_files)
+        finally:
+            # Whatever is still here was not written: fail it, never leave it waiting.
+            leftover = list(unsynced)
+            while True:
+                try:
+                    leftover.append(self._receive.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            self._receive.close()
+            self._finish(leftover, LogClosedError("the event log closed before writing this"))
+            if not files.closed:
+                files.close(clean=False)
+            self._finished.set()
+
+    def _close_files(self) -> None:
+        try:
+            self._files.close(clean=self._failure is None)
+        except OSError:
+            # What was acknowledged stays acknowledged: under ``never`` that was the
+            # contract; under the other policies every acknowledged record was synced.
+            logger.exception("event log: the final sync or epoch.json update failed")
+
+    async def _fail(self, exc: OSError, items: list[_Item]) -> None:
+        files = self._files
+        self._failure = _Failure(
+            message=f"writing the event log ({segment_name(files.active)}) failed: {exc}",
+            errno=exc.errno,
+            segment=files.active,
+            cause=exc,
+        )
+        logger.error("event log write failed; no more appends are accepted: %s", exc, exc_info=exc)
+        await trio.to_thread.run_sync(files.mark_failed)
+        error = self._failure_error()
+        error.__cause__ = exc
+        self._finish(items, error)
+
+    async def _drain(self, record_stop: bool) -> None:
+        """Stop accepting, then wait for the writer to write, sync and close what was
+        accepted. The caller shields it and bounds it by ``close_timeout``."""
+        if record_stop and self._failure is None and not self._closing:
+            item = self._item(self.server_record(RecordKind.SERVER_STOP), wait=False)
+            assert item.record is not None
+            with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+                await self._send.send(item)
+                self._accepted(item.record)
+        self._closing = True
+        self._send.close()
+        await self._finished.wait()
+
+    def _abandon(self) -> None:
+        """After ``close_timeout``: cancel the writer; what it had not written fails."""
+        self._closing = True
+        self._send.close()
+        if not self._finished.is_set():
+            logger.error("event log: closing took longer than %ss", self.config.close_timeout)
+            self._writer_scope.cancel()
+
+
+def _report(report: RecoveryReport) -> None:
+    for repair in report.repairs:
+        logger.warning("event log: %s", repair.describe())
+    for corruption in report.corruptions:
+        logger.error("event log: damaged record left in place: %s", corruption.describe())
+    if report.reasons == ("new log",):
+        logger.info("event log %s: new log, epoch %s", report.directory, report.epoch)
+    elif report.epoch_changed:
+        logger.warning(
+            "event log %s: new epoch %s (previous %s): %s",
+            report.directory,
+            report.epoch,
+            report.previous_epoch,
+            "; ".join(report.reasons),
+        )
+
+
+@contextlib.asynccontextmanager
+async def open_event_log(
+    config: LogConfig,
+    *,
+    record_start: bool = True,
+    record_stop: bool = True,
+    clock: Callable[[], float] = time.time,
+    io: LogIO | None = None,
+) -> AsyncIterator[EventLog]:
+    """Open (or create) the log in ``config.directory`` and run its writer.
+
+    Opening takes the directory's writer lock, repairs a torn tail, decides the epoch
+    (see `RecoveryReport`) and, when the epoch changed, appends an ``EPOCH`` record
+    (args: ``{"previous": ..., "reasons": [...]}``). With ``record_start`` a
+    ``SERVER_START`` record follows; with ``record_stop`` closing appends
+    ``SERVER_STOP`` last. These records are in the server stream: namespace ``""``,
+    room ``""``, numbered 1, 2, ... across restarts.
+
+    Args:
+        config: Where and how to log (``config.enabled`` must be true).
+        record_start: Append ``SERVER_START`` once open.
+        record_stop: Append ``SERVER_STOP`` when closing.
+        clock: Wall-clock time for the log's own records and for retention.
+        io: The system calls used on segments (tests inject failures here).
+
+    Cancellation: closing still writes and syncs what was accepted (shielded, within
+    ``config.close_timeout``).
+
+    Raises:
+        LogLockedError: Another writer has the directory open.
+        LogUnsupportedError: The log holds records of a newer schema.
+        OSError: The directory cannot be created or read.
+    """
+    if not config.enabled:
+        raise ValueError("the event log is disabled in this LogConfig")
+    files, report, offsets = await trio.to_thread.run_sync(
+        _Files.open, Path(config.directory), config, io or LogIO(), clock
+    )
+    _report(report)
+    log = EventLog(
+        config=config, recovery=report, files=files, clock=clock, last_offsets=dict(offsets)
+    )
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(log._run)
+            try:
+                if report.epoch_changed:
+                    await log.append(
+                        log.server_record(
+                            RecordKind.EPOCH,
+                            {"previous": report.previous_epoch, "reasons": list(report.reasons)},
+                        )
+                    )
+                if record_start:
+                    await log.append(
+                        log.server_record(
+                            RecordKind.SERVER_START,
+                            {"pid": os.getpid(), "fsync": config.fsync.value},
+                        )
+                    )
+                yield log
+            finally:
+                with trio.move_on_after(config.close_timeout, shield=True):
+                    await log._drain(record_stop)
+                log._abandon()
+    finally:
+        if not files.closed:  # the writer never ran (cancelled before it started)
+            files.close(clean=False)
