@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import attrs
 
+from roomcast.engine.log.config import LogConfig
 from roomcast.protocol import DEFAULT_LIMITS, Limits
 
-__all__ = ["Config"]
+__all__ = ["Config", "default_log_config"]
+
+
+def default_log_config() -> LogConfig:
+    """The event log a Config gets when none is given: on, in ``./roomcast-log``.
+
+    (A function, looked up when a Config is made, so a test suite can point every
+    default log at a temporary directory.)
+    """
+    return LogConfig()
 
 
 def _positive(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
@@ -25,6 +35,8 @@ class Config:
         connect_timeout: Seconds an Engine.IO session may live without joining any
             Socket.IO namespace (Node's ``connectTimeout``).
         limits: Decoder limits (payload bytes, attachments, ack ids, nesting, ...).
+        log: The event log (on by default, in ``./roomcast-log``; ``LogConfig(enabled=
+            False)`` turns it off). ``serve`` opens it; see docs/event-log.md.
         outbox_size: Frames one connection may have queued for writing. A non-volatile
             frame that does not fit disconnects that connection as a slow consumer.
         volatile_backlog: A volatile emit is dropped for a connection that already has this
@@ -65,6 +77,7 @@ class Config:
     ping_timeout: float = attrs.field(default=20.0, validator=_positive)
     connect_timeout: float = attrs.field(default=45.0, validator=_positive)
     limits: Limits = DEFAULT_LIMITS
+    log: LogConfig = attrs.field(factory=lambda: default_log_config())
     outbox_size: int = 1024
     volatile_backlog: int = 32
     max_write_batch: int = 512

@@ -22,6 +22,8 @@ from roomcast.engine.adapters.base import (
     SocketInfo,
 )
 from roomcast.engine.recovery import RECOVERABLE_REASONS, SavedSession
+from roomcast.engine.log import LogError, room_history
+from roomcast.protocol._log import LogRecord, RecordKind
 from roomcast.protocol._sio import Event, JsonValue, SioPacket
 
 if TYPE_CHECKING:
@@ -413,7 +415,10 @@ class Namespace:
         self, event: str, args: tuple[JsonValue, ...]
     ) -> tuple[JsonValue, ...] | None:
         """Run the server-side handler for ``event``; its answer, or None when there is no
-        handler or it raised (which is logged)."""
+        handler or it raised (which is logged).
+
+        Cancellation: the handler is cancelled.
+        """
         handler = self.server_side_handlers.get(event)
         if handler is None:
             await trio.lowlevel.checkpoint()
@@ -450,22 +455,45 @@ class Namespace:
                     attrs.evolve(packet, namespace=child.name), opts, on_member=on_member
                 )
             return total
-        store = self.server.recovery_store
-        if (
-            store is not None
-            and isinstance(packet, Event)
-            and packet.ack_id is None
-            and not opts.volatile
-        ):
-            _, args = store.record(
-                self.name,
-                opts.rooms,
-                opts.except_rooms | opts.except_sids,
-                packet.name,
-                packet.args,
-            )
-            packet = attrs.evolve(packet, args=args)
-        return await self.adapter.broadcast(self.encode(packet), opts, on_member=on_member)
+        server = self.server
+        if server.log is None and server.recovery_store is None:
+            return await self.adapter.broadcast(self.encode(packet), opts, on_member=on_member)
+        if not isinstance(packet, Event) or packet.ack_id is not None or opts.volatile:
+            # Acks cannot be replayed, and volatile events are not kept (as in Node).
+            return await self.adapter.broadcast(self.encode(packet), opts, on_member=on_member)
+        return await self._recorded_broadcast(packet, opts, on_member)
+
+    async def _recorded_broadcast(
+        self,
+        packet: Event,
+        opts: BroadcastOptions,
+        on_member: Callable[[str], None] | None,
+    ) -> int:
+        """A broadcast that is logged and kept for recovery.
+
+        It takes a server-wide number (its offset), appends its records and, under the
+        ``always`` and ``interval`` policies, waits until they are durable; then, in the
+        order of the numbers, it is kept for recovery and fanned out. So a client never
+        holds an offset the log does not have, and clients get events in log order.
+
+        Cancellation: if cancelled before its turn, the event is neither delivered nor
+        kept (its log records may be written).
+        """
+        server = self.server
+        store = server.recovery_store
+        sequencer = server.sequencer
+        seq = sequencer.take()
+        try:
+            args = store.with_offset(seq, packet.args) if store is not None else packet.args
+            exclude = opts.except_rooms | opts.except_sids
+            await server.record_broadcast(self.name, seq, opts.rooms, exclude, packet.name, args)
+            await sequencer.wait_turn(seq)
+            if store is not None:
+                store.record(seq, self.name, opts.rooms, exclude, packet.name, args)
+            frames = self.encode(attrs.evolve(packet, args=args))
+            return await self.adapter.broadcast(frames, opts, on_member=on_member)
+        finally:
+            sequencer.finish(seq)
 
     def broadcast_operator(self, **opts: Any) -> BroadcastOperator:
         """A broadcast operator with the given options."""
@@ -511,6 +539,26 @@ class Namespace:
         """Disconnect every socket of the namespace."""
         await self.broadcast_operator().disconnect_sockets(close=close)
 
+    async def history(
+        self, room: str, *, last: int | None = None, after: int | None = None
+    ) -> list[LogRecord]:
+        """The room's recorded events from the event log: the last ``last`` of them, or
+        every one after offset ``after`` (oldest first).
+
+        Cancellation: the read (in a worker thread) finishes; its result is dropped.
+
+        Raises:
+            LogError: The log is off, or cannot be read.
+        """
+        log = self.server.log
+        if log is None:
+            raise LogError("the event log is off: there is no history")
+        await log.flush()
+        directory = str(log.directory)
+        return await trio.to_thread.run_sync(
+            lambda: room_history(directory, self.name, room, last=last, after=after)
+        )
+
     async def remove_socket(self, socket: Socket, reason: str) -> None:
         """Clean up after a socket left: fail its acks, leave its rooms, run handlers.
 
@@ -523,19 +571,28 @@ class Namespace:
         socket.connection.namespaces.pop(self.name, None)
         self.sockets.pop(socket.sid, None)
         socket._fail_acks(reason)
-        store = self.server.recovery_store
+        server = self.server
+        store = server.recovery_store
+        rooms = socket.rooms - {socket.sid}
+        session: dict[str, Any] | None = None
         if store is not None and socket.pid is not None and reason in RECOVERABLE_REASONS:
-            store.save(
-                SavedSession(
-                    pid=socket.pid,
-                    sid=socket.sid,
-                    namespace=self.name,
-                    rooms=socket.rooms - {socket.sid},
-                    data=socket.data,
-                    disconnected_at=trio.current_time(),
-                )
+            saved = SavedSession(
+                pid=socket.pid,
+                sid=socket.sid,
+                namespace=self.name,
+                rooms=rooms,
+                data=socket.data,
+                disconnected_at=server.wall_now(),
             )
+            store.save(saved)
+            session = {"pid": saved.pid, "rooms": sorted(rooms), "data": saved.data}
         await self.adapter.delete_all(socket.sid)
+        await server.record_event(
+            RecordKind.DISCONNECT,
+            self.name,
+            sender=socket.sid,
+            args=(reason, session) if session is not None else (reason,),
+        )
         for handler in self.disconnect_handlers:
             try:
                 await handler(socket, reason)

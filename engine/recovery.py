@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import secrets
 from collections import deque
+from collections.abc import Iterable
 from typing import Any, Final
 
 import attrs
 
+from roomcast.protocol._log import LogRecord, RecordKind
 from roomcast.protocol._sio import JsonValue
 
 __all__ = [
@@ -100,6 +102,8 @@ class RecoveryStore:
     config: RecoveryConfig = attrs.field(factory=RecoveryConfig)
     epoch: str = attrs.field(factory=lambda: secrets.token_hex(4))
     seq: int = 0
+    complete_after: int = 0
+    """Every broadcast event numbered above this is held (older ones may be gone)."""
     _events: deque[MissedEvent] = attrs.field(factory=deque)
     _sessions: dict[str, SavedSession] = attrs.field(factory=dict)
 
@@ -114,32 +118,92 @@ class RecoveryStore:
             return None
         return int(seq)
 
+    def with_offset(self, seq: int, args: tuple[JsonValue, ...]) -> tuple[JsonValue, ...]:
+        """``args`` with the offset of event ``seq`` appended (what clients receive)."""
+        return (*args, self.offset(seq))
+
     def record(
         self,
+        seq: int,
         namespace: str,
         rooms: frozenset[str],
         exclude: frozenset[str],
         name: str,
         args: tuple[JsonValue, ...],
-    ) -> tuple[int, tuple[JsonValue, ...]]:
-        """Give the next broadcast event its offset and keep it; return the sequence
-        number and the arguments with the offset appended."""
-        self.seq += 1
-        full = (*args, self.offset(self.seq))
+    ) -> None:
+        """Keep broadcast event ``seq`` (its ``args`` already end with its offset).
+
+        Events must be recorded in increasing ``seq`` order (the delivery order).
+        """
+        self.seq = max(self.seq, seq)
         events = self._events
         events.append(
             MissedEvent(
-                seq=self.seq,
-                namespace=namespace,
-                rooms=rooms,
-                exclude=exclude,
-                name=name,
-                args=full,
+                seq=seq, namespace=namespace, rooms=rooms, exclude=exclude, name=name, args=args
             )
         )
         if len(events) > self.config.max_events:
-            events.popleft()
-        return self.seq, full
+            self.complete_after = events.popleft().seq
+
+    def load(self, records: Iterable[LogRecord], now: float) -> None:
+        """Refill the store from event-log records of its epoch (after a restart).
+
+        Broadcast ``MESSAGE`` records (no sender) become events again, one per offset
+        with the union of their rooms; ``DISCONNECT`` records that carry a session
+        (``args[1]`` with ``pid``) become saved sessions, unless a later ``CONNECT`` took
+        that ``pid`` back. Events before the first record read are unknown: an offset
+        older than that is a gap.
+        """
+        events: dict[int, MissedEvent] = {}
+        sessions: dict[str, SavedSession] = {}
+        first: int | None = None
+        for record in records:
+            if record.namespace == "":
+                continue  # the writer's own records
+            first = record.offset if first is None else min(first, record.offset)
+            self.seq = max(self.seq, record.offset)
+            info = record.args[1] if len(record.args) > 1 else None
+            if record.kind is RecordKind.MESSAGE and record.sender is None and record.event:
+                known = events.get(record.offset)
+                rooms: frozenset[str] = frozenset({record.room}) if record.room else frozenset()
+                if known is not None:
+                    rooms = known.rooms | rooms if known.rooms and rooms else frozenset()
+                events[record.offset] = MissedEvent(
+                    seq=record.offset,
+                    namespace=record.namespace,
+                    rooms=rooms,
+                    exclude=frozenset(record.exclude),
+                    name=record.event,
+                    args=tuple(record.args),
+                )
+            elif isinstance(info, dict) and isinstance(info.get("pid"), str):
+                pid = info["pid"]
+                assert isinstance(pid, str)
+                if record.kind is RecordKind.CONNECT:
+                    sessions.pop(pid, None)
+                elif record.kind is RecordKind.DISCONNECT and record.sender is not None:
+                    rooms_value = info.get("rooms")
+                    data_value = info.get("data")
+                    sessions[pid] = SavedSession(
+                        pid=pid,
+                        sid=record.sender,
+                        namespace=record.namespace,
+                        rooms=frozenset(r for r in rooms_value or () if isinstance(r, str))
+                        if isinstance(rooms_value, list)
+                        else frozenset(),
+                        data=dict(data_value) if isinstance(data_value, dict) else {},
+                        disconnected_at=record.time,
+                    )
+        ordered = [events[seq] for seq in sorted(events)]
+        self._events = deque(ordered[-self.config.max_events :])
+        dropped = (
+            ordered[: -self.config.max_events] if len(ordered) > self.config.max_events else []
+        )
+        self.complete_after = max(
+            (first - 1) if first is not None else self.seq, dropped[-1].seq if dropped else 0
+        )
+        self._sessions = sessions
+        self.prune(now)
 
     def new_pid(self) -> str:
         """A fresh private session id."""
@@ -172,9 +236,8 @@ class RecoveryStore:
         events = self._events
         if seq is None or seq > self.seq:
             return None
-        oldest = events[0].seq if events else self.seq + 1
-        if seq < oldest - 1:
-            return None  # events after the client's offset were dropped: a gap
+        if seq < self.complete_after:
+            return None  # events after the client's offset may have been dropped: a gap
         del self._sessions[pid]
         rooms = session.rooms | {session.sid}
         missed = [e for e in events if e.seq > seq and e.is_for(namespace, rooms)]

@@ -7,7 +7,9 @@ import mimetypes
 import os
 import re
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any, Final, Literal, NoReturn
 from urllib.parse import urlsplit
@@ -21,6 +23,7 @@ from roomcast.engine.adapters.base import Adapter
 from roomcast.engine.adapters.memory import MemoryAdapter
 from roomcast.engine.config import Config
 from roomcast.engine.errors import ConnectRefusedError, TransportClosed
+from roomcast.engine.log import EventLog, FsyncPolicy, iter_records, open_event_log
 from roomcast.engine.namespace import (
     BroadcastOperator,
     H,
@@ -29,10 +32,13 @@ from roomcast.engine.namespace import (
     ack_args,
 )
 from roomcast.engine.recovery import RecoveryConfig, RecoveryStore
+from roomcast.engine.sequencer import Sequencer
 from roomcast.engine.socket import Handshake, Socket
 from roomcast.engine.transport.http import HttpConnection, HttpRequest, error_body
 from roomcast.engine.transport.websocket import WebSocketTransport, accept_websocket
+from roomcast.protocol import LocalProtocolError
 from roomcast.protocol._eio import EioServerSession
+from roomcast.protocol._log import LogRecord, LogValue, RecordKind
 from roomcast.protocol._sio import JSON_PARSER, Ack, Event, JsonValue, Parser
 
 __all__ = ["AdapterFactory", "Server"]
@@ -84,6 +90,9 @@ class Server:
     static_dirs: dict[str, str] = attrs.field(factory=dict)
     recovery: RecoveryConfig | None = None
     recovery_store: RecoveryStore | None = attrs.field(default=None, init=False)
+    log: EventLog | None = attrs.field(default=None, init=False)
+    sequencer: Sequencer = attrs.field(factory=Sequencer, init=False)
+    _wall_base: float | None = attrs.field(default=None, init=False)
     connections: dict[str, Connection] = attrs.field(factory=dict, init=False)
     _engines: dict[str, EngineLayer] = attrs.field(factory=dict, init=False)
     _per_address: dict[str, int] = attrs.field(factory=dict, init=False)
@@ -188,7 +197,7 @@ class Server:
         if store is not None and isinstance(auth, dict):
             pid, offset = auth.get("pid"), auth.get("offset")
             if isinstance(pid, str) and isinstance(offset, str):
-                restored = store.restore(namespace, pid, offset, trio.current_time())
+                restored = store.restore(namespace, pid, offset, self.wall_now())
         socket = Socket(
             sid=restored[0].sid if restored is not None else _new_id(),
             namespace=ns,
@@ -223,6 +232,12 @@ class Server:
         ns.adapter.add_socket(socket)
         conn.namespaces[namespace] = socket
         conn.send_packet(conn.sio.accept(namespace, socket.sid, pid=socket.pid))
+        await self.record_event(
+            RecordKind.CONNECT,
+            namespace,
+            sender=socket.sid,
+            args=(socket.handshake.auth, {"pid": socket.pid, "recovered": socket.recovered}),
+        )
         if restored is not None:
             session, missed = restored
             await ns.adapter.add_all(socket.sid, session.rooms)
@@ -243,6 +258,10 @@ class Server:
         if not isinstance(socket, Socket) or not socket.connected:
             return
         ns = socket.namespace
+        if self.log is not None and self.log.config.record_client_events:
+            await self.record_event(
+                RecordKind.MESSAGE, namespace, sender=socket.sid, event=name, args=args
+            )
         handler = ns.handlers.get(name)
         if handler is not None:
             result = await handler(socket, *args)
@@ -311,7 +330,7 @@ class Server:
         listeners = await trio.open_tcp_listeners(port, host=host)
         sockname = listeners[0].socket.getsockname()
         try:
-            async with trio.open_nursery() as nursery:
+            async with self._open_log(), trio.open_nursery() as nursery:
                 # Shut down in order: connections first (their cleanup leaves rooms and
                 # runs disconnect handlers), then the supervisor with the room actors.
                 system = await nursery.start(self._run_supervisor)
@@ -330,6 +349,153 @@ class Server:
             for listener in listeners:
                 await trio.aclose_forcefully(listener)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    @asynccontextmanager
+    async def _open_log(self) -> AsyncIterator[None]:
+        """Open the event log (when on) for the server's lifetime; the log closes last,
+        after every connection, so their last records are written and synced."""
+        config = self.config.log
+        if not config.enabled:
+            yield
+            return
+        async with open_event_log(config) as log:
+            self.log = log
+            self.sequencer = Sequencer(last=log.max_offset(), done=log.max_offset())
+            if self.recovery_store is not None:
+                await self._rebuild_recovery(log)
+            try:
+                yield
+            finally:
+                self.log = None
+
+    def wall_now(self) -> float:
+        """Wall-clock seconds, advancing with Trio's clock (a MockClock in tests too)."""
+        if self._wall_base is None:
+            self._wall_base = time.time() - trio.current_time()
+        return self._wall_base + trio.current_time()
+
+    async def _append(self, record: LogRecord, *, durable: bool) -> None:
+        """Append to the log (when on): waiting for durability, or queue it."""
+        log = self.log
+        if log is None:
+            return
+        if durable and log.config.fsync is not FsyncPolicy.NEVER:
+            await log.append(record)
+            return
+        try:
+            log.append_nowait(record)
+        except trio.WouldBlock:
+            await log.append(record)
+
+    def _record(
+        self,
+        kind: RecordKind,
+        namespace: str,
+        *,
+        room: str = "",
+        sender: str | None = None,
+        event: str | None = None,
+        args: tuple[LogValue, ...] = (),
+    ) -> LogRecord | None:
+        """A record numbered in the server's sequence (None when the log is off)."""
+        log = self.log
+        if log is None:
+            return None
+        seq = self.sequencer.take()
+        self.sequencer.finish(seq)
+        return LogRecord(
+            offset=seq,
+            time=self.wall_now(),
+            namespace=namespace,
+            room=room,
+            kind=kind,
+            sender=sender,
+            event=event,
+            args=args,
+            epoch=log.epoch,
+        )
+
+    async def record_event(
+        self,
+        kind: RecordKind,
+        namespace: str,
+        *,
+        room: str = "",
+        sender: str | None = None,
+        event: str | None = None,
+        args: tuple[LogValue, ...] = (),
+    ) -> None:
+        """Log a room or connection event (join, leave, connect, disconnect, a client's
+        event), queued without waiting for durability. A record that cannot be encoded
+        (socket data msgpack cannot hold) is logged as a warning and skipped.
+
+        Cancellation: the record may or may not be queued.
+        """
+        try:
+            record = self._record(kind, namespace, room=room, sender=sender, event=event, args=args)
+        except LocalProtocolError as exc:
+            logger.warning("not logged (%s %s): %s", kind.name, namespace, exc)
+            return
+        if record is None:
+            await trio.lowlevel.checkpoint()
+            return
+        try:
+            await self._append(record, durable=False)
+        except LocalProtocolError as exc:
+            logger.warning("not logged (%s %s): %s", kind.name, namespace, exc)
+
+    async def record_broadcast(
+        self,
+        namespace: str,
+        seq: int,
+        rooms: frozenset[str],
+        exclude: frozenset[str],
+        name: str,
+        args: tuple[JsonValue, ...],
+    ) -> None:
+        """Log broadcast ``seq`` (one record per target room; room ``""`` for the whole
+        namespace) and wait until it is durable under ``always`` and ``interval``.
+
+        Raises:
+            LogWriteError: The log could not write it (the broadcast must not go out).
+        """
+        log = self.log
+        if log is None:
+            await trio.lowlevel.checkpoint()
+            return
+        now = self.wall_now()
+        records = [
+            LogRecord(
+                offset=seq,
+                time=now,
+                namespace=namespace,
+                room=room,
+                kind=RecordKind.MESSAGE,
+                event=name,
+                args=args,
+                epoch=log.epoch,
+                exclude=tuple(sorted(exclude)),
+            )
+            for room in (sorted(rooms) or [""])
+        ]
+        for record in records[:-1]:
+            await self._append(record, durable=False)
+        await self._append(records[-1], durable=True)
+
+    async def _rebuild_recovery(self, log: EventLog) -> None:
+        """Refill the recovery store from the log's current epoch, so a client that was
+        connected before a restart can still be recovered."""
+        store = self.recovery_store
+        assert store is not None
+        store.epoch = log.epoch
+        store.seq = log.max_offset()
+        window = store.config.max_disconnection_duration
+        since = self.wall_now() - window
+        directory = str(log.directory)
+        records = await trio.to_thread.run_sync(
+            lambda: list(iter_records(directory, epoch=log.epoch, since_time=since))
+        )
+        store.load(records, now=self.wall_now())
 
     async def _run_supervisor(
         self, *, task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED

@@ -9,6 +9,7 @@ import trio
 
 from roomcast.engine.actors.outbox import Outbox
 from roomcast.engine.errors import ConnectionLostError
+from roomcast.protocol._log import RecordKind
 from roomcast.protocol._sio import Event, JsonValue
 
 if TYPE_CHECKING:
@@ -95,11 +96,21 @@ class Socket:
 
     async def join(self, *rooms: str) -> None:
         """Join ``rooms``. Cancellation: some of the rooms may have been joined."""
+        new = [room for room in rooms if room not in self.rooms]
         await self.namespace.adapter.add_all(self.sid, rooms)
+        for room in new:
+            await self.namespace.server.record_event(
+                RecordKind.JOIN, self.namespace.name, room=room, sender=self.sid
+            )
 
     async def leave(self, room: str) -> None:
         """Leave ``room``. Cancellation: the room may or may not have been left."""
+        was_in = room in self.rooms
         await self.namespace.adapter.delete(self.sid, room)
+        if was_in:
+            await self.namespace.server.record_event(
+                RecordKind.LEAVE, self.namespace.name, room=room, sender=self.sid
+            )
 
     async def emit(self, event: str, *args: JsonValue) -> None:
         """Send ``event`` to this client only (queued; a closed socket drops it).

@@ -22,6 +22,7 @@ import trio
 from roomcast.engine import Config, Server, Socket
 from roomcast.engine.actors.connection import Connection
 from roomcast.engine.cli import serve_until_signal
+from roomcast.engine.log import LogConfig
 from roomcast.protocol import JsonValue, Limits
 
 CONFORMANCE_CONFIG = Config(
@@ -29,6 +30,8 @@ CONFORMANCE_CONFIG = Config(
     ping_timeout=0.2,
     connect_timeout=1.0,
     limits=Limits(max_payload_bytes=1_000_000),
+    # A protocol-conformance target has no use for an event log.
+    log=LogConfig(enabled=False),
 )
 
 

@@ -43,3 +43,14 @@ def js_peers() -> Path:
                 f"{result.stdout}\n{result.stderr}"
             )
     return JS_DIR
+
+
+@pytest.fixture(autouse=True)
+def _event_log_in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every server a test makes with the default config logs under the test's own
+    temporary directory (the default is ./roomcast-log, shared by everything)."""
+    from roomcast.engine import config
+    from roomcast.engine.log import LogConfig
+
+    directory = tmp_path / "roomcast-log"
+    monkeypatch.setattr(config, "default_log_config", lambda: LogConfig(directory=directory))

@@ -56,6 +56,9 @@ class LogConfig:
 
     Attributes:
         enabled: Whether the server keeps an event log at all.
+        record_client_events: Whether events clients send are recorded too (as
+            ``MESSAGE`` records with their sender and no room), so ``replay`` can
+            re-drive a session against the handlers.
         directory: The log directory (created if missing).
         fsync: The `FsyncPolicy` (a name is accepted: ``"always"``, ``"interval"``,
             ``"never"``).
@@ -78,6 +81,7 @@ class LogConfig:
     """
 
     enabled: bool = True
+    record_client_events: bool = True
     directory: str = attrs.field(default="./roomcast-log", converter=_directory)
     fsync: FsyncPolicy = attrs.field(default=FsyncPolicy.INTERVAL, converter=_fsync_policy)
     fsync_interval: float = attrs.field(default=0.005, validator=_positive)

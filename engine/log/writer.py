@@ -355,6 +355,14 @@ class EventLog:
         """
         return self._last_offsets.get((namespace, room))
 
+    def max_offset(self) -> int:
+        """The largest offset appended outside the writer's own stream (0 if none): a
+        server numbering its events log-wide continues from here after a restart."""
+        return max(
+            (o for (ns, _), o in self._last_offsets.items() if ns != SERVER_NAMESPACE),
+            default=0,
+        )
+
     def statistics(self) -> LogStatistics:
         """The writer's counters."""
         files = self._files

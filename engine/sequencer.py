@@ -1,0 +1,56 @@
+"""Server-wide sequence numbers for recorded events, and delivery in their order."""
+
+from __future__ import annotations
+
+import attrs
+import trio
+
+__all__ = ["Sequencer"]
+
+
+@attrs.define(eq=False)
+class Sequencer:
+    """Hands out increasing numbers and lets their holders take turns in that order.
+
+    A broadcast that is logged takes a number, waits (concurrently with others) until its
+    record is durable, then waits for its turn, so clients receive events in the order of
+    their offsets, which is the log's order. Every number taken must be ``finish``-ed
+    (in a ``finally``): a holder that is cancelled before its turn is skipped.
+    """
+
+    last: int = 0
+    done: int = 0
+    _finished: set[int] = attrs.field(factory=set)
+    _waiting: dict[int, trio.Event] = attrs.field(factory=dict)
+
+    def take(self) -> int:
+        """The next number."""
+        self.last += 1
+        return self.last
+
+    async def wait_turn(self, number: int) -> None:
+        """Wait until every smaller number has finished.
+
+        Cancellation: nothing changes (still call ``finish``).
+        """
+        if self.done >= number - 1:
+            await trio.lowlevel.checkpoint()
+            return
+        event = self._waiting[number] = trio.Event()
+        try:
+            await event.wait()
+        finally:
+            self._waiting.pop(number, None)
+
+    def finish(self, number: int) -> None:
+        """Mark ``number`` done (delivered, skipped or failed) and wake the next turn."""
+        self._finished.add(number)
+        advanced = False
+        while self.done + 1 in self._finished:
+            self._finished.remove(self.done + 1)
+            self.done += 1
+            advanced = True
+        if advanced:
+            waiter = self._waiting.get(self.done + 1)
+            if waiter is not None:
+                waiter.set()
