@@ -21,8 +21,8 @@ from roomcast.engine.adapters.base import (
     ServerSideResult,
     SocketInfo,
 )
-from roomcast.engine.recovery import RECOVERABLE_REASONS, SavedSession
 from roomcast.engine.log import LogError, room_history
+from roomcast.engine.recovery import RECOVERABLE_REASONS, SavedSession
 from roomcast.protocol._log import LogRecord, RecordKind
 from roomcast.protocol._sio import Event, JsonValue, SioPacket
 

@@ -182,7 +182,8 @@ async def test_healthz_and_bad_requests_get_http_answers() -> None:
                 stream = await trio.open_tcp_stream(host, port)
                 async with stream:
                     await stream.send_all(
-                        f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{extra}\r\n".encode()
+                        f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                        f"{extra}\r\n".encode()
                     )
                     data = b""
                     while chunk := await stream.receive_some(65536):
