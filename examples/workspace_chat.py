@@ -26,6 +26,8 @@ import trio
 
 from roomcast.engine import Config, Server, Socket
 from roomcast.engine.cli import serve_until_signal
+from roomcast.engine.log import LogConfig
+from roomcast.engine.recovery import RecoveryConfig
 from roomcast.protocol import JsonValue
 
 logger = logging.getLogger(__name__)
@@ -37,10 +39,16 @@ CLIENT_BUNDLE_DIR: Final = WEB_DIR / "node_modules" / "socket.io-client" / "dist
 """socket.io-client's browser bundles, as ``npm ci`` in examples/web installs them."""
 
 
-def build_server(config: Config | None = None) -> Server:
-    """The chat app's server (it serves the chat page too)."""
+def build_server(config: Config | None = None, *, recovery: RecoveryConfig | None = None) -> Server:
+    """The chat app's server (it serves the chat page too).
+
+    ``recovery`` turns on connection state recovery (``main`` does): a client that loses
+    its connection gets the messages it missed when it comes back, even across a
+    restart of the server, from the event log.
+    """
     server = Server(
         config=config or Config(),
+        recovery=recovery,
         # The page comes from this server, so its Origin is our own: the default
         # (same-origin) CORS policy lets it in and keeps other sites' pages out.
         static_dirs={"/vendor/": str(CLIENT_BUNDLE_DIR), "/": str(PAGE_DIR)},
@@ -76,13 +84,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5000)
+    parser.add_argument(
+        "--log-dir", default="roomcast-log", help="the event log's directory (./roomcast-log)"
+    )
+    parser.add_argument(
+        "--no-recovery", action="store_true", help="turn connection state recovery off"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if not (CLIENT_BUNDLE_DIR / "socket.io.min.js").is_file():
         logger.warning(
             "the chat page needs the socket.io-client bundle: run (cd %s && npm ci)", WEB_DIR
         )
-    trio.run(serve_until_signal, build_server(), args.host, args.port)
+    server = build_server(
+        Config(log=LogConfig(directory=args.log_dir)),
+        recovery=None if args.no_recovery else RecoveryConfig(),
+    )
+    trio.run(serve_until_signal, server, args.host, args.port)
 
 
 if __name__ == "__main__":
