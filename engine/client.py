@@ -60,7 +60,7 @@ from roomcast.engine.errors import (
     NamespaceDisconnected,
     TransportClosed,
 )
-from roomcast.engine.transport.ws_client import WebSocketClient, connect_websocket
+from roomcast.engine.transport.ws_client import StreamFactory, WebSocketClient, connect_websocket
 from roomcast.protocol import DEFAULT_LIMITS, Limits, LocalProtocolError, RemoteProtocolError
 from roomcast.protocol._eio import (
     Closed,
@@ -100,6 +100,8 @@ __all__ = [
     "AuthProvider",
     "Client",
     "Handler",
+    "Observer",
+    "StreamFactory",
     "backoff_delay",
     "open_client",
 ]
@@ -113,6 +115,8 @@ AuthProvider: TypeAlias = (
 """Called with the namespace before each CONNECT (so before every reconnect too)."""
 Auth: TypeAlias = JsonObject | AuthProvider | None
 """A namespace's auth payload: a JSON object, ``None`` for none, or a provider of one."""
+Observer: TypeAlias = Callable[[str, str, tuple[JsonValue, ...]], None]
+"""``observer(namespace, event, args)``: sees every event as it is read (``Client.observe``)."""
 Handler: TypeAlias = Callable[..., Awaitable[object]]
 """``async def handler(*args)``; what it returns answers the server's ack, if it asked.
 
@@ -305,6 +309,7 @@ class _Options:
     close_timeout: float
     max_buffered_events: int
     outbox_size: int
+    stream_factory: StreamFactory | None
 
 
 # --------------------------------------------------------------------------- the client
@@ -332,6 +337,8 @@ class Client:
     _ready: trio.Event = attrs.Factory(trio.Event)
     _start_error: EngineError | None = None
     _failure: EngineError | None = None
+    _answer_pings: bool = True
+    _observer: Observer | None = None
     _dispatch_send: trio.MemorySendChannel[_Dispatch] = attrs.field(init=False)
     _dispatch_recv: trio.MemoryReceiveChannel[_Dispatch] = attrs.field(init=False)
 
@@ -347,6 +354,32 @@ class Client:
         """Whether an Engine.IO session is open (past its handshake) and not closing."""
         conn = self._connection
         return conn is not None and conn.usable
+
+    @property
+    def answer_pings(self) -> bool:
+        """Whether the server's Engine.IO PINGs are answered (True, as they must be).
+
+        Set it to False to inject a fault in tests: the client goes on reading and
+        sending, but its heartbeat goes silent, so the server drops the connection with
+        ``"ping timeout"`` after ``pingInterval + pingTimeout``. Set it back to True to
+        answer again (the next PING is answered).
+        """
+        return self._answer_pings
+
+    @answer_pings.setter
+    def answer_pings(self, value: bool) -> None:
+        self._answer_pings = value
+
+    def observe(self, observer: Observer | None) -> None:
+        """Call ``observer(namespace, event, args)`` for every event, as it is read.
+
+        It runs on the reader's time, in arrival order, before any handler or
+        ``receive`` sees the event, and before any ack that arrives after the event
+        resolves its ``call``: so once a ``call`` returns, the observer has seen every
+        event the server sent before answering. It must not block or raise. One
+        observer at a time; ``None`` removes it. For test harnesses and metrics.
+        """
+        self._observer = observer
 
     def sid(self, namespace: str = "/") -> str | None:
         """The Socket.IO ``sid`` of ``namespace`` while it is connected, else ``None``.
@@ -698,6 +731,7 @@ class Client:
                     options.ws_url,
                     headers=options.headers,
                     max_message_bytes=options.limits.max_payload_bytes,
+                    stream_factory=options.stream_factory,
                 )
             except ConnectionFailedError as exc:
                 return _Attempt(opened=False, reason="transport error", error=exc)
@@ -881,6 +915,9 @@ class Client:
     def _on_eio(self, conn: _Connection, events: Iterable[EioEvent]) -> None:
         for event in events:
             if isinstance(event, SendPacket):
+                if not self._answer_pings and event.packet.type is EioPacketType.PONG:
+                    logger.debug("not answering a PING (answer_pings is off)")
+                    continue
                 # PONG: control traffic skips the outbox bound (STYLE.md §4.6).
                 conn.control.append(encode_ws_frame(event.packet))
                 conn.wake()
@@ -894,6 +931,8 @@ class Client:
     def _on_sio(self, conn: _Connection, events: Iterable[SioEvent]) -> None:
         for event in events:
             if isinstance(event, EventReceived):
+                if self._observer is not None:
+                    self._observer(event.namespace, event.name, event.args)
                 self._dispatch(
                     _Incoming(
                         conn=conn,
@@ -1148,6 +1187,8 @@ async def open_client(
     outbox_size: int = 256,
     limits: Limits = DEFAULT_LIMITS,
     random_source: Callable[[], float] = random.random,
+    stream_factory: StreamFactory | None = None,
+    observer: Observer | None = None,
 ) -> AsyncIterator[Client]:
     """Connect to a Socket.IO server and its namespaces; disconnect cleanly on exit.
 
@@ -1184,6 +1225,11 @@ async def open_client(
         limits: Bounds on what the server may make us decode.
         random_source: Uniform [0, 1) numbers for the backoff jitter (tests pass a
             fixed one).
+        stream_factory: ``async (host, port) -> trio.abc.Stream`` opening each
+            connection's byte stream instead of TCP/TLS (called again on every
+            reconnect); the WebSocket upgrade runs over what it returns. Tests use it
+            for in-memory transports (``roomcast.engine.testing``) and fault injection.
+        observer: Sees every event from the first connection on (``Client.observe``).
 
     Cancellation: on entry, nothing is left open; on exit, a clean close is tried
     within ``close_timeout`` (shielded), then the connection is dropped.
@@ -1225,11 +1271,12 @@ async def open_client(
         close_timeout=close_timeout,
         max_buffered_events=max_buffered_events,
         outbox_size=outbox_size,
+        stream_factory=stream_factory,
     )
     start_error: EngineError | None = None
     body_error: BaseException | None = None
     async with trio.open_nursery() as nursery:
-        client = Client(options=options, nursery=nursery)
+        client = Client(options=options, nursery=nursery, observer=observer)
         for name, namespace_auth in wanted.items():
             client._add_namespace(name, namespace_auth)
         nursery.start_soon(client._run_dispatcher)
@@ -1243,7 +1290,7 @@ async def open_client(
             try:
                 client._gate.set()
                 yield client
-            except BaseException as exc:
+            except BaseException as exc:  # noqa: ASYNC103 - Cancelled is re-raised just below
                 if _holds_cancelled(exc):
                     raise  # Trio routes it to its scope (ours, when the client failed)
                 body_error = exc  # re-raised below, outside the nursery: not wrapped

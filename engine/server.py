@@ -786,7 +786,7 @@ class Server:
         conn = self._new_connection(request, layer, parser, path, transport="websocket", ws=ws)
         await self._run_connection(conn)
 
-    async def _run_connection(
+    async def _run_connection(  # noqa: ASYNC128 - conn.run calls task_status.started()
         self, conn: Connection, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         try:

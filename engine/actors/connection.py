@@ -323,10 +323,12 @@ class Connection:
             with trio.move_on_after(config.close_grace, shield=True):
                 try:
                     await self.layer.on_close(self, reason)
-                finally:
-                    if self.transport is not None:
-                        await self.transport.aclose(_CLOSE_CODES.get(reason, 1000), reason)
-                    self.finished.set()
+                except Exception:
+                    logger.exception("cleanup of connection %s failed", self.eio_sid)
+                if self.transport is not None:
+                    await self.transport.aclose(_CLOSE_CODES.get(reason, 1000), reason)
+            # (Past close_grace the stream is closed by whoever owns it.)
+            self.finished.set()
 
     async def _write_loop(self, transport: WebSocketTransport) -> None:
         outbox, limit = self.outbox, self.config.max_write_batch

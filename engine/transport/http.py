@@ -101,9 +101,12 @@ class HttpConnection:
             try:
                 event = self._conn.next_event()
             except h11.RemoteProtocolError as exc:
-                status = exc.error_status_hint
-                await self._send_raw_error(status, str(exc))
-                raise TransportClosed(f"bad HTTP request: {exc}") from exc
+                error = exc
+            else:
+                error = None
+            if error is not None:
+                await self._send_raw_error(error.error_status_hint, str(error))
+                raise TransportClosed(f"bad HTTP request: {error}") from error
             if event is not h11.NEED_DATA:
                 return event
             try:

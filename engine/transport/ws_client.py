@@ -9,8 +9,8 @@ frame we send, as a client must (RFC 6455 §5.3).
 from __future__ import annotations
 
 import ssl
-from collections.abc import Sequence
-from typing import Final
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Final, TypeAlias
 from urllib.parse import urlsplit
 
 import attrs
@@ -32,7 +32,12 @@ from wsproto.utilities import RemoteProtocolError as WsRemoteProtocolError
 
 from roomcast.engine.errors import ConnectionFailedError, TransportClosed
 
-__all__ = ["WebSocketClient", "connect_websocket"]
+__all__ = ["StreamFactory", "WebSocketClient", "connect_websocket"]
+
+StreamFactory: TypeAlias = Callable[[str, int], Awaitable[trio.abc.Stream]]
+"""``async (host, port) -> stream``: opens the byte stream a WebSocket runs over, in place
+of TCP (and TLS). Tests use it for in-memory transports and to inject faults; it may
+raise ``OSError`` (or ``trio.BrokenResourceError``) to refuse the connection."""
 
 _RECEIVE_BYTES: Final = 65_536
 # RFC 6455 §7.4.1 close codes.
@@ -62,20 +67,27 @@ async def connect_websocket(
     headers: Sequence[tuple[str, str]] = (),
     max_message_bytes: int,
     ssl_context: ssl.SSLContext | None = None,
+    stream_factory: StreamFactory | None = None,
 ) -> WebSocketClient:
     """Open a TCP (``ws:``) or TLS (``wss:``) connection to ``url`` and upgrade it.
+
+    With ``stream_factory``, the stream comes from ``await stream_factory(host, port)``
+    instead (no TCP, no TLS), and the upgrade runs over it.
 
     Cancellation: nothing is left open; a half-made connection is closed.
 
     Raises:
-        ConnectionFailedError: The TCP connect failed, the server refused the upgrade
-            (``status_code`` is its HTTP status), or it closed the connection first.
+        ConnectionFailedError: The TCP connect (or ``stream_factory``) failed, the server
+            refused the upgrade (``status_code`` is its HTTP status), or it closed the
+            connection first.
         ValueError: ``url`` is not a ``ws:``/``wss:`` URL with a host.
     """
     use_tls, host, port, target = _split_url(url)
     try:
         stream: trio.abc.Stream
-        if use_tls:
+        if stream_factory is not None:
+            stream = await stream_factory(host, port)
+        elif use_tls:
             stream = await trio.open_ssl_over_tcp_stream(
                 host,
                 port,
@@ -84,7 +96,7 @@ async def connect_websocket(
             )
         else:
             stream = await trio.open_tcp_stream(host, port)
-    except OSError as exc:
+    except (OSError, trio.BrokenResourceError) as exc:
         raise ConnectionFailedError(f"cannot connect to {host}:{port}: {exc}") from exc
     ok = False
     try:

@@ -1,4 +1,9 @@
-"""Helpers for the engine tests: a server on in-memory streams and a raw wire client."""
+"""Helpers for the engine tests: a server on in-memory streams and a raw wire client.
+
+``open_memory_server`` is a thin wrapper over ``roomcast.engine.testing.open_harness`` (the
+pytest plugin's harness); ``RawClient`` speaks the wire format for the tests that check
+exact frames. Tests that need a Socket.IO client use the plugin's fixtures directly.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import trio.testing
 import trio_websocket
 
 from roomcast.engine import Config, Server
+from roomcast.engine.testing import Harness, open_harness
 
 WS_PATH = "/socket.io/?EIO=4&transport=websocket"
 
@@ -81,15 +87,27 @@ class RawClient:
 
 @attrs.define(eq=False)
 class MemoryServer:
-    """A Server whose clients connect over in-memory streams (safe with autojump_clock)."""
+    """A Server whose clients connect over in-memory streams (safe with autojump_clock).
 
-    server: Server
-    nursery: trio.Nursery
+    Attributes:
+        harness: The plugin's harness running the server (``harness.connect()`` makes a
+            full Socket.IO client; ``harness.disconnects`` has every server disconnect).
+        nursery: The harness's nursery, for tests that serve streams of their own.
+    """
+
+    harness: Harness
+
+    @property
+    def server(self) -> Server:
+        return self.harness.server
+
+    @property
+    def nursery(self) -> trio.Nursery:
+        return self.harness.nursery
 
     @asynccontextmanager
     async def client(self, *, auto_pong: bool = True) -> AsyncIterator[RawClient]:
-        client_stream, server_stream = trio.testing.memory_stream_pair()
-        self.nursery.start_soon(self.server.serve_stream, server_stream)
+        client_stream = await self.harness.open_stream()
         async with trio.open_nursery() as nursery:
             ws = await trio_websocket.wrap_client_stream(
                 # Its annotation says SocketStream, but any trio Stream works.
@@ -113,12 +131,8 @@ class MemoryServer:
 
 @asynccontextmanager
 async def open_memory_server(server: Server) -> AsyncIterator[MemoryServer]:
-    async with trio.open_nursery() as nursery:
-        await nursery.start(server.supervisor.run)
-        try:
-            yield MemoryServer(server=server, nursery=nursery)
-        finally:
-            nursery.cancel_scope.cancel()
+    async with open_harness(server, transport="memory") as harness:
+        yield MemoryServer(harness=harness)
 
 
 @pytest.fixture

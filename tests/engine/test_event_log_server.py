@@ -50,7 +50,9 @@ def app(
 async def serving(server: Server, port: int = 0) -> AsyncIterator[tuple[str, int]]:
     scope = trio.CancelScope()
 
-    async def run(*, task_status: trio.TaskStatus[tuple[str, int]]) -> None:
+    async def run(  # noqa: ASYNC128 - serve() calls started()
+        *, task_status: trio.TaskStatus[tuple[str, int]]
+    ) -> None:
         with scope:
             await server.serve("127.0.0.1", port, task_status=task_status)
 
@@ -139,7 +141,9 @@ async def test_recovery_survives_a_server_restart(
     first_scope = trio.CancelScope()
     first_stopped = trio.Event()
 
-    async def run_first(*, task_status: trio.TaskStatus[tuple[str, int]]) -> None:
+    async def run_first(  # noqa: ASYNC128 - serve() calls started()
+        *, task_status: trio.TaskStatus[tuple[str, int]]
+    ) -> None:
         try:
             with first_scope:
                 await first.serve("127.0.0.1", port, task_status=task_status)

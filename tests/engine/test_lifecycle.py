@@ -125,7 +125,9 @@ async def test_embedding_serves_on_a_real_socket_and_shuts_down_cleanly() -> Non
 
     server_scope = trio.CancelScope()
 
-    async def run_server(*, task_status: trio.TaskStatus[tuple[str, int]]) -> None:
+    async def run_server(  # noqa: ASYNC128 - serve() calls started()
+        *, task_status: trio.TaskStatus[tuple[str, int]]
+    ) -> None:
         with server_scope:
             await server.serve("127.0.0.1", 0, task_status=task_status)
 
