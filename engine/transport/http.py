@@ -98,12 +98,11 @@ class HttpConnection:
 
     async def _next_event(self) -> h11.Event | type[h11.PAUSED] | type[h11.NEED_DATA]:
         while True:
+            error: h11.RemoteProtocolError | None = None
             try:
                 event = self._conn.next_event()
             except h11.RemoteProtocolError as exc:
                 error = exc
-            else:
-                error = None
             if error is not None:
                 await self._send_raw_error(error.error_status_hint, str(error))
                 raise TransportClosed(f"bad HTTP request: {error}") from error

@@ -72,7 +72,7 @@ values = _nested(st.one_of(scalars, st.binary(max_size=24)))  # bytes at any dep
 plain_objects = st.dictionaries(st.text(max_size=8), plain_values, max_size=4)
 namespaces = st.one_of(
     st.just("/"),
-    st.text(st.characters(exclude_characters=",", exclude_categories=("Cs",)), max_size=30).map(
+    st.text(st.characters(exclude_characters=",", exclude_categories=["Cs"]), max_size=30).map(
         lambda s: "/" + s
     ),
 )
