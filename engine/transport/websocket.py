@@ -70,6 +70,9 @@ CLOSE_POLICY: Final = 1008
 DEFLATE_THRESHOLD: Final = 1024
 """Messages shorter than this go uncompressed even when deflate is on (Node ``ws``'s
 ``threshold``): compressing them costs more CPU than the bytes it saves."""
+_BAD_HANDSHAKE: Final = (
+    b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+)
 _MAX_PENDING_PONGS: Final = 16
 _DEFLATE_LEVEL: Final = 6
 _DEFLATE_TAIL: Final = b"\x00\x00\xff\xff"
@@ -283,13 +286,25 @@ async def accept_websocket(
         TransportClosed: The request is not a valid WebSocket handshake, or the peer left.
     """
     ws = WSConnection(ConnectionType.SERVER)
+    # The refusal is sent after the except blocks: an await inside one would drop the
+    # error if cancelled there (flake8-async ASYNC120).
+    refusal: tuple[bytes, TransportClosed] | None = None
+    request: Request | None = None
     try:
         ws.receive_data(head)
         request = next((e for e in ws.events() if isinstance(e, Request)), None)
     except WsRemoteProtocolError as exc:
         reject = exc.event_hint or RejectConnection(status_code=400)
-        await _send_quietly(stream, ws.send(reject))
-        raise TransportClosed(f"bad WebSocket handshake: {exc}") from exc
+        refusal = (ws.send(reject), TransportClosed(f"bad WebSocket handshake: {exc}"))
+        refusal[1].__cause__ = exc
+    except UnicodeDecodeError as exc:
+        # wsproto decodes the comma-separated headers (Connection, Upgrade, extensions,
+        # subprotocols) as ASCII and lets a byte over 0x7F escape as UnicodeDecodeError.
+        refusal = (_BAD_HANDSHAKE, TransportClosed("bad WebSocket handshake: header not ASCII"))
+        refusal[1].__cause__ = exc
+    if refusal is not None:
+        await _send_quietly(stream, refusal[0])
+        raise refusal[1]
     if request is None:  # pragma: no cover - the HTTP front only calls us with a whole head
         raise TransportClosed("incomplete WebSocket handshake")
     deflate = BoundedDeflate(max_message_bytes) if compression else None
