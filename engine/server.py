@@ -194,7 +194,9 @@ class Server:
         request = conn.request
         store = self.recovery_store
         restored = None
-        if store is not None and isinstance(auth, dict):
+        if store is not None and isinstance(auth, dict) and ns.adapter.history_is_local:
+            # (A multi-node adapter's broadcasts from other nodes never reach this
+            # node's store: recovering from it could hide events, so it is not tried.)
             pid, offset = auth.get("pid"), auth.get("offset")
             if isinstance(pid, str) and isinstance(offset, str):
                 restored = store.restore(namespace, pid, offset, self.wall_now())

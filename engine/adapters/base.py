@@ -225,6 +225,14 @@ class Adapter(abc.ABC):
         """How many nodes this adapter knows of, itself included."""
         return 1
 
+    @property
+    def history_is_local(self) -> bool:
+        """Whether every broadcast that can reach this node's sockets goes through this
+        node's own broadcast path (so its recovery store saw it). False for a cluster
+        adapter without a shared log: connection state recovery must then refuse, or it
+        would hide the events other nodes sent meanwhile."""
+        return True
+
     def local_socket_infos(self, opts: BroadcastOptions) -> list[SocketInfo]:
         """The matching sockets of this node, described."""
         host = self.host
@@ -286,13 +294,19 @@ class Adapter(abc.ABC):
         return BroadcastAckResult(answers=answers, missing=frozenset(sent - answers.keys()))
 
     async def server_side_emit(self, event: str, args: tuple[JsonValue, ...]) -> None:
-        """Send ``event`` to the server-side handlers of every other node (none here)."""
+        """Send ``event`` to the server-side handlers of every other node (none here).
+
+        Cancellation: some nodes may have been sent it.
+        """
         await trio.lowlevel.checkpoint()
 
     async def server_side_call(
         self, event: str, args: tuple[JsonValue, ...], *, within: float
     ) -> ServerSideResult:
         """Call the server-side handlers of every other node; their answers within
-        ``within`` seconds (a single node has no other node to ask)."""
+        ``within`` seconds (a single node has no other node to ask).
+
+        Cancellation: the answers so far are lost.
+        """
         await trio.lowlevel.checkpoint()
         return ServerSideResult(answers={}, missing=frozenset())

@@ -1,0 +1,269 @@
+"""Three roomcast nodes as separate processes on one Redis, with npm ``socket.io-client``
+clients spread over them (tests/js/cluster_driver.mjs).
+
+Each test starts its own nodes with a fresh channel prefix; the Redis outage test starts
+a private redis-server it can kill. Nodes and the driver are killed by PID on the way out.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Final
+
+import pytest
+import trio
+
+from tests.adapters.conftest import PrivateRedis, free_port, unique_prefix
+from tests.adapters.processes import (
+    NODE_ARGV,
+    ROOT,
+    Driver,
+    NodeProcess,
+    node_listening,
+    open_driver,
+    open_line_process,
+)
+
+pytestmark = pytest.mark.node
+
+TEST_TIMEOUT: Final = 25.0
+NODE_TIMEOUT: Final = 1.0
+
+
+@asynccontextmanager
+async def open_cluster(
+    redis_url: str, count: int, js_peers: Path, workdir: Path
+) -> AsyncIterator[tuple[list[NodeProcess], Driver]]:
+    """``count`` nodes that all see each other, and a client driver. Each node runs in
+    its own directory under ``workdir`` (its event log lives there)."""
+    env = {
+        "REDIS_URL": redis_url,
+        "CLUSTER_PREFIX": unique_prefix(),
+        "HEARTBEAT_INTERVAL": "0.2",
+        "NODE_TIMEOUT": str(NODE_TIMEOUT),
+    }
+    async with AsyncExitStack() as stack:
+        procs = [
+            await stack.enter_async_context(
+                open_line_process(f"node{i}", NODE_ARGV, env, cwd=workdir / f"node{i}")
+            )
+            for i in range(count)
+        ]  # all start at once; then wait for each
+        nodes = [await node_listening(proc) for proc in procs]
+        for node in nodes:
+            await node.proc.expect_event("connected", outage=None)
+            for other in nodes:
+                if other is not node:
+                    await node.proc.expect_event("peer_joined", node=other.node_id)
+        driver = await stack.enter_async_context(open_driver(js_peers))
+        yield nodes, driver
+
+
+async def test_broadcasts_reach_every_client_exactly_once(
+    redis_url: str, js_peers: Path, tmp_path: Path
+) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        async with open_cluster(redis_url, 3, js_peers, tmp_path) as (nodes, driver):
+            clients = [f"c{i}" for i in range(9)]
+            for i, client in enumerate(clients):
+                await driver.connect(client, nodes[i % 3].url)
+                rooms = ["all", "odd"] if i % 2 else ["all"]
+                (joined,) = await driver.call(client, "join", *rooms)
+                assert isinstance(joined, list)
+                assert set(rooms) <= set(joined)
+            for n in range(10):
+                await driver.call("c0", "publish", "all", "m", n)
+            for n in range(5):
+                await driver.call("c4", "publish", "odd", "o", n)
+            await driver.call("c0", "publish", "all", "end", 0)
+            await driver.call("c4", "publish", "all", "end", 4)
+            for client in clients:
+                for origin in (0, 4):
+                    await driver.proc.expect_event("recv", id=client, name="end", args=[origin])
+            received = {client: driver.take_received(client) for client in clients}
+    for i, client in enumerate(clients):
+        got = received[client]
+        assert [args for name, args in got if name == "m"] == [[n] for n in range(10)], client
+        odd = [args for name, args in got if name == "o"]
+        assert odd == ([[n] for n in range(5)] if i % 2 else []), client
+        assert len(got) == 10 + len(odd)
+
+
+def _sids(entries: list[object]) -> set[str]:
+    found = set()
+    for entry in entries:
+        assert isinstance(entry, dict)
+        sid = entry["sid"]
+        assert isinstance(sid, str)
+        found.add(sid)
+    return found
+
+
+async def test_cross_node_operations_and_broadcast_acks(
+    redis_url: str, js_peers: Path, tmp_path: Path
+) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        async with open_cluster(redis_url, 3, js_peers, tmp_path) as (nodes, driver):
+            clients = [f"c{i}" for i in range(6)]
+            sids: dict[str, str] = {}
+            for i, client in enumerate(clients):
+                answers: dict[str, list[object]] = {} if i == 3 else {"poll": [f"yes-{i}"]}
+                sids[client] = await driver.connect(client, nodes[i % 3].url, answers)
+                await driver.call(client, "join", "all", "odd" if i % 2 else "even")
+
+            # fetch_sockets: every node's sockets, with their rooms and data.
+            (found,) = await driver.call("c0", "fetch", "all")
+            assert isinstance(found, list)
+            assert _sids(found) == set(sids.values())
+            for entry in found:
+                assert isinstance(entry, dict)
+                i = list(sids.values()).index(entry["sid"])
+                assert entry["data"] == {"node": nodes[i % 3].node_id}
+                rooms = entry["rooms"]
+                assert isinstance(rooms, list)
+                assert set(rooms) == {entry["sid"], "all", "odd" if i % 2 else "even"}
+
+            # sockets_join / sockets_leave on every node, then a broadcast to the new room.
+            assert await driver.call("c0", "remote_join", "odd", "club") == [True]
+            assert await driver.call("c0", "remote_leave", "c-none", "club") == [True]
+            await driver.call("c2", "publish", "club", "club", 1)
+            for i in (1, 3, 5):
+                assert await driver.received(f"c{i}", "club") == [1]
+            (in_club,) = await driver.call("c4", "fetch", "club")
+            assert isinstance(in_club, list)
+            assert _sids(in_club) == {sids["c1"], sids["c3"], sids["c5"]}
+
+            # A broadcast with ack: answers from clients on every node, c3 stays silent.
+            (poll,) = await driver.call("c0", "poll", "all", 1.0)
+            assert isinstance(poll, dict)
+            assert poll["answers"] == {sids[f"c{i}"]: [f"yes-{i}"] for i in range(6) if i != 3}
+            assert poll["missing"] == [sids["c3"]]
+
+            # Server-side calls reach the other nodes' handlers.
+            (called,) = await driver.call("c0", "server_call", "x")
+            assert isinstance(called, dict)
+            assert called["answers"] == {
+                node.node_id: [{"node": node.node_id, "got": "x"}] for node in nodes[1:]
+            }
+
+            # disconnect_sockets on every node.
+            assert await driver.call("c1", "kick", "even") == [True]
+            for i in (0, 2, 4):
+                await driver.proc.expect_event(
+                    "disconnected", id=f"c{i}", reason="io server disconnect"
+                )
+            (left,) = await driver.call("c1", "fetch", "all")
+            assert isinstance(left, list)
+            assert _sids(left) == {sids["c1"], sids["c3"], sids["c5"]}
+
+
+async def test_a_dead_node_is_noticed_and_its_sockets_stop_being_listed(
+    redis_url: str, js_peers: Path, tmp_path: Path
+) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        async with open_cluster(redis_url, 3, js_peers, tmp_path) as (nodes, driver):
+            sids = [await driver.connect(f"c{i}", nodes[i].url) for i in range(3)]
+            (found,) = await driver.call("c0", "fetch", "all-sockets-room-nobody-joined")
+            assert found == []
+            (everyone,) = await driver.call("c0", "fetch", sids[2])
+            assert isinstance(everyone, list)
+            assert _sids(everyone) == {sids[2]}
+            nodes[2].proc.kill()  # SIGKILL: no goodbye
+            killed = trio.current_time()
+            with trio.fail_after(NODE_TIMEOUT + 4.0):  # generous: CI machines get busy
+                line = await nodes[0].proc.expect_event("peer_lost", node=nodes[2].node_id)
+            assert line["reason"] == "timeout"
+            assert trio.current_time() - killed > NODE_TIMEOUT / 2  # noticed by timeout
+            await nodes[1].proc.expect_event("peer_lost", node=nodes[2].node_id)
+            with trio.fail_after(2.5):  # less than request_timeout: no waiting for the dead
+                (listed,) = await driver.call("c0", "fetch", sids[2])
+            assert listed == []
+
+
+async def test_a_clean_shutdown_says_goodbye(
+    redis_url: str, js_peers: Path, tmp_path: Path
+) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        async with open_cluster(redis_url, 2, js_peers, tmp_path) as (nodes, _driver):
+            nodes[1].proc.terminate()  # SIGTERM: a clean shutdown
+            line = await nodes[0].proc.expect_event("peer_lost", node=nodes[1].node_id)
+            assert line["reason"] == "left"  # its goodbye, not a timeout
+
+
+async def test_redis_outage_keeps_local_service_and_reports_what_was_lost(
+    private_redis: PrivateRedis, js_peers: Path, tmp_path: Path
+) -> None:
+    private_redis.start()
+    with trio.fail_after(TEST_TIMEOUT):
+        async with open_cluster(private_redis.url, 2, js_peers, tmp_path) as (nodes, driver):
+            await driver.connect("a", nodes[0].url)
+            await driver.connect("b", nodes[1].url)
+            for client in ("a", "b"):
+                await driver.call(client, "join", "r")
+            await driver.call("a", "publish", "r", "before", 1)
+            assert await driver.received("b", "before") == [1]
+
+            private_redis.kill()
+            for node in nodes:
+                await node.proc.expect_event("disconnected")
+            # Node 0 still serves its own clients; the other node's client cannot get it.
+            assert await driver.call("a", "publish", "r", "during", 2) == [1]
+            assert await driver.received("a", "during") == [2]
+            assert await driver.call("a", "fetch", "r") == [{"error": "ClusterUnavailableError"}]
+            (status,) = await driver.call("a", "status")
+            assert isinstance(status, dict)
+            assert status["connected"] is False
+
+            private_redis.start()
+            for node in nodes:
+                line = await node.proc.expect_event("connected")
+                outage = line["outage"]
+                assert isinstance(outage, dict)
+                assert isinstance(outage["duration"], float)
+                if node is nodes[0]:
+                    assert outage["not_sent"] == {"broadcast": 1, "request": 1}
+            await nodes[0].proc.expect_event("peer_joined", node=nodes[1].node_id)
+            await nodes[1].proc.expect_event("peer_joined", node=nodes[0].node_id)
+            await driver.call("a", "publish", "r", "after", 3)
+            assert await driver.received("b", "after") == [3]
+            # Node 1 tells which of node 0's messages never arrived.
+            line = await nodes[1].proc.expect_event("traffic_missed", node=nodes[0].node_id)
+            assert line["count"] == 1
+            assert [name for name, _ in driver.take_received("b")] == []  # no "during"
+            (found,) = await driver.call("a", "fetch", "r")
+            assert isinstance(found, list)
+            assert len(found) == 2
+
+
+async def test_contract_app_joins_a_cluster_when_redis_url_is_set(
+    redis_url: str, js_peers: Path, tmp_path: Path
+) -> None:
+    prefix = unique_prefix()
+    ports = [free_port(), free_port()]
+    argv = [sys.executable, str(ROOT / "bench" / "contract_app.py")]
+    with trio.fail_after(TEST_TIMEOUT):
+        async with AsyncExitStack() as stack:
+            apps = [
+                await stack.enter_async_context(
+                    open_line_process(
+                        f"app{i}",
+                        argv,
+                        {"PORT": str(port), "REDIS_URL": redis_url, "REDIS_PREFIX": prefix},
+                        cwd=tmp_path / f"app{i}",
+                    )
+                )
+                for i, port in enumerate(ports)
+            ]
+            for app in apps:
+                await app.expect(lambda line: "roomcast serving on" in str(line.get("text", "")))
+            driver = await stack.enter_async_context(open_driver(js_peers))
+            for i, port in enumerate(ports):
+                await driver.connect(f"c{i}", f"http://127.0.0.1:{port}")
+                assert await driver.call(f"c{i}", "join", "lobby") == ["lobby"]
+            # The nodes hear each other within a heartbeat; publish until it crosses.
+            await driver.call("c0", "publish", {"room": "lobby", "payload": "hello"})
+            assert await driver.received("c0", "message") == ["hello"]
+            assert await driver.received("c1", "message") == ["hello"]
