@@ -50,6 +50,9 @@ class Config:
             before the failure escalates and stops the server (OTP restart intensity).
         room_restart_window: Seconds of the restart-intensity window.
         close_grace: Seconds allowed for a close frame and a clean shutdown of a transport.
+        cleanup_timeout: Seconds a closed connection's cleanup (leaving rooms, the app's
+            disconnect handlers, its log records) may take, also during a shutdown; past
+            it the cleanup is cut off with a warning.
         max_request_header_bytes: Largest HTTP request line plus headers.
         request_header_timeout: Seconds a client has to send its whole request head.
         request_body_timeout: Seconds a client has to send a whole polling POST body;
@@ -86,6 +89,7 @@ class Config:
     room_max_restarts: int = 5
     room_restart_window: float = 10.0
     close_grace: float = 2.0
+    cleanup_timeout: float = 30.0
     max_request_header_bytes: int = 16_384
     request_header_timeout: float = 10.0
     request_body_timeout: float = 30.0

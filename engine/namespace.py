@@ -586,13 +586,15 @@ class Namespace:
             )
             store.save(saved)
             session = {"pid": saved.pid, "rooms": sorted(rooms), "data": saved.data}
-        await self.adapter.delete_all(socket.sid)
+        # Recorded before waiting on the rooms (busy room actors must not be able to cut
+        # the record off); the handlers run once the socket has left its rooms.
         await server.record_event(
             RecordKind.DISCONNECT,
             self.name,
             sender=socket.sid,
             args=(reason, session) if session is not None else (reason,),
         )
+        await self.adapter.delete_all(socket.sid)
         for handler in self.disconnect_handlers:
             try:
                 await handler(socket, reason)

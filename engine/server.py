@@ -538,6 +538,10 @@ class Server:
                     return
         except TransportClosed:
             await _linger(stream)
+        except Exception:
+            # The per-connection boundary: a bug in handling one client's requests is
+            # logged and ends that client's connection, never the server.
+            logger.exception("request handling failed for %s", http.remote)
         finally:
             await trio.aclose_forcefully(stream)
 
@@ -770,6 +774,7 @@ class Server:
                     http.stream,
                     http.upgrade_bytes(request),
                     max_message_bytes=self.config.limits.max_payload_bytes,
+                    compression=self.config.websocket_compression,
                 )
         except (TransportClosed, trio.TooSlowError):
             return None

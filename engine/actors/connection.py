@@ -284,6 +284,7 @@ class Connection:
         """
         config = self.config
         if self.transport is not None:
+            self.transport.on_control = self.outbox.kick  # pongs go out at once
             self.outbox.send_control(encode_ws_frame(self.session.handshake()))
         self.connect_deadline = trio.current_time() + config.connect_timeout
         self._reschedule()
@@ -320,11 +321,19 @@ class Connection:
             self._work_send.close()
             self._work_receive.close()
             reason = self.close_reason or "server shutting down"
-            with trio.move_on_after(config.close_grace, shield=True):
+            with trio.move_on_after(config.cleanup_timeout, shield=True) as cleanup:
                 try:
                     await self.layer.on_close(self, reason)
                 except Exception:
                     logger.exception("cleanup of connection %s failed", self.eio_sid)
+            if cleanup.cancelled_caught:
+                logger.warning(
+                    "cleanup of connection %s cut off after %s s (disconnect handlers or "
+                    "room leaves did not finish)",
+                    self.eio_sid,
+                    config.cleanup_timeout,
+                )
+            with trio.move_on_after(config.close_grace, shield=True):
                 if self.transport is not None:
                     await self.transport.aclose(_CLOSE_CODES.get(reason, 1000), reason)
             # (Past close_grace the stream is closed by whoever owns it.)
@@ -581,6 +590,7 @@ class Connection:
             await transport.aclose(1000, "")
             return
         self.transport = transport
+        transport.on_control = self.outbox.kick
         self._writer_done = trio.Event()
         nursery = self._nursery
         nursery.start_soon(self._write_loop, transport)

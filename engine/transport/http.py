@@ -218,12 +218,14 @@ class HttpConnection:
 
         Cancellation: part of the response may have been written; close the connection.
         """
-        all_headers = [("Content-Type", content_type)]
+        all_headers: list[tuple[bytes, bytes]] = [(b"Content-Type", content_type.encode())]
         if status not in (204, 304):  # RFC 9110 §8.6: no Content-Length on a 204
-            all_headers.append(("Content-Length", str(len(body))))
-        all_headers.extend(headers)
+            all_headers.append((b"Content-Length", b"%d" % len(body)))
+        # Header values echoed from a request (Origin, requested headers) may hold any
+        # character: sent as bytes, latin-1 where possible, so h11 never fails on them.
+        all_headers.extend((name.encode("ascii"), _header_value(value)) for name, value in headers)
         if close:
-            all_headers.append(("Connection", "close"))
+            all_headers.append((b"Connection", b"close"))
         conn = self._conn
         try:
             parts = [
@@ -252,6 +254,11 @@ class HttpConnection:
         )
         head += b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
         await self._send(head + body)
+
+
+def _header_value(value: str) -> bytes:
+    # h11 encodes str header values as ASCII; bytes 0x80-0xFF (obs-text) it takes as is.
+    return value.encode("latin-1", "replace")
 
 
 def _reason(status: int) -> bytes:
