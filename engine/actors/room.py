@@ -115,8 +115,22 @@ class RoomActor:
     inbox: trio.MemorySendChannel[RoomCommand] = attrs.field(init=False)
     _receive: trio.MemoryReceiveChannel[RoomCommand] = attrs.field(init=False)
 
+    stopped: trio.Event = attrs.field(factory=trio.Event, init=False)
+
     def __attrs_post_init__(self) -> None:
         self.inbox, self._receive = trio.open_memory_channel[RoomCommand](self.inbox_size)
+
+    def retire(self) -> None:
+        """The actor will not run again (its supervision ended): refuse new commands and
+        release everyone waiting on one still queued, so nobody waits on a dead room."""
+        while True:
+            try:
+                command = self._receive.receive_nowait()
+            except (trio.WouldBlock, trio.ClosedResourceError, trio.EndOfChannel):
+                break
+            command.done.set()
+        self._receive.close()  # later senders get BrokenResourceError
+        self.stopped.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Process commands until ``Stop``; a crash leaves the state for a restart.

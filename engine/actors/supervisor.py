@@ -161,3 +161,4 @@ class Supervisor:
                         ) from exc
         finally:
             self.rooms_running -= 1
+            actor.retire()

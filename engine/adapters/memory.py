@@ -17,6 +17,7 @@ from roomcast.engine.actors.room import (
     Leave,
     Member,
     RoomActor,
+    RoomCommand,
     Stop,
 )
 from roomcast.engine.adapters.base import Adapter, BroadcastOptions, LocalSocket
@@ -68,10 +69,26 @@ class MemoryAdapter(Adapter):
             joined.add(room)
             self._rooms.setdefault(room, set()).add(sid)
             command = Join(member=self._member(socket))
-            await self._actor(room).inbox.send(command)
-            pending.append(command.done)
+            if await self._send(self._actor(room), command):
+                pending.append(command.done)
         for done in pending:
             await done.wait()
+
+    @staticmethod
+    async def _send(actor: RoomActor, command: RoomCommand) -> bool:
+        """Queue a command for a room actor; False if the room is retired (its
+        supervision ended): there is nobody left to do it."""
+        try:
+            await actor.inbox.send(command)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        return True
+
+    async def _command(self, actor: RoomActor, command: RoomCommand) -> None:
+        """Queue a command for a room actor and wait until it is done (at once for a
+        retired room: ``retire`` releases every waiter)."""
+        if await self._send(actor, command):
+            await command.done.wait()
 
     def _actor(self, room: str) -> RoomActor:
         actor = self._actors.get(room)
@@ -104,15 +121,13 @@ class MemoryAdapter(Adapter):
             # The room is empty: retire its actor now, so a later join starts a new one.
             del self._rooms[room]
             del self._actors[room]
-            await actor.inbox.send(command)
+            await self._send(actor, command)
             stop = Stop()
-            await actor.inbox.send(stop)
+            await self._command(actor, stop)
             actor.inbox.close()
-            await stop.done.wait()
             self._offsets[room] = actor.offset
         else:
-            await actor.inbox.send(command)
-            await command.done.wait()
+            await self._command(actor, command)
 
     async def delete_all(self, sid: str) -> None:
         self._sockets.pop(sid, None)
@@ -153,8 +168,7 @@ class MemoryAdapter(Adapter):
                 volatile=opts.volatile,
                 on_member=on_member,
             )
-            await actor.inbox.send(command)
-            await command.done.wait()
+            await self._command(actor, command)
             if len(command.result) == 2:
                 delivered += command.result[1]
         return delivered
@@ -231,8 +245,7 @@ class MemoryAdapter(Adapter):
             await trio.lowlevel.checkpoint()
             return False
         command = Crash(error=error or InjectedCrash(f"injected crash of room {room!r}"))
-        await actor.inbox.send(command)
-        await command.done.wait()
+        await self._command(actor, command)
         return True
 
     def room_offset(self, room: str) -> int:
@@ -246,9 +259,5 @@ class MemoryAdapter(Adapter):
         self._rooms.clear()
         for actor in actors:
             stop = Stop()
-            try:
-                await actor.inbox.send(stop)
-            except trio.ClosedResourceError:  # pragma: no cover - already retired
-                continue
+            await self._command(actor, stop)
             actor.inbox.close()
-            await stop.done.wait()
