@@ -1,0 +1,96 @@
+"""roomcast's implementation of the bench contract (shared/BENCH_CONTRACT.md).
+
+One process, one Trio run: listens on 127.0.0.1:$PORT, heartbeat from
+$PING_INTERVAL_MS / $PING_TIMEOUT_MS, exits on SIGTERM (``serve_until_signal``).
+
+Run: ``PORT=5000 .venv/bin/python bench/contract_app.py``
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import trio
+
+from roomcast.engine import Config, Server, Socket
+from roomcast.engine.cli import serve_until_signal
+from roomcast.engine.server import AdapterFactory
+from roomcast.protocol import JsonValue
+
+__all__ = ["build_server", "main"]
+
+
+def build_server(
+    config: Config | None = None, *, adapter_factory: AdapterFactory | None = None
+) -> Server:
+    """The contract's three events: ``join``, ``publish`` and ``echo``.
+
+    ``adapter_factory`` is the scale-out hook (see ``_serve_clustered``).
+    """
+    if adapter_factory is None:
+        server = Server(config=config or Config())
+    else:
+        server = Server(config=config or Config(), adapter_factory=adapter_factory)
+
+    @server.on("join")
+    async def join(socket: Socket, room: JsonValue) -> tuple[JsonValue, ...]:
+        if not isinstance(room, str):
+            return ()
+        await socket.join(room)
+        return (room,)
+
+    @server.on("publish")
+    async def publish(socket: Socket, message: JsonValue) -> None:
+        if not isinstance(message, dict):
+            return
+        room = message.get("room")
+        if isinstance(room, str):
+            await server.to(room).emit("message", message.get("payload"))
+
+    @server.on("echo")
+    async def echo(socket: Socket, value: JsonValue) -> tuple[JsonValue, ...]:
+        return (value,)  # a tuple, so that even ``null`` is echoed as one argument
+
+    return server
+
+
+def _env_seconds(name: str, default_ms: int) -> float:
+    return int(os.environ.get(name, str(default_ms))) / 1000
+
+
+def main() -> None:
+    """Serve the contract until SIGTERM/SIGINT."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+    config = Config(
+        ping_interval=_env_seconds("PING_INTERVAL_MS", 25_000),
+        ping_timeout=_env_seconds("PING_TIMEOUT_MS", 20_000),
+    )
+    port = int(os.environ.get("PORT", "5000"))
+    print(f"roomcast serving the bench contract on 127.0.0.1:{port}", flush=True)
+    redis_url = os.environ.get("REDIS_URL")
+    if redis_url:  # scale-out hook (issue 9)
+        trio.run(_serve_clustered, config, redis_url, port)
+        return
+    trio.run(serve_until_signal, build_server(config), "127.0.0.1", port)
+
+
+# -- scale-out (issue 9): with REDIS_URL set, the process joins a Redis cluster ------------
+
+
+async def _serve_clustered(config: Config, redis_url: str, port: int) -> None:
+    """Serve as one node of the cluster on ``redis_url`` (channel prefix from
+    $REDIS_PREFIX, default "roomcast"); needs the ``redis`` extra (coredis)."""
+    from roomcast.engine.adapters.redis import RedisCluster, RedisSettings
+
+    prefix = os.environ.get("REDIS_PREFIX", "roomcast")
+    cluster = RedisCluster(settings=RedisSettings(url=redis_url, channel_prefix=prefix))
+    server = build_server(config, adapter_factory=cluster.adapter_factory)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(cluster.run)
+        await serve_until_signal(server, "127.0.0.1", port)
+        nursery.cancel_scope.cancel()
+
+
+if __name__ == "__main__":
+    main()
