@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 
 import trio
 
 from roomcast.engine import Config, Server, Socket
 from roomcast.engine.cli import serve_until_signal
+from roomcast.engine.log import LogConfig
 from roomcast.engine.server import AdapterFactory
 from roomcast.protocol import JsonValue
 
@@ -59,12 +61,24 @@ def _env_seconds(name: str, default_ms: int) -> float:
     return int(os.environ.get(name, str(default_ms))) / 1000
 
 
+def _log_config() -> LogConfig:
+    """The event log from $ROOMCAST_LOG: ``off``, or an fsync policy (``always``,
+    ``interval``: the default, ``never``), in $ROOMCAST_LOG_DIR (a fresh temporary
+    directory by default, so runs do not share a log)."""
+    policy = os.environ.get("ROOMCAST_LOG", "interval")
+    if policy == "off":
+        return LogConfig(enabled=False)
+    directory = os.environ.get("ROOMCAST_LOG_DIR") or tempfile.mkdtemp(prefix="roomcast-bench-")
+    return LogConfig(directory=directory, fsync=policy)
+
+
 def main() -> None:
     """Serve the contract until SIGTERM/SIGINT."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     config = Config(
         ping_interval=_env_seconds("PING_INTERVAL_MS", 25_000),
         ping_timeout=_env_seconds("PING_TIMEOUT_MS", 20_000),
+        log=_log_config(),
     )
     port = int(os.environ.get("PORT", "5000"))
     print(f"roomcast serving the bench contract on 127.0.0.1:{port}", flush=True)
