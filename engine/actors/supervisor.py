@@ -44,21 +44,27 @@ class DeadlineScheduler:
     """
 
     _heap: list[tuple[float, int, Timed]] = attrs.field(factory=list)
+    _stale: int = 0  # heap entries whose target was rescheduled or cancelled since
     _tokens: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
     _sleep: trio.CancelScope | None = None
 
     def schedule(self, target: Timed, deadline: float) -> None:
         """Call ``target.on_deadline`` at ``deadline``, replacing any earlier schedule."""
+        if target.timer_token:
+            self._stale += 1  # its previous entry is now stale
+        if deadline == math.inf:
+            target.timer_token = 0  # nothing to wake: no entry
+            return
         token = next(self._tokens)
         target.timer_token = token
-        if deadline == math.inf:
-            return
         heapq.heappush(self._heap, (deadline, token, target))
         if self._sleep is not None and deadline < self._sleep.deadline:
             self._sleep.deadline = deadline
 
     def cancel(self, target: Timed) -> None:
         """Forget ``target``'s schedule."""
+        if target.timer_token:
+            self._stale += 1
         target.timer_token = 0
 
     def __len__(self) -> int:
@@ -77,24 +83,27 @@ class DeadlineScheduler:
             now = trio.current_time()
             while heap and heap[0][0] <= now:
                 _, token, target = heapq.heappop(heap)
-                if target.timer_token == token:
+                if target.timer_token != token:
+                    self._stale -= 1
+                else:
                     target.timer_token = 0
                     try:
                         target.on_deadline(now)
                     except Exception:
                         logger.exception("deadline handler of %r failed", target)
-            if len(heap) > 64 and len(heap) > 4 * self._live():
+            # Rebuild when most entries are stale (counted as they go stale, not by
+            # scanning the heap on every wakeup).
+            if self._stale > 64 and self._stale * 2 > len(heap):
                 self._compact()
+                heap = self._heap
             with trio.CancelScope(deadline=heap[0][0] if heap else math.inf) as self._sleep:
                 await trio.sleep_forever()
             self._sleep = None
 
-    def _live(self) -> int:
-        return sum(1 for _, token, target in self._heap if target.timer_token == token)
-
     def _compact(self) -> None:
         self._heap = [e for e in self._heap if e[2].timer_token == e[1]]
         heapq.heapify(self._heap)
+        self._stale = 0
 
 
 @attrs.define(eq=False)

@@ -436,3 +436,36 @@ async def test_room_crash_loop_escalates(autojump_clock: trio.testing.MockClock)
             for _ in range(server.config.room_max_restarts + 1):
                 await adapter.crash_room("r")
             await trio.sleep_forever()
+
+
+async def test_deadline_scheduler_keeps_waking_after_compacting(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Rescheduling many targets makes most heap entries stale; after the heap is rebuilt,
+    deadlines scheduled later must still fire (the loop must watch the new heap)."""
+    from roomcast.engine.actors.supervisor import DeadlineScheduler
+
+    class Target:
+        def __init__(self) -> None:
+            self.timer_token = 0
+            self.fired: list[float] = []
+
+        def on_deadline(self, now: float) -> None:
+            self.fired.append(now)
+
+    scheduler = DeadlineScheduler()
+    targets = [Target() for _ in range(200)]
+    with trio.fail_after(100):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(scheduler.run)
+            for _ in range(5):  # 800 stale entries: the heap gets rebuilt
+                for target in targets:
+                    scheduler.schedule(target, trio.current_time() + 50)
+                await trio.sleep(1)
+            late = Target()
+            scheduler.schedule(late, trio.current_time() + 10)
+            await trio.sleep(60)
+            assert late.fired
+            assert all(len(t.fired) == 1 for t in targets)
+            assert len(scheduler) == 0
+            nursery.cancel_scope.cancel()
