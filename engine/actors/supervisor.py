@@ -6,6 +6,7 @@ import heapq
 import itertools
 import logging
 import math
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import NoReturn, Protocol
@@ -34,6 +35,11 @@ class RoomCrashLoopError(EngineError):
     """A room actor crashed more often than the restart intensity allows."""
 
 
+def _live(entry: tuple[float, int, weakref.ref[Timed]]) -> bool:
+    target = entry[2]()
+    return target is not None and target.timer_token == entry[1]
+
+
 @attrs.define(eq=False)
 class DeadlineScheduler:
     """One task that wakes objects at their deadlines, for any number of objects.
@@ -43,7 +49,9 @@ class DeadlineScheduler:
     task serves 100,000 connections, instead of 100,000 sleeping tasks.
     """
 
-    _heap: list[tuple[float, int, Timed]] = attrs.field(factory=list)
+    # Targets are held weakly: a connection that closed (and cancelled its entry) is freed
+    # at once instead of living on in the heap until its old deadline.
+    _heap: list[tuple[float, int, weakref.ref[Timed]]] = attrs.field(factory=list)
     _stale: int = 0  # heap entries whose target was rescheduled or cancelled since
     _tokens: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
     _sleep: trio.CancelScope | None = None
@@ -57,7 +65,7 @@ class DeadlineScheduler:
             return
         token = next(self._tokens)
         target.timer_token = token
-        heapq.heappush(self._heap, (deadline, token, target))
+        heapq.heappush(self._heap, (deadline, token, weakref.ref(target)))
         if self._sleep is not None and deadline < self._sleep.deadline:
             self._sleep.deadline = deadline
 
@@ -82,8 +90,9 @@ class DeadlineScheduler:
         while True:
             now = trio.current_time()
             while heap and heap[0][0] <= now:
-                _, token, target = heapq.heappop(heap)
-                if target.timer_token != token:
+                _, token, ref = heapq.heappop(heap)
+                target = ref()
+                if target is None or target.timer_token != token:
                     self._stale -= 1
                 else:
                     target.timer_token = 0
@@ -101,7 +110,7 @@ class DeadlineScheduler:
             self._sleep = None
 
     def _compact(self) -> None:
-        self._heap = [e for e in self._heap if e[2].timer_token == e[1]]
+        self._heap = [e for e in self._heap if _live(e)]
         heapq.heapify(self._heap)
         self._stale = 0
 

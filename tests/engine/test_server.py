@@ -469,3 +469,29 @@ async def test_deadline_scheduler_keeps_waking_after_compacting(
             assert all(len(t.fired) == 1 for t in targets)
             assert len(scheduler) == 0
             nursery.cancel_scope.cancel()
+
+
+async def test_deadline_scheduler_does_not_keep_cancelled_targets_alive() -> None:
+    """A connection that closed is freed at once, not kept by its heap entry until its
+    old deadline (up to 45 s of a dead connection's memory per entry)."""
+    import gc
+    import weakref
+
+    from roomcast.engine.actors.supervisor import DeadlineScheduler
+
+    class Target:
+        def __init__(self) -> None:
+            self.timer_token = 0
+
+        def on_deadline(self, now: float) -> None:
+            raise AssertionError("a cancelled target was woken")
+
+    await trio.lowlevel.checkpoint()
+    scheduler = DeadlineScheduler()
+    target = Target()
+    scheduler.schedule(target, trio.current_time() + 100)
+    alive = weakref.ref(target)
+    scheduler.cancel(target)
+    del target
+    gc.collect()
+    assert alive() is None
