@@ -488,7 +488,9 @@ async function connectAll(count, handlers, { concurrency = 200, readyOn = "conne
   });
 }
 
-// Per-core busy time from /proc/stat (jiffies): busy = everything but idle and iowait.
+// Per-core times from /proc/stat (jiffies): user+nice+system (processes, ours included),
+// irq+softirq (interrupt work, on loopback mostly the benchmark's own network traffic) and
+// steal (the hypervisor).
 function coreTimes() {
   const out = {};
   try {
@@ -496,8 +498,7 @@ function coreTimes() {
       const m = /^cpu(\d+) (.*)$/.exec(line);
       if (!m) continue;
       const f = m[2].trim().split(/\s+/).map(Number);
-      const total = f.slice(0, 8).reduce((a, b) => a + b, 0);
-      out[m[1]] = { busy: total - f[3] - f[4], steal: f[7] };
+      out[m[1]] = { busy: f[0] + f[1] + f[2], irq: f[5] + f[6], steal: f[7] };
     }
   } catch {}
   return out;
@@ -514,6 +515,7 @@ function coresSince(before, wallS) {
     const b = before[k];
     if (!b) continue;
     out[`core${k}_busy`] = (v.busy - b.busy) / CLK_TCK / wallS;
+    out[`core${k}_irq`] = (v.irq - b.irq) / CLK_TCK / wallS;
     out[`core${k}_steal`] = (v.steal - b.steal) / CLK_TCK / wallS;
   }
   return out;
@@ -533,9 +535,12 @@ function cpuSince(snap) {
     loadgen_cpu: loadgenCpu,
     server_cpu: serverCpu,
     ...cores,
-    // CPU time on the server's core that was not the server's (other processes, irqs).
+    // Process time on the server's core that was not the server's (other processes on
+    // the machine), plus time the hypervisor took (steal).
     foreign_on_server_core:
-      serverCpu !== null && cores.core0_busy !== undefined ? cores.core0_busy - serverCpu : null,
+      serverCpu !== null && cores.core0_busy !== undefined
+        ? Math.max(0, cores.core0_busy - serverCpu) + cores.core0_steal
+        : null,
   };
 }
 
