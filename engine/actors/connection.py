@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Final, Protocol, cast
 import attrs
 import trio
 
-from roomcast.engine.actors.outbox import Outbox, OutFrame, SharedFrame
+from roomcast.engine.actors.outbox import Offer, Outbox, OutFrame, SharedFrame
 from roomcast.engine.errors import TransportClosed
 from roomcast.protocol import RemoteProtocolError
 from roomcast.protocol._eio import (
@@ -215,18 +215,10 @@ class Connection:
         A full outbox drops a volatile send and closes the connection otherwise (the
         slow-consumer policy); a closing connection takes nothing.
         """
-        outbox = self.outbox
-        if volatile and not outbox.takes_volatile():
-            return False
-        try:
-            for frame in frames:
-                outbox.send_nowait(frame)
-        except trio.WouldBlock:
+        offered = self.outbox.offer(frames, volatile=volatile)
+        if offered is Offer.FULL:
             self.evict("slow consumer")
-            return False
-        except trio.ClosedResourceError:
-            return False
-        return True
+        return offered is Offer.QUEUED
 
     def close(self, reason: str) -> None:
         """Start closing the connection with a Socket.IO disconnect reason (first one wins)."""

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import enum
 from collections import deque
 from typing import TypeAlias
 
 import attrs
 import trio
 
-__all__ = ["Outbox", "OutFrame", "SharedFrame"]
+__all__ = ["Offer", "OutFrame", "Outbox", "SharedFrame"]
 
 
 @attrs.define(eq=False, slots=True)
@@ -25,6 +26,14 @@ class SharedFrame:
 
 
 OutFrame: TypeAlias = str | bytes | SharedFrame
+
+
+class Offer(enum.Enum):
+    """What ``Outbox.offer`` did with a send."""
+
+    QUEUED = "queued"
+    DROPPED = "dropped"
+    FULL = "full"
 
 
 @attrs.define(eq=False)
@@ -68,6 +77,24 @@ class Outbox:
     def takes_volatile(self) -> bool:
         """Whether a volatile frame should be queued now (fewer than ``volatile_backlog`` wait)."""
         return not self._closed and len(self._frames) < self.volatile_backlog
+
+    def offer(self, frames: tuple[OutFrame, ...], *, volatile: bool = False) -> Offer:
+        """Queue ``frames`` for one recipient without waiting; say what happened.
+
+        ``DROPPED``: a volatile send to a backed-up outbox, or a closed one (the recipient
+        is leaving). ``FULL``: a non-volatile send that does not fit; by the slow-consumer
+        policy the caller evicts the recipient (frames queued before the bound stay).
+        """
+        if volatile and not self.takes_volatile():
+            return Offer.DROPPED
+        try:
+            for frame in frames:
+                self.send_nowait(frame)
+        except trio.WouldBlock:
+            return Offer.FULL
+        except trio.ClosedResourceError:
+            return Offer.DROPPED
+        return Offer.QUEUED
 
     def send_control(self, frame: OutFrame) -> None:
         """Queue a control frame regardless of the bound (ignored once closed)."""

@@ -9,7 +9,7 @@ from typing import TypeAlias
 import attrs
 import trio
 
-from roomcast.engine.actors.outbox import Outbox, OutFrame
+from roomcast.engine.actors.outbox import Offer, Outbox, OutFrame
 
 __all__ = [
     "Broadcast",
@@ -167,17 +167,11 @@ class RoomActor:
                 if sid in seen:
                     continue
                 seen.add(sid)
-            outbox = member.outbox
-            if command.volatile and not outbox.takes_volatile():
-                continue
-            try:
-                for frame in frames:
-                    outbox.send_nowait(frame)
-            except trio.WouldBlock:
+            offered = member.outbox.offer(frames, volatile=command.volatile)
+            if offered is Offer.FULL:
                 evicted.append(member)
-                continue
-            except trio.ClosedResourceError:
-                continue  # the member is leaving; its cleanup removes it
+            if offered is not Offer.QUEUED:
+                continue  # (a closed outbox: the member is leaving; its cleanup removes it)
             delivered += 1
             if command.on_member is not None:
                 command.on_member(sid)

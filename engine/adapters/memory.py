@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 import attrs
 import trio
 
-from roomcast.engine.actors.outbox import OutFrame
+from roomcast.engine.actors.outbox import Offer, OutFrame
 from roomcast.engine.actors.room import (
     Broadcast,
     Crash,
@@ -196,16 +196,10 @@ class MemoryAdapter(Adapter):
         for sid, socket in list(sockets.items()):
             if sid in exclude:
                 continue
-            outbox = socket.outbox
-            if volatile and not outbox.takes_volatile():
-                continue
-            try:
-                for frame in frames:
-                    outbox.send_nowait(frame)
-            except trio.WouldBlock:
+            offered = socket.outbox.offer(frames, volatile=volatile)
+            if offered is Offer.FULL:
                 evicted.append(socket)
-                continue
-            except trio.ClosedResourceError:
+            if offered is not Offer.QUEUED:
                 continue
             delivered += 1
             if on_member is not None:
