@@ -21,8 +21,10 @@ from roomcast.engine.adapters.base import (
     ServerSideResult,
     SocketInfo,
 )
+from roomcast.engine.adapters.cluster import ClusterError
+from roomcast.engine.adapters.shared import AppendOutcome, encode_records
 from roomcast.engine.log import LogError, room_history
-from roomcast.engine.recovery import RECOVERABLE_REASONS, SavedSession
+from roomcast.engine.recovery import RECOVERABLE_REASONS, MissedEvent, SavedSession
 from roomcast.protocol._log import LogRecord, RecordKind
 from roomcast.protocol._sio import Event, JsonValue, SioPacket
 
@@ -456,7 +458,16 @@ class Namespace:
                 )
             return total
         server = self.server
-        if server.log is None and server.recovery_store is None:
+        shared = self.adapter.shared_log
+        if (
+            shared is not None
+            and isinstance(packet, Event)
+            and packet.ack_id is None
+            and not opts.volatile
+            and not opts.local
+        ):
+            return await self._shared_broadcast(packet, opts, on_member)
+        if shared is not None or (server.log is None and server.recovery_store is None):
             return await self.adapter.broadcast(self.encode(packet), opts, on_member=on_member)
         if not isinstance(packet, Event) or packet.ack_id is not None or opts.volatile:
             # Acks cannot be replayed, and volatile events are not kept (as in Node).
@@ -494,6 +505,53 @@ class Namespace:
             return await self.adapter.broadcast(frames, opts, on_member=on_member)
         finally:
             sequencer.finish(seq)
+
+    async def _shared_broadcast(
+        self,
+        packet: Event,
+        opts: BroadcastOptions,
+        on_member: Callable[[str], None] | None,
+    ) -> int:
+        """A broadcast through the cluster's shared log: appended there, and delivered
+        by every node (this one too) as it reads the log, in the log's order.
+
+        Without Redis it goes to this node's sockets only, with no offset (so a
+        client's later recovery neither repeats it nor counts on it).
+
+        Cancellation: it may be in the log (and then every node delivers it).
+        """
+        shared = self.adapter.shared_log
+        assert shared is not None
+        exclude = tuple(sorted(opts.except_rooms | opts.except_sids))
+        now = self.server.wall_now()
+        records = [
+            LogRecord(
+                offset=0,
+                time=now,
+                namespace=self.name,
+                room=room,
+                kind=RecordKind.MESSAGE,
+                event=packet.name,
+                args=packet.args,
+                epoch="",
+                exclude=exclude,
+            )
+            for room in (sorted(opts.rooms) or [""])
+        ]
+        data = encode_records(records, max_record_bytes=self.server.config.log.max_record_bytes)
+        outcome, count = await shared.broadcast(data)
+        if outcome is AppendOutcome.NOT_SENT:
+            local = attrs.evolve(opts, local=True)
+            return await self.adapter.broadcast(self.encode(packet), local, on_member=on_member)
+        return count
+
+    async def deliver_shared(self, event: MissedEvent, offset: str) -> int:
+        """Deliver a broadcast read from the cluster's shared log to this node's sockets
+        (with its offset appended when recovery is on)."""
+        args = (*event.args, offset) if self.server.recovery_store is not None else event.args
+        frames = self.encode(Event(name=event.name, args=args, namespace=self.name))
+        opts = BroadcastOptions(rooms=event.rooms, except_rooms=event.exclude, local=True)
+        return await self.adapter.broadcast(frames, opts)
 
     def broadcast_operator(self, **opts: Any) -> BroadcastOperator:
         """A broadcast operator with the given options."""
@@ -547,9 +605,18 @@ class Namespace:
 
         Cancellation: the read (in a worker thread) finishes; its result is dropped.
 
+        With a cluster's shared log, its records are read from Redis (offsets are the
+        cluster's).
+
         Raises:
             LogError: The log is off, or cannot be read.
         """
+        shared = self.adapter.shared_log
+        if shared is not None:
+            try:
+                return await shared.history(self.name, room, last=last, after=after)
+            except ClusterError as exc:
+                raise LogError(str(exc)) from exc
         log = self.server.log
         if log is None:
             raise LogError("the event log is off: there is no history")
@@ -584,8 +651,15 @@ class Namespace:
                 data=socket.data,
                 disconnected_at=server.wall_now(),
             )
-            store.save(saved)
-            session = {"pid": saved.pid, "rooms": sorted(rooms), "data": saved.data}
+            shared = self.adapter.shared_log
+            kept = True
+            if shared is None:
+                store.save(saved)
+            else:  # in Redis, so that any node can recover it
+                window = store.config.max_disconnection_duration
+                kept = await shared.save_session(saved, window)
+            if kept:
+                session = {"pid": saved.pid, "rooms": sorted(rooms), "data": saved.data}
         # Recorded before waiting on the rooms (busy room actors must not be able to cut
         # the record off); the handlers run once the socket has left its rooms.
         await server.record_event(

@@ -21,6 +21,7 @@ from roomcast.engine.actors.connection import Connection, EngineLayer
 from roomcast.engine.actors.supervisor import Supervisor
 from roomcast.engine.adapters.base import Adapter
 from roomcast.engine.adapters.memory import MemoryAdapter
+from roomcast.engine.adapters.shared import encode_records
 from roomcast.engine.config import Config
 from roomcast.engine.errors import ConnectRefusedError, TransportClosed
 from roomcast.engine.log import EventLog, FsyncPolicy, iter_records, open_event_log
@@ -31,7 +32,7 @@ from roomcast.engine.namespace import (
     NamespaceMatcher,
     ack_args,
 )
-from roomcast.engine.recovery import RecoveryConfig, RecoveryStore
+from roomcast.engine.recovery import MissedEvent, RecoveryConfig, RecoveryStore, SavedSession
 from roomcast.engine.sequencer import Sequencer
 from roomcast.engine.socket import Handshake, Socket
 from roomcast.engine.transport.http import HttpConnection, HttpRequest, error_body
@@ -193,13 +194,28 @@ class Server:
             return
         request = conn.request
         store = self.recovery_store
-        restored = None
-        if store is not None and isinstance(auth, dict) and ns.adapter.history_is_local:
-            # (A multi-node adapter's broadcasts from other nodes never reach this
-            # node's store: recovering from it could hide events, so it is not tried.)
+        shared = ns.adapter.shared_log
+        restored: tuple[SavedSession, list[MissedEvent]] | None = None
+        shared_recovery = None
+        if store is not None and isinstance(auth, dict):
             pid, offset = auth.get("pid"), auth.get("offset")
             if isinstance(pid, str) and isinstance(offset, str):
-                restored = store.restore(namespace, pid, offset, self.wall_now())
+                if shared is not None:  # the cluster's log and sessions, in Redis
+                    shared_recovery = await shared.prepare_recovery(
+                        namespace,
+                        pid,
+                        offset,
+                        now=self.wall_now(),
+                        max_age=store.config.max_disconnection_duration,
+                        max_events=store.config.max_events,
+                    )
+                    if shared_recovery is not None:
+                        restored = (shared_recovery.session, [])
+                elif ns.adapter.history_is_local:
+                    # (A multi-node adapter's broadcasts from other nodes never reach
+                    # this node's store without a shared log: recovering from it could
+                    # hide events, so it is not tried.)
+                    restored = store.restore(namespace, pid, offset, self.wall_now())
         socket = Socket(
             sid=restored[0].sid if restored is not None else _new_id(),
             namespace=ns,
@@ -240,7 +256,20 @@ class Server:
             sender=socket.sid,
             args=(socket.handshake.auth, {"pid": socket.pid, "recovered": socket.recovered}),
         )
-        if restored is not None:
+        if shared_recovery is not None and shared is not None:
+            session = shared_recovery.session
+
+            def send(event: MissedEvent, offset: str) -> None:
+                args = (*event.args, offset)
+                conn.send_packet(Event(name=event.name, args=args, namespace=namespace))
+
+            await shared.finish_recovery(
+                shared_recovery,
+                rooms=session.rooms | {socket.sid},
+                send=send,
+                join=lambda: ns.adapter.add_all(socket.sid, session.rooms),
+            )
+        elif restored is not None:
             session, missed = restored
             await ns.adapter.add_all(socket.sid, session.rooms)
             for event in missed:
@@ -260,7 +289,8 @@ class Server:
         if not isinstance(socket, Socket) or not socket.connected:
             return
         ns = socket.namespace
-        if self.log is not None and self.log.config.record_client_events:
+        recording = self.log is not None or ns.adapter.shared_log is not None
+        if recording and self.config.log.record_client_events:
             await self.record_event(
                 RecordKind.MESSAGE, namespace, sender=socket.sid, event=name, args=args
             )
@@ -433,6 +463,37 @@ class Server:
 
         Cancellation: the record may or may not be queued.
         """
+        ns = self.namespaces.get(namespace)
+        shared = ns.adapter.shared_log if ns is not None else None
+        if shared is not None:  # the cluster's log takes the record (numbered there)
+            try:
+                data = encode_records(
+                    [
+                        LogRecord(
+                            offset=0,
+                            time=self.wall_now(),
+                            namespace=namespace,
+                            room=room,
+                            kind=kind,
+                            sender=sender,
+                            event=event,
+                            args=args,
+                            epoch="",
+                        )
+                    ],
+                    max_record_bytes=self.config.log.max_record_bytes,
+                )
+            except LocalProtocolError as exc:
+                logger.warning("not logged (%s %s): %s", kind.name, namespace, exc)
+            else:
+                if kind in (RecordKind.JOIN, RecordKind.LEAVE):
+                    # In Redis before the join is done: what the member is sent next,
+                    # from any node, comes after it in the log.
+                    await shared.append(data)
+                    return
+                shared.append_nowait(data)
+            await trio.lowlevel.checkpoint()
+            return
         try:
             record = self._record(kind, namespace, room=room, sender=sender, event=event, args=args)
         except LocalProtocolError as exc:

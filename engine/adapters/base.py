@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import attrs
 import trio
@@ -23,6 +23,10 @@ import trio
 from roomcast.engine.actors.outbox import Outbox, OutFrame
 from roomcast.engine.socket import Handshake
 from roomcast.protocol._sio import JsonValue
+
+if TYPE_CHECKING:
+    from roomcast.engine.adapters.redis_log import SharedLog
+    from roomcast.engine.recovery import MissedEvent
 
 __all__ = [
     "AckAnswer",
@@ -150,6 +154,10 @@ class AdapterHost(Protocol):
         """Run this node's server-side handler for ``event``; its answer, or None if no
         handler took it."""
 
+    async def deliver_shared(self, event: MissedEvent, offset: str) -> int:
+        """Deliver a broadcast read from the cluster's shared log (its offset ``offset``)
+        to the matching local sockets; how many it reached."""
+
 
 class Adapter(abc.ABC):
     """Membership and fan-out for one namespace. All methods run in Trio tasks."""
@@ -232,6 +240,13 @@ class Adapter(abc.ABC):
         adapter without a shared log: connection state recovery must then refuse, or it
         would hide the events other nodes sent meanwhile."""
         return True
+
+    @property
+    def shared_log(self) -> SharedLog | None:
+        """The cluster's shared ordered log, when the adapter has one: recorded
+        broadcasts then go through it (``Namespace`` does this), and recovery, history
+        and replay read it instead of this node's own store."""
+        return None
 
     def local_socket_infos(self, opts: BroadcastOptions) -> list[SocketInfo]:
         """The matching sockets of this node, described."""

@@ -83,6 +83,12 @@ from roomcast.engine.adapters.cluster import (
     sender_of,
 )
 from roomcast.engine.adapters.memory import MemoryAdapter
+from roomcast.engine.adapters.redis_log import (
+    LogGap,
+    SharedEntry,
+    SharedLog,
+    SharedLogResetError,
+)
 from roomcast.engine.config import Config
 from roomcast.protocol import RemoteProtocolError
 from roomcast.protocol._json import JsonValue
@@ -95,6 +101,7 @@ __all__ = [
     "ClusterStatus",
     "Connected",
     "Disconnected",
+    "LogGap",
     "OutageReport",
     "PeerJoined",
     "PeerLost",
@@ -179,6 +186,14 @@ class RedisSettings:
         max_message_bytes: Largest inter-node message accepted.
         max_concurrent_requests: Requests of other nodes served at once; more are
             answered with a failure ("busy").
+        shared_log: Keep the cluster's ordered log on a Redis Stream (see
+            ``roomcast.engine.adapters.redis_log``): recorded broadcasts go through it,
+            every node delivers them in its order, and history and connection state
+            recovery work on every node. Every node of a cluster must agree on it.
+        log_max_len: The stream's length bound (approximate): how far back history and
+            recovery reach.
+        log_catch_up_timeout: Seconds a recovery waits for this node to have read up to
+            the client's offset.
     """
 
     url: str = "redis://127.0.0.1:6379/0"
@@ -201,6 +216,9 @@ class RedisSettings:
     max_publish_batch: int = 512
     max_message_bytes: int = 16 * 1024 * 1024
     max_concurrent_requests: int = 64
+    shared_log: bool = False
+    log_max_len: int = attrs.field(default=100_000, validator=attrs.validators.gt(0))
+    log_catch_up_timeout: float = attrs.field(default=2.0, validator=_positive)
 
     def tls_context(self) -> SSLContext | None:
         """The TLS context to connect with, or None for a plain (or ``rediss://``) URL."""
@@ -277,7 +295,7 @@ class TrafficMissed:
     count: int
 
 
-ClusterEvent: TypeAlias = Connected | Disconnected | PeerJoined | PeerLost | TrafficMissed
+ClusterEvent: TypeAlias = Connected | Disconnected | PeerJoined | PeerLost | TrafficMissed | LogGap
 
 
 @attrs.frozen(kw_only=True)
@@ -295,6 +313,8 @@ class ClusterStatus:
         missed: Messages of other nodes that never arrived, by node, since the start.
         dropped: Messages received and thrown away (malformed, another cluster's or
             another protocol version's).
+        log_epoch: The shared log's epoch (None when it is off or not reached yet).
+        log_delivered: The last shared log offset this node delivered.
     """
 
     node_id: str
@@ -306,6 +326,8 @@ class ClusterStatus:
     not_sent: dict[str, int]
     missed: dict[str, int]
     dropped: int
+    log_epoch: str | None = None
+    log_delivered: int = 0
 
 
 # --------------------------------------------------------------------------- internals
@@ -416,6 +438,22 @@ class RedisCluster:
     _channels_changed: trio.Event | None = attrs.field(default=None, init=False)
     _requests_running: int = attrs.field(default=0, init=False)
     _link_was_up: bool = attrs.field(default=False, init=False)
+    shared_log: SharedLog | None = attrs.field(default=None, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        settings = self.settings
+        if settings.shared_log:
+            self.shared_log = SharedLog(
+                prefix=settings.channel_prefix,
+                node_id=self.node_id,
+                deliver=self._deliver_entry,
+                on_gap=self._notify,
+                count_not_sent=self._count_not_sent,
+                max_len=settings.log_max_len,
+                block=min(settings.heartbeat_interval, settings.node_timeout / 2),
+                catch_up_timeout=settings.log_catch_up_timeout,
+                queue_size=settings.publish_queue_size,
+            )
 
     # -- channels ---------------------------------------------------------------------------
 
@@ -479,6 +517,8 @@ class RedisCluster:
             not_sent=dict(self._not_sent),
             missed=dict(self._missed),
             dropped=self._dropped,
+            log_epoch=self.shared_log.epoch if self.shared_log is not None else None,
+            log_delivered=self.shared_log.delivered if self.shared_log is not None else 0,
         )
 
     async def wait_until(self, predicate: Callable[[ClusterStatus], bool]) -> ClusterStatus:
@@ -535,7 +575,7 @@ class RedisCluster:
                     reason = "connection closed"
                     try:
                         await self._connect_once(ready)
-                    except* (*_LINK_ERRORS, _LinkStalledError) as group:
+                    except* (*_LINK_ERRORS, _LinkStalledError, SharedLogResetError) as group:
                         reason = "; ".join(repr(exc) for exc in _leaves(group))
                     if self._link_was_up:
                         delay = settings.reconnect_interval
@@ -588,6 +628,8 @@ class RedisCluster:
             link.last_received = trio.current_time()
             try:
                 async with trio.open_nursery() as nursery:
+                    if self.shared_log is not None:
+                        await nursery.start(self.shared_log.run, client)
                     self._link_up(link)
                     ready()
                     nursery.start_soon(self._publisher, link)
@@ -807,6 +849,15 @@ class RedisCluster:
                 pending = self._pending.get(body.request_id)
                 if pending is not None:
                     pending.feed(envelope.node, body.part)
+
+    async def _deliver_entry(self, entry: SharedEntry) -> int:
+        """Deliver a shared log entry's broadcast to this node's sockets."""
+        event = entry.broadcast()
+        adapter = self._adapters.get(event.namespace) if event is not None else None
+        if event is None or adapter is None or self.shared_log is None:
+            await trio.lowlevel.checkpoint()
+            return 0
+        return await adapter.host.deliver_shared(event, self.shared_log.offset_text(entry.offset))
 
     def _serve(self, envelope: Envelope, body: RequestBody) -> None:
         nursery = self._nursery
@@ -1083,6 +1134,10 @@ class RedisAdapter(Adapter):
     @property
     def history_is_local(self) -> bool:
         return False  # other nodes' broadcasts arrive as frames, unrecorded here
+
+    @property
+    def shared_log(self) -> SharedLog | None:
+        return self.cluster.shared_log
 
     async def _ask(self, op: Operation) -> list[tuple[str, Part]]:
         parts, _ = await self.cluster.request(

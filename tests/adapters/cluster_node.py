@@ -1,9 +1,11 @@
 """A roomcast cluster node for the multi-process tests: ``python -m tests.adapters.cluster_node``.
 
 Configured by the environment: ``REDIS_URL``, ``CLUSTER_PREFIX``, ``HEARTBEAT_INTERVAL``,
-``NODE_TIMEOUT`` (seconds). Listens on 127.0.0.1 and a free port. Prints JSON lines:
+``NODE_TIMEOUT`` (seconds), ``SHARED_LOG`` (``1``: the shared log on Redis Streams, with
+connection state recovery). Listens on 127.0.0.1 and a free port. Prints JSON lines:
 ``{"event": "listening", "port", "node"}`` once serving, then one line per cluster event
-(``connected``, ``disconnected``, ``peer_joined``, ``peer_lost``, ``traffic_missed``). Its
+(``connected``, ``disconnected``, ``peer_joined``, ``peer_lost``, ``traffic_missed``,
+``log_gap``). Its
 Socket.IO events (all answer through the ack) drive the cluster from a client.
 """
 
@@ -23,12 +25,14 @@ from roomcast.engine.adapters.redis import (
     ClusterEvent,
     Connected,
     Disconnected,
+    LogGap,
     PeerJoined,
     PeerLost,
     RedisCluster,
     RedisSettings,
     TrafficMissed,
 )
+from roomcast.engine.recovery import RecoveryConfig
 from roomcast.protocol import JsonValue
 
 
@@ -53,6 +57,8 @@ def report(event: ClusterEvent) -> None:
             say("peer_lost", node=node, reason=reason)
         case TrafficMissed(node=node, channel=channel, count=count):
             say("traffic_missed", node=node, channel=channel, count=count)
+        case LogGap(reason=reason, missed=missed):
+            say("log_gap", reason=reason, missed=missed)
 
 
 def _room(value: JsonValue) -> str:
@@ -61,7 +67,8 @@ def _room(value: JsonValue) -> str:
 
 
 def build(cluster: RedisCluster) -> Server:
-    server = Server(config=Config(), adapter_factory=cluster.adapter_factory)
+    recovery = RecoveryConfig() if cluster.settings.shared_log else None
+    server = Server(config=Config(), adapter_factory=cluster.adapter_factory, recovery=recovery)
 
     @server.on("connect")
     async def connected(socket: Socket, auth: JsonValue) -> None:
@@ -144,6 +151,7 @@ async def main() -> None:
         reconnect_interval=0.05,
         max_reconnect_interval=0.3,
         request_timeout=3.0,
+        shared_log=os.environ.get("SHARED_LOG") == "1",
     )
     cluster = RedisCluster(settings=settings, on_event=report)
     server = build(cluster)

@@ -133,9 +133,12 @@ def unique_prefix() -> str:
     return f"rc-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
-def fast_settings(url: str, prefix: str, *, request_timeout: float = 3.0) -> RedisSettings:
+def fast_settings(
+    url: str, prefix: str, *, request_timeout: float = 3.0, shared_log: bool = False
+) -> RedisSettings:
     """Settings with short timers, for tests."""
     return RedisSettings(
+        shared_log=shared_log,
         url=url,
         channel_prefix=prefix,
         heartbeat_interval=0.2,
@@ -178,16 +181,17 @@ class Deployment:
         raise KeyError(sid)
 
 
-DEPLOYMENTS: Final = ("memory", "redis-1", "redis-3")
+DEPLOYMENTS: Final = ("memory", "redis-1", "redis-3", "redis-3-log")
+"""``-log``: with the cluster's shared log on Redis Streams."""
 
 
 @asynccontextmanager
 async def open_deployment(
     kind: str, build: Callable[..., Server], redis_url: str, *, config: Config | None = None
 ) -> AsyncIterator[Deployment]:
-    """Run the nodes of ``kind`` ("memory", "redis-1", "redis-3") built with ``build``."""
+    """Run the nodes of ``kind`` (one of ``DEPLOYMENTS``) built with ``build``."""
     config = config or Config()
-    count = 3 if kind == "redis-3" else 1
+    count = 3 if kind.startswith("redis-3") else 1
     prefix = unique_prefix()
     async with trio.open_nursery() as nursery:
         nodes: list[Node] = []
@@ -196,7 +200,8 @@ async def open_deployment(
             if kind == "memory":
                 server = build(config=config)
             else:
-                cluster = RedisCluster(settings=fast_settings(redis_url, prefix))
+                settings = fast_settings(redis_url, prefix, shared_log=kind.endswith("-log"))
+                cluster = RedisCluster(settings=settings)
                 server = build(config=config, adapter_factory=cluster.adapter_factory)
                 await nursery.start(cluster.run)
                 assert cluster.connected

@@ -199,6 +199,21 @@ class Driver:
         assert isinstance(sid, str)
         return sid
 
+    async def drop(self, client: str) -> None:
+        """Close ``client``'s transport (it keeps its session, for a recovery)."""
+        await self.proc.send({"cmd": "drop", "id": client})
+        await self.proc.expect_event("disconnected", id=client)
+
+    async def reconnect(self, client: str) -> tuple[str, bool]:
+        """Reconnect ``client`` after a ``drop``; its socket id and whether it was
+        recovered."""
+        await self.proc.send({"cmd": "reconnect", "id": client})
+        line = await self.proc.expect_event("connected", id=client)
+        sid, recovered = line["sid"], line["recovered"]
+        assert isinstance(sid, str)
+        assert isinstance(recovered, bool)
+        return sid, recovered
+
     async def call(self, client: str, name: str, *args: object) -> list[object]:
         """Emit ``name`` with an ack from ``client``; the ack's arguments."""
         tag = f"t{next(self._tags)}"

@@ -13,6 +13,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Final
 
+import attrs
 import pytest
 import trio
 
@@ -35,7 +36,7 @@ NODE_TIMEOUT: Final = 1.0
 
 @asynccontextmanager
 async def open_cluster(
-    redis_url: str, count: int, js_peers: Path, workdir: Path
+    redis_url: str, count: int, js_peers: Path, workdir: Path, *, shared_log: bool = False
 ) -> AsyncIterator[tuple[list[NodeProcess], Driver]]:
     """``count`` nodes that all see each other, and a client driver. Each node runs in
     its own directory under ``workdir`` (its event log lives there)."""
@@ -44,6 +45,7 @@ async def open_cluster(
         "CLUSTER_PREFIX": unique_prefix(),
         "HEARTBEAT_INTERVAL": "0.2",
         "NODE_TIMEOUT": str(NODE_TIMEOUT),
+        "SHARED_LOG": "1" if shared_log else "0",
     }
     async with AsyncExitStack() as stack:
         procs = [
@@ -267,3 +269,85 @@ async def test_contract_app_joins_a_cluster_when_redis_url_is_set(
             await driver.call("c0", "publish", {"room": "lobby", "payload": "hello"})
             assert await driver.received("c0", "message") == ["hello"]
             assert await driver.received("c1", "message") == ["hello"]
+
+
+@attrs.define(eq=False)
+class LoadBalancer:
+    """A TCP proxy in front of the nodes, like a load balancer: new connections go to
+    ``target``; ``cut`` drops every connection it carries (the clients see their
+    transport close)."""
+
+    target: int
+    port: int = 0
+    _carried: set[trio.CancelScope] = attrs.field(factory=set)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started()
+        await trio.serve_listeners(self._carry, listeners)
+
+    async def _carry(self, downstream: trio.SocketStream) -> None:
+        with trio.CancelScope() as scope:
+            self._carried.add(scope)
+            try:
+                upstream = await trio.open_tcp_stream("127.0.0.1", self.target)
+                async with downstream, upstream, trio.open_nursery() as nursery:
+
+                    async def pump(source: trio.SocketStream, sink: trio.SocketStream) -> None:
+                        async for chunk in source:
+                            await sink.send_all(chunk)
+                        nursery.cancel_scope.cancel()
+
+                    nursery.start_soon(pump, downstream, upstream)
+                    nursery.start_soon(pump, upstream, downstream)
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            finally:
+                self._carried.discard(scope)
+
+    def cut(self) -> None:
+        for scope in list(self._carried):
+            scope.cancel()
+
+
+async def test_a_client_is_recovered_by_another_node_through_the_shared_log(
+    redis_url: str, js_peers: Path, tmp_path: Path
+) -> None:
+    """npm socket.io-client behind a load balancer: its connection is cut and it comes
+    back on another node, which recovers it (same id, rooms, every missed event once)."""
+    with trio.fail_after(TEST_TIMEOUT):
+        async with (
+            open_cluster(redis_url, 3, js_peers, tmp_path, shared_log=True) as (nodes, driver),
+            trio.open_nursery() as nursery,
+        ):
+            balancer = LoadBalancer(target=nodes[0].port)
+            await nursery.start(balancer.run)
+            sid = await driver.connect("c", f"http://127.0.0.1:{balancer.port}")
+            await driver.connect("p", nodes[2].url)
+            await driver.connect("q", nodes[0].url)
+            await driver.call("c", "join", "r")
+            await driver.call("p", "publish", "r", "m", 1)
+            first = await driver.received("c", "m")
+            assert first[0] == 1
+            assert isinstance(first[-1], str)  # the offset
+
+            balancer.target = nodes[1].port  # the next connection lands on node 1
+            balancer.cut()
+            await driver.proc.expect_event("disconnected", id="c")
+            await driver.call("p", "publish", "r", "m", 2)  # from node 2
+            await driver.call("q", "publish", "r", "m", 3)  # from node 0, where it was
+            await driver.call("p", "publish", "elsewhere", "m", "not for it")
+            again, recovered = await driver.reconnect("c")
+            assert (again, recovered) == (sid, True)
+            await driver.call("p", "publish", "r", "m", 4)
+            for n in (2, 3, 4):
+                assert (await driver.received("c", "m"))[0] == n
+            (found,) = await driver.call("p", "fetch", "r")
+            assert isinstance(found, list)
+            assert _sids(found) == {sid}
+            entry = found[0]
+            assert isinstance(entry, dict)
+            assert entry["data"] == {"node": nodes[1].node_id}  # served by node 1 now
+            assert driver.take_received("c") == []  # nothing twice, nothing else
+            nursery.cancel_scope.cancel()

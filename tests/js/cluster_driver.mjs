@@ -8,6 +8,9 @@
 //   {"cmd": "emit", "id": "c1", "tag": "t1", "name": "join", "args": ["room"]}
 //       -> {"event": "ack", "tag": "t1", "args": [...]}   (or {"event": "ack_timeout", "tag"})
 //   {"cmd": "close", "id": "c1"} -> {"event": "closed", "id"}
+//   {"cmd": "drop", "id": "c1"}       closes the client's transport (the client keeps its
+//       session: with connection state recovery on, "reconnect" may recover it)
+//   {"cmd": "reconnect", "id": "c1"}  -> {"event": "connected", "id", "sid", "recovered"}
 //   {"cmd": "exit"}
 // Every event a client receives is printed: {"event": "recv", "id", "name", "args"};
 // and {"event": "disconnected", "id", "reason"} when it is disconnected.
@@ -26,7 +29,9 @@ function connect(cmd) {
   const socket = io(cmd.url, { transports: ["websocket"], reconnection: false, forceNew: true });
   const answers = cmd.answers ?? {};
   clients.set(cmd.id, socket);
-  socket.on("connect", () => out({ event: "connected", id: cmd.id, sid: socket.id }));
+  socket.on("connect", () =>
+    out({ event: "connected", id: cmd.id, sid: socket.id, recovered: socket.recovered }),
+  );
   socket.on("disconnect", (reason) => out({ event: "disconnected", id: cmd.id, reason }));
   socket.on("connect_error", (err) => out({ event: "connect_error", id: cmd.id, message: err.message }));
   socket.onAny((name, ...args) => {
@@ -60,6 +65,10 @@ input.on("line", (line) => {
     case "close":
       clients.get(cmd.id)?.close();
       return out({ event: "closed", id: cmd.id });
+    case "drop":
+      return clients.get(cmd.id)?.io.engine.close();
+    case "reconnect":
+      return clients.get(cmd.id)?.connect();
     case "exit":
       for (const socket of clients.values()) socket.close();
       return process.stdout.write("", () => process.exit(0));

@@ -1,0 +1,746 @@
+"""The cluster's shared ordered log: one Redis Stream of event-log records (opt-in).
+
+With ``RedisSettings(shared_log=True)`` every recorded broadcast of every node is
+appended to one stream, and every node delivers the stream's broadcasts to its own
+sockets in stream order. So all nodes, and all clients, see one order, and an offset
+means the same event on every node: a client that reconnects to another node can be
+recovered there (its saved session is in Redis too), ``Namespace.history`` reads the
+stream, and ``roomcast replay --redis`` replays it.
+
+The layout (``P`` is the cluster's channel prefix)::
+
+    P#~log           the stream; entry ids are 0-1, 0-2, ... (the cluster-wide offsets)
+    P#~log#seq       the last offset handed out
+    P#~log#epoch     the epoch: a random id made when the stream is (re)created
+    P#~session#PID   a disconnected socket's state, expiring with its recovery window
+
+An entry has the fields ``n`` (the appending node), ``t`` (that node's token for it,
+which lets the node find its own entries) and ``r``: one or more event-log record
+frames (``roomcast.protocol`` record codec, the same as the file log) whose ``offset``
+and ``epoch`` are left 0 and empty: the entry id and the epoch key give them. A
+broadcast to several rooms is one entry with one record per room, as in the file log.
+Broadcast records hold the event's arguments without the offset (clients get it
+appended on delivery).
+
+Offsets come from one Lua script that increments the counter and adds the entries in
+the same step, so the stream has no holes: a reader that sees offset ``n + 2`` after
+``n`` knows one entry was trimmed, and a recovery whose next event is not the one after
+the client's offset is refused (a gap), never patched over. If Redis loses the stream
+(a restart without persistence), the script finds no epoch key, starts a new epoch, and
+every older offset stops being recoverable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import secrets
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Final
+
+import attrs
+import coredis
+import msgpack
+import trio
+
+from roomcast.engine.adapters.cluster import ClusterError
+from roomcast.engine.adapters.shared import AppendOutcome
+from roomcast.engine.recovery import MissedEvent, SavedSession
+from roomcast.protocol import RemoteProtocolError
+from roomcast.protocol._log import (
+    DEFAULT_MAX_RECORD_BYTES,
+    LogRecord,
+    RecordKind,
+    RecordReader,
+)
+
+__all__ = [
+    "LogGap",
+    "SharedEntry",
+    "SharedLog",
+    "SharedLogResetError",
+    "read_shared_log",
+]
+
+logger = logging.getLogger(__name__)
+
+APPEND_SCRIPT: Final = """
+local epoch = redis.call('GET', KEYS[3])
+if not epoch then
+  epoch = ARGV[2]
+  redis.call('DEL', KEYS[1], KEYS[2])
+  redis.call('SET', KEYS[3], epoch)
+end
+local n = tonumber(redis.call('GET', KEYS[2]) or '0')
+local first = n + 1
+for i = 4, #ARGV, 2 do
+  n = n + 1
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '0-' .. n,
+             'n', ARGV[3], 't', ARGV[i], 'r', ARGV[i + 1])
+end
+redis.call('SET', KEYS[2], n)
+return {epoch, first, n}
+"""
+"""Append entries (``ARGV[4:]``: token, records pairs) under consecutive offsets; start a
+new epoch first when there is none. Returns the epoch and the first and last offsets."""
+
+_PAGE: Final = 1000
+
+
+class SharedLogResetError(ClusterError):
+    """The shared log's epoch changed under a running node (its key was lost)."""
+
+
+@attrs.frozen(kw_only=True)
+class LogGap:
+    """Entries of the shared log this node never delivered.
+
+    Attributes:
+        reason: ``"trimmed"`` (the stream's length bound dropped them before this node
+            read them, e.g. during a long outage) or ``"reset"`` (Redis lost the log and
+            a new epoch began).
+        missed: How many entries, when known.
+    """
+
+    reason: str
+    missed: int | None
+
+
+@attrs.define(eq=False)
+class _Append:
+    data: bytes
+    token: int
+    answered: trio.Event = attrs.field(factory=trio.Event)
+    delivered: trio.Event = attrs.field(factory=trio.Event)
+    offset: int | None = None
+    sent: bool = False
+    count: int = 0
+
+
+@attrs.frozen(kw_only=True)
+class SharedEntry:
+    """One entry of the shared log, decoded.
+
+    Attributes:
+        offset: Its offset (the entry id's sequence part), cluster-wide.
+        node: The node that appended it.
+        token: That node's token for it.
+        records: Its records, with ``offset`` and ``epoch`` filled in.
+    """
+
+    offset: int
+    node: str
+    token: int
+    records: tuple[LogRecord, ...]
+
+    def broadcast(self) -> MissedEvent | None:
+        """The broadcast event this entry holds, or None (a connection event)."""
+        records = self.records
+        if not records:
+            return None
+        first = records[0]
+        if first.kind is not RecordKind.MESSAGE or first.sender is not None or not first.event:
+            return None
+        rooms = frozenset(r.room for r in records)
+        return MissedEvent(
+            seq=self.offset,
+            namespace=first.namespace,
+            rooms=frozenset() if "" in rooms else rooms,
+            exclude=frozenset(first.exclude),
+            name=first.event,
+            args=tuple(first.args),
+        )
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _entry_offset(identifier: object) -> int:
+    ms, _, seq = _text(identifier).partition("-")
+    if ms != "0" or not seq.isdigit():
+        raise RemoteProtocolError(f"bad shared log entry id {identifier!r}", reason="parse error")
+    return int(seq)
+
+
+def decode_entry(
+    identifier: object, fields: dict[Any, Any], epoch: str, *, max_record_bytes: int
+) -> SharedEntry:
+    """Decode one stream entry.
+
+    Raises:
+        RemoteProtocolError: The entry is not one of ours or is damaged.
+    """
+    offset = _entry_offset(identifier)
+    values = {_text(k): v for k, v in fields.items()}
+    node, token, data = values.get("n"), values.get("t"), values.get("r")
+    if not isinstance(data, bytes) or node is None or token is None:
+        raise RemoteProtocolError(f"shared log entry {offset} lacks fields", reason="parse error")
+    token_text = _text(token)
+    if not token_text.isdigit():
+        raise RemoteProtocolError(f"shared log entry {offset}: bad token", reason="parse error")
+    reader = RecordReader(max_record_bytes=max_record_bytes)
+    reader.feed(data)
+    records: list[LogRecord] = []
+    while (record := reader.next_record()) is not None:
+        records.append(attrs.evolve(record, offset=offset, epoch=epoch))
+    reader.finish()
+    return SharedEntry(
+        offset=offset, node=_text(node), token=int(token_text), records=tuple(records)
+    )
+
+
+def _session_bytes(session: SavedSession, epoch: str) -> bytes:
+    packed: bytes = msgpack.packb(
+        [
+            session.sid,
+            session.namespace,
+            sorted(session.rooms),
+            session.data,
+            session.disconnected_at,
+            epoch,
+        ],
+        default=repr,
+    )
+    return packed
+
+
+def _session_from(pid: str, data: bytes) -> tuple[SavedSession, str] | None:
+    try:
+        sid, namespace, rooms, values, at, epoch = msgpack.unpackb(data, raw=False)
+    except (ValueError, TypeError, msgpack.UnpackException):
+        return None
+    if not (
+        isinstance(sid, str)
+        and isinstance(namespace, str)
+        and isinstance(rooms, list)
+        and isinstance(values, dict)
+        and isinstance(at, float | int)
+        and isinstance(epoch, str)
+    ):
+        return None
+    session = SavedSession(
+        pid=pid,
+        sid=sid,
+        namespace=namespace,
+        rooms=frozenset(r for r in rooms if isinstance(r, str)),
+        data=values,
+        disconnected_at=float(at),
+    )
+    return session, epoch
+
+
+def _new_epoch() -> str:
+    return secrets.token_hex(4)
+
+
+@attrs.define(eq=False)
+class _Recovery:
+    session: SavedSession
+    after: int
+    entries: list[SharedEntry]
+    read_up_to: int
+    epoch: str
+
+
+@attrs.define(eq=False)
+class SharedLog:
+    """This node's side of the shared log: appending, reading in order, sessions.
+
+    ``RedisCluster`` owns one when ``RedisSettings.shared_log`` is on and runs it on each
+    Redis connection (``run``).
+
+    Attributes:
+        prefix: The cluster's channel prefix (the keys' prefix).
+        node_id: This node's id (the ``n`` of its entries).
+        deliver: Delivers one entry to this node's sockets; returns how many it reached.
+        on_gap: Told about entries this node never delivered.
+        count_not_sent: Told (with ``"broadcast"`` or ``"record"``) about each entry
+            that did not reach Redis, or may not have.
+        max_len: The stream's length bound (approximate, Redis's ``MAXLEN ~``).
+        block: Seconds one read waits for new entries.
+        catch_up_timeout: Seconds a recovery waits for this node's reader to reach the
+            client's offset before it gives up (the client is then not recovered).
+        queue_size: Appends waiting for Redis.
+        max_batch: Most entries in one append round trip.
+        max_record_bytes: Largest record accepted.
+    """
+
+    prefix: str
+    node_id: str
+    deliver: Callable[[SharedEntry], Awaitable[int]]
+    on_gap: Callable[[LogGap], None]
+    count_not_sent: Callable[[str], None] = lambda kind: None
+    max_len: int = 100_000
+    block: float = 1.0
+    catch_up_timeout: float = 2.0
+    queue_size: int = 4096
+    max_batch: int = 256
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+    epoch: str | None = attrs.field(default=None, init=False)
+    delivered: int = attrs.field(default=0, init=False)
+    """The last offset this node delivered (of ``epoch``)."""
+    not_appended: int = attrs.field(default=0, init=False)
+    """Connection records that could not be appended (no Redis, or the queue was full)."""
+    _client: coredis.Redis[bytes] | None = attrs.field(default=None, init=False)
+    _send: trio.MemorySendChannel[_Append] | None = attrs.field(default=None, init=False)
+    _own: dict[int, _Append] = attrs.field(factory=dict, init=False)
+    _tokens: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
+    _lock: trio.Lock = attrs.field(factory=trio.Lock, init=False)
+    _progress: trio.Event = attrs.field(factory=trio.Event, init=False)
+
+    # -- keys -------------------------------------------------------------------------------
+
+    @property
+    def stream_key(self) -> bytes:
+        return f"{self.prefix}#~log".encode()
+
+    @property
+    def _keys(self) -> list[bytes]:
+        stream = self.stream_key
+        return [stream, stream + b"#seq", stream + b"#epoch"]
+
+    def session_key(self, pid: str) -> bytes:
+        return f"{self.prefix}#~session#{pid}".encode()
+
+    def offset_text(self, offset: int) -> str:
+        """The offset string clients hold for entry ``offset`` of the current epoch."""
+        return f"{self.epoch}-{offset}"
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None
+
+    # -- running on a connection ------------------------------------------------------------
+
+    async def _append_raw(
+        self, client: coredis.Redis[bytes], items: Sequence[_Append]
+    ) -> tuple[str, int]:
+        args: list[str | bytes | int] = [self.max_len, _new_epoch(), self.node_id]
+        for item in items:
+            args += [item.token, item.data]
+        reply = await client.eval(APPEND_SCRIPT, keys=self._keys, args=args)
+        if not isinstance(reply, list | tuple) or len(reply) != 3:
+            raise ClusterError(f"unexpected answer of the append script: {reply!r}")
+        epoch, first, _last = reply
+        return _text(epoch), int(first)
+
+    async def run(
+        self,
+        client: coredis.Redis[bytes],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve the shared log over ``client`` until cancelled (or the link fails).
+
+        ``started`` once the epoch is known and appends are taken.
+
+        Raises:
+            SharedLogResetError: The epoch changed while running.
+        """
+        epoch, first = await self._append_raw(client, ())
+        head = first - 1
+        if self.epoch is None:
+            self.delivered = head  # a new node starts at the end
+        elif epoch != self.epoch:
+            logger.warning(
+                "cluster node %s: the shared log was reset (epoch %s, was %s): entries "
+                "not delivered before are lost",
+                self.node_id,
+                epoch,
+                self.epoch,
+            )
+            self.delivered = 0
+            self._notify_progress()
+            self.on_gap(LogGap(reason="reset", missed=None))
+        self.epoch = epoch
+        send, receive = trio.open_memory_channel[_Append](self.queue_size)
+        self._client = client
+        self._send = send
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._appender, client, receive)
+                nursery.start_soon(self._reader, client)
+                task_status.started()
+        finally:
+            self._client = None
+            self._send = None
+            send.close()
+            while True:
+                try:
+                    item = receive.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+                item.answered.set()  # never sent
+            receive.close()
+            for item in list(self._own.values()):
+                item.answered.set()
+                item.delivered.set()
+            self._own.clear()
+            self._notify_progress()
+
+    async def _appender(
+        self, client: coredis.Redis[bytes], receive: trio.MemoryReceiveChannel[_Append]
+    ) -> None:
+        while True:
+            batch = [await receive.receive()]
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(receive.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            for item in batch:
+                item.sent = True
+            try:
+                epoch, first = await self._append_raw(client, batch)
+            except BaseException:
+                for item in batch:
+                    item.answered.set()
+                raise
+            for i, item in enumerate(batch):
+                item.offset = first + i
+                item.answered.set()
+            if epoch != self.epoch:
+                raise SharedLogResetError(f"the shared log's epoch changed to {epoch}")
+
+    async def _reader(self, client: coredis.Redis[bytes]) -> None:
+        stream = self.stream_key
+        block_ms = max(1, int(self.block * 1000))
+        while True:
+            reply = await client.xread({stream: f"0-{self.delivered}"}, count=_PAGE, block=block_ms)
+            if not reply:
+                continue
+            entries = next(iter(reply.values()), ())
+            epoch = self.epoch
+            assert epoch is not None
+            async with self._lock:
+                for entry in entries:
+                    await self._deliver_one(entry.identifier, entry.field_values, epoch)
+                self._notify_progress()
+
+    async def _deliver_one(self, identifier: object, fields: dict[Any, Any], epoch: str) -> None:
+        try:
+            offset = _entry_offset(identifier)
+        except RemoteProtocolError as exc:
+            logger.warning("shared log: skipped %s", exc)
+            return
+        if offset <= self.delivered:
+            return
+        if offset > self.delivered + 1:
+            missed = offset - self.delivered - 1
+            logger.warning(
+                "cluster node %s: %d shared log entries were trimmed before it read them",
+                self.node_id,
+                missed,
+            )
+            self.on_gap(LogGap(reason="trimmed", missed=missed))
+        try:
+            entry = decode_entry(identifier, fields, epoch, max_record_bytes=self.max_record_bytes)
+        except RemoteProtocolError as exc:
+            logger.warning("shared log: skipped a damaged entry %s: %s", identifier, exc)
+            self.delivered = offset
+            return
+        count = 0
+        try:
+            count = await self.deliver(entry)
+        finally:
+            self.delivered = offset
+            if entry.node == self.node_id:
+                own = self._own.pop(entry.token, None)
+                if own is not None:
+                    own.count = count
+                    own.delivered.set()
+
+    def _notify_progress(self) -> None:
+        self._progress.set()
+        self._progress = trio.Event()
+
+    # -- appending --------------------------------------------------------------------------
+
+    async def broadcast(self, data: bytes) -> tuple[AppendOutcome, int]:
+        """Append one broadcast entry and wait until this node delivered it.
+
+        Returns the outcome and how many of this node's sockets it reached.
+
+        Cancellation: the entry may be in the log (and then every node delivers it).
+        """
+        send = self._send
+        if send is None:
+            await trio.lowlevel.checkpoint()
+            self.count_not_sent("broadcast")
+            return AppendOutcome.NOT_SENT, 0
+        item = _Append(data=data, token=next(self._tokens))
+        self._own[item.token] = item
+        try:
+            try:
+                send.send_nowait(item)
+            except trio.WouldBlock:
+                await send.send(item)
+            await item.answered.wait()
+            if item.offset is None:
+                self.count_not_sent("broadcast")
+                return (AppendOutcome.UNKNOWN if item.sent else AppendOutcome.NOT_SENT), 0
+            await item.delivered.wait()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.count_not_sent("broadcast")
+            return AppendOutcome.NOT_SENT, 0
+        finally:
+            self._own.pop(item.token, None)
+        if item.offset > self.delivered:
+            return AppendOutcome.APPENDED, 0  # the connection was lost before delivery
+        return AppendOutcome.DELIVERED, item.count
+
+    async def append(self, data: bytes) -> bool:
+        """Append a connection record and wait until Redis has it (one round trip), so
+        that entries that follow from it, on any node, come after it. False when it
+        did not get there (counted in ``not_appended``), or may not have.
+
+        Cancellation: it may be appended.
+        """
+        send = self._send
+        if send is None:
+            await trio.lowlevel.checkpoint()
+            self.not_appended += 1
+            self.count_not_sent("record")
+            return False
+        item = _Append(data=data, token=0)
+        try:
+            await send.send(item)
+            await item.answered.wait()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        if item.offset is None:
+            self.not_appended += 1
+            self.count_not_sent("record")
+            return False
+        return True
+
+    def append_nowait(self, data: bytes) -> bool:
+        """Queue a connection record (connect, join, ...) without waiting; False when it
+        could not be queued (counted in ``not_appended``)."""
+        send = self._send
+        if send is not None:
+            with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
+                send.send_nowait(_Append(data=data, token=0))
+                return True
+        self.not_appended += 1
+        self.count_not_sent("record")
+        return False
+
+    # -- sessions and recovery ------------------------------------------------------------------
+
+    async def save_session(self, session: SavedSession, ttl: float) -> bool:
+        """Keep a disconnected socket's state for ``ttl`` seconds; False without Redis.
+
+        Cancellation: it may have been saved.
+        """
+        client, epoch = self._client, self.epoch
+        if client is None or epoch is None:
+            await trio.lowlevel.checkpoint()
+            return False
+        try:
+            await client.set(
+                self.session_key(session.pid),
+                _session_bytes(session, epoch),
+                px=max(1, int(ttl * 1000)),
+            )
+        except (coredis.exceptions.RedisError, OSError, TimeoutError) as exc:
+            logger.warning("session %s not saved in Redis: %s", session.sid, exc)
+            return False
+        return True
+
+    async def prepare_recovery(
+        self, namespace: str, pid: str, offset: str, *, now: float, max_age: float, max_events: int
+    ) -> _Recovery | None:
+        """Check that session ``pid`` can be recovered from ``offset`` and take it.
+
+        Returns None (not recovered) when there is no Redis, the session is unknown,
+        expired or of another namespace, the offset is of another epoch or not yet
+        reached here, more than ``max_events`` entries followed it, or some of them are
+        gone (a gap).
+
+        Cancellation: the session may have been taken (and so not be recoverable again).
+        """
+        client, epoch = self._client, self.epoch
+        name, _, seq_text = offset.rpartition("-")
+        if client is None or epoch is None or name != epoch or not seq_text.isdigit():
+            await trio.lowlevel.checkpoint()
+            return None
+        after = int(seq_text)
+        try:
+            raw = await client.get(self.session_key(pid))
+            found = _session_from(pid, raw) if isinstance(raw, bytes) else None
+            if found is None:
+                return None
+            session, session_epoch = found
+            if (
+                session.namespace != namespace
+                or session_epoch != epoch
+                or now - session.disconnected_at > max_age
+            ):
+                return None
+            with trio.move_on_after(self.catch_up_timeout):
+                while self.delivered < after and self.epoch == epoch:
+                    await self._progress.wait()
+            if self.delivered < after or self.epoch != epoch:
+                return None
+            raw_entries = await client.xrange(
+                self.stream_key, f"(0-{after}", "+", count=max_events + 1
+            )
+            if len(raw_entries) > max_events:
+                return None
+            entries = [
+                decode_entry(
+                    e.identifier, e.field_values, epoch, max_record_bytes=self.max_record_bytes
+                )
+                for e in raw_entries
+            ]
+            if entries and entries[0].offset != after + 1:
+                return None  # entries right after the client's offset were trimmed
+            if await client.getdel(self.session_key(pid)) is None:
+                return None  # another node took it meanwhile
+        except (coredis.exceptions.RedisError, OSError, TimeoutError, RemoteProtocolError) as exc:
+            logger.warning("recovery of %s refused: %s", pid, exc)
+            return None
+        read_up_to = entries[-1].offset if entries else after
+        return _Recovery(
+            session=session, after=after, entries=entries, read_up_to=read_up_to, epoch=epoch
+        )
+
+    async def finish_recovery(
+        self,
+        recovery: _Recovery,
+        *,
+        rooms: frozenset[str],
+        send: Callable[[MissedEvent, str], None],
+        join: Callable[[], Awaitable[None]],
+    ) -> None:
+        """Send a recovered socket the events it missed, then join its rooms, with this
+        node's delivery held, so it gets every later event live, and none twice.
+
+        ``rooms`` are the socket's rooms (its own id included), to filter events by;
+        ``send`` gets each missed event with its offset.
+
+        Cancellation: some events may be sent; the rooms may not be joined.
+        """
+        async with self._lock:
+            upto = self.delivered
+            entries = [e for e in recovery.entries if e.offset <= upto]
+            client = self._client
+            if upto > recovery.read_up_to and client is not None and self.epoch == recovery.epoch:
+                try:
+                    more = await client.xrange(
+                        self.stream_key, f"(0-{recovery.read_up_to}", f"0-{upto}"
+                    )
+                    entries += [
+                        decode_entry(
+                            e.identifier,
+                            e.field_values,
+                            recovery.epoch,
+                            max_record_bytes=self.max_record_bytes,
+                        )
+                        for e in more
+                    ]
+                except (
+                    coredis.exceptions.RedisError,
+                    OSError,
+                    TimeoutError,
+                    RemoteProtocolError,
+                ) as exc:
+                    logger.warning("recovered socket may miss events: %s", exc)
+            for entry in entries:
+                event = entry.broadcast()
+                if event is not None and event.is_for(recovery.session.namespace, rooms):
+                    send(event, f"{recovery.epoch}-{entry.offset}")
+            await join()
+
+    # -- reading ------------------------------------------------------------------------------
+
+    async def history(
+        self, namespace: str, room: str, *, last: int | None, after: int | None
+    ) -> list[LogRecord]:
+        """The room's records in the shared log: the last ``last``, or every one after
+        offset ``after`` (oldest first).
+
+        Raises:
+            ClusterError: No Redis connection, or it failed.
+        """
+        client, epoch = self._client, self.epoch
+        if client is None or epoch is None:
+            await trio.lowlevel.checkpoint()
+            raise ClusterError("no Redis connection: the shared log cannot be read")
+
+        def wanted(record: LogRecord) -> bool:
+            return record.namespace == namespace and record.room == room
+
+        found: list[LogRecord] = []
+        try:
+            if last is not None and after is None:
+                end = "+"
+                while len(found) < last:
+                    page = await client.xrevrange(self.stream_key, end, "-", count=_PAGE)
+                    for e in page:
+                        entry = decode_entry(
+                            e.identifier,
+                            e.field_values,
+                            epoch,
+                            max_record_bytes=self.max_record_bytes,
+                        )
+                        found.extend(reversed([r for r in entry.records if wanted(r)]))
+                    if len(page) < _PAGE:
+                        break
+                    end = f"(0-{_entry_offset(page[-1].identifier)}"
+                return list(reversed(found[:last]))
+            start = f"(0-{after}" if after is not None else "-"
+            while True:
+                page = await client.xrange(self.stream_key, start, "+", count=_PAGE)
+                for e in page:
+                    entry = decode_entry(
+                        e.identifier, e.field_values, epoch, max_record_bytes=self.max_record_bytes
+                    )
+                    found.extend(r for r in entry.records if wanted(r))
+                if len(page) < _PAGE:
+                    break
+                start = f"(0-{_entry_offset(page[-1].identifier)}"
+        except (coredis.exceptions.RedisError, OSError, TimeoutError, RemoteProtocolError) as exc:
+            raise ClusterError(f"the shared log could not be read: {exc}") from exc
+        return found if last is None else found[-last:]
+
+
+async def read_shared_log(
+    client: coredis.Redis[bytes],
+    prefix: str,
+    *,
+    since_offset: int | None = None,
+    until_offset: int | None = None,
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+    on_damaged: Callable[[str], None] | None = None,
+) -> list[LogRecord]:
+    """Every record of cluster ``prefix``'s shared log (offsets inclusive), oldest first.
+
+    A damaged entry is reported to ``on_damaged`` and skipped.
+    """
+    stream = f"{prefix}#~log".encode()
+    raw_epoch = await client.get(stream + b"#epoch")
+    if raw_epoch is None:
+        return []
+    epoch = _text(raw_epoch)
+    start = f"0-{since_offset}" if since_offset is not None else "-"
+    end = f"0-{until_offset}" if until_offset is not None else "+"
+    records: list[LogRecord] = []
+    while True:
+        page = await client.xrange(stream, start, end, count=_PAGE)
+        for e in page:
+            try:
+                entry = decode_entry(
+                    e.identifier, e.field_values, epoch, max_record_bytes=max_record_bytes
+                )
+            except RemoteProtocolError as exc:
+                if on_damaged is not None:
+                    on_damaged(f"entry {_text(e.identifier)}: {exc}")
+                continue
+            records.extend(entry.records)
+        if len(page) < _PAGE:
+            return records
+        start = f"(0-{_entry_offset(page[-1].identifier)}"
