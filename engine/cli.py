@@ -10,7 +10,7 @@ import logging
 import math
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import attrs
@@ -183,16 +183,50 @@ def _print_step(step: ReplayStep, *, as_json: bool) -> None:
     sys.stdout.flush()
 
 
+def _shared_records(
+    url: str,
+    prefix: str,
+    *,
+    since_offset: int | None,
+    until_offset: int | None,
+    on_damaged: Callable[[str], None],
+) -> list[LogRecord]:
+    """The records of a cluster's shared log (read from Redis in one go)."""
+    import coredis
+
+    from roomcast.engine.adapters.redis_log import read_shared_log
+
+    async def read() -> list[LogRecord]:
+        client: coredis.Redis[bytes] = coredis.Redis.from_url(url, decode_responses=False)
+        async with client:
+            return await read_shared_log(
+                client,
+                prefix,
+                since_offset=since_offset,
+                until_offset=until_offset,
+                on_damaged=on_damaged,
+            )
+
+    return trio.run(read)
+
+
 def _replay(args: argparse.Namespace) -> int:
-    directory = Path(args.logdir)
-    if not directory.is_dir():
+    if (args.logdir is None) == (args.redis is None):
+        print("roomcast replay: give a LOGDIR or --redis URL (one of them)", file=sys.stderr)
+        return 2
+    directory = Path(args.logdir) if args.logdir is not None else None
+    if directory is not None and not directory.is_dir():
         print(f"roomcast replay: {directory} is not a directory", file=sys.stderr)
         return 2
-    damaged: list[Corruption] = []
+    damaged: list[object] = []
 
     def report(corruption: Corruption) -> None:
         damaged.append(corruption)
         print(f"roomcast replay: damaged record: {corruption.describe()}", file=sys.stderr)
+
+    def report_entry(detail: str) -> None:
+        damaged.append(detail)
+        print(f"roomcast replay: damaged entry: {detail}", file=sys.stderr)
 
     bounds: dict[str, float | None] = {
         "since_offset": None,
@@ -205,17 +239,49 @@ def _replay(args: argparse.Namespace) -> int:
         if bound is not None:
             what, value = bound
             bounds[f"{edge}_{what}"] = value
-    records = iter_records(
-        directory,
-        namespace=args.namespace,
-        room=args.room,
-        since_offset=None if bounds["since_offset"] is None else int(bounds["since_offset"]),
-        until_offset=None if bounds["until_offset"] is None else int(bounds["until_offset"]),
-        since_time=bounds["since_time"],
-        until_time=bounds["until_time"],
-        epoch=args.epoch,
-        on_corrupt=report,
-    )
+    since_offset = None if bounds["since_offset"] is None else int(bounds["since_offset"])
+    until_offset = None if bounds["until_offset"] is None else int(bounds["until_offset"])
+    records: Iterable[LogRecord]
+    if directory is not None:
+        records = iter_records(
+            directory,
+            namespace=args.namespace,
+            room=args.room,
+            since_offset=since_offset,
+            until_offset=until_offset,
+            since_time=bounds["since_time"],
+            until_time=bounds["until_time"],
+            epoch=args.epoch,
+            on_corrupt=report,
+        )
+    else:
+        import coredis.exceptions
+
+        failure: str | None = None
+        shared: list[LogRecord] = []
+        try:
+            shared = _shared_records(
+                args.redis,
+                args.prefix,
+                since_offset=since_offset,
+                until_offset=until_offset,
+                on_damaged=report_entry,
+            )
+        except* (coredis.exceptions.RedisError, OSError, TimeoutError) as group:
+            failure = "; ".join(repr(exc) for exc in group.exceptions)
+        if failure is not None:
+            print(f"roomcast replay: cannot read the shared log: {failure}", file=sys.stderr)
+            return 2
+        since_time, until_time = bounds["since_time"], bounds["until_time"]
+        records = [
+            r
+            for r in shared
+            if (args.namespace is None or r.namespace == args.namespace)
+            and (args.room is None or r.room == args.room)
+            and (since_time is None or r.time >= since_time)
+            and (until_time is None or r.time <= until_time)
+            and (args.epoch is None or r.epoch == args.epoch)
+        ]
     if args.app is not None:
         server = load_server(args.app)
         trio.run(
@@ -309,12 +375,23 @@ def build_parser() -> argparse.ArgumentParser:
     play = commands.add_parser(
         "replay",
         help="print a log's records, filtered (or re-drive them against an app)",
-        description="Print the records of the event log in LOGDIR, oldest first. --since and"
+        description="Print the records of the event log in LOGDIR (or of a cluster's shared"
+        " log, with --redis), oldest first. --since and"
         " --until take a room offset (an integer), @UNIX_SECONDS, or an ISO 8601 time (UTC"
         " unless it says otherwise); both bounds are inclusive. Exit status 1 if a damaged"
         " record was met (it is reported on stderr and reading goes on after it).",
     )
-    play.add_argument("logdir", help="the event log directory")
+    play.add_argument("logdir", nargs="?", help="the event log directory")
+    play.add_argument(
+        "--redis",
+        metavar="URL",
+        help="read a cluster's shared log from this Redis instead of a directory",
+    )
+    play.add_argument(
+        "--prefix",
+        default="roomcast",
+        help="with --redis: the cluster's channel prefix (default roomcast)",
+    )
     play.add_argument("--namespace", help="only this namespace (e.g. /)")
     play.add_argument("--room", help="only this room")
     play.add_argument("--since", type=_parse_bound, help="from this offset or time")

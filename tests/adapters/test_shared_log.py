@@ -20,6 +20,7 @@ import trio
 from roomcast.engine import Config, Server, Socket
 from roomcast.engine.adapters.redis import LogGap, RedisCluster
 from roomcast.engine.adapters.redis_log import read_shared_log
+from roomcast.engine.cli import main
 from roomcast.engine.log import replay
 from roomcast.engine.recovery import RecoveryConfig
 from roomcast.protocol import JsonValue
@@ -30,6 +31,7 @@ from tests.adapters.conftest import (
     PrivateRedis,
     _serve_memory,
     fast_settings,
+    free_port,
     open_deployment,
     unique_prefix,
 )
@@ -338,3 +340,38 @@ async def test_redis_losing_the_log_is_reported_and_old_offsets_are_refused(
                 assert value[:2] == ["m", 3]
                 assert offset_number(value[-1]) >= 1
             nursery.cancel_scope.cancel()
+
+
+@FAILED_CONNECT_LEAK
+def test_roomcast_replay_reads_a_cluster_log_from_redis(
+    redis_url: str, capsys: pytest.CaptureFixture[str], collect_garbage: None
+) -> None:
+    prefix = unique_prefix()
+
+    async def produce() -> str:
+        cluster = RedisCluster(settings=fast_settings(redis_url, prefix, shared_log=True))
+        server = build(Config(), adapter_factory=cluster.adapter_factory)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(cluster.run)
+            memory = await nursery.start(_serve_memory, server)
+            async with memory.client() as client:
+                sid, _ = await connect(client)
+                await join(client, "r")
+                await server.to("r").emit("m", "hello")
+                assert (await event(client))[:2] == ["m", "hello"]
+            nursery.cancel_scope.cancel()
+        return sid
+
+    sid = trio.run(produce)
+    code = main(["replay", "--redis", redis_url, "--prefix", prefix, "--room", "r"])
+    out, err = capsys.readouterr()
+    assert (code, err) == (0, "")
+    lines = [line for line in out.splitlines() if not line.startswith("#")]
+    assert len(lines) == 2, out
+    assert lines[0].endswith(f" join from {sid}")
+    assert "hello" in lines[1]
+    # One source at a time, and a Redis that does not answer is a clear error.
+    assert main(["replay", "somewhere", "--redis", redis_url]) == 2
+    assert "one of them" in capsys.readouterr().err
+    assert main(["replay", "--redis", f"redis://127.0.0.1:{free_port()}/0"]) == 2
+    assert "cannot read the shared log" in capsys.readouterr().err
