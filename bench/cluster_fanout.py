@@ -2,7 +2,7 @@
 
 Starts node processes (this file with ``--node``: the bench contract's ``join`` and
 ``publish`` events, the event log off so that only fan-out is measured; with a
-``RedisCluster`` for the cluster runs), puts
+``RedisCluster`` for the cluster runs, with or without the shared log on Redis Streams), puts
 ``--subscribers`` raw WebSocket clients in one room, spread round-robin over the nodes,
 and has one publisher on node 0 send ``--messages`` events to the room as fast as the
 server takes them. Reports deliveries per second (subscribers x messages / time until the
@@ -46,9 +46,8 @@ def _free_port() -> int:
 
 
 async def _start_nodes(
-    count: int, redis_url: str | None, workdir: Path
+    count: int, redis_url: str | None, workdir: Path, prefix: str, *, shared_log: bool = False
 ) -> tuple[list[int], list[trio.Process]]:
-    prefix = f"bench-{uuid.uuid4().hex[:8]}"
     ports, procs = [], []
     for index in range(count):
         cwd = workdir / f"node{index}"  # each node keeps its own event log
@@ -58,6 +57,7 @@ async def _start_nodes(
         env.pop("REDIS_URL", None)
         if redis_url is not None:
             env["REDIS_URL"] = redis_url
+        env["SHARED_LOG"] = "1" if shared_log else "0"
         proc = await trio.lowlevel.open_process(
             [sys.executable, str(SELF), "--node"],
             env=env,
@@ -72,6 +72,15 @@ async def _start_nodes(
     if redis_url is not None and count > 1:
         await trio.sleep(1.5)  # membership converges within a heartbeat (1 s by default)
     return ports, procs
+
+
+async def _forget(redis_url: str, prefix: str) -> None:
+    """Delete what the case's cluster left in Redis (its shared log)."""
+    import coredis
+
+    async with coredis.Redis.from_url(redis_url) as client:
+        async for key in client.scan_iter(match=f"{prefix}#*"):
+            await client.delete([key])
 
 
 async def _wait_serving(proc: trio.Process) -> None:
@@ -130,12 +139,19 @@ async def _count(
 
 
 async def run_case(
-    name: str, nodes: int, redis_url: str | None, subscribers: int, messages: int
+    name: str,
+    nodes: int,
+    redis_url: str | None,
+    subscribers: int,
+    messages: int,
+    *,
+    shared_log: bool = False,
 ) -> dict[str, object]:
     """One configuration: the deliveries per second it reached."""
     async with trio.open_nursery() as nursery:
         workdir = Path(await trio.to_thread.run_sync(tempfile.mkdtemp))
-        ports, procs = await _start_nodes(nodes, redis_url, workdir)
+        prefix = f"bench-{uuid.uuid4().hex[:8]}"
+        ports, procs = await _start_nodes(nodes, redis_url, workdir, prefix, shared_log=shared_log)
         try:
             clients = [await _open_client(ports[i % nodes], nursery) for i in range(subscribers)]
             publisher = await _open_client(ports[0], nursery, join=False)
@@ -165,6 +181,8 @@ async def run_case(
                     await trio.aclose_forcefully(proc.stdout)
             with trio.move_on_after(10, shield=True):
                 await trio.to_thread.run_sync(shutil.rmtree, workdir)
+                if redis_url is not None:
+                    await _forget(redis_url, prefix)
         nursery.cancel_scope.cancel()
     deliveries = sum(got)
     return {
@@ -194,7 +212,11 @@ async def serve_node() -> None:
     redis_url = os.environ.get("REDIS_URL")
     cluster = None
     if redis_url:
-        settings = RedisSettings(url=redis_url, channel_prefix=os.environ["REDIS_PREFIX"])
+        settings = RedisSettings(
+            url=redis_url,
+            channel_prefix=os.environ["REDIS_PREFIX"],
+            shared_log=os.environ.get("SHARED_LOG") == "1",
+        )
         cluster = RedisCluster(settings=settings)
         server = Server(config=config, adapter_factory=cluster.adapter_factory)
     else:
@@ -225,6 +247,7 @@ async def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subscribers", type=int, default=30)
     parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--only", help="run only the cases whose name contains this")
     parser.add_argument("--node", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.node:
@@ -232,12 +255,18 @@ async def main(argv: Sequence[str] | None = None) -> None:
         return
     redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     cases = [
-        ("1 node, in-memory adapter", 1, None),
-        ("1 node, Redis adapter", 1, redis_url),
-        ("3 nodes, Redis adapter", 3, redis_url),
+        ("1 node, in-memory adapter", 1, None, False),
+        ("1 node, Redis adapter", 1, redis_url, False),
+        ("3 nodes, Redis adapter", 3, redis_url, False),
+        ("1 node, Redis adapter + shared log", 1, redis_url, True),
+        ("3 nodes, Redis adapter + shared log", 3, redis_url, True),
     ]
-    for name, nodes, url in cases:
-        result = await run_case(name, nodes, url, args.subscribers, args.messages)
+    for name, nodes, url, shared in cases:
+        if args.only is not None and args.only not in name:
+            continue
+        result = await run_case(
+            name, nodes, url, args.subscribers, args.messages, shared_log=shared
+        )
         print(json.dumps(result), flush=True)
 
 

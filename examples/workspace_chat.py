@@ -12,6 +12,11 @@ message list and a send box) at ``/``, and npm's socket.io-client browser bundle
 Run: ``python examples/workspace_chat.py --host 127.0.0.1 --port 5000``
 or:  ``roomcast serve examples.workspace_chat:build_server``
 then open http://127.0.0.1:5000/
+
+As one node of a cluster (several of these behind a load balancer, see
+``docs/scaling.md``): ``--redis redis://127.0.0.1:6379/0 [--cluster NAME]``. The nodes
+then share one ordered log on Redis, so a client that comes back on another node is
+recovered there.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import argparse
 import logging
 import time
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import trio
 
@@ -28,6 +33,10 @@ from roomcast.engine import Config, Server, Socket
 from roomcast.engine.cli import serve_until_signal
 from roomcast.engine.log import LogConfig
 from roomcast.engine.recovery import RecoveryConfig
+from roomcast.engine.server import AdapterFactory
+
+if TYPE_CHECKING:
+    from roomcast.engine.adapters.redis import RedisCluster
 from roomcast.protocol import JsonValue
 
 logger = logging.getLogger(__name__)
@@ -39,20 +48,29 @@ CLIENT_BUNDLE_DIR: Final = WEB_DIR / "node_modules" / "socket.io-client" / "dist
 """socket.io-client's browser bundles, as ``npm ci`` in examples/web installs them."""
 
 
-def build_server(config: Config | None = None, *, recovery: RecoveryConfig | None = None) -> Server:
+def build_server(
+    config: Config | None = None,
+    *,
+    recovery: RecoveryConfig | None = None,
+    adapter_factory: AdapterFactory | None = None,
+) -> Server:
     """The chat app's server (it serves the chat page too).
 
     ``recovery`` turns on connection state recovery (``main`` does): a client that loses
     its connection gets the messages it missed when it comes back, even across a
-    restart of the server, from the event log.
+    restart of the server, from the event log. ``adapter_factory`` makes it a node of a
+    cluster (``RedisCluster.adapter_factory``).
     """
-    server = Server(
-        config=config or Config(),
-        recovery=recovery,
-        # The page comes from this server, so its Origin is our own: the default
-        # (same-origin) CORS policy lets it in and keeps other sites' pages out.
-        static_dirs={"/vendor/": str(CLIENT_BUNDLE_DIR), "/": str(PAGE_DIR)},
-    )
+    # The page comes from this server, so its Origin is our own: the default
+    # (same-origin) CORS policy lets it in and keeps other sites' pages out.
+    static = {"/vendor/": str(CLIENT_BUNDLE_DIR), "/": str(PAGE_DIR)}
+    config = config or Config()
+    if adapter_factory is None:
+        server = Server(config=config, recovery=recovery, static_dirs=static)
+    else:
+        server = Server(
+            config=config, recovery=recovery, static_dirs=static, adapter_factory=adapter_factory
+        )
 
     @server.on("join_workspace")
     async def join_workspace(socket: Socket, workspace_id: JsonValue) -> JsonValue:
@@ -90,17 +108,45 @@ def main() -> None:
     parser.add_argument(
         "--no-recovery", action="store_true", help="turn connection state recovery off"
     )
+    parser.add_argument(
+        "--redis",
+        metavar="URL",
+        help="join a cluster of nodes through this Redis (with its shared log)",
+    )
+    parser.add_argument(
+        "--cluster", default="roomcast", help="with --redis: the cluster's name (channel prefix)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if not (CLIENT_BUNDLE_DIR / "socket.io.min.js").is_file():
         logger.warning(
             "the chat page needs the socket.io-client bundle: run (cd %s && npm ci)", WEB_DIR
         )
-    server = build_server(
-        Config(log=LogConfig(directory=args.log_dir)),
-        recovery=None if args.no_recovery else RecoveryConfig(),
+    recovery = None if args.no_recovery else RecoveryConfig()
+    if args.redis is None:
+        server = build_server(Config(log=LogConfig(directory=args.log_dir)), recovery=recovery)
+        trio.run(serve_until_signal, server, args.host, args.port)
+        return
+    from roomcast.engine.adapters.redis import RedisCluster, RedisSettings
+
+    cluster = RedisCluster(
+        settings=RedisSettings(url=args.redis, channel_prefix=args.cluster, shared_log=True)
     )
-    trio.run(serve_until_signal, server, args.host, args.port)
+    # The cluster's log is in Redis: the node keeps no files of its own.
+    server = build_server(
+        Config(log=LogConfig(enabled=False)),
+        recovery=recovery,
+        adapter_factory=cluster.adapter_factory,
+    )
+    trio.run(serve_clustered, server, cluster, args.host, args.port)
+
+
+async def serve_clustered(server: Server, cluster: RedisCluster, host: str, port: int) -> None:
+    """Serve as one node of ``cluster`` until SIGINT/SIGTERM (the cluster is left last)."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(cluster.run)
+        await serve_until_signal(server, host, port)
+        nursery.cancel_scope.cancel()
 
 
 if __name__ == "__main__":

@@ -118,6 +118,21 @@ def redis_url() -> Iterator[str]:
             private.kill()
 
 
+async def _forget_keys(url: str, pattern: str) -> None:
+    import coredis
+
+    async with coredis.Redis.from_url(url) as client:
+        async for key in client.scan_iter(match=pattern):
+            await client.delete([key])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _forget_test_keys(redis_url: str) -> Iterator[None]:
+    """At the end, delete what this run's clusters left in Redis (their shared logs)."""
+    yield
+    trio.run(_forget_keys, redis_url, f"rc-test-{os.getpid()}-*")
+
+
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     """A redis-server only this test uses (so it may kill it); started by the test."""
