@@ -20,7 +20,7 @@ from typing import Final
 
 import trio
 
-from roomcast.engine.actors.outbox import Outbox
+from roomcast.engine.actors.outbox import Offer, Outbox
 from roomcast.engine.errors import TransportClosed
 from roomcast.engine.transport.http import HttpConnection
 from roomcast.engine.transport.websocket import (
@@ -100,6 +100,7 @@ async def _echo(transport: WebSocketTransport) -> None:
     code = CLOSE_NORMAL
 
     async def write_loop(nursery: trio.Nursery) -> None:
+        outbox.direct = transport.send_now  # written at once while the writer is idle
         try:
             while True:
                 await transport.send(await outbox.receive_batch(_WRITE_BATCH))
@@ -108,6 +109,7 @@ async def _echo(transport: WebSocketTransport) -> None:
         except TransportClosed:
             nursery.cancel_scope.cancel()  # the peer is gone: stop reading too
         finally:
+            outbox.direct = None
             writer_done.set()
 
     try:
@@ -131,9 +133,7 @@ async def _read_loop(transport: WebSocketTransport, outbox: Outbox) -> int:
     try:
         while True:
             message = await transport.receive_message()
-            try:
-                outbox.send_nowait(message)
-            except trio.WouldBlock:  # the peer does not read: slow consumer
+            if outbox.offer((message,)) is Offer.FULL:  # the peer does not read
                 return CLOSE_POLICY
     except TransportClosed as exc:
         logger.debug("echo connection closed: %s", exc.reason)

@@ -333,6 +333,7 @@ class Connection:
 
     async def _write_loop(self, transport: WebSocketTransport) -> None:
         outbox, limit = self.outbox, self.config.max_write_batch
+        outbox.direct = transport.send_now
         try:
             while True:
                 batch = await outbox.receive_batch(limit)
@@ -342,6 +343,7 @@ class Connection:
         except TransportClosed as exc:
             self.close(exc.reason)
         finally:
+            outbox.direct = None
             self._writer_done.set()
 
     async def _read_loop(self, transport: WebSocketTransport) -> None:

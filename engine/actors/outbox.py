@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
+from collections.abc import Callable
 from typing import TypeAlias
 
 import attrs
@@ -24,6 +25,11 @@ class SharedFrame:
     eio: str | bytes
     wire: bytes | None = None
 
+    @classmethod
+    def wire_only(cls, wire: bytes) -> SharedFrame:
+        """Bytes already in wire form: the rest of a frame a direct write left unsent."""
+        return cls(eio=b"", wire=wire)
+
 
 OutFrame: TypeAlias = str | bytes | SharedFrame
 
@@ -43,6 +49,12 @@ class Outbox:
     Unlike a memory channel, the writer takes everything queued at once (so it can write
     it with one ``send_all``), and control frames (PING, CLOSE) skip the bound so a full
     outbox cannot starve the heartbeat. Only the connection's writer receives.
+
+    ``direct`` (set by a WebSocket connection's writer while it runs) writes frames
+    straight to the socket without blocking: ``offer`` uses it when nothing is queued
+    and the writer is parked, so most deliveries cost one system call and no task
+    switch. It returns None when it could not try (the frames are then queued), else
+    the bytes it could not write yet, which go first in the queue.
     """
 
     max_frames: int
@@ -50,6 +62,9 @@ class Outbox:
     _frames: deque[OutFrame] = attrs.field(factory=deque, init=False)
     _lot: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot, init=False)
     _closed: bool = attrs.field(default=False, init=False)
+    direct: Callable[[tuple[OutFrame, ...]], bytes | None] | None = attrs.field(
+        default=None, init=False
+    )
 
     def __len__(self) -> int:
         return len(self._frames)
@@ -87,6 +102,15 @@ class Outbox:
         """
         if volatile and not self.takes_volatile():
             return Offer.DROPPED
+        direct = self.direct
+        if direct is not None and self._lot and not self._frames and not self._closed:
+            # The writer is parked with nothing to do: nothing queued can be overtaken.
+            rest = direct(frames)
+            if rest is not None:
+                if rest:
+                    self._frames.append(SharedFrame.wire_only(rest))
+                    self._lot.unpark()
+                return Offer.QUEUED
         try:
             for frame in frames:
                 self.send_nowait(frame)

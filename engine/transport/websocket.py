@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
 import struct
 import zlib
@@ -472,6 +473,29 @@ class WebSocketTransport:
             # encode_frame would re-encode a str, so build the text frame from bytes.
             return _text_frame(compressed)
         return encode_frame(compressed, compressed=True)
+
+    def send_now(self, frames: tuple[OutFrame, ...]) -> bytes | None:
+        """Write ``frames`` to the socket now, without blocking, if nothing else is
+        waiting to be written; only while the writer is idle (``Outbox.direct``).
+
+        Returns None when it could not try (the caller queues the frames for the
+        writer), else the bytes that did not go (empty when all went), which the writer
+        must send before anything else.
+        """
+        stream = self.stream
+        if self.control or self._write_interrupted or not isinstance(stream, trio.SocketStream):
+            return None
+        # (Once framed, the bytes must go: with permessage-deflate, framing them again
+        # would compress them twice.)
+        data = self._wire(frames[0]) if len(frames) == 1 else b"".join(map(self._wire, frames))
+        try:
+            sent = os.write(stream.socket.fileno(), data)
+        except OSError:  # full (EAGAIN), or broken: the writer sends them, or finds out
+            return data
+        if sent < len(data):
+            self._write_interrupted = True  # the writer's next send completes the frame
+            return data[sent:]
+        return b""
 
     async def send(self, frames: list[OutFrame]) -> None:
         """Write queued control frames and then ``frames`` with one ``send_all``.
