@@ -17,6 +17,7 @@ import trio
 from roomcast.engine import Config, Server, Socket
 from roomcast.engine.cli import serve_until_signal
 from roomcast.engine.log import LogConfig
+from roomcast.engine.runtime import tune_gc
 from roomcast.engine.server import AdapterFactory
 from roomcast.protocol import JsonValue
 
@@ -81,6 +82,7 @@ def main() -> None:
         log=_log_config(),
     )
     port = int(os.environ.get("PORT", "5000"))
+    tune_gc()
     print(f"roomcast serving the bench contract on 127.0.0.1:{port}", flush=True)
     redis_url = os.environ.get("REDIS_URL")
     if redis_url:  # scale-out hook (issue 9)

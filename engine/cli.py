@@ -24,6 +24,7 @@ from roomcast.engine.log.reader import (
 )
 from roomcast.engine.log.replay import ReplayStep, replay
 from roomcast.engine.log.segment import Corruption
+from roomcast.engine.runtime import tune_gc
 from roomcast.engine.server import Server
 from roomcast.protocol._log import LogRecord, LogValue
 from roomcast.protocol._sio import SioPacket
@@ -72,6 +73,7 @@ async def serve_until_signal(server: Server, host: str, port: int) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     server = load_server(args.app)
+    tune_gc()
     trio.run(serve_until_signal, server, args.host, args.port)
     return 0
 

@@ -33,6 +33,7 @@ from roomcast.engine import Config, Server, Socket
 from roomcast.engine.cli import serve_until_signal
 from roomcast.engine.log import LogConfig
 from roomcast.engine.recovery import RecoveryConfig
+from roomcast.engine.runtime import tune_gc
 from roomcast.engine.server import AdapterFactory
 
 if TYPE_CHECKING:
@@ -123,6 +124,7 @@ def main() -> None:
             "the chat page needs the socket.io-client bundle: run (cd %s && npm ci)", WEB_DIR
         )
     recovery = None if args.no_recovery else RecoveryConfig()
+    tune_gc()
     if args.redis is None:
         server = build_server(Config(log=LogConfig(directory=args.log_dir)), recovery=recovery)
         trio.run(serve_until_signal, server, args.host, args.port)

@@ -132,7 +132,7 @@ async def test_direct_and_queued_writes_reach_the_peer_whole_and_in_order() -> N
             assert outbox.offer((frame,)) is Offer.QUEUED
             sent.append(frame.eio if isinstance(frame, SharedFrame) else frame)
             if n % 50 == 0:
-                await trio.sleep(0)  # let the writer run now and then
+                await trio.lowlevel.checkpoint()  # let the writer run now and then
         outbox.close()
         await trio.to_thread.run_sync(read_all)
     assert received == sent
