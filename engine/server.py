@@ -805,7 +805,7 @@ class Server:
             scheduler=self.supervisor.scheduler,
             parser=parser,
             transport=ws,
-            request=request,
+            request=attrs.evolve(request, raw_headers=()),  # (only the handshake needs it)
             endpoint=path,
         )
         self.connections[sid] = conn

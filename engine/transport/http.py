@@ -182,8 +182,11 @@ class HttpConnection:
 
     def upgrade_bytes(self, request: HttpRequest) -> bytes:
         """The bytes for a protocol taking over after ``request`` (its head, and anything
-        the client already sent after it)."""
+        the client already sent after it). The connection is handed over: its HTTP state
+        is dropped (a long-lived WebSocket does not keep it), and it serves no more
+        requests."""
         trailing, _closed = self._conn.trailing_data
+        del self._conn
         return request.head_bytes() + bytes(trailing)
 
     @property

@@ -28,6 +28,7 @@ from typing import Final
 import attrs
 import trio
 from wsproto import ConnectionType, WSConnection
+from wsproto.connection import Connection as WsConnection
 from wsproto.connection import ConnectionState
 from wsproto.events import (
     AcceptConnection,
@@ -314,9 +315,14 @@ async def accept_websocket(
         await stream.send_all(ws.send(accept))
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
         raise TransportClosed("peer left during the WebSocket handshake") from exc
+    # From here on only the WebSocket connection is needed: the handshake's h11 state
+    # (about 2 KiB a connection) is left behind. Bytes the client sent after its
+    # request head were handed to the connection by the handshake.
+    connection = ws.connection
+    assert connection is not None, "an accepted handshake has a connection"
     return WebSocketTransport(
         stream=stream,
-        ws=ws,
+        ws=connection,
         max_message_bytes=max_message_bytes,
         deflate=deflate if deflate is not None and deflate.enabled() else None,
     )
@@ -342,7 +348,7 @@ class WebSocketTransport:
     """
 
     stream: trio.abc.Stream
-    ws: WSConnection
+    ws: WsConnection
     max_message_bytes: int
     deflate: BoundedDeflate | None = None
     on_control: Callable[[], None] | None = attrs.field(default=None, init=False)
