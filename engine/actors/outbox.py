@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-from collections import deque
 from collections.abc import Callable
 from typing import TypeAlias
 
@@ -59,7 +58,8 @@ class Outbox:
 
     max_frames: int
     volatile_backlog: int = 32
-    _frames: deque[OutFrame] = attrs.field(factory=deque, init=False)
+    # A list, not a deque: an idle connection's empty deque costs 760 bytes, a list 56.
+    _frames: list[OutFrame] = attrs.field(factory=list, init=False)
     _lot: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot, init=False)
     _closed: bool = attrs.field(default=False, init=False)
     direct: Callable[[tuple[OutFrame, ...]], bytes | None] | None = attrs.field(
@@ -142,10 +142,11 @@ class Outbox:
         """Take up to ``limit`` queued frames, oldest first (maybe none)."""
         frames = self._frames
         if len(frames) <= limit:
-            batch = list(frames)
-            frames.clear()
-            return batch
-        return [frames.popleft() for _ in range(limit)]
+            self._frames = []
+            return frames
+        batch = frames[:limit]
+        del frames[:limit]
+        return batch
 
     async def receive_batch(self, limit: int) -> list[OutFrame]:
         """Wait, then take up to ``limit`` frames; an empty list means a ``kick``.

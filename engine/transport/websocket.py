@@ -21,7 +21,6 @@ import os
 import re
 import struct
 import zlib
-from collections import deque
 from collections.abc import Callable
 from typing import Final
 
@@ -359,7 +358,7 @@ class WebSocketTransport:
     # memory is its size, however many frames (even empty ones) it came in.
     _partial: bytearray | io.StringIO | None = attrs.field(default=None, init=False)
     _size: int = attrs.field(default=0, init=False)
-    _pending: deque[str | bytes] = attrs.field(factory=deque, init=False)
+    _pending: list[str | bytes] = attrs.field(factory=list, init=False)  # (smaller than a deque)
     _peer_closed: TransportClosed | None = attrs.field(default=None, init=False)
     _pongs: int = attrs.field(default=0, init=False)
     _pong_at: int = attrs.field(default=0, init=False)
@@ -394,7 +393,7 @@ class WebSocketTransport:
             finally:
                 if len(self.control) != queued and self.on_control is not None:
                     self.on_control()
-        return self._pending.popleft()
+        return self._pending.pop(0)
 
     def _take_events(self) -> None:
         for event in self.ws.events():
