@@ -96,11 +96,15 @@ def main() -> None:
 
 async def _serve_clustered(config: Config, redis_url: str, port: int) -> None:
     """Serve as one node of the cluster on ``redis_url`` (channel prefix from
-    $REDIS_PREFIX, default "roomcast"); needs the ``redis`` extra (coredis)."""
+    $REDIS_PREFIX, default "roomcast"; the shared log on Redis Streams when $SHARED_LOG
+    is 1); needs the ``redis`` extra (coredis)."""
     from roomcast.engine.adapters.redis import RedisCluster, RedisSettings
 
     prefix = os.environ.get("REDIS_PREFIX", "roomcast")
-    cluster = RedisCluster(settings=RedisSettings(url=redis_url, channel_prefix=prefix))
+    settings = RedisSettings(
+        url=redis_url, channel_prefix=prefix, shared_log=os.environ.get("SHARED_LOG") == "1"
+    )
+    cluster = RedisCluster(settings=settings)
     server = build_server(config, adapter_factory=cluster.adapter_factory)
     async with trio.open_nursery() as nursery:
         await nursery.start(cluster.run)

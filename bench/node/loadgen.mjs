@@ -17,6 +17,8 @@ import { createInterface } from "node:readline";
 const cfg = JSON.parse(process.argv[2] ?? "{}");
 const HOST = "127.0.0.1";
 const PORT = cfg.port;
+// Several servers acting as one (a cluster): client k connects to PORTS[k % PORTS.length].
+const PORTS = Array.isArray(cfg.ports) && cfg.ports.length ? cfg.ports : [PORT];
 const PAYLOAD_BYTES = cfg.payloadBytes ?? 100;
 const PAD = "x".repeat(PAYLOAD_BYTES);
 const WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -216,13 +218,14 @@ class Client {
     this.connectStart = nowUs();
     const key = randomBytes(16).toString("base64");
     this.expectAccept = createHash("sha1").update(key + WS_GUID).digest("base64");
-    const sock = net.connect({ host: HOST, port: PORT });
+    const port = PORTS[this.index % PORTS.length];
+    const sock = net.connect({ host: HOST, port });
     this.sock = sock;
     sock.setNoDelay(true);
     sock.on("connect", () => {
       sock.write(
         `GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\n` +
-          `Host: ${HOST}:${PORT}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
+          `Host: ${HOST}:${port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
           `Sec-WebSocket-Key: ${key}\r\nSec-WebSocket-Version: 13\r\n\r\n`,
       );
     });
