@@ -428,15 +428,21 @@ class Server:
         sender: str | None = None,
         event: str | None = None,
         args: tuple[LogValue, ...] = (),
+        unnumbered: bool = False,
     ) -> LogRecord | None:
-        """A record numbered in the server's sequence (None when the log is off)."""
-        log = self.log
-        if log is None:
-            return None
-        seq = self.sequencer.take()
-        self.sequencer.finish(seq)
+        """A record numbered in the server's sequence (None when the log is off), or with
+        ``unnumbered`` one for the cluster's shared log, which numbers it itself."""
+        if unnumbered:
+            offset, epoch = 0, ""
+        else:
+            log = self.log
+            if log is None:
+                return None
+            offset = self.sequencer.take()
+            self.sequencer.finish(offset)
+            epoch = log.epoch
         return LogRecord(
-            offset=seq,
+            offset=offset,
             time=self.wall_now(),
             namespace=namespace,
             room=room,
@@ -444,7 +450,7 @@ class Server:
             sender=sender,
             event=event,
             args=args,
-            epoch=log.epoch,
+            epoch=epoch,
         )
 
     async def record_event(
@@ -467,22 +473,17 @@ class Server:
         shared = ns.adapter.shared_log if ns is not None else None
         if shared is not None:  # the cluster's log takes the record (numbered there)
             try:
-                data = encode_records(
-                    [
-                        LogRecord(
-                            offset=0,
-                            time=self.wall_now(),
-                            namespace=namespace,
-                            room=room,
-                            kind=kind,
-                            sender=sender,
-                            event=event,
-                            args=args,
-                            epoch="",
-                        )
-                    ],
-                    max_record_bytes=self.config.log.max_record_bytes,
+                record = self._record(
+                    kind,
+                    namespace,
+                    room=room,
+                    sender=sender,
+                    event=event,
+                    args=args,
+                    unnumbered=True,
                 )
+                assert record is not None
+                data = encode_records([record], max_record_bytes=self.config.log.max_record_bytes)
             except LocalProtocolError as exc:
                 logger.warning("not logged (%s %s): %s", kind.name, namespace, exc)
             else:

@@ -3,10 +3,9 @@ isolation, bad messages, auth and TLS, timeouts, and a node without Redis."""
 
 from __future__ import annotations
 
-import gc
 import shutil
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Final
@@ -27,6 +26,7 @@ from roomcast.engine.adapters.cluster import (
 from roomcast.engine.adapters.redis import RedisCluster, RedisSettings
 from roomcast.protocol import JsonValue
 from tests.adapters.conftest import (
+    FAILED_CONNECT_LEAK,
     PrivateRedis,
     fast_settings,
     free_port,
@@ -37,18 +37,6 @@ from tests.adapters.test_conformance import build, deployment_with_clients, drai
 from tests.engine.conftest import RawClient, open_memory_server
 
 TEST_TIMEOUT: Final = 15.0
-
-# coredis 6 leaves the anyio memory streams of a connection that failed to connect
-# unclosed (it creates them in BaseConnection.__init__ and closes them only once
-# connected); their ResourceWarning at garbage collection is not ours.
-FAILED_CONNECT_LEAK = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-
-
-@pytest.fixture
-def collect_garbage() -> Iterator[None]:
-    """Collect the leaked streams while this test's warning filter still applies."""
-    yield
-    gc.collect()
 
 
 async def test_server_side_emit_and_call_reach_the_other_nodes(redis_url: str) -> None:

@@ -7,9 +7,8 @@ raw wire clients over in-memory streams.
 
 from __future__ import annotations
 
-import gc
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, Final
 
@@ -26,6 +25,7 @@ from roomcast.engine.recovery import RecoveryConfig
 from roomcast.protocol import JsonValue
 from roomcast.protocol._log import RecordKind
 from tests.adapters.conftest import (
+    FAILED_CONNECT_LEAK,
     Deployment,
     Node,
     PrivateRedis,
@@ -38,17 +38,6 @@ from tests.adapters.conftest import (
 from tests.engine.conftest import RawClient
 
 TEST_TIMEOUT: Final = 20.0
-
-# coredis 6 leaves the anyio memory streams of a connection that failed to connect
-# unclosed (see test_redis_node.py); their ResourceWarning at collection is not ours.
-FAILED_CONNECT_LEAK = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-
-
-@pytest.fixture
-def collect_garbage() -> Iterator[None]:
-    """Collect the leaked streams while this test's warning filter still applies."""
-    yield
-    gc.collect()
 
 
 def build(
