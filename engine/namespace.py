@@ -371,6 +371,30 @@ class Namespace:
             return
         await socket.disconnect(close=close)
 
+    async def join_local(self, sid: str, rooms: frozenset[str]) -> None:
+        """Make local socket ``sid`` join ``rooms`` (a server-side join, recorded in the
+        event log as the socket's own join is), if it is connected here.
+
+        Cancellation: some rooms may be joined.
+        """
+        socket = self.sockets.get(sid)
+        if socket is None:
+            await trio.lowlevel.checkpoint()
+            return
+        await socket.join(*sorted(rooms))
+
+    async def leave_local(self, sid: str, rooms: frozenset[str]) -> None:
+        """Make local socket ``sid`` leave ``rooms`` (recorded), if it is connected here.
+
+        Cancellation: some rooms may be left.
+        """
+        socket = self.sockets.get(sid)
+        if socket is None:
+            await trio.lowlevel.checkpoint()
+            return
+        for room in sorted(rooms):
+            await socket.leave(room)
+
     async def call_local(
         self,
         event: str,

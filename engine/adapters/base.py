@@ -132,6 +132,14 @@ class AdapterHost(Protocol):
     async def disconnect_local(self, sid: str, *, close: bool) -> None:
         """Disconnect local socket ``sid`` (a server-side disconnect), if it is here."""
 
+    async def join_local(self, sid: str, rooms: frozenset[str]) -> None:
+        """Make local socket ``sid`` join ``rooms`` as ``Socket.join`` does (recorded in
+        the event log), if it is here."""
+
+    async def leave_local(self, sid: str, rooms: frozenset[str]) -> None:
+        """Make local socket ``sid`` leave ``rooms`` as ``Socket.leave`` does (recorded),
+        if it is here."""
+
     async def call_local(
         self,
         event: str,
@@ -265,8 +273,9 @@ class Adapter(abc.ABC):
         Cancellation: some sockets may have joined.
         """
         await trio.lowlevel.checkpoint()
+        host = self.host
         for sid in sorted(self.sockets(opts)):
-            await self.add_all(sid, sorted(rooms))
+            await host.join_local(sid, rooms)
 
     async def del_sockets(self, opts: BroadcastOptions, rooms: frozenset[str]) -> None:
         """Make the matching sockets of every node leave ``rooms``.
@@ -274,9 +283,9 @@ class Adapter(abc.ABC):
         Cancellation: some sockets may have left.
         """
         await trio.lowlevel.checkpoint()
+        host = self.host
         for sid in sorted(self.sockets(opts)):
-            for room in sorted(rooms):
-                await self.delete(sid, room)
+            await host.leave_local(sid, rooms)
 
     async def disconnect_sockets(self, opts: BroadcastOptions, *, close: bool) -> None:
         """Disconnect the matching sockets of every node (``close``: their connections too).

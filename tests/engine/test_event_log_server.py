@@ -98,6 +98,29 @@ async def test_room_events_are_recorded_in_order_with_their_offsets(tmp_path: Pa
     assert verify_log(directory).ok
 
 
+async def test_server_side_joins_and_leaves_are_recorded_too(tmp_path: Path) -> None:
+    directory = tmp_path / "log"
+    server, _ = app(directory)
+    with trio.fail_after(20):
+        async with serving(server) as (host, port), open_client(f"http://{host}:{port}") as client:
+            sid = client.sid()
+            await server.of("/").sockets_join("a", "b")
+            await server.in_("a").sockets_leave("b")
+            await server.in_("nobody-here").sockets_join("c")  # matches no socket
+            assert server.of("/").sockets[sid].rooms == {sid, "a"}
+            history = await server.of("/").history("b")
+    assert [(r.kind, r.sender) for r in history] == [
+        (RecordKind.JOIN, sid),
+        (RecordKind.LEAVE, sid),
+    ]
+    records = [r for r in iter_records(directory) if r.kind in (RecordKind.JOIN, RecordKind.LEAVE)]
+    assert [(r.kind, r.room) for r in records] == [
+        (RecordKind.JOIN, "a"),
+        (RecordKind.JOIN, "b"),
+        (RecordKind.LEAVE, "b"),
+    ]
+
+
 async def test_offsets_continue_after_a_restart(tmp_path: Path) -> None:
     directory = tmp_path / "log"
     last, seen = 0, 0
