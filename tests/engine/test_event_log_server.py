@@ -104,6 +104,7 @@ async def test_server_side_joins_and_leaves_are_recorded_too(tmp_path: Path) -> 
     with trio.fail_after(20):
         async with serving(server) as (host, port), open_client(f"http://{host}:{port}") as client:
             sid = client.sid()
+            assert sid is not None
             await server.of("/").sockets_join("a", "b")
             await server.in_("a").sockets_leave("b")
             await server.in_("nobody-here").sockets_join("c")  # matches no socket
