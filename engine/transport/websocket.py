@@ -363,6 +363,7 @@ class WebSocketTransport:
     _pongs: int = attrs.field(default=0, init=False)
     _pong_at: int = attrs.field(default=0, init=False)
     _write_interrupted: bool = attrs.field(default=False, init=False)
+    _close_written: bool = attrs.field(default=False, init=False)
 
     async def receive_message(self) -> str | bytes:
         """Return the next whole message from the peer.
@@ -488,7 +489,12 @@ class WebSocketTransport:
         must send before anything else.
         """
         stream = self.stream
-        if self.control or self._write_interrupted or not isinstance(stream, trio.SocketStream):
+        if (
+            self.control
+            or self._write_interrupted
+            or self.ws.state is not ConnectionState.OPEN  # closing: the writer orders it
+            or not isinstance(stream, trio.SocketStream)
+        ):
             return None
         # (Once framed, the bytes must go: with permessage-deflate, framing them again
         # would compress them twice.)
@@ -505,15 +511,24 @@ class WebSocketTransport:
     async def send(self, frames: list[OutFrame]) -> None:
         """Write queued control frames and then ``frames`` with one ``send_all``.
 
+        Once a close frame is queued (ours, or the answer to the peer's), the data frames
+        go before it, and after it is written none goes at all (RFC 6455 §5.5.1: nothing
+        follows a close frame).
+
         Cancellation: part of the data may have been written; the stream must be closed.
 
         Raises:
             TransportClosed: The peer is gone.
         """
+        wire = [] if self._close_written else list(map(self._wire, frames))
         if self.control:
-            parts = [*self._take_control(), *map(self._wire, frames)]
+            if self.ws.state is ConnectionState.OPEN:  # pongs: they may go first
+                parts = [*self._take_control(), *wire]
+            else:  # the control frames end with a close
+                parts = [*wire, *self._take_control()]
+                self._close_written = True
         else:
-            parts = list(map(self._wire, frames))
+            parts = wire
         data = parts[0] if len(parts) == 1 else b"".join(parts)
         # Until send_all returns, a cancel leaves a frame half-written: nothing more may
         # be written to this stream after that (not even the close frame).

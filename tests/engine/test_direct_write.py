@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import socket
 
+import pytest
 import trio
 import trio.testing
 from wsproto import ConnectionType, WSConnection
-from wsproto.events import BytesMessage, Request, TextMessage
+from wsproto.events import BytesMessage, CloseConnection, Request, TextMessage
 
 from roomcast.engine.actors.outbox import Offer, Outbox, OutFrame, SharedFrame
+from roomcast.engine.errors import TransportClosed
 from roomcast.engine.transport.websocket import WebSocketTransport, accept_websocket
 
 
@@ -140,3 +142,28 @@ async def test_direct_and_queued_writes_reach_the_peer_whole_and_in_order() -> N
     assert any(n > 0 for n in direct_writes)  # and some only partly (the rest queued)
     theirs.close()
     await transport.stream.aclose()
+
+
+async def test_nothing_follows_a_close_frame() -> None:
+    client, server = trio.testing.memory_stream_pair()
+    peer = WSConnection(ConnectionType.CLIENT)
+    head = peer.send(Request(host="x", target="/"))
+    transport = await accept_websocket(server, head, max_message_bytes=1 << 20)
+    peer.receive_data(bytes(await client.receive_some()))
+    list(peer.events())
+    # The peer closes; the transport queues its answer (a close frame) for the writer.
+    await client.send_all(peer.send(CloseConnection(code=1000)))
+    with pytest.raises(TransportClosed):
+        await transport.receive_message()
+    assert transport.send_now(("4late",)) is None  # closing: not written directly
+    await transport.send(["4queued before the close"])
+    await transport.send(["4after the close"])  # dropped
+    await transport.aclose()
+    wire = b""
+    while chunk := await client.receive_some():
+        wire += chunk
+    peer.receive_data(wire)
+    events = list(peer.events())
+    assert isinstance(events[0], TextMessage)
+    assert events[0].data == "4queued before the close"
+    assert [type(e) for e in events[1:]] == [CloseConnection]
