@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -15,29 +14,24 @@ from typing import Final, cast
 import attrs
 import trio
 
+from tests.processes import PipedProcess, open_piped
+
 ROOT: Final = Path(__file__).resolve().parents[2]
-KILL_GRACE: Final = 5.0
 
 Line = dict[str, object]
 
 
-@attrs.define(eq=False)
-class LineProcess:
+@attrs.define(eq=False, kw_only=True)
+class LineProcess(PipedProcess):
     """A running process: send it JSON lines, wait for the JSON lines it prints.
 
     Lines that ``expect`` skips are kept, so a later ``expect`` can still find them.
     """
 
     name: str
-    process: trio.Process
     backlog: list[Line] = attrs.field(factory=list)
-    stderr: bytearray = attrs.field(factory=bytearray)
     _buffer: bytearray = attrs.field(factory=bytearray)
     _eof: bool = False
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
 
     async def send(self, value: Mapping[str, object]) -> None:
         stdin = self.process.stdin
@@ -87,30 +81,11 @@ class LineProcess:
             )
         )
 
-    def kill(self) -> None:
-        """SIGKILL the process by its PID, if it still runs."""
-        if self.process.returncode is None:
-            self.process.kill()
-
-    def terminate(self) -> None:
-        """SIGTERM the process by its PID, if it still runs."""
-        if self.process.returncode is None:
-            self.process.terminate()
-
     def diagnostics(self) -> str:
         return (
             f"\n  {self.name} backlog: {self.backlog[-20:]}"
             f"\n  {self.name} stderr: {self.stderr.decode(errors='replace')[-3000:]}"
         )
-
-    async def _drain_stderr(self) -> None:
-        stderr = self.process.stderr
-        assert stderr is not None
-        try:
-            while chunk := await stderr.receive_some(65_536):
-                self.stderr += chunk
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
 
 
 @asynccontextmanager
@@ -125,32 +100,13 @@ async def open_line_process(
     its import path); on the way out kill it (by PID) if it still runs, and reap it."""
     if cwd is not None:
         await trio.Path(cwd).mkdir(parents=True, exist_ok=True)
-    process = await trio.lowlevel.open_process(
-        list(argv),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+    async with open_piped(
+        lambda process: LineProcess(name=name, process=process),
+        argv,
         cwd=cwd or ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
-    )
-    running = LineProcess(name=name, process=process)
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(running._drain_stderr)
-            try:
-                yield running
-            finally:
-                running.kill()
-                with trio.move_on_after(KILL_GRACE, shield=True):
-                    await process.wait()
-                nursery.cancel_scope.cancel()
-    finally:
-        running.kill()
-        with trio.move_on_after(KILL_GRACE, shield=True):
-            await process.wait()
-            for stream in (process.stdin, process.stdout, process.stderr):
-                if stream is not None:
-                    await trio.aclose_forcefully(stream)
+    ) as running:
+        yield running
 
 
 @attrs.define(eq=False)

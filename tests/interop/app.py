@@ -31,6 +31,7 @@ from roomcast.engine import (
     Socket,
 )
 from roomcast.protocol import JSON_PARSER, MSGPACK_PARSER, JsonValue, Parser
+from tests.processes import PipedProcess, open_piped
 
 __all__ = [
     "CLEANUP_SECONDS",
@@ -70,7 +71,6 @@ CALL_TIMEOUT: Final = 3.0
 """Seconds a handler waits for a client's answer to ``socket.call``."""
 CLEANUP_SECONDS: Final = 0.05
 """How long the main namespace's disconnect handler "works" (see ``build_app``)."""
-PEER_GRACE: Final = 5.0
 
 
 def patterned(length: int) -> bytes:
@@ -364,16 +364,13 @@ class PeerCommand:
         return [*self.argv, url, self.parser_name, scenario]
 
 
-@attrs.define(eq=False)
-class Peer:
+@attrs.define(eq=False, kw_only=True)
+class Peer(PipedProcess):
     """A running peer script: read its JSON lines, wait for it, or kill it."""
 
-    process: trio.Process
     lines: list[Line] = attrs.field(factory=list)
-    stderr: bytearray = attrs.field(factory=bytearray)
     _buffer: bytearray = attrs.field(factory=bytearray)
     _eof: bool = False
-    _stderr_done: trio.Event = attrs.field(factory=trio.Event)
 
     async def next_line(self) -> Line | None:
         """The next JSON line the peer printed, or None at the end of its output."""
@@ -418,57 +415,23 @@ class Peer:
         while await self.next_line() is not None:
             pass
         code = await self.process.wait()
-        await self._stderr_done.wait()
+        await self.stderr_done.wait()
         assert code == 0, f"peer exited with {code}{self._diagnostics()}"
         assert self.lines, f"peer printed nothing{self._diagnostics()}"
         assert self.lines[-1].get("event") == "done", self._diagnostics()
         return self.lines
 
-    def kill(self) -> None:
-        """SIGKILL the peer process (by its pid), if it still runs."""
-        if self.process.returncode is None:
-            self.process.kill()
-
     def _diagnostics(self) -> str:
         return f"\n  lines: {self.lines}\n  stderr: {self.stderr.decode(errors='replace')[-4000:]}"
-
-    async def _drain_stderr(self) -> None:
-        stderr = self.process.stderr
-        assert stderr is not None
-        try:
-            while chunk := await stderr.receive_some(65_536):
-                self.stderr += chunk
-        finally:
-            self._stderr_done.set()
 
 
 @asynccontextmanager
 async def open_peer(command: Sequence[str]) -> AsyncIterator[Peer]:
     """Start a peer script; on the way out kill it if it still runs and reap it."""
-    process = await trio.lowlevel.open_process(
-        list(command),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    peer = Peer(process=process)
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(peer._drain_stderr)
-            try:
-                yield peer
-            finally:
-                peer.kill()
-                with trio.move_on_after(PEER_GRACE, shield=True):
-                    await process.wait()
-                nursery.cancel_scope.cancel()
-    finally:
-        peer.kill()
-        with trio.move_on_after(PEER_GRACE, shield=True):
-            await process.wait()
-            for stream in (process.stdout, process.stderr):
-                if stream is not None:
-                    await trio.aclose_forcefully(stream)
+    async with open_piped(
+        lambda process: Peer(process=process), command, stdin=subprocess.DEVNULL
+    ) as peer:
+        yield peer
 
 
 # --------------------------------------------------------------------------- reading lines

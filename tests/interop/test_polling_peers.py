@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -26,6 +25,7 @@ import trio
 from examples.workspace_chat import build_server
 from roomcast.engine import Config, Server, Socket
 from roomcast.protocol import JsonValue
+from tests.processes import PipedProcess, open_piped
 
 HERE: Final = Path(__file__).parent
 PEER_TIMEOUT: Final = 20.0
@@ -75,13 +75,11 @@ async def serving(app: ChatApp) -> AsyncIterator[str]:
             nursery.cancel_scope.cancel()
 
 
-@attrs.define(eq=False)
-class Peer:
+@attrs.define(eq=False, kw_only=True)
+class Peer(PipedProcess):
     """A peer script: its JSON lines, and one line on stdin to let it finish."""
 
-    process: trio.Process
     lines: list[dict[str, object]] = attrs.field(factory=list)
-    stderr: bytearray = attrs.field(factory=bytearray)
     _buffer: bytearray = attrs.field(factory=bytearray)
 
     async def expect(self, event: str) -> dict[str, object]:
@@ -119,32 +117,13 @@ class Peer:
 
 @asynccontextmanager
 async def open_peer(argv: Sequence[str]) -> AsyncIterator[Peer]:
-    """Start a peer script; kill it (by its pid) if it still runs on the way out."""
-    process = await trio.lowlevel.open_process(
-        list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    peer = Peer(process=process)
-
-    async def drain_stderr() -> None:
-        assert process.stderr is not None
-        while chunk := await process.stderr.receive_some(65_536):
-            peer.stderr += chunk
-
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(drain_stderr)
-            yield peer
-            with trio.fail_after(5):
-                code = await process.wait()
-            assert code == 0, f"peer exited {code}: {peer._story()}"
-    finally:
-        if process.returncode is None:
-            process.kill()
-        with trio.move_on_after(5, shield=True):
-            await process.wait()
-        for pipe in (process.stdin, process.stdout, process.stderr):
-            if pipe is not None:
-                await trio.aclose_forcefully(pipe)
+    """Start a peer script; kill it (by its pid) if it still runs on the way out. A peer
+    that is left to finish must exit 0 within 5 s."""
+    async with open_piped(lambda process: Peer(process=process), argv) as peer:
+        yield peer
+        with trio.fail_after(5):
+            code = await peer.process.wait()
+        assert code == 0, f"peer exited {code}: {peer._story()}"
 
 
 async def wait_all_gone(app: ChatApp) -> None:
