@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Final
 
@@ -22,6 +21,7 @@ import trio
 
 from examples.workspace_chat import build_server
 from roomcast.engine import Server
+from tests.processes import PipedProcess, open_piped
 
 from ..conformance.wire import Endpoint
 
@@ -79,16 +79,14 @@ async def test_two_pages_in_a_workspace_chat_and_a_third_sees_nothing(
             bundle = await Endpoint(host=host, port=port).get("/vendor/socket.io.min.js")
             assert bundle.status == 200
             assert bundle.body == await trio.Path(web_bundle).read_bytes()
-            process = await trio.lowlevel.open_process(
+            async with open_piped(
+                lambda process: PipedProcess(process=process),
                 [node, str(script), f"http://{host}:{port}", str(tmp_path)],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
                 env=env,
-            )
-            assert process.stdin is not None
-            assert process.stdout is not None
-            try:
+            ) as peer:
+                process = peer.process
+                assert process.stdin is not None
+                assert process.stdout is not None
                 buffer = bytearray()
                 while (line := await read_line(process.stdout, buffer))["event"] != "checkpoint":
                     assert line["event"] != "error", line["message"]
@@ -98,15 +96,7 @@ async def test_two_pages_in_a_workspace_chat_and_a_third_sees_nothing(
                 await process.stdin.send_all(b"go\n")
                 while (line := await read_line(process.stdout, buffer))["event"] != "done":
                     assert line["event"] != "error", line["message"]
-                assert await process.wait() == 0
-            finally:
-                if process.returncode is None:
-                    process.kill()
-                with trio.move_on_after(5, shield=True):
-                    await process.wait()
-                for pipe in (process.stdin, process.stdout, process.stderr):
-                    if pipe is not None:
-                        await trio.aclose_forcefully(pipe)
+                assert await process.wait() == 0, peer.stderr.decode(errors="replace")
             nursery.cancel_scope.cancel()
     for name in ("ann", "bob", "cat"):
         assert (tmp_path / f"{name}.png").stat().st_size > 1000

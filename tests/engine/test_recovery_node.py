@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,15 +14,15 @@ import trio
 
 from roomcast.engine import Server, Socket
 from roomcast.engine.recovery import RecoveryConfig
+from tests.processes import PipedProcess, open_piped
 
 pytestmark = pytest.mark.node
 
 
-@attrs.define(eq=False)
-class NodeClient:
+@attrs.define(eq=False, kw_only=True)
+class NodeClient(PipedProcess):
     """The recovery_client.mjs process: commands in, JSON lines out."""
 
-    process: trio.Process
     _buffer: bytes = b""
 
     async def command(self, line: str) -> None:
@@ -34,7 +33,7 @@ class NodeClient:
         assert self.process.stdout is not None
         while b"\n" not in self._buffer:
             chunk = await self.process.stdout.receive_some(65536)
-            assert chunk, "the Node client exited"
+            assert chunk, f"the Node client exited: {self.stderr.decode(errors='replace')}"
             self._buffer += chunk
         line, _, self._buffer = self._buffer.partition(b"\n")
         value = json.loads(line)
@@ -44,17 +43,11 @@ class NodeClient:
 
 @asynccontextmanager
 async def node_client(js_peers: Path, url: str) -> AsyncIterator[NodeClient]:
-    process = await trio.lowlevel.open_process(
+    async with open_piped(
+        lambda process: NodeClient(process=process),
         ["node", str(js_peers / "recovery_client.mjs"), url],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )
-    try:
-        yield NodeClient(process=process)
-    finally:
-        process.kill()
-        with trio.move_on_after(5, shield=True):
-            await process.wait()
+    ) as client:
+        yield client
 
 
 def app(config: RecoveryConfig) -> tuple[Server, trio.Event]:
