@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
+import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Final, TypeAlias, cast
@@ -463,3 +464,106 @@ def the(lines: Sequence[Line], event: str) -> Line:
     found = [line for line in lines if line.get("event") == event]
     assert len(found) == 1, f"{len(found)} {event!r} lines in {lines}"
     return found[0]
+
+
+def text(value: object) -> str:
+    """``value``, which must be a string (an id from a peer's line)."""
+    assert isinstance(value, str), value
+    return value
+
+
+# --------------------------------------------------------------------------- shared checks
+# What every peer must show for the scenarios whose outcome does not depend on the client
+# library; each peer's test module adds what is its own.
+
+
+def check_room_isolation(lines: Sequence[Line], started: float) -> None:
+    """The seed example's rooms: exactly one message each, ws-1's to alice and bob, ws-2's
+    to carol, bob's refused one to nobody, with sane timestamps."""
+    assert the(lines, "joins")["joins"] == {
+        "alice": {"ok": True, "workspaceId": "ws-1"},
+        "bob": {"ok": True, "workspaceId": "ws-1"},
+        "carol": {"ok": True, "workspaceId": "ws-2"},
+    }
+    assert the(lines, "dispatches")["dispatches"] == {
+        "alice": {"ok": True, "delivered": 2},
+        "carol": {"ok": True, "delivered": 1},
+        "bob": {"ok": False, "error": "join the workspace first"},
+    }
+    received = the(lines, "received")
+    ids, by_client = received["ids"], received["received"]
+    assert isinstance(ids, dict)
+    assert isinstance(by_client, dict)
+    assert len(set(ids.values())) == 3
+
+    def messages(name: str) -> list[tuple[object, object]]:
+        found = by_client[name]
+        assert isinstance(found, list)
+        result: list[tuple[object, object]] = []
+        for message in found:
+            assert isinstance(message, dict)
+            assert message.keys() == {"sender", "text", "timestamp"}
+            timestamp = message["timestamp"]
+            assert isinstance(timestamp, int)
+            assert started * 1000 - 1000 <= timestamp <= time.time() * 1000 + 1000
+            result.append((message["sender"], message["text"]))
+        return result
+
+    assert messages("alice") == [(ids["alice"], "from-alice")]
+    assert messages("bob") == [(ids["alice"], "from-alice")]
+    assert messages("carol") == [(ids["carol"], "from-carol")]
+
+
+def check_binary(lines: Sequence[Line], seen: Observed, *, bytes_flag: str) -> None:
+    """Bytes both ways: the server's handlers got bytes where the client sent its binary
+    type, the echo came back binary, a server event with bytes nested in objects arrived
+    as the client's binary type (``bytes_flag`` of the push line says so), and a server
+    call with bytes was answered with bytes."""
+    small = bytes([0, 1, 2, 253, 254, 255])
+    payload = {
+        "name": "blob",
+        "data": small,
+        "nested": {"list": [b"hi", 5, {"deep": patterned(100_000)}]},
+    }
+    assert typed(seen.events) == typed(
+        [("echo", (payload, b"*")), ("upload", ({"file": small, "size": 6},))]
+    )
+    assert typed(from_json(the(lines, "echo")["reply"])) == typed([payload, b"*"])
+    assert the(lines, "upload")["reply"] == "stored"
+    assert the(lines, "push_binary")["reply"] == "pushed"
+    push = the(lines, "binary_push")
+    assert push[bytes_flag] is True
+    assert typed(from_json(push["args"])) == typed(
+        [{"blob": SERVER_BLOB[:1000], "parts": [b"a", {"deep": b"\x00\xff"}, "text"]}, b"top"]
+    )
+    answer = {"reversed": SERVER_BLOB[::-1], "length": len(SERVER_BLOB)}
+    assert typed(seen.call_answers) == typed([(answer,)])
+    assert typed(from_json(the(lines, "ask_binary")["reply"])) == typed([answer])
+
+
+def check_broadcast_acks(lines: Sequence[Line], seen: Observed) -> None:
+    """A broadcast with ack: ana and ben answer, cy was sent the event (its handler ran)
+    but answered only after the window, so it is missing; its late answer is ignored and
+    its connection still works."""
+    poll = the(lines, "poll")
+    ids = poll["ids"]
+    assert isinstance(ids, dict)
+    ana, ben, cy = (text(ids[name]) for name in ("ana", "ben", "cy"))
+    assert poll["cyPolled"] is True
+    assert seen.polls == [
+        BroadcastAckResult(
+            answers={
+                ana: ({"voter": "ana", "question": "lunch?"},),
+                ben: ({"voter": "ben", "question": "lunch?"}, 2),
+            },
+            missing=frozenset({cy}),
+        )
+    ]
+    assert poll["reply"] == {
+        "answers": {
+            ana: [{"voter": "ana", "question": "lunch?"}],
+            ben: [{"voter": "ben", "question": "lunch?"}, 2],
+        },
+        "missing": [cy],
+    }
+    assert the(lines, "after_late")["reply"] == "ok"

@@ -15,20 +15,22 @@ from typing import Final
 import pytest
 import trio
 
-from roomcast.engine import BroadcastAckResult, Config
+from roomcast.engine import Config
 from tests.interop.app import (
     POLL_WITHIN,
     REFUSAL_DATA,
-    SERVER_BLOB,
     TOKEN,
     Line,
     Observed,
     PeerCommand,
     build_app,
+    check_binary,
+    check_broadcast_acks,
+    check_room_isolation,
     from_json,
     open_peer,
-    patterned,
     serve_app,
+    text,
     the,
     typed,
 )
@@ -59,14 +61,9 @@ async def run_scenario(peer: PeerCommand, scenario: str) -> tuple[list[Line], Ob
     return lines, seen
 
 
-def _str(value: object) -> str:
-    assert isinstance(value, str), value
-    return value
-
-
 async def test_connect_with_auth(node_peer: PeerCommand) -> None:
     lines, seen = await run_scenario(node_peer, "connect_auth")
-    sid = _str(the(lines, "connect")["id"])
+    sid = text(the(lines, "connect")["id"])
     auth = {"token": TOKEN, "user": "ada", "n": 7, "tags": ["a", "b"], "nested": {"ok": True}}
     # The server's connect handler got the auth payload, under the sid the client has...
     assert seen.connects == [("/", sid, auth)]
@@ -86,7 +83,7 @@ async def test_middleware_refuses_with_data(node_peer: PeerCommand) -> None:
     assert seen.refusals == [{"token": "wrong"}]
     # The same middleware lets the right token in.
     good = the(lines, "connect")
-    sid = _str(good["id"])
+    sid = text(good["id"])
     whoami = good["whoami"]
     assert isinstance(whoami, dict)
     assert whoami["sid"] == sid
@@ -105,7 +102,7 @@ async def test_two_namespaces_share_one_engine_io_connection(node_peer: PeerComm
             whoami = the(lines, "whoami")
             assert isinstance(whoami["root"], dict)
             assert isinstance(whoami["admin"], dict)
-            root_id, admin_id = _str(whoami["root"]["id"]), _str(whoami["admin"]["id"])
+            root_id, admin_id = text(whoami["root"]["id"]), text(whoami["admin"]["id"])
             # /admin left while / stayed: a clean namespace disconnect for /admin.
             assert await seen.wait_disconnect(admin_id) == "client namespace disconnect"
             await seen.wait_disconnect(root_id)
@@ -138,40 +135,7 @@ async def test_two_namespaces_share_one_engine_io_connection(node_peer: PeerComm
 async def test_room_isolation_in_the_seed_example(node_peer: PeerCommand) -> None:
     started = time.time()
     lines, _ = await run_scenario(node_peer, "room_isolation")
-    assert the(lines, "joins")["joins"] == {
-        "alice": {"ok": True, "workspaceId": "ws-1"},
-        "bob": {"ok": True, "workspaceId": "ws-1"},
-        "carol": {"ok": True, "workspaceId": "ws-2"},
-    }
-    assert the(lines, "dispatches")["dispatches"] == {
-        "alice": {"ok": True, "delivered": 2},
-        "carol": {"ok": True, "delivered": 1},
-        "bob": {"ok": False, "error": "join the workspace first"},
-    }
-    received = the(lines, "received")
-    ids, by_client = received["ids"], received["received"]
-    assert isinstance(ids, dict)
-    assert isinstance(by_client, dict)
-    assert len(set(ids.values())) == 3
-
-    def messages(name: str) -> list[tuple[object, object]]:
-        found = by_client[name]
-        assert isinstance(found, list)
-        result: list[tuple[object, object]] = []
-        for message in found:
-            assert isinstance(message, dict)
-            assert message.keys() == {"sender", "text", "timestamp"}
-            timestamp = message["timestamp"]
-            assert isinstance(timestamp, int)
-            assert started * 1000 - 1000 <= timestamp <= time.time() * 1000 + 1000
-            result.append((message["sender"], message["text"]))
-        return result
-
-    # Exactly one message each: ws-1's to alice and bob, ws-2's to carol, bob's refused
-    # one to nobody.
-    assert messages("alice") == [(ids["alice"], "from-alice")]
-    assert messages("bob") == [(ids["alice"], "from-alice")]
-    assert messages("carol") == [(ids["carol"], "from-carol")]
+    check_room_isolation(lines, started)
 
 
 async def test_acks_both_ways(node_peer: PeerCommand) -> None:
@@ -188,57 +152,12 @@ async def test_acks_both_ways(node_peer: PeerCommand) -> None:
 
 async def test_binary_both_ways(node_peer: PeerCommand) -> None:
     lines, seen = await run_scenario(node_peer, "binary")
-    small = bytes([0, 1, 2, 253, 254, 255])
-    payload = {
-        "name": "blob",
-        "data": small,
-        "nested": {"list": [b"hi", 5, {"deep": patterned(100_000)}]},
-    }
-    # The server's handlers got bytes where the client sent Buffers...
-    assert typed(seen.events) == typed(
-        [("echo", (payload, b"*")), ("upload", ({"file": small, "size": 6},))]
-    )
-    # ... and the echo came back as Buffers.
-    assert typed(from_json(the(lines, "echo")["reply"])) == typed([payload, b"*"])
-    assert the(lines, "upload")["reply"] == "stored"
-    # Server -> client event with bytes nested in objects.
-    assert the(lines, "push_binary")["reply"] == "pushed"
-    push = the(lines, "binary_push")
-    assert push["isBuffer"] is True
-    assert typed(from_json(push["args"])) == typed(
-        [{"blob": SERVER_BLOB[:1000], "parts": [b"a", {"deep": b"\x00\xff"}, "text"]}, b"top"]
-    )
-    # Server -> client call with bytes; the client's ack answers with bytes.
-    answer = {"reversed": SERVER_BLOB[::-1], "length": len(SERVER_BLOB)}
-    assert typed(seen.call_answers) == typed([(answer,)])
-    assert typed(from_json(the(lines, "ask_binary")["reply"])) == typed([answer])
+    check_binary(lines, seen, bytes_flag="isBuffer")
 
 
 async def test_broadcast_acks(node_peer: PeerCommand) -> None:
     lines, seen = await run_scenario(node_peer, "broadcast_acks")
-    poll = the(lines, "poll")
-    ids = poll["ids"]
-    assert isinstance(ids, dict)
-    ana, ben, cy = (_str(ids[name]) for name in ("ana", "ben", "cy"))
-    # cy got the event (so it was a recipient) and did not answer within the window.
-    assert poll["cyPolled"] is True
-    expected = BroadcastAckResult(
-        answers={
-            ana: ({"voter": "ana", "question": "lunch?"},),
-            ben: ({"voter": "ben", "question": "lunch?"}, 2),
-        },
-        missing=frozenset({cy}),
-    )
-    assert seen.polls == [expected]
-    assert poll["reply"] == {
-        "answers": {
-            ana: [{"voter": "ana", "question": "lunch?"}],
-            ben: [{"voter": "ben", "question": "lunch?"}, 2],
-        },
-        "missing": [cy],
-    }
-    # cy's late answer was ignored and its connection still works.
-    assert the(lines, "after_late")["reply"] == "ok"
+    check_broadcast_acks(lines, seen)
     assert POLL_WITHIN < SCENARIO_TIMEOUT
 
 
@@ -252,7 +171,7 @@ async def _disconnect_cycles(peer: PeerCommand) -> tuple[list[Line], Observed, l
             open_peer(peer(running.url, "client_disconnect")) as proc,
         ):
             lines = await proc.finish()
-            sids = [_str(line["id"]) for line in lines if line["event"] == "connect"]
+            sids = [text(line["id"]) for line in lines if line["event"] == "connect"]
             for sid in sids:
                 await seen.wait_disconnect(sid)
                 await seen.wait_cleanup(sid)
@@ -296,7 +215,7 @@ async def test_server_disconnect_reason(node_peer: PeerCommand) -> None:
             open_peer(node_peer(running.url, "server_disconnect")) as proc,
         ):
             lines = await proc.finish()
-            sid = _str(the(lines, "connect")["id"])
+            sid = text(the(lines, "connect")["id"])
             server_reason = await seen.wait_disconnect(sid)
     disconnect = the(lines, "disconnect")
     assert disconnect["reason"] == "io server disconnect"
@@ -311,7 +230,7 @@ async def test_server_shutdown_reason(node_peer: PeerCommand) -> None:
             serve_app(server) as running,
             open_peer(node_peer(running.url, "server_shutdown")) as proc,
         ):
-            sid = _str((await proc.expect("connect"))["id"])
+            sid = text((await proc.expect("connect"))["id"])
             await seen.wait_for(lambda: any(who == sid for _, who, _ in seen.connects))
             await running.stop()
             assert seen.disconnect_reason(sid) == "server shutting down"
@@ -330,7 +249,7 @@ async def test_heartbeat(node_peer: PeerCommand) -> None:
         ):
             lines = await proc.finish()
             alive = the(lines, "alive")
-            reason = await seen.wait_disconnect(_str(alive["id"]))
+            reason = await seen.wait_disconnect(text(alive["id"]))
     assert alive["connected"] is True
     assert alive["reply"] == "ok"
     pings = alive["pings"]
@@ -346,7 +265,7 @@ async def test_killed_client_reason(node_peer: PeerCommand) -> None:
             serve_app(server) as running,
             open_peer(node_peer(running.url, "killed")) as proc,
         ):
-            sid = _str((await proc.expect("connect"))["id"])
+            sid = text((await proc.expect("connect"))["id"])
             await seen.wait_for(lambda: any(who == sid for _, who, _ in seen.connects))
             proc.kill()
             assert await seen.wait_disconnect(sid) in {"transport close", "transport error"}

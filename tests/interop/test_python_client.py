@@ -23,19 +23,21 @@ from typing import Final
 import pytest
 import trio
 
-from roomcast.engine import BroadcastAckResult, Config
+from roomcast.engine import Config
 from tests.interop.app import (
     REFUSAL_DATA,
-    SERVER_BLOB,
     TOKEN,
     Line,
     Observed,
     PeerCommand,
     build_app,
+    check_binary,
+    check_broadcast_acks,
+    check_room_isolation,
     from_json,
     open_peer,
-    patterned,
     serve_app,
+    text,
     the,
     typed,
 )
@@ -67,14 +69,9 @@ async def run_scenario(
     return lines, seen
 
 
-def _str(value: object) -> str:
-    assert isinstance(value, str), value
-    return value
-
-
 async def test_connect_with_auth(psio_peer: PeerCommand) -> None:
     lines, seen = await run_scenario(psio_peer, "connect_auth", disconnects=1)
-    sid = _str(the(lines, "connect")["id"])
+    sid = text(the(lines, "connect")["id"])
     auth = {"token": TOKEN, "user": "ada", "n": 7, "tags": ["a", "b"], "nested": {"ok": True}}
     assert seen.connects == [("/", sid, auth)]
     assert typed(seen.auth_of(sid)) == typed(auth)
@@ -93,7 +90,7 @@ async def test_middleware_refuses_with_data(psio_peer: PeerCommand) -> None:
     assert error["connected"] is False
     assert seen.refusals == [{"token": "wrong"}]
     good = the(lines, "connect")
-    sid = _str(good["id"])
+    sid = text(good["id"])
     whoami = good["whoami"]
     assert isinstance(whoami, dict)
     assert whoami["sid"] == sid
@@ -106,7 +103,7 @@ async def test_two_namespaces_share_one_engine_io_connection(psio_peer: PeerComm
     whoami = the(lines, "whoami")
     assert isinstance(whoami["root"], dict)
     assert isinstance(whoami["admin"], dict)
-    root_id, admin_id = _str(whoami["root"]["id"]), _str(whoami["admin"]["id"])
+    root_id, admin_id = text(whoami["root"]["id"]), text(whoami["admin"]["id"])
     root, admin = whoami["root"]["reply"], whoami["admin"]["reply"]
     assert isinstance(root, dict)
     assert isinstance(admin, dict)
@@ -131,38 +128,7 @@ async def test_two_namespaces_share_one_engine_io_connection(psio_peer: PeerComm
 async def test_room_isolation_in_the_seed_example(psio_peer: PeerCommand) -> None:
     started = time.time()
     lines, _ = await run_scenario(psio_peer, "room_isolation")
-    assert the(lines, "joins")["joins"] == {
-        "alice": {"ok": True, "workspaceId": "ws-1"},
-        "bob": {"ok": True, "workspaceId": "ws-1"},
-        "carol": {"ok": True, "workspaceId": "ws-2"},
-    }
-    assert the(lines, "dispatches")["dispatches"] == {
-        "alice": {"ok": True, "delivered": 2},
-        "carol": {"ok": True, "delivered": 1},
-        "bob": {"ok": False, "error": "join the workspace first"},
-    }
-    received = the(lines, "received")
-    ids, by_client = received["ids"], received["received"]
-    assert isinstance(ids, dict)
-    assert isinstance(by_client, dict)
-    assert len(set(ids.values())) == 3
-
-    def messages(name: str) -> list[tuple[object, object]]:
-        found = by_client[name]
-        assert isinstance(found, list)
-        result: list[tuple[object, object]] = []
-        for message in found:
-            assert isinstance(message, dict)
-            assert message.keys() == {"sender", "text", "timestamp"}
-            timestamp = message["timestamp"]
-            assert isinstance(timestamp, int)
-            assert started * 1000 - 1000 <= timestamp <= time.time() * 1000 + 1000
-            result.append((message["sender"], message["text"]))
-        return result
-
-    assert messages("alice") == [(ids["alice"], "from-alice")]
-    assert messages("bob") == [(ids["alice"], "from-alice")]
-    assert messages("carol") == [(ids["carol"], "from-carol")]
+    check_room_isolation(lines, started)
 
 
 async def test_acks_both_ways(psio_peer: PeerCommand) -> None:
@@ -177,53 +143,12 @@ async def test_acks_both_ways(psio_peer: PeerCommand) -> None:
 
 async def test_binary_both_ways(psio_peer: PeerCommand) -> None:
     lines, seen = await run_scenario(psio_peer, "binary")
-    small = bytes([0, 1, 2, 253, 254, 255])
-    payload = {
-        "name": "blob",
-        "data": small,
-        "nested": {"list": [b"hi", 5, {"deep": patterned(100_000)}]},
-    }
-    assert typed(seen.events) == typed(
-        [("echo", (payload, b"*")), ("upload", ({"file": small, "size": 6},))]
-    )
-    assert typed(from_json(the(lines, "echo")["reply"])) == typed([payload, b"*"])
-    assert the(lines, "upload")["reply"] == "stored"
-    assert the(lines, "push_binary")["reply"] == "pushed"
-    push = the(lines, "binary_push")
-    assert push["isBytes"] is True
-    assert typed(from_json(push["args"])) == typed(
-        [{"blob": SERVER_BLOB[:1000], "parts": [b"a", {"deep": b"\x00\xff"}, "text"]}, b"top"]
-    )
-    answer = {"reversed": SERVER_BLOB[::-1], "length": len(SERVER_BLOB)}
-    assert typed(seen.call_answers) == typed([(answer,)])
-    assert typed(from_json(the(lines, "ask_binary")["reply"])) == typed([answer])
+    check_binary(lines, seen, bytes_flag="isBytes")
 
 
 async def test_broadcast_acks(psio_peer: PeerCommand) -> None:
     lines, seen = await run_scenario(psio_peer, "broadcast_acks")
-    poll = the(lines, "poll")
-    ids = poll["ids"]
-    assert isinstance(ids, dict)
-    ana, ben, cy = (_str(ids[name]) for name in ("ana", "ben", "cy"))
-    # cy's handler started (it was sent the event) but answered only after the window.
-    assert poll["cyPolled"] is True
-    assert seen.polls == [
-        BroadcastAckResult(
-            answers={
-                ana: ({"voter": "ana", "question": "lunch?"},),
-                ben: ({"voter": "ben", "question": "lunch?"}, 2),
-            },
-            missing=frozenset({cy}),
-        )
-    ]
-    assert poll["reply"] == {
-        "answers": {
-            ana: [{"voter": "ana", "question": "lunch?"}],
-            ben: [{"voter": "ben", "question": "lunch?"}, 2],
-        },
-        "missing": [cy],
-    }
-    assert the(lines, "after_late")["reply"] == "ok"
+    check_broadcast_acks(lines, seen)
 
 
 async def test_client_disconnect_reason(psio_peer: PeerCommand) -> None:
@@ -234,7 +159,7 @@ async def test_client_disconnect_reason(psio_peer: PeerCommand) -> None:
             open_peer(psio_peer(running.url, "client_disconnect")) as proc,
         ):
             lines = await proc.finish()
-            sid = _str(the(lines, "connect")["id"])
+            sid = text(the(lines, "connect")["id"])
             server_reason = await seen.wait_disconnect(sid)
             cleanup = await seen.wait_cleanup(sid)
     assert the(lines, "disconnect")["reason"] == "client disconnect"
@@ -250,7 +175,7 @@ async def test_server_disconnect_reason(psio_peer: PeerCommand) -> None:
             open_peer(psio_peer(running.url, "server_disconnect")) as proc,
         ):
             lines = await proc.finish()
-            sid = _str(the(lines, "connect")["id"])
+            sid = text(the(lines, "connect")["id"])
             server_reason = await seen.wait_disconnect(sid)
     disconnect = the(lines, "disconnect")
     assert disconnect["reason"] == "server disconnect"
@@ -265,7 +190,7 @@ async def test_server_shutdown_reason(psio_peer: PeerCommand) -> None:
             serve_app(server) as running,
             open_peer(psio_peer(running.url, "server_shutdown")) as proc,
         ):
-            sid = _str((await proc.expect("connect"))["id"])
+            sid = text((await proc.expect("connect"))["id"])
             await seen.wait_for(lambda: any(who == sid for _, who, _ in seen.connects))
             await running.stop()
             assert seen.disconnect_reason(sid) == "server shutting down"
@@ -285,7 +210,7 @@ async def test_heartbeat(psio_peer: PeerCommand) -> None:
         ):
             lines = await proc.finish()
             alive = the(lines, "alive")
-            reason = await seen.wait_disconnect(_str(alive["id"]))
+            reason = await seen.wait_disconnect(text(alive["id"]))
     assert alive["connected"] is True
     assert alive["reply"] == "ok"
     assert reason != "ping timeout"
@@ -298,7 +223,7 @@ async def test_killed_client_reason(psio_peer: PeerCommand) -> None:
             serve_app(server) as running,
             open_peer(psio_peer(running.url, "killed")) as proc,
         ):
-            sid = _str((await proc.expect("connect"))["id"])
+            sid = text((await proc.expect("connect"))["id"])
             await seen.wait_for(lambda: any(who == sid for _, who, _ in seen.connects))
             proc.kill()
             assert await seen.wait_disconnect(sid) in {"transport close", "transport error"}
