@@ -36,13 +36,15 @@ import contextlib
 import itertools
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Final
 
 import attrs
 import coredis
+import coredis.exceptions
 import msgpack
 import trio
+from coredis.response.types import StreamEntry
 
 from roomcast.engine.adapters.cluster import ClusterError
 from roomcast.engine.adapters.shared import AppendOutcome
@@ -235,6 +237,54 @@ def _new_epoch() -> str:
     return secrets.token_hex(4)
 
 
+_REDIS_ERRORS: Final = (coredis.exceptions.RedisError, OSError, TimeoutError)
+"""What a Redis command raises when the connection or the server fails."""
+_READ_ERRORS: Final = (*_REDIS_ERRORS, RemoteProtocolError)
+"""... and what reading the log raises on top: a damaged entry."""
+
+
+def log_key(prefix: str) -> bytes:
+    """The stream of cluster ``prefix``'s shared log (``#seq`` and ``#epoch`` follow it)."""
+    return f"{prefix}#~log".encode()
+
+
+def _decode_all(
+    raw: Iterable[StreamEntry], epoch: str, *, max_record_bytes: int
+) -> list[SharedEntry]:
+    return [
+        decode_entry(e.identifier, e.field_values, epoch, max_record_bytes=max_record_bytes)
+        for e in raw
+    ]
+
+
+async def _scan(
+    client: coredis.Redis[bytes],
+    stream: bytes,
+    take: Callable[[StreamEntry], None],
+    *,
+    start: str = "-",
+    end: str = "+",
+    backwards: bool = False,
+    more: Callable[[], bool] = lambda: True,
+) -> None:
+    """Hand the entries from ``start`` to ``end`` (or from ``end`` down to ``start``) to
+    ``take``, a page per round trip, while ``more()`` says so."""
+    while more():
+        if backwards:
+            page = await client.xrevrange(stream, end, start, count=_PAGE)
+        else:
+            page = await client.xrange(stream, start, end, count=_PAGE)
+        for e in page:
+            take(e)
+        if len(page) < _PAGE:
+            return
+        last = f"(0-{_entry_offset(page[-1].identifier)}"
+        if backwards:
+            end = last
+        else:
+            start = last
+
+
 @attrs.define(eq=False)
 class _Recovery:
     session: SavedSession
@@ -294,7 +344,7 @@ class SharedLog:
 
     @property
     def stream_key(self) -> bytes:
-        return f"{self.prefix}#~log".encode()
+        return log_key(self.prefix)
 
     @property
     def _keys(self) -> list[bytes]:
@@ -545,7 +595,7 @@ class SharedLog:
                 _session_bytes(session, epoch),
                 px=max(1, int(ttl * 1000)),
             )
-        except (coredis.exceptions.RedisError, OSError, TimeoutError) as exc:
+        except _REDIS_ERRORS as exc:
             logger.warning("session %s not saved in Redis: %s", session.sid, exc)
             return False
         return True
@@ -590,17 +640,12 @@ class SharedLog:
             )
             if len(raw_entries) > max_events:
                 return None
-            entries = [
-                decode_entry(
-                    e.identifier, e.field_values, epoch, max_record_bytes=self.max_record_bytes
-                )
-                for e in raw_entries
-            ]
+            entries = _decode_all(raw_entries, epoch, max_record_bytes=self.max_record_bytes)
             if entries and entries[0].offset != after + 1:
                 return None  # entries right after the client's offset were trimmed
             if await client.getdel(self.session_key(pid)) is None:
                 return None  # another node took it meanwhile
-        except (coredis.exceptions.RedisError, OSError, TimeoutError, RemoteProtocolError) as exc:
+        except _READ_ERRORS as exc:
             logger.warning("recovery of %s refused: %s", pid, exc)
             return None
         read_up_to = entries[-1].offset if entries else after
@@ -633,21 +678,10 @@ class SharedLog:
                     more = await client.xrange(
                         self.stream_key, f"(0-{recovery.read_up_to}", f"0-{upto}"
                     )
-                    entries += [
-                        decode_entry(
-                            e.identifier,
-                            e.field_values,
-                            recovery.epoch,
-                            max_record_bytes=self.max_record_bytes,
-                        )
-                        for e in more
-                    ]
-                except (
-                    coredis.exceptions.RedisError,
-                    OSError,
-                    TimeoutError,
-                    RemoteProtocolError,
-                ) as exc:
+                    entries += _decode_all(
+                        more, recovery.epoch, max_record_bytes=self.max_record_bytes
+                    )
+                except _READ_ERRORS as exc:
                     logger.warning("recovered socket may miss events: %s", exc)
             for entry in entries:
                 event = entry.broadcast()
@@ -671,39 +705,28 @@ class SharedLog:
             await trio.lowlevel.checkpoint()
             raise ClusterError("no Redis connection: the shared log cannot be read")
 
-        def wanted(record: LogRecord) -> bool:
-            return record.namespace == namespace and record.room == room
+        def in_room(raw: StreamEntry) -> list[LogRecord]:
+            entry = decode_entry(
+                raw.identifier, raw.field_values, epoch, max_record_bytes=self.max_record_bytes
+            )
+            return [r for r in entry.records if r.namespace == namespace and r.room == room]
 
         found: list[LogRecord] = []
         try:
-            if last is not None and after is None:
-                end = "+"
-                while len(found) < last:
-                    page = await client.xrevrange(self.stream_key, end, "-", count=_PAGE)
-                    for e in page:
-                        entry = decode_entry(
-                            e.identifier,
-                            e.field_values,
-                            epoch,
-                            max_record_bytes=self.max_record_bytes,
-                        )
-                        found.extend(reversed([r for r in entry.records if wanted(r)]))
-                    if len(page) < _PAGE:
-                        break
-                    end = f"(0-{_entry_offset(page[-1].identifier)}"
+            if last is not None and after is None:  # newest first, until there are enough
+                await _scan(
+                    client,
+                    self.stream_key,
+                    lambda raw: found.extend(reversed(in_room(raw))),
+                    backwards=True,
+                    more=lambda: len(found) < last,
+                )
                 return list(reversed(found[:last]))
             start = f"(0-{after}" if after is not None else "-"
-            while True:
-                page = await client.xrange(self.stream_key, start, "+", count=_PAGE)
-                for e in page:
-                    entry = decode_entry(
-                        e.identifier, e.field_values, epoch, max_record_bytes=self.max_record_bytes
-                    )
-                    found.extend(r for r in entry.records if wanted(r))
-                if len(page) < _PAGE:
-                    break
-                start = f"(0-{_entry_offset(page[-1].identifier)}"
-        except (coredis.exceptions.RedisError, OSError, TimeoutError, RemoteProtocolError) as exc:
+            await _scan(
+                client, self.stream_key, lambda raw: found.extend(in_room(raw)), start=start
+            )
+        except _READ_ERRORS as exc:
             raise ClusterError(f"the shared log could not be read: {exc}") from exc
         return found if last is None else found[-last:]
 
@@ -721,26 +744,29 @@ async def read_shared_log(
 
     A damaged entry is reported to ``on_damaged`` and skipped.
     """
-    stream = f"{prefix}#~log".encode()
+    stream = log_key(prefix)
     raw_epoch = await client.get(stream + b"#epoch")
     if raw_epoch is None:
         return []
     epoch = _text(raw_epoch)
-    start = f"0-{since_offset}" if since_offset is not None else "-"
-    end = f"0-{until_offset}" if until_offset is not None else "+"
     records: list[LogRecord] = []
-    while True:
-        page = await client.xrange(stream, start, end, count=_PAGE)
-        for e in page:
-            try:
-                entry = decode_entry(
-                    e.identifier, e.field_values, epoch, max_record_bytes=max_record_bytes
-                )
-            except RemoteProtocolError as exc:
-                if on_damaged is not None:
-                    on_damaged(f"entry {_text(e.identifier)}: {exc}")
-                continue
-            records.extend(entry.records)
-        if len(page) < _PAGE:
-            return records
-        start = f"(0-{_entry_offset(page[-1].identifier)}"
+
+    def take(raw: StreamEntry) -> None:
+        try:
+            entry = decode_entry(
+                raw.identifier, raw.field_values, epoch, max_record_bytes=max_record_bytes
+            )
+        except RemoteProtocolError as exc:
+            if on_damaged is not None:
+                on_damaged(f"entry {_text(raw.identifier)}: {exc}")
+            return
+        records.extend(entry.records)
+
+    await _scan(
+        client,
+        stream,
+        take,
+        start=f"0-{since_offset}" if since_offset is not None else "-",
+        end=f"0-{until_offset}" if until_offset is not None else "+",
+    )
+    return records

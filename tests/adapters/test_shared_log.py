@@ -364,3 +364,28 @@ def test_roomcast_replay_reads_a_cluster_log_from_redis(
     assert "one of them" in capsys.readouterr().err
     assert main(["replay", "--redis", f"redis://127.0.0.1:{free_port()}/0"]) == 2
     assert "cannot read the shared log" in capsys.readouterr().err
+
+
+async def test_history_and_the_log_are_read_across_pages(redis_url: str) -> None:
+    """More entries than one read returns (1,000): every reader pages through them."""
+    with trio.fail_after(TEST_TIMEOUT * 2):
+        async with (
+            shared_deployment(redis_url, count=1) as deployment,
+            coredis.Redis.from_url(redis_url) as raw,
+        ):
+            server = deployment.nodes[0].server
+            async with trio.open_nursery() as nursery:  # concurrent: batched appends
+                for n in range(1_100):
+                    nursery.start_soon(server.to("r").emit, "m", n)
+            await server.to("other").emit("m", "elsewhere")
+            ns = server.of("/")
+            newest = await ns.history("r", last=1_050)
+            everything = await ns.history("r")
+            after = await ns.history("r", after=everything[20].offset)
+            records = await read_shared_log(raw, prefix_of(deployment))
+    assert len(everything) == 1_100
+    assert sorted(r.args[0] for r in everything) == list(range(1_100))  # type: ignore[type-var]
+    assert [r.offset for r in everything] == sorted(r.offset for r in everything)
+    assert newest == everything[-1_050:]
+    assert after == everything[21:]
+    assert len(records) == 1_101
