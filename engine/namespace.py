@@ -24,7 +24,12 @@ from roomcast.engine.adapters.base import (
 from roomcast.engine.adapters.cluster import ClusterError
 from roomcast.engine.adapters.shared import AppendOutcome, encode_records
 from roomcast.engine.log import LogError, room_history
-from roomcast.engine.recovery import RECOVERABLE_REASONS, MissedEvent, SavedSession
+from roomcast.engine.recovery import (
+    RECOVERABLE_REASONS,
+    MissedEvent,
+    SavedSession,
+    broadcast_records,
+)
 from roomcast.protocol._log import LogRecord, RecordKind
 from roomcast.protocol._sio import Event, JsonValue, SioPacket
 
@@ -546,22 +551,16 @@ class Namespace:
         """
         shared = self.adapter.shared_log
         assert shared is not None
-        exclude = tuple(sorted(opts.except_rooms | opts.except_sids))
-        now = self.server.wall_now()
-        records = [
-            LogRecord(
-                offset=0,
-                time=now,
-                namespace=self.name,
-                room=room,
-                kind=RecordKind.MESSAGE,
-                event=packet.name,
-                args=packet.args,
-                epoch="",
-                exclude=exclude,
-            )
-            for room in (sorted(opts.rooms) or [""])
-        ]
+        records = broadcast_records(
+            self.name,
+            opts.rooms,
+            opts.except_rooms | opts.except_sids,
+            packet.name,
+            packet.args,
+            offset=0,
+            epoch="",
+            time=self.server.wall_now(),
+        )
         data = encode_records(records, max_record_bytes=self.server.config.log.max_record_bytes)
         outcome, count = await shared.broadcast(data)
         if outcome is AppendOutcome.NOT_SENT:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import secrets
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 import attrs
@@ -27,6 +27,7 @@ from roomcast.protocol._sio import JsonValue
 
 __all__ = [
     "RECOVERABLE_REASONS",
+    "broadcast_records",
     "MissedEvent",
     "RecoveryConfig",
     "RecoveryStore",
@@ -87,12 +88,62 @@ class MissedEvent:
     name: str
     args: tuple[JsonValue, ...]
 
+    @classmethod
+    def of_broadcast(cls, records: Sequence[LogRecord]) -> MissedEvent | None:
+        """The event the records of one broadcast hold (``broadcast_records`` made them:
+        one per room, room ``""`` meaning the whole namespace), or None when they are not
+        a broadcast (a connection event, or a client's event: it has a sender)."""
+        if not records:
+            return None
+        first = records[0]
+        if first.kind is not RecordKind.MESSAGE or first.sender is not None or not first.event:
+            return None
+        rooms = frozenset(r.room for r in records)
+        return cls(
+            seq=first.offset,
+            namespace=first.namespace,
+            rooms=frozenset() if "" in rooms else rooms,
+            exclude=frozenset(first.exclude),
+            name=first.event,
+            args=tuple(first.args),
+        )
+
     def is_for(self, namespace: str, rooms: frozenset[str]) -> bool:
         """Whether a socket in ``rooms`` of ``namespace`` was sent this event."""
         if namespace != self.namespace:
             return False
         included = not self.rooms or not self.rooms.isdisjoint(rooms)
         return included and self.exclude.isdisjoint(rooms)
+
+
+def broadcast_records(
+    namespace: str,
+    rooms: frozenset[str],
+    exclude: frozenset[str],
+    name: str,
+    args: tuple[JsonValue, ...],
+    *,
+    offset: int,
+    epoch: str,
+    time: float,
+) -> list[LogRecord]:
+    """The log records of one broadcast: one per target room (``""`` for the whole
+    namespace), all with the same offset; ``RecoveryStore.load`` reads them back as one
+    event."""
+    return [
+        LogRecord(
+            offset=offset,
+            time=time,
+            namespace=namespace,
+            room=room,
+            kind=RecordKind.MESSAGE,
+            event=name,
+            args=args,
+            epoch=epoch,
+            exclude=tuple(sorted(exclude)),
+        )
+        for room in (sorted(rooms) or [""])
+    ]
 
 
 @attrs.define(eq=False)
@@ -154,7 +205,7 @@ class RecoveryStore:
         that ``pid`` back. Events before the first record read are unknown: an offset
         older than that is a gap.
         """
-        events: dict[int, MissedEvent] = {}
+        broadcasts: dict[int, list[LogRecord]] = {}
         sessions: dict[str, SavedSession] = {}
         first: int | None = None
         for record in records:
@@ -164,18 +215,7 @@ class RecoveryStore:
             self.seq = max(self.seq, record.offset)
             info = record.args[1] if len(record.args) > 1 else None
             if record.kind is RecordKind.MESSAGE and record.sender is None and record.event:
-                known = events.get(record.offset)
-                rooms: frozenset[str] = frozenset({record.room}) if record.room else frozenset()
-                if known is not None:
-                    rooms = known.rooms | rooms if known.rooms and rooms else frozenset()
-                events[record.offset] = MissedEvent(
-                    seq=record.offset,
-                    namespace=record.namespace,
-                    rooms=rooms,
-                    exclude=frozenset(record.exclude),
-                    name=record.event,
-                    args=tuple(record.args),
-                )
+                broadcasts.setdefault(record.offset, []).append(record)
             elif isinstance(info, dict) and isinstance(info.get("pid"), str):
                 pid = info["pid"]
                 assert isinstance(pid, str)
@@ -194,7 +234,8 @@ class RecoveryStore:
                         data=dict(data_value) if isinstance(data_value, dict) else {},
                         disconnected_at=record.time,
                     )
-        ordered = [events[seq] for seq in sorted(events)]
+        found = (MissedEvent.of_broadcast(broadcasts[seq]) for seq in sorted(broadcasts))
+        ordered = [event for event in found if event is not None]
         self._events = deque(ordered[-self.config.max_events :])
         dropped = (
             ordered[: -self.config.max_events] if len(ordered) > self.config.max_events else []

@@ -32,7 +32,13 @@ from roomcast.engine.namespace import (
     NamespaceMatcher,
     ack_args,
 )
-from roomcast.engine.recovery import MissedEvent, RecoveryConfig, RecoveryStore, SavedSession
+from roomcast.engine.recovery import (
+    MissedEvent,
+    RecoveryConfig,
+    RecoveryStore,
+    SavedSession,
+    broadcast_records,
+)
 from roomcast.engine.sequencer import Sequencer
 from roomcast.engine.socket import Handshake, Socket
 from roomcast.engine.transport.http import HttpConnection, HttpRequest, error_body
@@ -527,21 +533,9 @@ class Server:
         if log is None:
             await trio.lowlevel.checkpoint()
             return
-        now = self.wall_now()
-        records = [
-            LogRecord(
-                offset=seq,
-                time=now,
-                namespace=namespace,
-                room=room,
-                kind=RecordKind.MESSAGE,
-                event=name,
-                args=args,
-                epoch=log.epoch,
-                exclude=tuple(sorted(exclude)),
-            )
-            for room in (sorted(rooms) or [""])
-        ]
+        records = broadcast_records(
+            namespace, rooms, exclude, name, args, offset=seq, epoch=log.epoch, time=self.wall_now()
+        )
         for record in records[:-1]:
             await self._append(record, durable=False)
         await self._append(records[-1], durable=True)

@@ -53,7 +53,6 @@ from roomcast.protocol import RemoteProtocolError
 from roomcast.protocol._log import (
     DEFAULT_MAX_RECORD_BYTES,
     LogRecord,
-    RecordKind,
     RecordReader,
 )
 
@@ -138,21 +137,7 @@ class SharedEntry:
 
     def broadcast(self) -> MissedEvent | None:
         """The broadcast event this entry holds, or None (a connection event)."""
-        records = self.records
-        if not records:
-            return None
-        first = records[0]
-        if first.kind is not RecordKind.MESSAGE or first.sender is not None or not first.event:
-            return None
-        rooms = frozenset(r.room for r in records)
-        return MissedEvent(
-            seq=self.offset,
-            namespace=first.namespace,
-            rooms=frozenset() if "" in rooms else rooms,
-            exclude=frozenset(first.exclude),
-            name=first.event,
-            args=tuple(first.args),
-        )
+        return MissedEvent.of_broadcast(self.records)
 
 
 def _text(value: object) -> str:
