@@ -316,8 +316,6 @@ class SharedLog:
     epoch: str | None = attrs.field(default=None, init=False)
     delivered: int = attrs.field(default=0, init=False)
     """The last offset this node delivered (of ``epoch``)."""
-    not_appended: int = attrs.field(default=0, init=False)
-    """Connection records that could not be appended (no Redis, or the queue was full)."""
     _client: coredis.Redis[bytes] | None = attrs.field(default=None, init=False)
     _send: trio.MemorySendChannel[_Append] | None = attrs.field(default=None, init=False)
     _own: dict[int, _Append] = attrs.field(factory=dict, init=False)
@@ -342,10 +340,6 @@ class SharedLog:
     def offset_text(self, offset: int) -> str:
         """The offset string clients hold for entry ``offset`` of the current epoch."""
         return f"{self.epoch}-{offset}"
-
-    @property
-    def connected(self) -> bool:
-        return self._client is not None
 
     # -- running on a connection ------------------------------------------------------------
 
@@ -529,14 +523,13 @@ class SharedLog:
     async def append(self, data: bytes) -> bool:
         """Append a connection record and wait until Redis has it (one round trip), so
         that entries that follow from it, on any node, come after it. False when it
-        did not get there (counted in ``not_appended``), or may not have.
+        did not get there (told to ``count_not_sent`` as ``"record"``), or may not have.
 
         Cancellation: it may be appended.
         """
         send = self._send
         if send is None:
             await trio.lowlevel.checkpoint()
-            self.not_appended += 1
             self.count_not_sent("record")
             return False
         item = _Append(data=data, token=0)
@@ -546,20 +539,18 @@ class SharedLog:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         if item.offset is None:
-            self.not_appended += 1
             self.count_not_sent("record")
             return False
         return True
 
     def append_nowait(self, data: bytes) -> bool:
         """Queue a connection record (connect, join, ...) without waiting; False when it
-        could not be queued (counted in ``not_appended``)."""
+        could not be queued (told to ``count_not_sent`` as ``"record"``)."""
         send = self._send
         if send is not None:
             with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
                 send.send_nowait(_Append(data=data, token=0))
                 return True
-        self.not_appended += 1
         self.count_not_sent("record")
         return False
 
