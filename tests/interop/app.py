@@ -567,3 +567,73 @@ def check_broadcast_acks(lines: Sequence[Line], seen: Observed) -> None:
         "missing": [cy],
     }
     assert the(lines, "after_late")["reply"] == "ok"
+
+
+# --------------------------------------------------------------------------- shared runs
+
+SCENARIO_TIMEOUT: Final = 10.0
+"""A hard bound per scenario; they take well under a second (start_poll: 1 s)."""
+
+
+async def run_scenario(
+    peer: PeerCommand, scenario: str, *, disconnects: int = 0
+) -> tuple[list[Line], Observed]:
+    """Run a scenario to its end against a fresh app, then wait (before the server stops)
+    until ``disconnects`` sockets disconnected; the peer's lines and the record."""
+    server, seen = build_app(peer.parser)
+    with trio.fail_after(SCENARIO_TIMEOUT):
+        async with serve_app(server) as running, open_peer(peer(running.url, scenario)) as proc:
+            lines = await proc.finish()
+            await seen.wait_for(lambda: len(seen.disconnects) >= disconnects)
+    return lines, seen
+
+
+async def run_server_shutdown(peer: PeerCommand) -> list[Line]:
+    """Stop the server under a connected peer (the socket's reason is checked here); the
+    peer's lines, for the reason its client library reports."""
+    server, seen = build_app(peer.parser)
+    with trio.fail_after(SCENARIO_TIMEOUT):
+        async with (
+            serve_app(server) as running,
+            open_peer(peer(running.url, "server_shutdown")) as proc,
+        ):
+            sid = text((await proc.expect("connect"))["id"])
+            await seen.wait_for(lambda: any(who == sid for _, who, _ in seen.connects))
+            await running.stop()
+            assert seen.disconnect_reason(sid) == "server shutting down"
+            return await proc.finish()
+
+
+async def run_heartbeat(peer: PeerCommand) -> tuple[Line, str]:
+    """With a 100 ms ping interval the client answers every ping and stays connected (its
+    reply and state are checked here); the peer's ``alive`` line and the server's
+    disconnect reason."""
+    server, seen = build_app(peer.parser, Config(ping_interval=0.1, ping_timeout=0.5))
+    with trio.fail_after(SCENARIO_TIMEOUT):
+        async with (
+            serve_app(server) as running,
+            open_peer(peer(running.url, "heartbeat")) as proc,
+        ):
+            lines = await proc.finish()
+            alive = the(lines, "alive")
+            reason = await seen.wait_disconnect(text(alive["id"]))
+    assert alive["connected"] is True
+    assert alive["reply"] == "ok"
+    assert reason != "ping timeout"
+    return alive, reason
+
+
+async def check_killed_client(peer: PeerCommand) -> None:
+    """A client process killed outright is disconnected with a transport reason, and its
+    connection is gone."""
+    server, seen = build_app(peer.parser)
+    with trio.fail_after(SCENARIO_TIMEOUT):
+        async with (
+            serve_app(server) as running,
+            open_peer(peer(running.url, "killed")) as proc,
+        ):
+            sid = text((await proc.expect("connect"))["id"])
+            await seen.wait_for(lambda: any(who == sid for _, who, _ in seen.connects))
+            proc.kill()
+            assert await seen.wait_disconnect(sid) in {"transport close", "transport error"}
+            assert len(server.connections) == 0

@@ -15,10 +15,10 @@ from typing import Final
 import pytest
 import trio
 
-from roomcast.engine import Config
 from tests.interop.app import (
     POLL_WITHIN,
     REFUSAL_DATA,
+    SCENARIO_TIMEOUT,
     TOKEN,
     Line,
     Observed,
@@ -26,9 +26,13 @@ from tests.interop.app import (
     build_app,
     check_binary,
     check_broadcast_acks,
+    check_killed_client,
     check_room_isolation,
     from_json,
     open_peer,
+    run_heartbeat,
+    run_scenario,
+    run_server_shutdown,
     serve_app,
     text,
     the,
@@ -39,8 +43,6 @@ pytestmark = pytest.mark.node
 
 DISCONNECT_CYCLES: Final = 10
 """Connections client_disconnect opens and closes in turn (client_scenarios.mjs)."""
-SCENARIO_TIMEOUT: Final = 10.0
-"""A hard bound per test; the scenarios take well under a second (start_poll: 1 s)."""
 
 
 @pytest.fixture(params=["json", "msgpack"])
@@ -50,15 +52,6 @@ def node_peer(request: pytest.FixtureRequest, js_peers: Path) -> PeerCommand:
     parser_name = request.param
     assert isinstance(parser_name, str)
     return PeerCommand(argv=(node, str(js_peers / "client_scenarios.mjs")), parser_name=parser_name)
-
-
-async def run_scenario(peer: PeerCommand, scenario: str) -> tuple[list[Line], Observed]:
-    """Run a scenario to its end against a fresh app; the peer's lines and the record."""
-    server, seen = build_app(peer.parser)
-    with trio.fail_after(SCENARIO_TIMEOUT):
-        async with serve_app(server) as running, open_peer(peer(running.url, scenario)) as proc:
-            lines = await proc.finish()
-    return lines, seen
 
 
 async def test_connect_with_auth(node_peer: PeerCommand) -> None:
@@ -224,49 +217,16 @@ async def test_server_disconnect_reason(node_peer: PeerCommand) -> None:
 
 
 async def test_server_shutdown_reason(node_peer: PeerCommand) -> None:
-    server, seen = build_app(node_peer.parser)
-    with trio.fail_after(SCENARIO_TIMEOUT):
-        async with (
-            serve_app(server) as running,
-            open_peer(node_peer(running.url, "server_shutdown")) as proc,
-        ):
-            sid = text((await proc.expect("connect"))["id"])
-            await seen.wait_for(lambda: any(who == sid for _, who, _ in seen.connects))
-            await running.stop()
-            assert seen.disconnect_reason(sid) == "server shutting down"
-            lines = await proc.finish()
+    lines = await run_server_shutdown(node_peer)
     assert the(lines, "disconnect")["reason"] == "transport close"
 
 
 async def test_heartbeat(node_peer: PeerCommand) -> None:
-    """With a 100 ms ping interval the client answers every ping and stays connected."""
-    config = Config(ping_interval=0.1, ping_timeout=0.5)
-    server, seen = build_app(node_peer.parser, config)
-    with trio.fail_after(SCENARIO_TIMEOUT):
-        async with (
-            serve_app(server) as running,
-            open_peer(node_peer(running.url, "heartbeat")) as proc,
-        ):
-            lines = await proc.finish()
-            alive = the(lines, "alive")
-            reason = await seen.wait_disconnect(text(alive["id"]))
-    assert alive["connected"] is True
-    assert alive["reply"] == "ok"
+    alive, _ = await run_heartbeat(node_peer)
     pings = alive["pings"]
     assert isinstance(pings, int)
     assert pings >= 5  # ~10 in the second the client idled
-    assert reason != "ping timeout"
 
 
 async def test_killed_client_reason(node_peer: PeerCommand) -> None:
-    server, seen = build_app(node_peer.parser)
-    with trio.fail_after(SCENARIO_TIMEOUT):
-        async with (
-            serve_app(server) as running,
-            open_peer(node_peer(running.url, "killed")) as proc,
-        ):
-            sid = text((await proc.expect("connect"))["id"])
-            await seen.wait_for(lambda: any(who == sid for _, who, _ in seen.connects))
-            proc.kill()
-            assert await seen.wait_disconnect(sid) in {"transport close", "transport error"}
-            assert len(server.connections) == 0
+    await check_killed_client(node_peer)

@@ -23,19 +23,21 @@ from typing import Final
 import pytest
 import trio
 
-from roomcast.engine import Config
 from tests.interop.app import (
     REFUSAL_DATA,
+    SCENARIO_TIMEOUT,
     TOKEN,
-    Line,
-    Observed,
     PeerCommand,
     build_app,
     check_binary,
     check_broadcast_acks,
+    check_killed_client,
     check_room_isolation,
     from_json,
     open_peer,
+    run_heartbeat,
+    run_scenario,
+    run_server_shutdown,
     serve_app,
     text,
     the,
@@ -45,8 +47,6 @@ from tests.interop.app import (
 pytestmark = pytest.mark.peer
 
 SCRIPT: Final = Path(__file__).with_name("psio_client.py")
-SCENARIO_TIMEOUT: Final = 10.0
-"""A hard bound per test; the scenarios take well under a second (start_poll: 1 s)."""
 
 
 @pytest.fixture(params=["json", "msgpack"])
@@ -54,19 +54,6 @@ def psio_peer(request: pytest.FixtureRequest) -> PeerCommand:
     parser_name = request.param
     assert isinstance(parser_name, str)
     return PeerCommand(argv=(sys.executable, str(SCRIPT)), parser_name=parser_name)
-
-
-async def run_scenario(
-    peer: PeerCommand, scenario: str, *, disconnects: int = 0
-) -> tuple[list[Line], Observed]:
-    """Run a scenario to its end against a fresh app, then wait (before the server stops)
-    until ``disconnects`` sockets disconnected; the peer's lines and the record."""
-    server, seen = build_app(peer.parser)
-    with trio.fail_after(SCENARIO_TIMEOUT):
-        async with serve_app(server) as running, open_peer(peer(running.url, scenario)) as proc:
-            lines = await proc.finish()
-            await seen.wait_for(lambda: len(seen.disconnects) >= disconnects)
-    return lines, seen
 
 
 async def test_connect_with_auth(psio_peer: PeerCommand) -> None:
@@ -184,47 +171,14 @@ async def test_server_disconnect_reason(psio_peer: PeerCommand) -> None:
 
 
 async def test_server_shutdown_reason(psio_peer: PeerCommand) -> None:
-    server, seen = build_app(psio_peer.parser)
-    with trio.fail_after(SCENARIO_TIMEOUT):
-        async with (
-            serve_app(server) as running,
-            open_peer(psio_peer(running.url, "server_shutdown")) as proc,
-        ):
-            sid = text((await proc.expect("connect"))["id"])
-            await seen.wait_for(lambda: any(who == sid for _, who, _ in seen.connects))
-            await running.stop()
-            assert seen.disconnect_reason(sid) == "server shutting down"
-            lines = await proc.finish()
+    lines = await run_server_shutdown(psio_peer)
     # python-engineio's reason for a connection the server closed.
     assert the(lines, "disconnect")["reason"] == "transport error"
 
 
 async def test_heartbeat(psio_peer: PeerCommand) -> None:
-    """With a 100 ms ping interval the client answers every ping and stays connected."""
-    config = Config(ping_interval=0.1, ping_timeout=0.5)
-    server, seen = build_app(psio_peer.parser, config)
-    with trio.fail_after(SCENARIO_TIMEOUT):
-        async with (
-            serve_app(server) as running,
-            open_peer(psio_peer(running.url, "heartbeat")) as proc,
-        ):
-            lines = await proc.finish()
-            alive = the(lines, "alive")
-            reason = await seen.wait_disconnect(text(alive["id"]))
-    assert alive["connected"] is True
-    assert alive["reply"] == "ok"
-    assert reason != "ping timeout"
+    await run_heartbeat(psio_peer)
 
 
 async def test_killed_client_reason(psio_peer: PeerCommand) -> None:
-    server, seen = build_app(psio_peer.parser)
-    with trio.fail_after(SCENARIO_TIMEOUT):
-        async with (
-            serve_app(server) as running,
-            open_peer(psio_peer(running.url, "killed")) as proc,
-        ):
-            sid = text((await proc.expect("connect"))["id"])
-            await seen.wait_for(lambda: any(who == sid for _, who, _ in seen.connects))
-            proc.kill()
-            assert await seen.wait_disconnect(sid) in {"transport close", "transport error"}
-            assert len(server.connections) == 0
+    await check_killed_client(psio_peer)
