@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
+
+from tests.processes import npm_ci_if_stale
 
 JS_DIR = Path(__file__).parent / "js"
 
@@ -22,26 +23,7 @@ def js_peers() -> Path:
     node = shutil.which("node")
     if node is None:
         pytest.fail("Node.js is required for the JS cross-checks: `node` is not on PATH")
-    lockfile = JS_DIR / "package-lock.json"
-    # npm writes node_modules/.package-lock.json at the end of every install.
-    marker = JS_DIR / "node_modules" / ".package-lock.json"
-    if not marker.exists() or marker.stat().st_mtime < lockfile.stat().st_mtime:
-        npm = shutil.which("npm")
-        if npm is None:
-            pytest.fail("npm is required to install tests/js packages: `npm` is not on PATH")
-        result = subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund"],
-            cwd=JS_DIR,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-        if result.returncode != 0:
-            pytest.fail(
-                f"`npm ci` in {JS_DIR} failed ({result.returncode}):\n"
-                f"{result.stdout}\n{result.stderr}"
-            )
+    npm_ci_if_stale(JS_DIR)
     return JS_DIR
 
 

@@ -1,9 +1,10 @@
 """Child processes of the tests (peers, cluster nodes): started with pipes, their stderr
 kept for failure messages, and on the way out killed by PID if still running, reaped,
-and their pipes closed."""
+and their pipes closed; and the npm installs the JavaScript peers need."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -11,9 +12,10 @@ from pathlib import Path
 from typing import Final, TypeVar
 
 import attrs
+import pytest
 import trio
 
-__all__ = ["KILL_GRACE", "PipedProcess", "open_piped"]
+__all__ = ["KILL_GRACE", "PipedProcess", "npm_ci_if_stale", "open_piped"]
 
 KILL_GRACE: Final = 5.0
 """Seconds to wait for a killed process to be reaped."""
@@ -93,3 +95,30 @@ async def open_piped(
             for stream in (process.stdin, process.stdout, process.stderr):
                 if stream is not None:
                     await trio.aclose_forcefully(stream)
+
+
+def npm_ci_if_stale(directory: Path) -> None:
+    """Run ``npm ci`` (from the committed ``package-lock.json``) in ``directory`` when its
+    ``node_modules`` is missing or older than the lockfile. Fails the test, never skips,
+    without npm or when the install fails."""
+    lockfile = directory / "package-lock.json"
+    # npm writes node_modules/.package-lock.json at the end of every install.
+    marker = directory / "node_modules" / ".package-lock.json"
+    if marker.exists() and marker.stat().st_mtime >= lockfile.stat().st_mtime:
+        return
+    npm = shutil.which("npm")
+    if npm is None:
+        pytest.fail(f"npm is required to install the packages of {directory}: not on PATH")
+    result = subprocess.run(
+        [npm, "ci", "--no-audit", "--no-fund"],
+        cwd=directory,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.fail(
+            f"`npm ci` in {directory} failed ({result.returncode}):\n"
+            f"{result.stdout}\n{result.stderr}"
+        )
