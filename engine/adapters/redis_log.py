@@ -472,7 +472,14 @@ class SharedLog:
             return
         count = 0
         try:
-            count = await self.deliver(entry)
+            # All or nothing: a lost Redis connection cancels the reader, and cutting a
+            # delivery in half would mark the entry delivered with some of its rooms never
+            # sent it. (Local delivery only queues into room inboxes: it does not wait on
+            # Redis, nor on any client.)
+            with trio.CancelScope(shield=True):
+                count = await self.deliver(entry)
+        except Exception:
+            logger.exception("shared log: delivering entry %d failed", offset)
         finally:
             self.delivered = offset
             if entry.node == self.node_id:
