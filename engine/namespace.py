@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 import attrs
 import trio
 
-from roomcast.engine.actors.outbox import OutFrame, SharedFrame
+from roomcast.engine.actors.outbox import SharedFrame
 from roomcast.engine.adapters.base import (
     AckAnswer,
     Adapter,
@@ -464,7 +464,7 @@ class Namespace:
         """A fresh ack id, unique in the namespace (so one id serves a whole broadcast)."""
         return next(self._ack_ids)
 
-    def encode(self, packet: SioPacket) -> tuple[OutFrame, ...]:
+    def encode(self, packet: SioPacket) -> tuple[SharedFrame, ...]:
         """Encode ``packet`` once as shared Engine.IO frames for many recipients."""
         return tuple(
             SharedFrame(eio="4" + p if isinstance(p, str) else p)
@@ -528,9 +528,18 @@ class Namespace:
             exclude = opts.except_rooms | opts.except_sids
             await server.record_broadcast(self.name, seq, opts.rooms, exclude, packet.name, args)
             await sequencer.wait_turn(seq)
-            if store is not None:
-                store.record(seq, self.name, opts.rooms, exclude, packet.name, args)
             frames = self.encode(attrs.evolve(packet, args=args))
+            if store is not None:
+                store.record(
+                    seq,
+                    self.name,
+                    opts.rooms,
+                    exclude,
+                    packet.name,
+                    args,
+                    time=server.wall_now(),
+                    size=sum(len(frame.eio) for frame in frames),
+                )
             return await self.adapter.broadcast(frames, opts, on_member=on_member)
         finally:
             sequencer.finish(seq)
@@ -685,12 +694,17 @@ class Namespace:
                 session = {"pid": saved.pid, "rooms": sorted(rooms), "data": saved.data}
         # Recorded before waiting on the rooms (busy room actors must not be able to cut
         # the record off); the handlers run once the socket has left its rooms.
-        await server.record_event(
+        recorded = await server.record_event(
             RecordKind.DISCONNECT,
             self.name,
             sender=socket.sid,
             args=(reason, session) if session is not None else (reason,),
         )
+        if not recorded and session is not None:  # data msgpack cannot hold: keep the rest
+            session["data"] = None
+            await server.record_event(
+                RecordKind.DISCONNECT, self.name, sender=socket.sid, args=(reason, session)
+            )
         await self.adapter.delete_all(socket.sid)
         for handler in self.disconnect_handlers:
             try:

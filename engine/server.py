@@ -107,11 +107,19 @@ class Server:
 
     def __attrs_post_init__(self) -> None:
         if self.recovery is not None:
-            self.recovery_store = RecoveryStore(config=self.recovery)
+            self.recovery_store = RecoveryStore(
+                config=self.recovery,
+                delivery_bound=self.config.ping_interval + self.config.ping_timeout,
+            )
         self.supervisor = Supervisor(
             max_restarts=self.config.room_max_restarts,
             restart_window=self.config.room_restart_window,
         )
+        store = self.recovery_store
+        if store is not None:
+            # Sessions nobody comes back for, and the events kept for them, are
+            # forgotten on the supervisor's timer, not only when a client recovers.
+            self.supervisor.every(store.config.prune_interval, lambda: store.prune(self.wall_now()))
         self.of("/")
 
     # -- namespaces -------------------------------------------------------------------------
@@ -201,7 +209,8 @@ class Server:
         request = conn.request
         store = self.recovery_store
         shared = ns.adapter.shared_log
-        restored: tuple[SavedSession, list[MissedEvent]] | None = None
+        restored: SavedSession | None = None
+        local_after: int | None = None  # a local recovery: the client's offset
         shared_recovery = None
         if store is not None and isinstance(auth, dict):
             pid, offset = auth.get("pid"), auth.get("offset")
@@ -216,14 +225,16 @@ class Server:
                         max_events=store.config.max_events,
                     )
                     if shared_recovery is not None:
-                        restored = (shared_recovery.session, [])
+                        restored = shared_recovery.session
                 elif ns.adapter.history_is_local:
                     # (A multi-node adapter's broadcasts from other nodes never reach
                     # this node's store without a shared log: recovering from it could
                     # hide events, so it is not tried.)
-                    restored = store.restore(namespace, pid, offset, self.wall_now())
+                    taken = store.restore(namespace, pid, offset, self.wall_now())
+                    if taken is not None:
+                        restored, local_after = taken
         socket = Socket(
-            sid=restored[0].sid if restored is not None else _new_id(),
+            sid=restored.sid if restored is not None else _new_id(),
             namespace=ns,
             connection=conn,
             handshake=Handshake(
@@ -233,8 +244,8 @@ class Server:
                 address=request.remote if request is not None else None,
                 time=trio.current_time(),
             ),
-            data=dict(restored[0].data) if restored is not None else {},
-            pid=(restored[0].pid if restored is not None else store.new_pid())
+            data=dict(restored.data) if restored is not None else {},
+            pid=(restored.pid if restored is not None else store.new_pid())
             if store is not None
             else None,
             recovered=restored is not None,
@@ -250,18 +261,14 @@ class Server:
                 data["data"] = exc.data
             conn.send_packet(conn.sio.refuse(namespace, data))
             return
-        if conn.closed:
-            return
-        ns.sockets[socket.sid] = socket
-        ns.adapter.add_socket(socket)
-        conn.namespaces[namespace] = socket
-        conn.send_packet(conn.sio.accept(namespace, socket.sid, pid=socket.pid))
-        await self.record_event(
-            RecordKind.CONNECT,
-            namespace,
-            sender=socket.sid,
-            args=(socket.handshake.auth, {"pid": socket.pid, "recovered": socket.recovered}),
-        )
+        if restored is not None and local_after is not None:
+            if not await self._recover_locally(socket, restored, local_after):
+                return
+        else:
+            if conn.closed:
+                return
+            self._accept(socket)
+            await self._record_connect(socket, restored)
         if shared_recovery is not None and shared is not None:
             session = shared_recovery.session
 
@@ -275,13 +282,44 @@ class Server:
                 send=send,
                 join=lambda: ns.adapter.add_all(socket.sid, session.rooms),
             )
-        elif restored is not None:
-            session, missed = restored
-            await ns.adapter.add_all(socket.sid, session.rooms)
-            for event in missed:
-                conn.send_packet(Event(name=event.name, args=event.args, namespace=namespace))
         for handler in ns.connect_handlers:
             await handler(socket, socket.handshake.auth)
+
+    def _accept(self, socket: Socket) -> None:
+        """Register a socket that passed the middleware and answer its CONNECT."""
+        ns, conn = socket.namespace, socket.connection
+        ns.sockets[socket.sid] = socket
+        ns.adapter.add_socket(socket)
+        conn.namespaces[ns.name] = socket
+        conn.send_packet(conn.sio.accept(ns.name, socket.sid, pid=socket.pid))
+
+    async def _recover_locally(self, socket: Socket, session: SavedSession, after: int) -> bool:
+        """Accept a recovered socket, send it the events it missed after offset ``after``
+        and join its rooms, all in one turn of the broadcast sequence: every earlier
+        broadcast is then kept in the store and queued to its rooms, and no later one is,
+        so the socket gets each event once (replayed or live) and in order. False when
+        its connection closed meanwhile (the session is kept again).
+
+        Cancellation: the socket may be accepted without its rooms.
+        """
+        store = self.recovery_store
+        assert store is not None
+        ns, conn = socket.namespace, socket.connection
+        sequencer = self.sequencer
+        turn = sequencer.take()
+        try:
+            await sequencer.wait_turn(turn)
+            if conn.closed:
+                store.save(session)
+                return False
+            self._accept(socket)
+            await self._record_connect(socket, session)
+            for event in store.missed(ns.name, after, session.rooms | {socket.sid}):
+                conn.send_packet(Event(name=event.name, args=event.args, namespace=ns.name))
+            await ns.adapter.add_all(socket.sid, session.rooms)
+        finally:
+            sequencer.finish(turn)
+        return True
 
     async def on_event(
         self,
@@ -311,6 +349,28 @@ class Server:
             return
         if ack_id is not None and socket.connected:
             conn.send_packet(Ack(ack_id=ack_id, args=ack_args(result), namespace=namespace))
+
+    async def _record_connect(self, socket: Socket, restored: SavedSession | None) -> None:
+        """Record a socket's CONNECT with what recovery after a crash needs: its pid, its
+        ``data`` as the middleware left it, and, when recovered, the rooms it got back
+        (later rooms are its JOIN and LEAVE records). Data msgpack cannot hold is left
+        out rather than losing the record."""
+        info: dict[str, LogValue] = {
+            "pid": socket.pid,
+            "recovered": socket.recovered,
+            "data": socket.data,
+        }
+        if restored is not None:
+            rooms: list[LogValue] = [*sorted(restored.rooms)]
+            info["rooms"] = rooms
+        auth = socket.handshake.auth
+        if not await self.record_event(
+            RecordKind.CONNECT, socket.namespace.name, sender=socket.sid, args=(auth, info)
+        ):
+            info["data"] = None
+            await self.record_event(
+                RecordKind.CONNECT, socket.namespace.name, sender=socket.sid, args=(auth, info)
+            )
 
     def on_ack(
         self, conn: Connection, namespace: str, ack_id: int, args: tuple[JsonValue, ...]
@@ -468,10 +528,11 @@ class Server:
         sender: str | None = None,
         event: str | None = None,
         args: tuple[LogValue, ...] = (),
-    ) -> None:
+    ) -> bool:
         """Log a room or connection event (join, leave, connect, disconnect, a client's
         event), queued without waiting for durability. A record that cannot be encoded
-        (socket data msgpack cannot hold) is logged as a warning and skipped.
+        (socket data msgpack cannot hold) is logged as a warning and skipped: then it
+        returns False.
 
         Cancellation: the record may or may not be queued.
         """
@@ -492,27 +553,26 @@ class Server:
                 data = encode_records([record], max_record_bytes=self.config.log.max_record_bytes)
             except LocalProtocolError as exc:
                 logger.warning("not logged (%s %s): %s", kind.name, namespace, exc)
-            else:
-                if kind in (RecordKind.JOIN, RecordKind.LEAVE):
-                    # In Redis before the join is done: what the member is sent next,
-                    # from any node, comes after it in the log.
-                    await shared.append(data)
-                    return
-                shared.append_nowait(data)
+                await trio.lowlevel.checkpoint()
+                return False
+            if kind in (RecordKind.JOIN, RecordKind.LEAVE):
+                # In Redis before the join is done: what the member is sent next,
+                # from any node, comes after it in the log.
+                await shared.append(data)
+                return True
+            shared.append_nowait(data)
             await trio.lowlevel.checkpoint()
-            return
+            return True
         try:
             record = self._record(kind, namespace, room=room, sender=sender, event=event, args=args)
-        except LocalProtocolError as exc:
-            logger.warning("not logged (%s %s): %s", kind.name, namespace, exc)
-            return
-        if record is None:
-            await trio.lowlevel.checkpoint()
-            return
-        try:
+            if record is None:
+                await trio.lowlevel.checkpoint()
+                return True
             await self._append(record, durable=False)
         except LocalProtocolError as exc:
             logger.warning("not logged (%s %s): %s", kind.name, namespace, exc)
+            return False
+        return True
 
     async def record_broadcast(
         self,
@@ -542,18 +602,38 @@ class Server:
 
     async def _rebuild_recovery(self, log: EventLog) -> None:
         """Refill the recovery store from the log's current epoch, so a client that was
-        connected before a restart can still be recovered."""
+        connected before a restart can still be recovered.
+
+        After a clean shutdown every socket's session is in its ``DISCONNECT`` record,
+        so the recovery window is read. After a crash, the sockets that were connected
+        are known only from their ``CONNECT``, ``JOIN`` and ``LEAVE`` records, however
+        old, so the whole epoch is read (in one pass, in a worker thread).
+        """
         store = self.recovery_store
         assert store is not None
         store.epoch = log.epoch
         store.seq = log.max_offset()
-        window = store.config.max_disconnection_duration
-        since = self.wall_now() - window
+        crashed = log.recovery.clean_shutdown is False
+        now = self.wall_now()
+        since = None if crashed else now - store.config.max_disconnection_duration
+        since = None if since is None else since - store.delivery_bound
         directory = str(log.directory)
-        records = await trio.to_thread.run_sync(
-            lambda: list(iter_records(directory, epoch=log.epoch, since_time=since))
-        )
-        store.load(records, now=self.wall_now())
+        max_record_bytes = log.config.max_record_bytes
+
+        def load() -> None:
+            records = iter_records(
+                directory, epoch=log.epoch, since_time=since, max_record_bytes=max_record_bytes
+            )
+            store.load(records, now=now, crashed=crashed)
+
+        await trio.to_thread.run_sync(load)
+        if crashed:
+            logger.info(
+                "recovery: the last run did not close the event log; %d session(s) can be "
+                "recovered for %.0f s",
+                store.sessions_kept,
+                store.config.max_disconnection_duration,
+            )
 
     async def _run_supervisor(
         self, *, task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED

@@ -28,6 +28,7 @@ class PipedProcess:
     process: trio.Process
     stderr: bytearray = attrs.field(factory=bytearray)
     stderr_done: trio.Event = attrs.field(factory=trio.Event)
+    _stderr_grew: trio.Event = attrs.field(factory=trio.Event)
 
     @property
     def pid(self) -> int:
@@ -43,16 +44,29 @@ class PipedProcess:
         if self.process.returncode is None:
             self.process.terminate()
 
+    async def wait_stderr(self, text: bytes) -> None:
+        """Wait until the process has written ``text`` to stderr (from its start on)."""
+        while text not in self.stderr:
+            if self.stderr_done.is_set():
+                raise AssertionError(
+                    f"the process ended before it wrote {text!r}: "
+                    f"{self.stderr.decode(errors='replace')[-3000:]}"
+                )
+            await self._stderr_grew.wait()  # set for every chunk, and at the end
+
     async def _drain_stderr(self) -> None:
         stderr = self.process.stderr
         assert stderr is not None
         try:
             while chunk := await stderr.receive_some(65_536):
                 self.stderr += chunk
+                self._stderr_grew.set()
+                self._stderr_grew = trio.Event()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
             self.stderr_done.set()
+            self._stderr_grew.set()
 
 
 P = TypeVar("P", bound=PipedProcess)

@@ -116,8 +116,23 @@ class DeadlineScheduler:
 
 
 @attrs.define(eq=False)
+class _Periodic:
+    """A synchronous job the scheduler runs every ``interval`` seconds."""
+
+    interval: float
+    job: Callable[[], None]
+    scheduler: DeadlineScheduler
+    timer_token: int = 0
+
+    def on_deadline(self, now: float) -> None:
+        self.scheduler.schedule(self, now + self.interval)
+        self.job()
+
+
+@attrs.define(eq=False)
 class Supervisor:
-    """Owns the deadline scheduler and the room actors (with OTP-style restarts).
+    """Owns the deadline scheduler, periodic jobs and the room actors (with OTP-style
+    restarts).
 
     ``run`` is started in the server's nursery; it opens the nursery that room actors run
     in. A room actor that raises is restarted with its state; more than ``max_restarts``
@@ -129,7 +144,14 @@ class Supervisor:
     scheduler: DeadlineScheduler = attrs.field(factory=DeadlineScheduler)
     _nursery: trio.Nursery | None = None
     _crashes: deque[float] = attrs.field(factory=deque)
+    _periodic: list[_Periodic] = attrs.field(factory=list)
     rooms_running: int = 0
+
+    def every(self, interval: float, job: Callable[[], None]) -> None:
+        """Run the synchronous ``job`` every ``interval`` seconds (on the scheduler, so
+        it costs no task), from the next ``run`` on; a job that raises is logged and
+        runs again at its next time."""
+        self._periodic.append(_Periodic(interval=interval, job=job, scheduler=self.scheduler))
 
     async def run(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -141,6 +163,9 @@ class Supervisor:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(self.scheduler.run)
+            now = trio.current_time()
+            for periodic in self._periodic:
+                self.scheduler.schedule(periodic, now + periodic.interval)
             task_status.started()
             await trio.sleep_forever()
         raise AssertionError("unreachable")  # pragma: no cover
