@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import attrs
 import pytest
@@ -12,11 +13,13 @@ import trio
 import trio.lowlevel
 import trio.testing
 
-from roomcast.engine import Server, Socket
+from roomcast.engine import Config, Server, Socket
 from roomcast.engine.adapters.base import BroadcastOptions
 from roomcast.engine.errors import ConnectionLostError
+from roomcast.engine.log import LogConfig
 from roomcast.engine.recovery import RecoveryConfig
 from roomcast.engine.testing import Harness, HarnessClient, open_harness
+from roomcast.protocol import RecordKind
 
 from .conftest import open_memory_server
 from .test_recovery import connect_raw, event
@@ -293,3 +296,46 @@ async def test_a_recovering_client_waits_until_its_old_socket_left_the_rooms(
                 assert socket.rooms == {sid, "r"}
                 assert await server.to("r").emit("m", 2) == 1
                 assert event(await client.recv())[:2] == ["m", 2]
+
+
+async def test_the_disconnect_and_its_session_are_recorded_before_the_room_hears_it(
+    tmp_path: Path,
+) -> None:
+    server = Server(
+        config=Config(log=LogConfig(directory=tmp_path, fsync="never")),
+        recovery=RecoveryConfig(),
+    )
+
+    @server.on("join")
+    async def join(socket: Socket, room: str) -> None:
+        await socket.join(room)
+
+    @server.on("disconnecting")
+    async def tell(socket: Socket, reason: str) -> None:
+        await socket.to("r").emit("left", socket.sid)
+
+    with trio.fail_after(20):
+        async with open_harness(server, transport="tcp") as harness:
+            alice = await harness.connect(reconnect=False)
+            bob = await harness.connect()
+            sid = alice.sid()
+            await alice.call("join", "r")
+            await bob.call("join", "r")
+            await alice.faults.drop()  # "transport close": recoverable, a session is saved
+            (told, _offset) = await bob.wait_for("left")  # recovery adds the offset
+            assert told == sid
+            records = await harness.log_records(namespace="/")
+    disconnect, left = records[-2:]
+    assert (disconnect.kind, disconnect.sender) == (RecordKind.DISCONNECT, sid)
+    reason, session = disconnect.args
+    assert reason == "transport close"
+    assert isinstance(session, dict)
+    assert session["rooms"] == ["r"]  # the rooms as they were, saved before any handler
+    assert (left.kind, left.sender, left.room, left.event) == (
+        RecordKind.MESSAGE,
+        None,
+        "r",
+        "left",
+    )
+    assert left.args[0] == sid
+    assert left.exclude == (sid,)  # socket.to leaves the sender out, in recovery too
