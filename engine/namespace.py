@@ -31,7 +31,7 @@ from roomcast.engine.recovery import (
     broadcast_records,
 )
 from roomcast.protocol._log import LogRecord, RecordKind
-from roomcast.protocol._sio import Event, JsonValue, SioPacket
+from roomcast.protocol._sio import RESERVED_EVENTS, Event, JsonValue, SioPacket
 
 if TYPE_CHECKING:
     from roomcast.engine.server import Server
@@ -57,7 +57,10 @@ its return value answers a ``server_side_call`` (None: no arguments, a tuple: se
 NamespaceMatcher: TypeAlias = "re.Pattern[str] | Callable[[str, JsonValue], bool]"
 H = TypeVar("H", bound=Handler)
 
-_RESERVED: frozenset[str] = frozenset({"connect", "disconnect"})
+_LIFECYCLE_EVENTS: frozenset[str] = frozenset({"connect", "disconnecting", "disconnect"})
+"""Reserved names a namespace handler may be registered for; the other reserved names
+(``connect_error``, ``newListener``, ...) never reach a server, so a handler for one
+would never run."""
 
 
 def _check_handler(handler: Callable[..., Any], what: str) -> None:
@@ -277,8 +280,24 @@ class Namespace:
     Register handlers with ``@ns.on("event")``: ``async def handler(socket, *args)``;
     its return value answers the client's ack (None: no arguments, a tuple: several).
     ``@ns.on("connect")`` handlers take ``(socket, auth)`` and run after the client was
-    accepted; ``@ns.on("disconnect")`` handlers take ``(socket, reason)``. Middleware
-    (``ns.use``) takes ``(socket, auth)`` and refuses by raising ConnectRefusedError.
+    accepted. Middleware (``ns.use``) takes ``(socket, auth)`` and refuses by raising
+    ConnectRefusedError.
+
+    A socket's last moments (``remove_socket``), for every reason (the client left, its
+    transport closed, ping timeout, a server-side disconnect, the server shutting down):
+
+    1. its pending acks fail, its recovery session (if any) is saved with its rooms, and
+       its DISCONNECT is recorded in the event log;
+    2. ``@ns.on("disconnecting")`` handlers ``(socket, reason)`` run while the socket is
+       still in its rooms (Node's ``disconnecting``), so they can tell a room it left:
+       ``await socket.to(room).emit("left", socket.sid)`` reaches every other member.
+       ``socket.connected`` is already False: the client has gone or is going, so an
+       emit to the socket itself is dropped and ``socket.call`` raises;
+    3. the socket leaves its rooms;
+    4. ``@ns.on("disconnect")`` handlers ``(socket, reason)`` run; ``socket.rooms`` is
+       still readable there: the rooms the socket was in when it left them.
+
+    A handler that raises is logged and does not stop the others.
     """
 
     name: str
@@ -288,23 +307,35 @@ class Namespace:
     handlers: dict[str, Handler] = attrs.field(factory=dict)
     any_handlers: list[Handler] = attrs.field(factory=list)
     connect_handlers: list[Handler] = attrs.field(factory=list)
+    disconnecting_handlers: list[Handler] = attrs.field(factory=list)
     disconnect_handlers: list[Handler] = attrs.field(factory=list)
     middlewares: list[Middleware] = attrs.field(factory=list)
     sockets: dict[str, Socket] = attrs.field(factory=dict)
     children: dict[str, Namespace] = attrs.field(factory=dict)
     server_side_handlers: dict[str, ServerSideHandler] = attrs.field(factory=dict)
     _ack_ids: itertools.count[int] = attrs.field(factory=itertools.count)
+    _leaving: dict[str, trio.Event] = attrs.field(factory=dict)
 
     def __attrs_post_init__(self) -> None:
         self.adapter.bind(self)
 
     def on(self, event: str) -> Callable[[H], H]:
-        """Register an async handler for ``event`` (or ``connect`` / ``disconnect``)."""
+        """Register an async handler for ``event`` (or ``connect`` / ``disconnecting`` /
+        ``disconnect``).
+
+        Raises:
+            ValueError: ``event`` is another reserved name (``connect_error``, ...): no
+                client can send it, so the handler would never run.
+        """
+        if event in RESERVED_EVENTS and event not in _LIFECYCLE_EVENTS:
+            raise ValueError(f"{event!r} is a reserved event name")
 
         def register(handler: H) -> H:
             _check_handler(handler, repr(event))
             if event == "connect":
                 self.connect_handlers.append(handler)
+            elif event == "disconnecting":
+                self.disconnecting_handlers.append(handler)
             elif event == "disconnect":
                 self.disconnect_handlers.append(handler)
             else:
@@ -659,9 +690,13 @@ class Namespace:
         )
 
     async def remove_socket(self, socket: Socket, reason: str) -> None:
-        """Clean up after a socket left: fail its acks, leave its rooms, run handlers.
+        """Clean up after a socket left: fail its acks, save its recovery session, record
+        its DISCONNECT, run the ``disconnecting`` handlers, leave its rooms, run the
+        ``disconnect`` handlers (the order and what each sees: see the class docstring).
 
-        Cancellation: the socket is marked gone first; room leaves may be incomplete.
+        Cancellation: the socket is marked gone first; leaving its rooms is shielded
+        (within ``config.cleanup_timeout``), so a cancelled cleanup leaves no membership
+        behind; the handlers not yet run do not run.
         """
         if not socket.connected:
             await trio.lowlevel.checkpoint()
@@ -669,7 +704,40 @@ class Namespace:
         socket.connected = False
         socket.connection.namespaces.pop(self.name, None)
         self.sockets.pop(socket.sid, None)
+        # A client recovering this sid waits until the rooms are left (wait_left), or
+        # this cleanup would take the rooms it has just rejoined away from it.
+        leaving = self._leaving[socket.sid] = trio.Event()
         socket._fail_acks(reason)
+        server = self.server
+        try:
+            await self._record_disconnect(socket, reason)
+            for handler in self.disconnecting_handlers:
+                try:
+                    await handler(socket, reason)
+                except Exception:
+                    logger.exception("disconnecting handler failed for %s", socket.sid)
+        finally:
+            socket._rooms_left = socket.rooms
+            with trio.move_on_after(server.config.cleanup_timeout, shield=True):
+                await self.adapter.delete_all(socket.sid)
+            if self._leaving.get(socket.sid) is leaving:
+                del self._leaving[socket.sid]
+            leaving.set()
+        for handler in self.disconnect_handlers:
+            try:
+                await handler(socket, reason)
+            except Exception:
+                logger.exception("disconnect handler failed for %s", socket.sid)
+
+    async def _record_disconnect(self, socket: Socket, reason: str) -> None:
+        """Save the socket's recovery session (a recoverable reason, recovery on) with
+        the rooms it is in, and record its DISCONNECT in the event log.
+
+        Done before the ``disconnecting`` handlers and before the rooms are left, so
+        that neither handlers nor busy room actors can cut the record off.
+
+        Cancellation: the session may be saved and the record not written.
+        """
         server = self.server
         store = server.recovery_store
         rooms = socket.rooms - {socket.sid}
@@ -692,8 +760,6 @@ class Namespace:
                 kept = await shared.save_session(saved, window)
             if kept:
                 session = {"pid": saved.pid, "rooms": sorted(rooms), "data": saved.data}
-        # Recorded before waiting on the rooms (busy room actors must not be able to cut
-        # the record off); the handlers run once the socket has left its rooms.
         recorded = await server.record_event(
             RecordKind.DISCONNECT,
             self.name,
@@ -705,9 +771,12 @@ class Namespace:
             await server.record_event(
                 RecordKind.DISCONNECT, self.name, sender=socket.sid, args=(reason, session)
             )
-        await self.adapter.delete_all(socket.sid)
-        for handler in self.disconnect_handlers:
-            try:
-                await handler(socket, reason)
-            except Exception:
-                logger.exception("disconnect handler failed for %s", socket.sid)
+
+    async def wait_left(self, sid: str) -> None:
+        """Wait until socket ``sid``, if it is disconnecting, has left its rooms (at once
+        otherwise). Cancellation: nothing changes."""
+        leaving = self._leaving.get(sid)
+        if leaving is None:
+            await trio.lowlevel.checkpoint()
+            return
+        await leaving.wait()

@@ -156,6 +156,7 @@ class Server:
             handlers=parent.handlers,
             any_handlers=parent.any_handlers,
             connect_handlers=parent.connect_handlers,
+            disconnecting_handlers=parent.disconnecting_handlers,
             disconnect_handlers=parent.disconnect_handlers,
             middlewares=parent.middlewares,
         )
@@ -261,6 +262,10 @@ class Server:
                 data["data"] = exc.data
             conn.send_packet(conn.sio.refuse(namespace, data))
             return
+        if restored is not None:
+            # The same sid may still be leaving its rooms on this node (its disconnecting
+            # handlers running): it must finish before this socket takes the rooms back.
+            await ns.wait_left(socket.sid)
         if restored is not None and local_after is not None:
             if not await self._recover_locally(socket, restored, local_after):
                 return

@@ -68,6 +68,12 @@ class Socket:
         pid: The private session id (connection state recovery on), else None.
         recovered: Whether this socket is a recovered one (same sid, rooms and data,
             missed events replayed).
+        connected: Whether it is still in its namespace: False from the moment it starts
+            disconnecting (already in the ``disconnecting`` handlers).
+
+    Its last moments (see ``Namespace``): ``disconnecting`` handlers run while it is still
+    in its rooms; ``disconnect`` handlers run after it left them, and ``rooms`` then keeps
+    answering with the rooms it was in when it left them.
     """
 
     sid: str
@@ -79,6 +85,7 @@ class Socket:
     recovered: bool = False
     connected: bool = True
     acks: dict[int, AckWaiter | Any] = attrs.field(factory=dict, repr=False)
+    _rooms_left: frozenset[str] | None = attrs.field(default=None, init=False, repr=False)
 
     @property
     def outbox(self) -> Outbox:
@@ -91,11 +98,23 @@ class Socket:
 
     @property
     def rooms(self) -> frozenset[str]:
-        """The rooms this socket is in, its own id included."""
+        """The rooms this socket is in, its own id included.
+
+        Once it has left them (in ``disconnect`` handlers and after): the rooms it was in
+        when it left them, a snapshot taken then.
+        """
+        if self._rooms_left is not None:
+            return self._rooms_left
         return self.namespace.adapter.socket_rooms(self.sid)
 
     async def join(self, *rooms: str) -> None:
-        """Join ``rooms``. Cancellation: some of the rooms may have been joined."""
+        """Join ``rooms`` (nothing once the socket has left its rooms for good).
+
+        Cancellation: some of the rooms may have been joined.
+        """
+        if self._rooms_left is not None:
+            await trio.lowlevel.checkpoint()
+            return
         new = [room for room in rooms if room not in self.rooms]
         await self.namespace.adapter.add_all(self.sid, rooms)
         for room in new:
@@ -104,7 +123,13 @@ class Socket:
             )
 
     async def leave(self, room: str) -> None:
-        """Leave ``room``. Cancellation: the room may or may not have been left."""
+        """Leave ``room`` (nothing once the socket has left its rooms for good).
+
+        Cancellation: the room may or may not have been left.
+        """
+        if self._rooms_left is not None:
+            await trio.lowlevel.checkpoint()
+            return
         was_in = room in self.rooms
         await self.namespace.adapter.delete(self.sid, room)
         if was_in:

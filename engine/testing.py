@@ -154,12 +154,14 @@ class ServerDisconnect:
         reason: The server's disconnect reason (``"ping timeout"``, ``"slow consumer"``,
             ``"transport close"``, ``"client namespace disconnect"``, ...).
         time: ``trio.current_time()`` when the server's disconnect handlers ran.
+        rooms: The rooms it was in when it left them (its own id included).
     """
 
     namespace: str
     sid: str
     reason: str
     time: float
+    rooms: frozenset[str]
 
 
 # --------------------------------------------------------------------------- event log
@@ -1072,6 +1074,7 @@ class Harness:
                 sid=socket.sid,
                 reason=reason,
                 time=trio.current_time(),
+                rooms=socket.rooms,
             )
         )
         event, self._changed = self._changed, trio.Event()

@@ -17,7 +17,8 @@ What each record kind does:
 ``MESSAGE`` with sender   the sender emits ``event(*args)``: the handler (or catch-all)
                           runs; its return value is the step's ``result``
 ``DISCONNECT``            the socket leaves the namespace (``args[0]``, if a string, is the
-                          reason); disconnect handlers run
+                          reason): disconnecting handlers run in its rooms, then it
+                          leaves them, then disconnect handlers run
 ``SERVER_START/STOP``,    every replayed socket is disconnected ("server shutting down"):
 ``EPOCH``                 nobody stays connected across a restart
 anything else             skipped, with a note

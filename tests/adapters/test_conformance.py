@@ -212,6 +212,46 @@ async def test_sockets_join_leave_and_disconnect_act_on_every_node(
         assert reasons == ["server namespace disconnect"] * 2
 
 
+async def test_a_disconnecting_socket_tells_its_room_on_every_node(
+    kind: str, redis_url: str
+) -> None:
+    seen: list[tuple[str, str, frozenset[str]]] = []
+    gone_done = trio.Event()
+    async with deployment_with_clients(kind, redis_url, 4) as (deployment, clients, sids):
+        for node in deployment.nodes:
+
+            @node.server.on("disconnecting")
+            async def tell(socket: Socket, reason: str) -> None:
+                seen.append(("disconnecting", socket.sid, socket.rooms))
+                await socket.to("room").emit("left", socket.sid, reason)
+
+            @node.server.on("disconnect")
+            async def gone(socket: Socket, reason: str) -> None:
+                seen.append(("disconnect", socket.sid, socket.rooms))
+                gone_done.set()
+
+        for sid in sids:
+            await join(deployment, sid, "room")
+        await clients[1].send("41")  # it leaves the namespace
+        await gone_done.wait()
+        # END from the leaver's node, after its "left" (one sender's order is kept).
+        await deployment.nodes[1 % len(deployment.nodes)].server.emit(END)
+        got = [await until_end(clients[i]) for i in (0, 2, 3)]
+        # Gone from every node's listing; the others are still in the room.
+        stayed = [sid for sid in sids if sid != sids[1]]
+        assert await server_rooms(deployment) == {sid: frozenset({sid, "room"}) for sid in stayed}
+        rooms = frozenset({sids[1], "room"})
+        assert seen == [("disconnecting", sids[1], rooms), ("disconnect", sids[1], rooms)]
+    left = ["left", sids[1], "client namespace disconnect"]
+    assert got == [[left]] * 3
+
+
+async def server_rooms(deployment: Deployment) -> dict[str, frozenset[str]]:
+    """Every socket's rooms as ``fetch_sockets`` lists them, from node 0."""
+    found = await deployment.nodes[0].server.of("/").fetch_sockets()
+    return {socket.sid: socket.rooms for socket in found}
+
+
 async def test_remote_socket_methods_reach_its_node(kind: str, redis_url: str) -> None:
     async with deployment_with_clients(kind, redis_url, 3) as (deployment, clients, sids):
         server = deployment.nodes[0].server

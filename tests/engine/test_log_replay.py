@@ -183,3 +183,27 @@ async def test_replay_refuses_a_running_server() -> None:
         with pytest.raises(RuntimeError, match="not running"):
             await replay([], server)
         nursery.cancel_scope.cancel()
+
+
+async def test_a_replayed_disconnect_runs_disconnecting_in_the_rooms() -> None:
+    server, calls = build_app(JSON_PARSER)
+
+    @server.on("disconnecting")
+    async def tell(socket: Socket, reason: str) -> None:
+        calls.append(("disconnecting", socket.sid, sorted(socket.rooms)))
+        await socket.to("lobby").emit("left", socket.sid)
+
+    session = [
+        record(1, kind=JOIN, sender="a", args=()),
+        record(2, kind=JOIN, sender="b", args=()),
+        record(3, room="", kind=DISCONNECT, sender="a", args=("transport close",)),
+    ]
+    with trio.fail_after(10):
+        steps = await replay(session, server)
+    assert steps[2].action is ReplayAction.DISCONNECT
+    left = Event(name="left", args=("a",), namespace="/")
+    assert [(d.sid, d.packet) for d in steps[2].deliveries] == [("b", left)]
+    assert calls == [
+        ("disconnecting", "a", ["a", "lobby"]),
+        ("disconnect", "a", "transport close"),
+    ]

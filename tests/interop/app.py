@@ -96,6 +96,8 @@ class Observed:
         connection_counts: ``len(server.connections)`` each time ``whoami`` ran.
         cleanups: ``(sid, "done" | "cancelled")`` per run of the main namespace's
             awaiting disconnect handler.
+        last_moments: ``(handler, sid, reason, socket.rooms)`` per run of the main
+            namespace's ``disconnecting`` and ``disconnect`` handlers, in order.
     """
 
     connects: list[tuple[str, str, JsonValue]] = attrs.field(factory=list)
@@ -106,6 +108,7 @@ class Observed:
     polls: list[BroadcastAckResult] = attrs.field(factory=list)
     connection_counts: list[int] = attrs.field(factory=list)
     cleanups: list[tuple[str, str]] = attrs.field(factory=list)
+    last_moments: list[tuple[str, str, str, frozenset[str]]] = attrs.field(factory=list)
     _changed: trio.Event = attrs.field(factory=trio.Event)
 
     def changed(self) -> None:
@@ -151,7 +154,8 @@ def build_app(parser: Parser, config: Config | None = None) -> tuple[Server, Obs
     middleware refuses any auth whose token is not ``TOKEN``, with ``REFUSAL_DATA``).
     Every namespace records connects, disconnects and ``whoami`` calls; ``/`` also has a
     second disconnect handler that awaits ``CLEANUP_SECONDS`` and records whether it got
-    to its end (``Observed.cleanups``).
+    to its end (``Observed.cleanups``), and a ``disconnecting`` handler that tells each of
+    the socket's rooms that it left (``"left"``, ``{"sid", "room", "reason"}``).
     """
     server = build_server(config)
     # build_server takes no parser: set it before serving (connections and broadcasts
@@ -201,6 +205,22 @@ def build_app(parser: Parser, config: Config | None = None) -> tuple[Server, Obs
             raise
         seen.cleanups.append((socket.sid, "done"))
         seen.changed()
+
+    @main.on("disconnecting")
+    async def tell_the_rooms(socket: Socket, reason: str) -> None:
+        # The socket is still in its rooms here; socket.to leaves it out of the broadcast.
+        seen.last_moments.append(("disconnecting", socket.sid, reason, socket.rooms))
+        seen.changed()
+        for room in sorted(socket.rooms - {socket.sid}):
+            info: JsonValue = {"sid": socket.sid, "room": room, "reason": reason}
+            await socket.to(room).emit("left", info)
+
+    @main.on("disconnect")
+    async def rooms_at_disconnect(socket: Socket, reason: str) -> None:
+        # Left by now, but socket.rooms still says where it was.
+        seen.last_moments.append(("disconnect", socket.sid, reason, socket.rooms))
+        seen.changed()
+        await trio.lowlevel.checkpoint()
 
     @admin.on("admin_only")
     async def admin_only(socket: Socket, value: JsonValue) -> JsonValue:
@@ -637,3 +657,40 @@ async def check_killed_client(peer: PeerCommand) -> None:
             proc.kill()
             assert await seen.wait_disconnect(sid) in {"transport close", "transport error"}
             assert len(server.connections) == 0
+
+
+async def check_last_moments(peer: PeerCommand, leaver_reason: str) -> None:
+    """Members of "lobby" leave while another stays: one disconnects (its server reason
+    is ``leaver_reason``, the client library's way), one is a process killed outright.
+    Each time the staying client gets the "left" event the ``disconnecting`` handler sent
+    while the leaving socket was still in the room, and the ``disconnect`` handler, run
+    after the rooms were left, still read the rooms from ``socket.rooms``."""
+    server, seen = build_app(peer.parser)
+    with trio.fail_after(SCENARIO_TIMEOUT):
+        async with (
+            serve_app(server) as running,
+            open_peer(peer(running.url, "last_moments")) as stayer,
+        ):
+            joined = await stayer.expect("joined")
+            leaver = text(joined["leaver"])
+            first = await stayer.expect("left")
+            async with open_peer(peer(running.url, "killed_in_room")) as victim_proc:
+                victim = text((await victim_proc.expect("connect"))["id"])
+                assert victim_proc.lines[-1]["rooms"] == sorted([victim, "lobby"])
+                victim_proc.kill()
+                victim_reason = await seen.wait_disconnect(victim)
+            lines = await stayer.finish()
+            staying = text(joined["stayer"])
+            await seen.wait_disconnect(staying)
+    assert victim_reason in {"transport close", "transport error"}
+    assert first["args"] == [{"sid": leaver, "room": "lobby", "reason": leaver_reason}]
+    second = [line for line in lines if line["event"] == "left"][1]
+    assert second["args"] == [{"sid": victim, "room": "lobby", "reason": victim_reason}]
+    for sid, reason in ((leaver, leaver_reason), (victim, victim_reason)):
+        rooms = frozenset({sid, "lobby"})
+        assert [m for m in seen.last_moments if m[1] == sid] == [
+            ("disconnecting", sid, reason, rooms),
+            ("disconnect", sid, reason, rooms),
+        ]
+    # The staying client got exactly those two (its own last "left" went to nobody).
+    assert [line["event"] for line in lines] == ["joined", "left", "left", "done"]

@@ -325,6 +325,37 @@ async def heartbeat(url: str, serializer: str) -> None:
     await client.disconnect()
 
 
+async def last_moments(url: str, serializer: str) -> None:
+    """Room "lobby" has two members; the leaver disconnects, and the stayer gets the
+    "left" the server's disconnecting handler sent. Then the test starts killed_in_room
+    and kills it: a second "left". The stayer reports both and leaves."""
+    stay, leave = new_client(serializer), new_client(serializer)
+    left: asyncio.Queue[object] = asyncio.Queue()
+
+    def on_left(info: object) -> None:
+        left.put_nowait(info)
+
+    stay.on("left", on_left)
+    await connect(stay, url, auth={"name": "stayer"})
+    await connect(leave, url, auth={"name": "leaver"})
+    await call(stay, "join_room", "lobby")
+    await call(leave, "join_room", "lobby")
+    report("joined", stayer=stay.get_sid("/"), leaver=leave.get_sid("/"))
+    await leave.disconnect()
+    report("left", args=[await asyncio.wait_for(left.get(), WAIT)])
+    report("left", args=[await asyncio.wait_for(left.get(), WAIT)])
+    await stay.disconnect()
+
+
+async def killed_in_room(url: str, serializer: str) -> None:
+    """Joins "lobby", reports "connect", then waits to be killed by the test."""
+    client = new_client(serializer)
+    await connect(client, url, auth={"name": "victim"})
+    rooms = await call(client, "join_room", "lobby")
+    report("connect", id=client.get_sid("/"), rooms=rooms)
+    await asyncio.Event().wait()
+
+
 async def killed(url: str, serializer: str) -> None:
     client = new_client(serializer)
     await connect(client, url, auth={"name": "victim"})
@@ -346,6 +377,8 @@ SCENARIOS: Final[dict[str, Scenario]] = {
         server_disconnect,
         server_shutdown,
         heartbeat,
+        last_moments,
+        killed_in_room,
         killed,
     )
 }

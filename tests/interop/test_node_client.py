@@ -27,6 +27,7 @@ from tests.interop.app import (
     check_binary,
     check_broadcast_acks,
     check_killed_client,
+    check_last_moments,
     check_room_isolation,
     from_json,
     open_peer,
@@ -230,3 +231,9 @@ async def test_heartbeat(node_peer: PeerCommand) -> None:
 
 async def test_killed_client_reason(node_peer: PeerCommand) -> None:
     await check_killed_client(node_peer)
+
+
+async def test_the_room_hears_who_left_and_disconnect_sees_the_rooms(
+    node_peer: PeerCommand,
+) -> None:
+    await check_last_moments(node_peer, "client namespace disconnect")

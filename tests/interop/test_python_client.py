@@ -32,6 +32,7 @@ from tests.interop.app import (
     check_binary,
     check_broadcast_acks,
     check_killed_client,
+    check_last_moments,
     check_room_isolation,
     from_json,
     open_peer,
@@ -182,3 +183,10 @@ async def test_heartbeat(psio_peer: PeerCommand) -> None:
 
 async def test_killed_client_reason(psio_peer: PeerCommand) -> None:
     await check_killed_client(psio_peer)
+
+
+async def test_the_room_hears_who_left_and_disconnect_sees_the_rooms(
+    psio_peer: PeerCommand,
+) -> None:
+    # Its disconnect() sends only a close frame: "transport close" (see above).
+    await check_last_moments(psio_peer, "transport close")

@@ -297,6 +297,36 @@ const SCENARIOS = {
     socket.disconnect();
   },
 
+  // "lobby" has two members; the leaver disconnects, and the stayer gets the "left" the
+  // server's disconnecting handler sent. Then the test starts killed_in_room and kills
+  // it: a second "left". The stayer reports both and leaves.
+  async last_moments() {
+    const stay = connect("", { forceNew: true, auth: { name: "stayer" } });
+    const leave = connect("", { forceNew: true, auth: { name: "leaver" } });
+    await Promise.all([connected(stay), connected(leave)]);
+    await stay.emitWithAck("join_room", "lobby");
+    await leave.emitWithAck("join_room", "lobby");
+    report("joined", { stayer: stay.id, leaver: leave.id });
+    const first = next(stay, "left");
+    leave.disconnect();
+    report("left", { args: await first });
+    // Registered before yielding to the event loop: no "left" can slip past.
+    const second = next(stay, "left");
+    report("left", { args: await second });
+    const closed = engineClosed(stay);
+    stay.disconnect();
+    await closed;
+  },
+
+  // Joins "lobby", reports "connect", then waits to be killed (SIGKILL) by the test.
+  async killed_in_room() {
+    const socket = connect("", { auth: { name: "victim" } });
+    await connected(socket);
+    const rooms = await socket.emitWithAck("join_room", "lobby");
+    report("connect", { id: socket.id, rooms });
+    await new Promise(() => {});
+  },
+
   // The test kills this process (SIGKILL) after "connect".
   async killed() {
     const socket = connect("", { auth: { name: "victim" } });
