@@ -535,7 +535,8 @@ class Server:
         args: tuple[LogValue, ...] = (),
     ) -> bool:
         """Log a room or connection event (join, leave, connect, disconnect, a client's
-        event), queued without waiting for durability. A record that cannot be encoded
+        event): joins and leaves wait until they are durable (under ``always`` and
+        ``interval``), the others are queued without waiting. A record that cannot be encoded
         (socket data msgpack cannot hold) is logged as a warning and skipped: then it
         returns False.
 
@@ -573,7 +574,10 @@ class Server:
             if record is None:
                 await trio.lowlevel.checkpoint()
                 return True
-            await self._append(record, durable=False)
+            # A join or leave is durable before it returns, as in the shared log: a
+            # client recovered after a crash must get back the rooms it was told it is
+            # in, even when no event of the room reached it before the crash.
+            await self._append(record, durable=kind in (RecordKind.JOIN, RecordKind.LEAVE))
         except LocalProtocolError as exc:
             logger.warning("not logged (%s %s): %s", kind.name, namespace, exc)
             return False

@@ -44,11 +44,19 @@ async def chat_server(port: int, log_dir: Path) -> AsyncIterator[LineProcess]:
 
 
 async def run_scenario(
-    js_peers: Path, tmp_path: Path, *, clients: int, rooms: int, dropped_before_kill: int
+    js_peers: Path,
+    tmp_path: Path,
+    *,
+    clients: int,
+    rooms: int,
+    dropped_before_kill: int = 0,
+    join_quiet: bool = False,
 ) -> tuple[Line, list[Line]]:
-    """Clients publish; the server is killed (after ``dropped_before_kill`` clients closed
-    their transport, a few milliseconds before) and started again; publishing goes on for
-    a while, then stops. Returns the clients' report and their reconnections."""
+    """Clients publish; the server is killed and started again; publishing goes on for a
+    while, then stops. Right before the kill, ``join_quiet`` makes every client join
+    workspace "quiet" (one message goes there after the restart), and then
+    ``dropped_before_kill`` clients close their transport, a few milliseconds before it.
+    Returns the clients' report and their reconnections."""
     port, log_dir = _free_port(), tmp_path / "log"
     url = f"http://127.0.0.1:{port}"
     argv = ["node", str(js_peers / "crash_clients.mjs"), url, str(clients), str(rooms), "20"]
@@ -57,6 +65,9 @@ async def run_scenario(
             await driver.expect_event("ready")
             await driver.send({"cmd": "publish"})
             await trio.sleep(1.0)  # (real time: the processes run on their own clocks)
+            if join_quiet:
+                await driver.send({"cmd": "join_quiet"})
+                await driver.expect_event("joined_quiet")
             if dropped_before_kill:
                 await driver.send({"cmd": "drop", "n": dropped_before_kill})
                 await driver.expect_event("dropped")
@@ -72,43 +83,52 @@ async def run_scenario(
 
 
 def check(report: Line, reconnections: list[Line], *, clients: int) -> None:
-    """All recovered; each member got every message of its workspace that any member got,
+    """All recovered; each member got every message of its workspaces that any member got,
     and every acknowledged one, once and in publish order."""
     assert sorted(cast("int", line["id"]) for line in reconnections) == list(range(clients))
     not_recovered = [line for line in reconnections if line["recovered"] is not True]
     assert not not_recovered, f"{len(not_recovered)} of {clients} not recovered: {not_recovered}"
     members = cast("list[dict[str, object]]", report["clients"])
     acked = cast("dict[str, list[int]]", report["acked"])
-    by_room: dict[str, set[str]] = {}
+
+    def by_room(received: list[str]) -> dict[str, list[str]]:
+        rooms: dict[str, list[str]] = {}
+        for text in received:
+            rooms.setdefault(text.rpartition(":")[0], []).append(text)
+        return rooms
+
+    everything: dict[str, set[str]] = {}
     for member in members:
-        by_room.setdefault(cast("str", member["room"]), set()).update(
-            cast("list[str]", member["received"])
-        )
+        for room, texts in by_room(cast("list[str]", member["received"])).items():
+            everything.setdefault(room, set()).update(texts)
     for member in members:
-        room, received = cast("str", member["room"]), cast("list[str]", member["received"])
+        received = cast("list[str]", member["received"])
         sids = cast("list[str]", member["sids"])
         assert member["errors"] == [], member
         assert len(set(sids)) == 1, f"client {member['id']} changed its sid: {sids}"
         duplicated = [text for text, n in Counter(received).items() if n > 1]
         assert not duplicated, f"client {member['id']} got {duplicated} twice"
-        seqs = [int(text.rpartition(":")[2]) for text in received]
-        assert all(text.startswith(f"{room}:") for text in received), member
-        assert seqs == sorted(seqs), f"client {member['id']} got {room} out of order"
-        missing = by_room[room] - set(received)
-        assert not missing, f"client {member['id']} missed {sorted(missing)[:10]}"
-        unacked = {f"{room}:{seq}" for seq in acked.get(room, [])} - set(received)
-        assert not unacked, f"client {member['id']} missed acknowledged {sorted(unacked)[:10]}"
+        got = by_room(received)
+        rooms = {cast("str", member["room"])} | ({"quiet"} if "quiet" in acked else set())
+        assert set(got) <= rooms, f"client {member['id']} got messages of {set(got) - rooms}"
+        for room in rooms:
+            texts = got.get(room, [])
+            seqs = [int(text.rpartition(":")[2]) for text in texts]
+            assert seqs == sorted(seqs), f"client {member['id']} got {room} out of order"
+            missing = everything.get(room, set()) - set(texts)
+            assert not missing, f"client {member['id']} missed {sorted(missing)[:10]}"
+            unacked = {f"{room}:{seq}" for seq in acked.get(room, [])} - set(texts)
+            assert not unacked, f"client {member['id']} missed acknowledged {sorted(unacked)[:10]}"
     # The scenario really crossed the crash: messages were acknowledged after it too.
-    assert all(len(acked.get(f"w{r}", [])) > 60 for r in range(len(by_room))), acked
+    workspaces = {cast("str", member["room"]) for member in members}
+    assert all(len(acked.get(room, [])) > 60 for room in workspaces), acked
 
 
 async def test_every_session_connected_at_a_crash_comes_back_recovered(
     js_peers: Path, tmp_path: Path
 ) -> None:
     with trio.fail_after(90):
-        report, reconnections = await run_scenario(
-            js_peers, tmp_path, clients=100, rooms=10, dropped_before_kill=0
-        )
+        report, reconnections = await run_scenario(js_peers, tmp_path, clients=100, rooms=10)
     check(report, reconnections, clients=100)
 
 
@@ -116,9 +136,11 @@ async def test_a_client_that_closed_just_before_the_kill_is_recovered(
     js_peers: Path, tmp_path: Path
 ) -> None:
     """Its disconnect may or may not have reached the log before the kill: either way its
-    session comes back."""
+    session comes back. So do rooms joined a moment before the kill, where no message had
+    been sent yet (a join is durable before it is acknowledged)."""
     with trio.fail_after(60):
         report, reconnections = await run_scenario(
-            js_peers, tmp_path, clients=20, rooms=2, dropped_before_kill=10
+            js_peers, tmp_path, clients=20, rooms=2, dropped_before_kill=10, join_quiet=True
         )
+    assert cast("dict[str, list[int]]", report["acked"]).get("quiet") == [1]
     check(report, reconnections, clients=20)

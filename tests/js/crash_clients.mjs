@@ -9,7 +9,10 @@
 //   {"cmd": "publish"}       publishers start sending "dispatch_message" every INTERVAL_MS
 //   {"cmd": "drop", "n": N}  the first N clients that do not publish close their transport
 //                            (they keep their session: the next connection may recover it)
-//   {"cmd": "stop"}          publishers stop; once every acknowledged message reached every
+//   {"cmd": "join_quiet"}    every client joins workspace "quiet" too, where nobody publishes
+//                            -> {"event": "joined_quiet"} once all joins were acknowledged
+//   {"cmd": "stop"}          publishers stop (and, after "join_quiet", client 0 sends one
+//                            message to "quiet"); once every acknowledged message reached every
 //                            member (or 10 s passed) prints the report
 // Prints JSON lines: {"event": "ready", "sids": [...]} when every client joined;
 // {"event": "dropped", "count"}; {"event": "reconnected", "id", "sid", "recovered"} for each
@@ -30,6 +33,7 @@ const clients = [];
 const acked = {}; // room -> seqs acknowledged to its publisher
 let publishing = null;
 let joined = 0;
+let quiet = false;
 
 for (let i = 0; i < clientCount; i++) {
   const room = `w${i % roomCount}`;
@@ -70,9 +74,19 @@ function publish() {
 }
 
 function allDelivered() {
+  const rooms = (c) => (quiet ? [c.room, "quiet"] : [c.room]);
   return clients.every((c) =>
-    (acked[c.room] ?? []).every((seq) => c.received.includes(`${c.room}:${seq}`)),
+    rooms(c).every((room) => (acked[room] ?? []).every((seq) => c.received.includes(`${room}:${seq}`))),
   );
+}
+
+async function joinQuiet() {
+  quiet = true;
+  const answers = await Promise.all(clients.map((c) => c.socket.emitWithAck("join_workspace", "quiet")));
+  for (const [i, answer] of answers.entries()) {
+    if (!answer.ok) clients[i].errors.push(`join quiet: ${JSON.stringify(answer)}`);
+  }
+  out({ event: "joined_quiet" });
 }
 
 async function stop() {
@@ -80,6 +94,13 @@ async function stop() {
   const deadline = Date.now() + 10000;
   // Let the last publishes be answered (or time out), then every acked one arrive.
   await new Promise((resolve) => setTimeout(resolve, 300));
+  if (quiet) {
+    const answer = await clients[0].socket
+      .timeout(ACK_TIMEOUT_MS)
+      .emitWithAck("dispatch_message", { workspaceId: "quiet", textMarker: "quiet:1" });
+    if (answer.ok) acked.quiet = [1];
+    else clients[0].errors.push(`quiet: ${JSON.stringify(answer)}`);
+  }
   while (!allDelivered() && Date.now() < deadline) {
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
@@ -108,6 +129,7 @@ input.on("line", (line) => {
     const victims = clients.slice(roomCount, roomCount + n);
     for (const c of victims) c.socket.io.engine.close();
     out({ event: "dropped", count: victims.length });
-  } else if (cmd === "stop") stop();
+  } else if (cmd === "join_quiet") joinQuiet();
+  else if (cmd === "stop") stop();
 });
 input.on("close", () => process.exit(0));
