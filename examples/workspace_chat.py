@@ -2,7 +2,17 @@
 
 Clients ``join_workspace`` (a room) and ``dispatch_message`` {workspaceId, textMarker};
 everyone in that workspace, and nobody else, gets ``receive_message``
-{sender, text, timestamp}.
+{sender, text, timestamp}. ``timestamp`` is what the seed's ``timestamp: new Date()`` puts on
+the wire: ``JSON.stringify`` of a Date, an ISO 8601 UTC string with milliseconds and ``Z``
+(``"2026-12-05T05:11:39.588Z"``), so ``Date.parse(m.timestamp)`` works in a client.
+
+The seed's three console lines (a client connected, with its socket id; the socket joined a
+workspace; it disconnected) are INFO log records of this module's logger.
+
+One deliberate difference from the seed: ``dispatch_message`` from a socket that has not
+joined that workspace is refused (``{"ok": false, "error": "join the workspace first"}``),
+where the seed would broadcast it. Without the check, any client could post into any
+workspace whose id it knows, which the rooms are there to prevent.
 
 The server also serves the chat page (``examples/web/public``: a workspace picker, the
 message list and a send box) at ``/``, and npm's socket.io-client browser bundle at
@@ -22,8 +32,8 @@ recovered there.
 from __future__ import annotations
 
 import argparse
+import datetime
 import logging
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -47,6 +57,13 @@ PAGE_DIR: Final = WEB_DIR / "public"
 """The chat page: index.html, app.js, style.css."""
 CLIENT_BUNDLE_DIR: Final = WEB_DIR / "node_modules" / "socket.io-client" / "dist"
 """socket.io-client's browser bundles, as ``npm ci`` in examples/web installs them."""
+
+
+def js_date_now() -> str:
+    """Now as JavaScript's ``JSON.stringify(new Date())`` writes it (``Date.prototype.toJSON``:
+    ISO 8601 in UTC, milliseconds, ``Z``)."""
+    now = datetime.datetime.now(datetime.UTC)
+    return now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def build_server(
@@ -73,11 +90,17 @@ def build_server(
             config=config, recovery=recovery, static_dirs=static, adapter_factory=adapter_factory
         )
 
+    @server.on("connect")
+    async def connected(socket: Socket, auth: JsonValue) -> None:
+        logger.info("client connected: %s", socket.sid)
+        await trio.lowlevel.checkpoint()
+
     @server.on("join_workspace")
     async def join_workspace(socket: Socket, workspace_id: JsonValue) -> JsonValue:
         if not isinstance(workspace_id, str) or not workspace_id:
             return {"ok": False, "error": "workspaceId must be a non-empty string"}
         await socket.join(workspace_id)
+        logger.info("socket %s joined workspace %s", socket.sid, workspace_id)
         return {"ok": True, "workspaceId": workspace_id}
 
     @server.on("dispatch_message")
@@ -87,13 +110,19 @@ def build_server(
         workspace_id, text = message.get("workspaceId"), message.get("textMarker")
         if not isinstance(workspace_id, str) or not isinstance(text, str):
             return {"ok": False, "error": "workspaceId and textMarker must be strings"}
+        # Deliberately stricter than the seed (see the module docstring): only a member
+        # of the workspace may post to it.
         if workspace_id not in socket.rooms:
             return {"ok": False, "error": "join the workspace first"}
         delivered = await server.to(workspace_id).emit(
-            "receive_message",
-            {"sender": socket.sid, "text": text, "timestamp": int(time.time() * 1000)},
+            "receive_message", {"sender": socket.sid, "text": text, "timestamp": js_date_now()}
         )
         return {"ok": True, "delivered": delivered}
+
+    @server.on("disconnect")
+    async def disconnected(socket: Socket, reason: str) -> None:
+        logger.info("client disconnected: %s (%s)", socket.sid, reason)
+        await trio.lowlevel.checkpoint()
 
     return server
 
