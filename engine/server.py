@@ -53,6 +53,9 @@ __all__ = ["AdapterFactory", "Server"]
 logger = logging.getLogger(__name__)
 
 CLOSE_PAYLOAD: Final = b"1"  # an Engine.IO CLOSE packet, as a polling body
+ORIGIN_LOG_INTERVAL: Final = 10.0
+"""Seconds between two log lines about refused Origins (a page hammering the server
+must not flood the log); the line after a quiet spell counts those left out."""
 _LINGER_TIMEOUT: Final = 1.0
 _LINGER_BYTES: Final = 65_536
 
@@ -104,6 +107,8 @@ class Server:
     _engines: dict[str, EngineLayer] = attrs.field(factory=dict, init=False)
     _per_address: dict[str, int] = attrs.field(factory=dict, init=False)
     _connections: trio.Nursery | None = attrs.field(default=None, init=False)
+    _origin_log_after: float = attrs.field(default=-float("inf"), init=False)
+    _origins_unlogged: int = attrs.field(default=0, init=False)
 
     def __attrs_post_init__(self) -> None:
         if self.recovery is not None:
@@ -609,11 +614,32 @@ class Server:
         if allowed == "*":
             return True
         if callable(allowed):
-            return bool(allowed(origin))
+            if allowed(origin):
+                return True
+            self._log_refused_origin(origin, "the cors_allowed_origins predicate refused it")
+            return False
         if origin in allowed:
             return True
         # Same origin: the page was served by this host.
-        return urlsplit(origin).netloc == request.headers.get("host")
+        host = request.headers.get("host")
+        if urlsplit(origin).netloc == host:
+            return True
+        listed = "is not in cors_allowed_origins" if allowed else "cors_allowed_origins is empty"
+        self._log_refused_origin(origin, f"{listed} and it is not this server's (Host {host})")
+        return False
+
+    def _log_refused_origin(self, origin: str, rule: str) -> None:
+        """A warning with the refused Origin and the rule that refused it, at most one
+        per ORIGIN_LOG_INTERVAL."""
+        now = trio.current_time()
+        if now < self._origin_log_after:
+            self._origins_unlogged += 1
+            return
+        left_out = self._origins_unlogged
+        more = f" ({left_out} more refused since the last such line)" if left_out else ""
+        logger.warning("refused Origin %r: %s%s", origin, rule, more)
+        self._origin_log_after = now + ORIGIN_LOG_INTERVAL
+        self._origins_unlogged = 0
 
     def _cors_headers(self, request: HttpRequest) -> tuple[tuple[str, str], ...]:
         origin = request.headers.get("origin")

@@ -13,6 +13,7 @@ import trio.testing
 from roomcast.engine import ConnectRefusedError, Server, Socket
 from roomcast.engine.actors.supervisor import RoomCrashLoopError
 from roomcast.engine.adapters.memory import MemoryAdapter
+from roomcast.engine.testing import open_harness
 from roomcast.protocol import JsonValue
 
 from .conftest import RawClient, open_memory_server
@@ -495,3 +496,36 @@ async def test_deadline_scheduler_does_not_keep_cancelled_targets_alive() -> Non
     del target
     gc.collect()
     assert alive() is None
+
+
+async def test_a_failing_handler_is_logged_with_namespace_event_and_socket_id(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = Server()
+    chat = server.of("/chat")
+
+    @chat.on("boom")
+    async def boom(socket: Socket, *args: JsonValue) -> None:
+        await trio.lowlevel.checkpoint()
+        raise RuntimeError("handler bug")
+
+    @chat.on("ping")
+    async def ping(socket: Socket) -> str:
+        await trio.lowlevel.checkpoint()
+        return "pong"
+
+    with trio.fail_after(10):
+        async with open_harness(server) as harness:
+            client = await harness.connect(namespace="/chat")
+            sid = client.sid("/chat")
+            await client.emit("boom", 1, namespace="/chat")
+            # Handlers run in order per connection: once ping is answered, boom has failed.
+            assert await client.call("ping", namespace="/chat") == ("pong",)
+            (eio_sid,) = server.connections
+    (failure,) = [r for r in caplog.records if r.name == "roomcast.engine.actors.connection"]
+    assert failure.levelno == logging.ERROR
+    assert failure.getMessage() == (
+        f"handler of event 'boom' failed (namespace /chat, socket {sid}, connection {eio_sid})"
+    )
+    assert failure.exc_info is not None
+    assert isinstance(failure.exc_info[1], RuntimeError)
