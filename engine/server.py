@@ -119,6 +119,35 @@ class Server:
         )
         self.of("/")
 
+    def reconfigure(
+        self,
+        *,
+        config: Config,
+        recovery: RecoveryConfig | None,
+        adapter_factory: AdapterFactory | None = None,
+    ) -> None:
+        """Replace the settings the server was built with, before it serves: what an
+        operator's flags override in an app's server (``roomcast serve``).
+
+        ``adapter_factory``, when given, replaces the adapter of every namespace made so
+        far (and of those made later): the server becomes a node of a cluster.
+        (``room_max_restarts`` and ``room_restart_window`` stay as built: the supervisor
+        already exists.)
+
+        Raises:
+            RuntimeError: The server is serving already.
+        """
+        if self.log is not None or self._connections is not None or self.connections:
+            raise RuntimeError("a Server can only be reconfigured before it serves")
+        self.config = config
+        self.recovery = recovery
+        self.recovery_store = RecoveryStore(config=recovery) if recovery is not None else None
+        if adapter_factory is not None:
+            self.adapter_factory = adapter_factory
+            for ns in [*self.namespaces.values(), *(parent for _, parent in self._dynamic)]:
+                ns.adapter = adapter_factory(ns.name, self.supervisor.spawn_room, config)
+                ns.adapter.bind(ns)
+
     # -- namespaces -------------------------------------------------------------------------
 
     def of(self, name: str | NamespaceMatcher) -> Namespace:
