@@ -529,3 +529,11 @@ async def test_a_failing_handler_is_logged_with_namespace_event_and_socket_id(
     )
     assert failure.exc_info is not None
     assert isinstance(failure.exc_info[1], RuntimeError)
+
+
+def test_recovery_config_is_public() -> None:
+    import roomcast.engine
+    from roomcast.engine.recovery import RecoveryConfig
+
+    assert "RecoveryConfig" in roomcast.engine.__all__
+    assert roomcast.engine.RecoveryConfig is RecoveryConfig
