@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import errno
 import importlib
 import importlib.metadata
 import json
@@ -310,31 +311,49 @@ async def _serve_node(server: Server, cluster: RedisCluster, host: str, port: in
         nursery.cancel_scope.cancel()
 
 
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return found
+
+
+def _cannot_listen(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL)
+
+
 def run_server(
     server: Server, host: str, port: int, *, cluster: RedisCluster | None = None
 ) -> None:
     """Serve ``server`` (as a node of ``cluster``, if given) until SIGINT or SIGTERM.
 
     Raises:
-        CommandError: Its event log directory is open by another process.
+        CommandError: Its event log directory is open by another process, or the address
+            is in use or not this machine's.
     """
     tune_gc()
-    locked: LogLockedError | None = None
+    problem: str | None = None
     try:
         if cluster is None:
             trio.run(serve_until_signal, server, host, port)
         else:
             trio.run(_serve_node, server, cluster, host, port)
     except* LogLockedError as group:
-        found = group.exceptions[0]
-        assert isinstance(found, LogLockedError)
-        locked = found
-    if locked is not None:
+        locked = _leaves(group)[0]
+        assert isinstance(locked, LogLockedError)
         holder = "another process" if locked.pid is None else f"process {locked.pid}"
-        raise CommandError(
+        problem = (
             f"the event log directory {locked.directory} is already open by {holder}"
             " (another server?): stop it, or give this one another --log-dir"
         )
+    except* OSError as group:
+        listening, other = group.split(_cannot_listen)
+        if other is not None:
+            raise other from None  # not the user's to fix: it keeps its traceback
+        assert listening is not None
+        problem = f"cannot listen on {host}:{port}: {_leaves(listening)[0]}"
+    if problem is not None:
+        raise CommandError(problem)
 
 
 def _serve(args: argparse.Namespace) -> int:

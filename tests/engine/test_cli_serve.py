@@ -314,6 +314,26 @@ async def test_a_users_mistakes_are_one_line_with_exit_status_2(tmp_path: Path) 
     assert b"DAMAGED" in verify["verify"].stdout
 
 
+async def test_a_port_in_use_is_one_line() -> None:
+    with trio.socket.socket() as taken:
+        await taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        results = await run_all(
+            {
+                "serve": [
+                    *roomcast_command(),
+                    "serve",
+                    "examples.workspace_chat:build_server",
+                    "--no-log",
+                    "--port",
+                    str(port),
+                ]
+            }
+        )
+    assert f"cannot listen on 127.0.0.1:{port}: " in one_line_error(results["serve"])
+
+
 async def test_version_comes_from_the_package_metadata() -> None:
     results = await run_all({"version": [*roomcast_command(), "--version"]})
     assert results["version"].returncode == 0
