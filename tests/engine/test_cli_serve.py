@@ -66,8 +66,16 @@ async def _drain(stream: trio.abc.ReceiveStream, into: bytearray) -> None:
 async def roomcast_serve(*args: str) -> AsyncIterator[Served]:
     """Run ``roomcast serve ARGS --host 127.0.0.1 --port 0`` from the repository root; on
     the way out, kill it (by its pid) if it still runs."""
+    async with open_served([*roomcast_command(), "serve", *args]) as served:
+        yield served
+
+
+@asynccontextmanager
+async def open_served(command: list[str]) -> AsyncIterator[Served]:
+    """Run ``COMMAND --host 127.0.0.1 --port 0`` (a server that prints where it serves)
+    from the repository root; on the way out, kill it (by its pid) if it still runs."""
     process = await trio.lowlevel.open_process(
-        [*roomcast_command(), "serve", *args, "--host", "127.0.0.1", "--port", "0"],
+        [*command, "--host", "127.0.0.1", "--port", "0"],
         cwd=ROOT,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -92,7 +100,7 @@ async def roomcast_serve(*args: str) -> AsyncIterator[Served]:
                     chunk = await process.stdout.receive_some(65_536)
                     if not chunk:
                         await stderr_done.wait()
-                        raise AssertionError(f"roomcast serve exited early: {bytes(stderr)!r}")
+                        raise AssertionError(f"{command} exited early: {bytes(stderr)!r}")
                     stdout += chunk
 
             async def drain_stdout() -> None:
@@ -243,18 +251,21 @@ def one_line_error(result: subprocess.CompletedProcess[bytes]) -> str:
 
 
 async def run_all(commands: dict[str, list[str]]) -> dict[str, subprocess.CompletedProcess[bytes]]:
-    """Run each command (from the repository root) at once; their results by name."""
+    """Run the commands (from the repository root), two at a time (the CI machine has few
+    cores); their results by name."""
     results: dict[str, subprocess.CompletedProcess[bytes]] = {}
+    limiter = trio.CapacityLimiter(2)
 
     async def run(name: str, argv: list[str]) -> None:
-        results[name] = await trio.run_process(
-            argv,
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL,
-            capture_stdout=True,
-            capture_stderr=True,
-            check=False,
-        )
+        async with limiter:
+            results[name] = await trio.run_process(
+                argv,
+                cwd=ROOT,
+                stdin=subprocess.DEVNULL,
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
 
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
@@ -381,6 +392,26 @@ async def test_a_second_server_on_an_open_log_directory_says_who_holds_it(
     assert results["the example"].returncode == 2
     assert "Traceback" not in example
     assert example.splitlines()[-1] == line.replace("roomcast serve:", "workspace_chat.py:")
+
+
+async def test_the_demo_logs_the_seed_lines_at_info_by_default(tmp_path: Path) -> None:
+    demo = [sys.executable, "examples/workspace_chat.py", "--log-dir", str(tmp_path / "log")]
+    with trio.fail_after(60):
+        async with open_served(demo) as served:
+            app = served.endpoint
+            async with open_ws(app, eio_target("/socket.io/", transport="websocket")) as ws:
+                await ws_handshake(ws)
+                await ws.send_message("40")
+                accepted = str(await ws.get_message())
+                sid = json.loads(accepted[2:])["sid"]
+                await ws.send_message('421["join_workspace","w1"]')
+                assert str(await ws.get_message()).startswith("431")
+            served.process.send_signal(signal.SIGTERM)
+            assert await served.wait() == 0
+    err = served.stderr.decode()
+    assert f"INFO client connected: {sid}\n" in err
+    assert f"INFO socket {sid} joined workspace w1\n" in err
+    assert f"INFO client disconnected: {sid} (" in err
 
 
 async def test_serve_flags_override_the_apps_settings(tmp_path: Path) -> None:
