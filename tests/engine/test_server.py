@@ -10,7 +10,7 @@ import pytest
 import trio
 import trio.testing
 
-from roomcast.engine import ConnectRefusedError, Server, Socket
+from roomcast.engine import Config, ConnectRefusedError, RecoveryConfig, Server, Socket
 from roomcast.engine.actors.supervisor import RoomCrashLoopError
 from roomcast.engine.adapters.memory import MemoryAdapter
 from roomcast.engine.testing import open_harness
@@ -537,3 +537,16 @@ def test_recovery_config_is_public() -> None:
 
     assert "RecoveryConfig" in roomcast.engine.__all__
     assert roomcast.engine.RecoveryConfig is RecoveryConfig
+
+
+async def test_reconfigure_only_before_serving() -> None:
+    server = Server()
+    server.reconfigure(config=Config(ping_interval=3.0), recovery=RecoveryConfig())
+    assert server.recovery_store is not None
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve, "127.0.0.1", 0)
+            with pytest.raises(RuntimeError, match="before it serves"):
+                server.reconfigure(config=Config(), recovery=None)
+            assert server.config.ping_interval == 3.0
+            nursery.cancel_scope.cancel()
