@@ -23,7 +23,7 @@ import trio_websocket
 from examples.workspace_chat import build_server
 from roomcast.engine import Config, RecoveryConfig, Socket
 from roomcast.engine.adapters.redis import RedisAdapter, RedisCluster
-from roomcast.engine.cli import apply_server_options, build_parser
+from roomcast.engine.cli import CommandError, apply_server_options, build_parser, load_server
 
 from ..conformance.wire import Endpoint, eio_target, open_ws, ws_handshake
 
@@ -490,3 +490,15 @@ def test_serve_redis_flag_makes_the_server_a_cluster_node() -> None:
     assert cluster.settings.shared_log
     assert isinstance(server.of("/").adapter, RedisAdapter)
     assert not server.config.log.enabled  # the cluster's log is in Redis
+
+
+def test_an_app_whose_own_import_fails_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "broken_chat_app.py").write_text("import no_such_dependency_here\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CommandError) as info:
+        load_server("broken_chat_app:app")
+    assert str(info.value) == (
+        "module 'broken_chat_app' cannot be imported: No module named 'no_such_dependency_here'"
+    )
