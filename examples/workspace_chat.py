@@ -37,8 +37,6 @@ import logging
 from pathlib import Path
 from typing import Final
 
-import trio
-
 from roomcast.engine import Config, RecoveryConfig, Server, Socket
 from roomcast.engine.cli import CommandError, add_server_options, apply_server_options, run_server
 from roomcast.engine.server import AdapterFactory
@@ -87,7 +85,6 @@ def build_server(
     @server.on("connect")
     async def connected(socket: Socket, auth: JsonValue) -> None:
         logger.info("client connected: %s", socket.sid)
-        await trio.lowlevel.checkpoint()
 
     @server.on("join_workspace")
     async def join_workspace(socket: Socket, workspace_id: JsonValue) -> JsonValue:
@@ -116,7 +113,6 @@ def build_server(
     @server.on("disconnect")
     async def disconnected(socket: Socket, reason: str) -> None:
         logger.info("client disconnected: %s (%s)", socket.sid, reason)
-        await trio.lowlevel.checkpoint()
 
     return server
 
