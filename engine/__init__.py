@@ -17,6 +17,7 @@ from roomcast.engine.errors import (
     TransportClosed,
 )
 from roomcast.engine.namespace import BroadcastAckResult, BroadcastOperator, Namespace
+from roomcast.engine.recovery import RecoveryConfig
 from roomcast.engine.server import Server
 from roomcast.engine.socket import Handshake, Socket
 
@@ -35,6 +36,7 @@ __all__ = [
     "Handshake",
     "Namespace",
     "NamespaceDisconnected",
+    "RecoveryConfig",
     "Server",
     "Socket",
     "SlowConsumerError",

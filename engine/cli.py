@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import errno
 import importlib
+import importlib.metadata
 import json
 import logging
 import math
@@ -12,48 +14,278 @@ import signal
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Final, NoReturn
 
 import attrs
 import trio
 
+from roomcast.engine.errors import EngineError
+from roomcast.engine.log import FsyncPolicy, LogLockedError
 from roomcast.engine.log.reader import (
+    is_log_directory,
     iter_records,
+    json_value,
     log_stats,
     record_to_json,
     verify_log,
 )
 from roomcast.engine.log.replay import ReplayStep, replay
 from roomcast.engine.log.segment import Corruption
+from roomcast.engine.recovery import RecoveryConfig
 from roomcast.engine.runtime import tune_gc
 from roomcast.engine.server import Server
 from roomcast.protocol._log import LogRecord, LogValue
 from roomcast.protocol._sio import SioPacket
 
-__all__ = ["build_parser", "format_record", "load_server", "main"]
+if TYPE_CHECKING:
+    from roomcast.engine.adapters.redis import RedisCluster
+
+__all__ = [
+    "CommandError",
+    "add_server_options",
+    "apply_server_options",
+    "build_parser",
+    "format_record",
+    "load_server",
+    "main",
+    "run_server",
+    "serve_until_signal",
+]
 
 logger = logging.getLogger("roomcast")
 
+LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class CommandError(EngineError):
+    """What the ``roomcast`` command reports as one line on stderr, with exit status 2
+    (a mistake in what it was asked to do, not a bug: no traceback)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error on one line (exit status 2, as argparse's own)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("roomcast")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _log_level(text: str) -> str:
+    level = text.upper()
+    if level not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(LOG_LEVELS)}, got {text!r}")
+    return level
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) == 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number > 0, got {text!r}")
+    return int(text)
+
 
 def load_server(spec: str) -> Server:
-    """Import ``MODULE:ATTR`` and return the Server it names (ATTR may be a factory).
+    """Import ``MODULE:ATTR`` and return the Server it names (ATTR may be a factory,
+    called with no arguments). MODULE is looked up in the current directory first.
 
     Raises:
-        SystemExit: The spec is malformed or does not name a Server.
+        CommandError: The spec is malformed, its module or attribute does not exist, or it
+            does not name a Server.
     """
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
-        raise SystemExit(f"expected MODULE:ATTR, got {spec!r}")
-    sys.path.insert(0, ".")
+        raise CommandError(f"expected MODULE:ATTR, got {spec!r}")
+    # The current directory, as ``python -m`` has it (absolute: a relative entry's
+    # cached finder would not notice a change of directory).
+    sys.path.insert(0, str(Path.cwd()))
     try:
         module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if module_name == missing or module_name.startswith(missing + "."):
+            raise CommandError(
+                f"no module named {missing!r} (looked in the current directory and sys.path)"
+            ) from None
+        # The app's module exists but imports something that does not.
+        raise CommandError(f"module {module_name!r} cannot be imported: {exc}") from None
     finally:
         sys.path.pop(0)
-    obj = getattr(module, attr, None)
+    if not hasattr(module, attr):
+        raise CommandError(f"no attribute {attr!r} in module {module_name!r}")
+    obj = getattr(module, attr)
     if callable(obj) and not isinstance(obj, Server):
         obj = obj()
     if not isinstance(obj, Server):
-        raise SystemExit(f"{spec} is not a roomcast Server (got {type(obj).__name__})")
+        raise CommandError(f"{spec} is not a roomcast Server (got {type(obj).__name__})")
     return obj
+
+
+# ------------------------------------------------------------------ the operator's flags
+
+
+def add_server_options(parser: argparse.ArgumentParser) -> None:
+    """Add the operator's flags to ``parser`` (those of ``roomcast serve``; the seed
+    example takes them too). ``apply_server_options`` applies them."""
+    group = parser.add_argument_group(
+        "operator settings",
+        "Each flag given overrides what the app built its Server with; a flag not given"
+        " leaves the app's own setting.",
+    )
+    group.add_argument(
+        "--log-dir",
+        metavar="DIR",
+        help="the event log's directory (default: the app's, normally ./roomcast-log);"
+        " turns the log on if the app had it off",
+    )
+    group.add_argument(
+        "--fsync",
+        choices=[policy.value for policy in FsyncPolicy],
+        help="when the event log syncs to disk: always (before each batch is acknowledged),"
+        " interval (at most every fsync_interval, 5 ms by default; the default), never (on"
+        " segment roll and close only: survives a crash of the process, not of the"
+        " machine); turns the log on if the app had it off",
+    )
+    group.add_argument(
+        "--no-log",
+        action="store_true",
+        help="keep no event log at all (no files; recovery then does not survive a"
+        " restart, and replay has nothing to read)",
+    )
+    group.add_argument(
+        "--recovery",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="connection state recovery on or off (default: as the app has it)",
+    )
+    group.add_argument(
+        "--recovery-window",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="how long a disconnected client's session is kept for its recovery"
+        " (max_disconnection_duration, 120 by default); turns recovery on",
+    )
+    group.add_argument(
+        "--allow-origin",
+        action="append",
+        metavar="ORIGIN",
+        help="a browser Origin allowed to connect, e.g. https://app.example (repeat for"
+        " several; * for any). Replaces the app's list; a page this server serves itself is"
+        " always allowed",
+    )
+    group.add_argument(
+        "--ping-interval",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="Engine.IO heartbeat: seconds between a PONG and the next PING (default 25)",
+    )
+    group.add_argument(
+        "--ping-timeout",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="seconds a client has to answer a PING before it is dropped (default 20)",
+    )
+    group.add_argument(
+        "--max-payload",
+        type=_positive_int,
+        metavar="BYTES",
+        help="largest Engine.IO message, polling body or binary attachment (default"
+        " 1000000; sent to clients as maxPayload)",
+    )
+    group.add_argument(
+        "--redis",
+        metavar="URL",
+        help="run as one node of a cluster through this Redis (redis://host:port/db), with"
+        " the cluster's shared log in Redis: the node then keeps no log files",
+    )
+    group.add_argument(
+        "--cluster",
+        metavar="NAME",
+        default="roomcast",
+        help="with --redis: the cluster's name, the prefix of its channels (default roomcast)",
+    )
+
+
+def apply_server_options(server: Server, args: argparse.Namespace) -> RedisCluster | None:
+    """Apply the flags ``add_server_options`` added to ``server``'s settings (before it
+    serves); return the Redis cluster to run with it (``--redis``), or None.
+
+    Raises:
+        CommandError: Flags that contradict each other.
+    """
+    config = server.config
+    log = config.log
+    if args.no_log and (args.log_dir is not None or args.fsync is not None):
+        raise CommandError("--no-log contradicts --log-dir and --fsync")
+    if args.redis is not None and (args.log_dir is not None or args.fsync is not None):
+        raise CommandError("with --redis the log is the cluster's, in Redis: no --log-dir, --fsync")
+    if args.recovery is False and args.recovery_window is not None:
+        raise CommandError("--recovery-window needs recovery on (not --no-recovery)")
+    if args.no_log:
+        log = attrs.evolve(log, enabled=False)
+    if args.log_dir is not None:
+        log = attrs.evolve(log, enabled=True, directory=args.log_dir)
+    if args.fsync is not None:
+        log = attrs.evolve(log, enabled=True, fsync=args.fsync)
+    recovery = server.recovery
+    if args.recovery is False:
+        recovery = None
+    elif args.recovery or args.recovery_window is not None:
+        recovery = recovery or RecoveryConfig()
+        if args.recovery_window is not None:
+            recovery = attrs.evolve(recovery, max_disconnection_duration=args.recovery_window)
+    if args.allow_origin:
+        origins: tuple[str, ...] = tuple(args.allow_origin)
+        server.cors_allowed_origins = "*" if "*" in origins else origins
+    limits = config.limits
+    if args.max_payload is not None:
+        limits = attrs.evolve(limits, max_payload_bytes=args.max_payload)
+    cluster: RedisCluster | None = None
+    if args.redis is not None:
+        cluster = _redis_cluster(args.redis, args.cluster)
+        # The cluster's log is in Redis: the node keeps no files of its own.
+        log = attrs.evolve(log, enabled=False)
+    server.reconfigure(
+        config=attrs.evolve(
+            config,
+            log=log,
+            limits=limits,
+            ping_interval=args.ping_interval or config.ping_interval,
+            ping_timeout=args.ping_timeout or config.ping_timeout,
+        ),
+        recovery=recovery,
+        adapter_factory=None if cluster is None else cluster.adapter_factory,
+    )
+    return cluster
+
+
+def _redis_cluster(url: str, name: str) -> RedisCluster:
+    try:
+        from roomcast.engine.adapters.redis import RedisCluster, RedisSettings
+    except ImportError as exc:
+        raise CommandError(f"--redis needs the redis extra (coredis): {exc}") from None
+    try:
+        settings = RedisSettings(url=url, channel_prefix=name, shared_log=True)
+    except ValueError as exc:
+        raise CommandError(f"--redis {url} --cluster {name}: {exc}") from None
+    return RedisCluster(settings=settings)
+
+
+# ------------------------------------------------------------------ serving
 
 
 async def serve_until_signal(server: Server, host: str, port: int) -> None:
@@ -71,10 +303,63 @@ async def serve_until_signal(server: Server, host: str, port: int) -> None:
         nursery.cancel_scope.cancel()
 
 
+async def _serve_node(server: Server, cluster: RedisCluster, host: str, port: int) -> None:
+    """Serve as one node of ``cluster`` until SIGINT/SIGTERM (the cluster is left last)."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(cluster.run)
+        await serve_until_signal(server, host, port)
+        nursery.cancel_scope.cancel()
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return found
+
+
+def _cannot_listen(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL)
+
+
+def run_server(
+    server: Server, host: str, port: int, *, cluster: RedisCluster | None = None
+) -> None:
+    """Serve ``server`` (as a node of ``cluster``, if given) until SIGINT or SIGTERM.
+
+    Raises:
+        CommandError: Its event log directory is open by another process, or the address
+            is in use or not this machine's.
+    """
+    tune_gc()
+    problem: str | None = None
+    try:
+        if cluster is None:
+            trio.run(serve_until_signal, server, host, port)
+        else:
+            trio.run(_serve_node, server, cluster, host, port)
+    except* LogLockedError as group:
+        locked = _leaves(group)[0]
+        assert isinstance(locked, LogLockedError)
+        holder = "another process" if locked.pid is None else f"process {locked.pid}"
+        problem = (
+            f"the event log directory {locked.directory} is already open by {holder}"
+            " (another server?): stop it, or give this one another --log-dir"
+        )
+    except* OSError as group:
+        listening, other = group.split(_cannot_listen)
+        if other is not None:
+            raise other from None  # not the user's to fix: it keeps its traceback
+        assert listening is not None
+        problem = f"cannot listen on {host}:{port}: {_leaves(listening)[0]}"
+    if problem is not None:
+        raise CommandError(problem)
+
+
 def _serve(args: argparse.Namespace) -> int:
     server = load_server(args.app)
-    tune_gc()
-    trio.run(serve_until_signal, server, args.host, args.port)
+    cluster = apply_server_options(server, args)
+    run_server(server, args.host, args.port, cluster=cluster)
     return 0
 
 
@@ -142,20 +427,8 @@ def format_record(record: LogRecord) -> str:
 def _packet_json(packet: SioPacket) -> dict[str, object]:
     fields: dict[str, object] = {"type": type(packet).__name__.lower()}
     for name, value in attrs.asdict(packet, recurse=False).items():
-        fields[name] = _jsonable(value)
+        fields[name] = json_value(value)
     return fields
-
-
-def _jsonable(value: object) -> object:
-    if isinstance(value, bytes):
-        return {"$bytes": value.hex()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(item) for item in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, float) and not math.isfinite(value):
-        return repr(value)
-    return value
 
 
 def _print_step(step: ReplayStep, *, as_json: bool) -> None:
@@ -164,7 +437,7 @@ def _print_step(step: ReplayStep, *, as_json: bool) -> None:
             "record": record_to_json(step.record),
             "action": step.action.value,
             "handled": step.handled,
-            "result": _jsonable(step.result),
+            "result": json_value(step.result),
             "error": step.error,
             "note": step.note,
             "deliveries": [
@@ -217,9 +490,8 @@ def _replay(args: argparse.Namespace) -> int:
         print("roomcast replay: give a LOGDIR or --redis URL (one of them)", file=sys.stderr)
         return 2
     directory = Path(args.logdir) if args.logdir is not None else None
-    if directory is not None and not directory.is_dir():
-        print(f"roomcast replay: {directory} is not a directory", file=sys.stderr)
-        return 2
+    if directory is not None:
+        _check_log_directory(directory)
     damaged: list[object] = []
 
     def report(corruption: Corruption) -> None:
@@ -325,11 +597,19 @@ def _verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _check_log_directory(directory: Path) -> None:
+    if not directory.is_dir():
+        raise CommandError(f"{directory} is not a directory")
+    if not is_log_directory(directory):
+        raise CommandError(
+            f"{directory} is not an event log (no epoch.json and no segments):"
+            " `roomcast log verify` says what is there"
+        )
+
+
 def _stats(args: argparse.Namespace) -> int:
     directory = Path(args.logdir)
-    if not directory.is_dir():
-        print(f"roomcast log stats: {directory} is not a directory", file=sys.stderr)
-        return 2
+    _check_log_directory(directory)
     try:
         stats = log_stats(directory)
     except ValueError as exc:
@@ -363,15 +643,27 @@ def _stats(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``roomcast`` command."""
-    parser = argparse.ArgumentParser(
-        prog="roomcast", description="A Trio-native Socket.IO v5 real-time engine."
+    parser = _Parser(prog="roomcast", description="A Trio-native Socket.IO v5 real-time engine.")
+    parser.add_argument("--version", action="version", version=f"roomcast {_version()}")
+    parser.add_argument(
+        "--log-level",
+        type=_log_level,
+        default="INFO",
+        help=f"logging level: {', '.join(LOG_LEVELS)} (default INFO)",
     )
-    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run an app's Server (MODULE:ATTR)")
+    serve = commands.add_parser(
+        "serve",
+        help="run an app's Server (MODULE:ATTR)",
+        description="Import MODULE:ATTR (a roomcast Server, or a function returning one),"
+        " apply the operator settings below to it, and serve until SIGINT or SIGTERM. Exit"
+        " status 2, with one line on stderr, when the app cannot be loaded or its event log"
+        " directory is open by another server.",
+    )
     serve.add_argument("app", help="MODULE:ATTR naming a roomcast Server or a factory of one")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=5000)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    serve.add_argument("--port", type=int, default=5000, help="port to listen on (5000)")
+    add_server_options(serve)
     serve.set_defaults(func=_serve)
 
     play = commands.add_parser(
@@ -425,11 +717,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``roomcast`` command."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except CommandError as exc:
+        command = " ".join(
+            word for word in (args.command, getattr(args, "log_command", None)) if word
+        )
+        print(f"{parser.prog} {command}: error: {exc}", file=sys.stderr)
+        return 2
     return result
 
 

@@ -18,7 +18,7 @@ import attrs
 import trio
 
 from roomcast.engine.actors.connection import Connection, EngineLayer
-from roomcast.engine.actors.supervisor import Supervisor
+from roomcast.engine.actors.supervisor import Periodic, Supervisor
 from roomcast.engine.adapters.base import Adapter
 from roomcast.engine.adapters.memory import MemoryAdapter
 from roomcast.engine.adapters.shared import encode_records
@@ -53,6 +53,9 @@ __all__ = ["AdapterFactory", "Server"]
 logger = logging.getLogger(__name__)
 
 CLOSE_PAYLOAD: Final = b"1"  # an Engine.IO CLOSE packet, as a polling body
+ORIGIN_LOG_INTERVAL: Final = 10.0
+"""Seconds between two log lines about refused Origins (a page hammering the server
+must not flood the log); the line after a quiet spell counts those left out."""
 _LINGER_TIMEOUT: Final = 1.0
 _LINGER_BYTES: Final = 65_536
 
@@ -104,23 +107,64 @@ class Server:
     _engines: dict[str, EngineLayer] = attrs.field(factory=dict, init=False)
     _per_address: dict[str, int] = attrs.field(factory=dict, init=False)
     _connections: trio.Nursery | None = attrs.field(default=None, init=False)
+    _prune: Periodic | None = attrs.field(default=None, init=False)
+    _origin_log_after: float = attrs.field(default=-float("inf"), init=False)
+    _origins_unlogged: int = attrs.field(default=0, init=False)
 
     def __attrs_post_init__(self) -> None:
-        if self.recovery is not None:
-            self.recovery_store = RecoveryStore(
-                config=self.recovery,
-                delivery_bound=self.config.ping_interval + self.config.ping_timeout,
-            )
         self.supervisor = Supervisor(
             max_restarts=self.config.room_max_restarts,
             restart_window=self.config.room_restart_window,
         )
-        store = self.recovery_store
-        if store is not None:
-            # Sessions nobody comes back for, and the events kept for them, are
-            # forgotten on the supervisor's timer, not only when a client recovers.
-            self.supervisor.every(store.config.prune_interval, lambda: store.prune(self.wall_now()))
+        self._set_recovery(self.recovery)
         self.of("/")
+
+    def _set_recovery(self, recovery: RecoveryConfig | None) -> None:
+        """Make the recovery store for ``recovery`` (None: recovery off), with its sweep."""
+        if self._prune is not None:
+            self.supervisor.cancel(self._prune)
+            self._prune = None
+        self.recovery = recovery
+        if recovery is None:
+            self.recovery_store = None
+            return
+        store = self.recovery_store = RecoveryStore(
+            config=recovery,
+            delivery_bound=self.config.ping_interval + self.config.ping_timeout,
+        )
+        # Sessions nobody comes back for, and the events kept for them, are forgotten
+        # on the supervisor's timer, not only when a client recovers.
+        self._prune = self.supervisor.every(
+            recovery.prune_interval, lambda: store.prune(self.wall_now())
+        )
+
+    def reconfigure(
+        self,
+        *,
+        config: Config,
+        recovery: RecoveryConfig | None,
+        adapter_factory: AdapterFactory | None = None,
+    ) -> None:
+        """Replace the settings the server was built with, before it serves: what an
+        operator's flags override in an app's server (``roomcast serve``).
+
+        ``adapter_factory``, when given, replaces the adapter of every namespace made so
+        far (and of those made later): the server becomes a node of a cluster.
+        (``room_max_restarts`` and ``room_restart_window`` stay as built: the supervisor
+        already exists.)
+
+        Raises:
+            RuntimeError: The server is serving already.
+        """
+        if self.log is not None or self._connections is not None or self.connections:
+            raise RuntimeError("a Server can only be reconfigured before it serves")
+        self.config = config
+        self._set_recovery(recovery)
+        if adapter_factory is not None:
+            self.adapter_factory = adapter_factory
+            for ns in [*self.namespaces.values(), *(parent for _, parent in self._dynamic)]:
+                ns.adapter = adapter_factory(ns.name, self.supervisor.spawn_room, config)
+                ns.adapter.bind(ns)
 
     # -- namespaces -------------------------------------------------------------------------
 
@@ -698,11 +742,32 @@ class Server:
         if allowed == "*":
             return True
         if callable(allowed):
-            return bool(allowed(origin))
+            if allowed(origin):
+                return True
+            self._log_refused_origin(origin, "the cors_allowed_origins predicate refused it")
+            return False
         if origin in allowed:
             return True
         # Same origin: the page was served by this host.
-        return urlsplit(origin).netloc == request.headers.get("host")
+        host = request.headers.get("host")
+        if urlsplit(origin).netloc == host:
+            return True
+        listed = "is not in cors_allowed_origins" if allowed else "cors_allowed_origins is empty"
+        self._log_refused_origin(origin, f"{listed} and it is not this server's (Host {host})")
+        return False
+
+    def _log_refused_origin(self, origin: str, rule: str) -> None:
+        """A warning with the refused Origin and the rule that refused it, at most one
+        per ORIGIN_LOG_INTERVAL."""
+        now = trio.current_time()
+        if now < self._origin_log_after:
+            self._origins_unlogged += 1
+            return
+        left_out = self._origins_unlogged
+        more = f" ({left_out} more refused since the last such line)" if left_out else ""
+        logger.warning("refused Origin %r: %s%s", origin, rule, more)
+        self._origin_log_after = now + ORIGIN_LOG_INTERVAL
+        self._origins_unlogged = 0
 
     def _cors_headers(self, request: HttpRequest) -> tuple[tuple[str, str], ...]:
         origin = request.headers.get("origin")

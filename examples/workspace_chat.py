@@ -2,7 +2,17 @@
 
 Clients ``join_workspace`` (a room) and ``dispatch_message`` {workspaceId, textMarker};
 everyone in that workspace, and nobody else, gets ``receive_message``
-{sender, text, timestamp}.
+{sender, text, timestamp}. ``timestamp`` is what the seed's ``timestamp: new Date()`` puts on
+the wire: ``JSON.stringify`` of a Date, an ISO 8601 UTC string with milliseconds and ``Z``
+(``"2026-12-05T05:11:39.588Z"``), so ``Date.parse(m.timestamp)`` works in a client.
+
+The seed's three console lines (a client connected, with its socket id; the socket joined a
+workspace; it disconnected) are INFO log records of this module's logger.
+
+One deliberate difference from the seed: ``dispatch_message`` from a socket that has not
+joined that workspace is refused (``{"ok": false, "error": "join the workspace first"}``),
+where the seed would broadcast it. Without the check, any client could post into any
+workspace whose id it knows, which the rooms are there to prevent.
 
 The server also serves the chat page (``examples/web/public``: a workspace picker, the
 message list and a send box) at ``/``, and npm's socket.io-client browser bundle at
@@ -10,8 +20,8 @@ message list and a send box) at ``/``, and npm's socket.io-client browser bundle
 ``(cd examples/web && npm ci)``; nothing is loaded from a CDN).
 
 Run: ``python examples/workspace_chat.py --host 127.0.0.1 --port 5000``
-or:  ``roomcast serve examples.workspace_chat:build_server``
-then open http://127.0.0.1:5000/
+or:  ``roomcast serve examples.workspace_chat:build_server --recovery``
+then open http://127.0.0.1:5000/ (both take the same operator flags: ``--help``).
 
 As one node of a cluster (several of these behind a load balancer, see
 ``docs/scaling.md``): ``--redis redis://127.0.0.1:6379/0 [--cluster NAME]``. The nodes
@@ -22,22 +32,14 @@ recovered there.
 from __future__ import annotations
 
 import argparse
+import datetime
 import logging
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
-import trio
-
-from roomcast.engine import Config, Server, Socket
-from roomcast.engine.cli import serve_until_signal
-from roomcast.engine.log import LogConfig
-from roomcast.engine.recovery import RecoveryConfig
-from roomcast.engine.runtime import tune_gc
+from roomcast.engine import Config, RecoveryConfig, Server, Socket
+from roomcast.engine.cli import CommandError, add_server_options, apply_server_options, run_server
 from roomcast.engine.server import AdapterFactory
-
-if TYPE_CHECKING:
-    from roomcast.engine.adapters.redis import RedisCluster
 from roomcast.protocol import JsonValue
 
 logger = logging.getLogger(__name__)
@@ -47,6 +49,13 @@ PAGE_DIR: Final = WEB_DIR / "public"
 """The chat page: index.html, app.js, style.css."""
 CLIENT_BUNDLE_DIR: Final = WEB_DIR / "node_modules" / "socket.io-client" / "dist"
 """socket.io-client's browser bundles, as ``npm ci`` in examples/web installs them."""
+
+
+def js_date_now() -> str:
+    """Now as JavaScript's ``JSON.stringify(new Date())`` writes it (``Date.prototype.toJSON``:
+    ISO 8601 in UTC, milliseconds, ``Z``)."""
+    now = datetime.datetime.now(datetime.UTC)
+    return now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def build_server(
@@ -73,11 +82,16 @@ def build_server(
             config=config, recovery=recovery, static_dirs=static, adapter_factory=adapter_factory
         )
 
+    @server.on("connect")
+    async def connected(socket: Socket, auth: JsonValue) -> None:
+        logger.info("client connected: %s", socket.sid)
+
     @server.on("join_workspace")
     async def join_workspace(socket: Socket, workspace_id: JsonValue) -> JsonValue:
         if not isinstance(workspace_id, str) or not workspace_id:
             return {"ok": False, "error": "workspaceId must be a non-empty string"}
         await socket.join(workspace_id)
+        logger.info("socket %s joined workspace %s", socket.sid, workspace_id)
         return {"ok": True, "workspaceId": workspace_id}
 
     @server.on("dispatch_message")
@@ -87,68 +101,47 @@ def build_server(
         workspace_id, text = message.get("workspaceId"), message.get("textMarker")
         if not isinstance(workspace_id, str) or not isinstance(text, str):
             return {"ok": False, "error": "workspaceId and textMarker must be strings"}
+        # Deliberately stricter than the seed (see the module docstring): only a member
+        # of the workspace may post to it.
         if workspace_id not in socket.rooms:
             return {"ok": False, "error": "join the workspace first"}
         delivered = await server.to(workspace_id).emit(
-            "receive_message",
-            {"sender": socket.sid, "text": text, "timestamp": int(time.time() * 1000)},
+            "receive_message", {"sender": socket.sid, "text": text, "timestamp": js_date_now()}
         )
         return {"ok": True, "delivered": delivered}
+
+    @server.on("disconnect")
+    async def disconnected(socket: Socket, reason: str) -> None:
+        logger.info("client disconnected: %s (%s)", socket.sid, reason)
 
     return server
 
 
 def main() -> None:
-    """Parse the options and serve until SIGINT/SIGTERM."""
+    """Parse the options and serve until SIGINT/SIGTERM.
+
+    Takes ``roomcast serve``'s operator flags (``--log-dir``, ``--no-recovery``,
+    ``--redis``, ...: see ``--help``), applied by the same code. Recovery is on unless
+    ``--no-recovery``; an error (the log directory is open by another server, say) is one
+    line on stderr and exit status 2.
+    """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=5000)
-    parser.add_argument(
-        "--log-dir", default="roomcast-log", help="the event log's directory (./roomcast-log)"
-    )
-    parser.add_argument(
-        "--no-recovery", action="store_true", help="turn connection state recovery off"
-    )
-    parser.add_argument(
-        "--redis",
-        metavar="URL",
-        help="join a cluster of nodes through this Redis (with its shared log)",
-    )
-    parser.add_argument(
-        "--cluster", default="roomcast", help="with --redis: the cluster's name (channel prefix)"
-    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    parser.add_argument("--port", type=int, default=5000, help="port to listen on (5000)")
+    add_server_options(parser)
     args = parser.parse_args()
+    # INFO by default: the demo shows the seed's connect/join/disconnect lines.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if not (CLIENT_BUNDLE_DIR / "socket.io.min.js").is_file():
         logger.warning(
             "the chat page needs the socket.io-client bundle: run (cd %s && npm ci)", WEB_DIR
         )
-    recovery = None if args.no_recovery else RecoveryConfig()
-    tune_gc()
-    if args.redis is None:
-        server = build_server(Config(log=LogConfig(directory=args.log_dir)), recovery=recovery)
-        trio.run(serve_until_signal, server, args.host, args.port)
-        return
-    from roomcast.engine.adapters.redis import RedisCluster, RedisSettings
-
-    cluster = RedisCluster(
-        settings=RedisSettings(url=args.redis, channel_prefix=args.cluster, shared_log=True)
-    )
-    # The cluster's log is in Redis: the node keeps no files of its own.
-    server = build_server(
-        Config(log=LogConfig(enabled=False)),
-        recovery=recovery,
-        adapter_factory=cluster.adapter_factory,
-    )
-    trio.run(serve_clustered, server, cluster, args.host, args.port)
-
-
-async def serve_clustered(server: Server, cluster: RedisCluster, host: str, port: int) -> None:
-    """Serve as one node of ``cluster`` until SIGINT/SIGTERM (the cluster is left last)."""
-    async with trio.open_nursery() as nursery:
-        await nursery.start(cluster.run)
-        await serve_until_signal(server, host, port)
-        nursery.cancel_scope.cancel()
+    server = build_server(recovery=RecoveryConfig())
+    try:
+        cluster = apply_server_options(server, args)
+        run_server(server, args.host, args.port, cluster=cluster)
+    except CommandError as exc:
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
 
 
 if __name__ == "__main__":

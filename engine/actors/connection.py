@@ -77,6 +77,14 @@ NOOP: Final = "6"
 CLOSE: Final = "1"
 
 
+class NamespaceMember(Protocol):
+    """What a connection knows of a socket it carries (for its log lines)."""
+
+    @property
+    def sid(self) -> str:
+        """The socket's Socket.IO id (not the connection's Engine.IO id)."""
+
+
 class EngineLayer(Protocol):
     """What a connection reports to: an Engine.IO app (messages) or a Socket.IO server."""
 
@@ -146,7 +154,7 @@ class Connection:
     close_reason: str | None = attrs.field(default=None, init=False)
     timer_token: int = attrs.field(default=0, init=False)
     connect_deadline: float = attrs.field(default=math.inf, init=False)
-    namespaces: dict[str, object] = attrs.field(factory=dict, init=False)
+    namespaces: dict[str, NamespaceMember] = attrs.field(factory=dict, init=False)
     finished: trio.Event = attrs.field(factory=trio.Event, init=False)
     _decoder: object = attrs.field(default=None, init=False)
     _scheduled: float = attrs.field(default=math.inf, init=False)
@@ -467,7 +475,17 @@ class Connection:
                             self, event.namespace, "client namespace disconnect"
                         )
                 except Exception:
-                    logger.exception("handler failed on connection %s", self.eio_sid)
+                    if isinstance(event, EventReceived):
+                        member = self.namespaces.get(event.namespace)
+                        logger.exception(
+                            "handler of event %r failed (namespace %s, socket %s, connection %s)",
+                            event.name,
+                            event.namespace,
+                            None if member is None else member.sid,
+                            self.eio_sid,
+                        )
+                    else:
+                        logger.exception("handler failed on connection %s", self.eio_sid)
         self._handlers_done.set()
 
     # -- HTTP long-polling (called from request tasks) ------------------------------------

@@ -17,7 +17,7 @@ import trio
 from roomcast.engine.actors.room import RoomActor
 from roomcast.engine.errors import EngineError
 
-__all__ = ["DeadlineScheduler", "RoomCrashLoopError", "Supervisor", "Timed"]
+__all__ = ["DeadlineScheduler", "Periodic", "RoomCrashLoopError", "Supervisor", "Timed"]
 
 logger = logging.getLogger(__name__)
 
@@ -116,8 +116,8 @@ class DeadlineScheduler:
 
 
 @attrs.define(eq=False)
-class _Periodic:
-    """A synchronous job the scheduler runs every ``interval`` seconds."""
+class Periodic:
+    """A synchronous job the scheduler runs every ``interval`` seconds (``Supervisor.every``)."""
 
     interval: float
     job: Callable[[], None]
@@ -144,14 +144,21 @@ class Supervisor:
     scheduler: DeadlineScheduler = attrs.field(factory=DeadlineScheduler)
     _nursery: trio.Nursery | None = None
     _crashes: deque[float] = attrs.field(factory=deque)
-    _periodic: list[_Periodic] = attrs.field(factory=list)
+    _periodic: list[Periodic] = attrs.field(factory=list)
     rooms_running: int = 0
 
-    def every(self, interval: float, job: Callable[[], None]) -> None:
+    def every(self, interval: float, job: Callable[[], None]) -> Periodic:
         """Run the synchronous ``job`` every ``interval`` seconds (on the scheduler, so
         it costs no task), from the next ``run`` on; a job that raises is logged and
         runs again at its next time."""
-        self._periodic.append(_Periodic(interval=interval, job=job, scheduler=self.scheduler))
+        periodic = Periodic(interval=interval, job=job, scheduler=self.scheduler)
+        self._periodic.append(periodic)
+        return periodic
+
+    def cancel(self, periodic: Periodic) -> None:
+        """Stop running a job ``every`` started."""
+        self._periodic.remove(periodic)
+        self.scheduler.cancel(periodic)
 
     async def run(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

@@ -66,4 +66,14 @@ class LogUnsupportedError(LogError):
 
 
 class LogLockedError(LogError):
-    """Another writer has the log directory open."""
+    """Another writer has the log directory open.
+
+    Attributes:
+        directory: The log directory.
+        pid: The process id of the writer that holds it, if it wrote one.
+    """
+
+    def __init__(self, message: str, *, directory: str, pid: int | None) -> None:
+        super().__init__(message)
+        self.directory = directory
+        self.pid = pid

@@ -38,14 +38,16 @@ from roomcast.engine.log.segment import (
     segment_name,
     segment_path,
 )
-from roomcast.protocol._log import DEFAULT_MAX_RECORD_BYTES, LogRecord, LogValue, RecordKind
+from roomcast.protocol._log import DEFAULT_MAX_RECORD_BYTES, LogRecord, RecordKind
 
 __all__ = [
     "JsonRecord",
     "LogStats",
     "Problem",
     "VerifyReport",
+    "is_log_directory",
     "iter_records",
+    "json_value",
     "log_stats",
     "membership_at",
     "record_to_json",
@@ -302,15 +304,17 @@ def membership_at(
 # -------------------------------------------------------------------------- JSON view
 
 
-def _json_value(value: LogValue) -> object:
+def json_value(value: object) -> object:
+    """A log value (or a payload) in the JSON view: bytes become ``{"$bytes": base64}``,
+    non-finite floats ``{"$float": "nan" | "inf" | "-inf"}``, tuples lists."""
     if isinstance(value, bytes):
         return {"$bytes": base64.b64encode(value).decode("ascii")}
     if isinstance(value, float) and not math.isfinite(value):
         return {"$float": repr(value)}
     if isinstance(value, list | tuple):
-        return [_json_value(item) for item in value]
+        return [json_value(item) for item in value]
     if isinstance(value, dict):
-        return {key: _json_value(item) for key, item in value.items()}
+        return {str(key): json_value(item) for key, item in value.items()}
     return value
 
 
@@ -328,7 +332,7 @@ def record_to_json(record: LogRecord) -> JsonRecord:
         "kind": record.kind.name.lower(),
         "sender": record.sender,
         "event": record.event,
-        "args": [_json_value(arg) for arg in record.args],
+        "args": [json_value(arg) for arg in record.args],
         "epoch": record.epoch,
     }
 
@@ -386,6 +390,13 @@ class VerifyReport:
     in_use: bool
     problems: tuple[Problem, ...]
     notes: tuple[str, ...]
+
+
+def is_log_directory(directory: str | os.PathLike[str]) -> bool:
+    """Whether ``directory`` holds an event log (its ``epoch.json`` or a segment), as
+    opposed to a directory that never had one."""
+    path = Path(directory)
+    return (path / EPOCH_FILE).exists() or bool(list_segments(path))
 
 
 def _in_use(directory: Path) -> bool:

@@ -141,7 +141,9 @@ class Recovered:
 def lock_directory(directory: Path) -> int:
     """Create ``directory`` if needed and take its writer lock; return the lock's fd.
 
-    The lock is released when the fd is closed (or the process dies).
+    The lock is released when the fd is closed (or the process dies). The holder writes
+    its process id into the lock file, so that a second writer can say who holds it (the
+    id stays after the holder is gone, but is only read while the lock is held).
 
     Raises:
         LogLockedError: Another writer holds it.
@@ -151,11 +153,33 @@ def lock_directory(directory: Path) -> int:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+            os.close(fd)
+            raise
+        holder = _lock_holder(fd)
         os.close(fd)
-        if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
-            raise LogLockedError(f"{directory} is open by another writer") from None
+        held_by = "" if holder is None else f" (PID {holder})"
+        raise LogLockedError(
+            f"{directory} is open by another writer{held_by}",
+            directory=str(directory),
+            pid=holder,
+        ) from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    except OSError:
+        os.close(fd)
         raise
     return fd
+
+
+def _lock_holder(fd: int) -> int | None:
+    """The process id the lock's holder wrote, or None (an older writer wrote none)."""
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return int(text) if text.isdigit() else None
 
 
 def summarise_segment(

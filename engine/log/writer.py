@@ -351,7 +351,7 @@ class EventLog:
     def last_offset(self, namespace: str, room: str) -> int | None:
         """The largest offset appended for ``room`` (recovered from disk on open), or None.
 
-        A room actor starting after a restart continues numbering from here.
+        (The server numbers records from one sequence, continued from ``max_offset``.)
         """
         return self._last_offsets.get((namespace, room))
 

@@ -3,6 +3,8 @@ down gracefully on SIGTERM and SIGINT (its clients get a close)."""
 
 from __future__ import annotations
 
+import argparse
+import importlib.metadata
 import json
 import re
 import signal
@@ -19,7 +21,9 @@ import trio
 import trio_websocket
 
 from examples.workspace_chat import build_server
-from roomcast.engine import Socket
+from roomcast.engine import Config, RecoveryConfig, Socket
+from roomcast.engine.adapters.redis import RedisAdapter, RedisCluster
+from roomcast.engine.cli import CommandError, apply_server_options, build_parser, load_server
 
 from ..conformance.wire import Endpoint, eio_target, open_ws, ws_handshake
 
@@ -62,8 +66,16 @@ async def _drain(stream: trio.abc.ReceiveStream, into: bytearray) -> None:
 async def roomcast_serve(*args: str) -> AsyncIterator[Served]:
     """Run ``roomcast serve ARGS --host 127.0.0.1 --port 0`` from the repository root; on
     the way out, kill it (by its pid) if it still runs."""
+    async with open_served([*roomcast_command(), "serve", *args]) as served:
+        yield served
+
+
+@asynccontextmanager
+async def open_served(command: list[str]) -> AsyncIterator[Served]:
+    """Run ``COMMAND --host 127.0.0.1 --port 0`` (a server that prints where it serves)
+    from the repository root; on the way out, kill it (by its pid) if it still runs."""
     process = await trio.lowlevel.open_process(
-        [*roomcast_command(), "serve", *args, "--host", "127.0.0.1", "--port", "0"],
+        [*command, "--host", "127.0.0.1", "--port", "0"],
         cwd=ROOT,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -88,7 +100,7 @@ async def roomcast_serve(*args: str) -> AsyncIterator[Served]:
                     chunk = await process.stdout.receive_some(65_536)
                     if not chunk:
                         await stderr_done.wait()
-                        raise AssertionError(f"roomcast serve exited early: {bytes(stderr)!r}")
+                        raise AssertionError(f"{command} exited early: {bytes(stderr)!r}")
                     stdout += chunk
 
             async def drain_stdout() -> None:
@@ -224,27 +236,269 @@ async def test_serve_runs_another_apps_factory() -> None:
             assert await served.wait() == 0
 
 
-async def test_serve_refuses_what_is_not_a_server() -> None:
-    cases = {
-        "examples.workspace_chat:nothing_here": "is not a roomcast Server",
-        "no_such_module_here:app": "No module named",
-        "examples.workspace_chat": "expected MODULE:ATTR",
-    }
+# --------------------------------------------------------------------------- first use
+
+
+def one_line_error(result: subprocess.CompletedProcess[bytes]) -> str:
+    """The error of a run that failed as a user's mistake: exit status 2 and one line on
+    stderr, no traceback. Returns that line."""
+    err = result.stderr.decode()
+    assert result.returncode == 2, (result.returncode, err)
+    assert "Traceback" not in err, err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+async def run_all(commands: dict[str, list[str]]) -> dict[str, subprocess.CompletedProcess[bytes]]:
+    """Run the commands (from the repository root), two at a time (the CI machine has few
+    cores); their results by name."""
     results: dict[str, subprocess.CompletedProcess[bytes]] = {}
+    limiter = trio.CapacityLimiter(2)
 
-    async def run(spec: str) -> None:
-        results[spec] = await trio.run_process(
-            [*roomcast_command(), "serve", spec, "--port", "0"],
-            cwd=ROOT,
-            capture_stdout=True,
-            capture_stderr=True,
-            check=False,
-        )
+    async def run(name: str, argv: list[str]) -> None:
+        async with limiter:
+            results[name] = await trio.run_process(
+                argv,
+                cwd=ROOT,
+                stdin=subprocess.DEVNULL,
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
 
-    with trio.fail_after(30):
+    with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
-            for spec in cases:
-                nursery.start_soon(run, spec)
-    for spec, message in cases.items():
-        assert results[spec].returncode != 0, spec
-        assert message in results[spec].stderr.decode(), (spec, results[spec].stderr)
+            for name, argv in commands.items():
+                nursery.start_soon(run, name, argv)
+    return results
+
+
+async def test_a_users_mistakes_are_one_line_with_exit_status_2(tmp_path: Path) -> None:
+    roomcast = roomcast_command()
+    not_a_log = tmp_path / "photos"
+    not_a_log.mkdir()
+    (not_a_log / "cat.jpg").write_bytes(b"\xff\xd8")
+    cases = {
+        "no attribute 'nothing_here' in module 'examples.workspace_chat'": [
+            "serve",
+            "examples.workspace_chat:nothing_here",
+        ],
+        "no module named 'no_such_module_here'": ["serve", "no_such_module_here:app"],
+        "no module named 'examples.no_such_app'": ["serve", "examples.no_such_app:app"],
+        "expected MODULE:ATTR": ["serve", "examples.workspace_chat"],
+        "is not a roomcast Server (got str)": ["serve", "examples.workspace_chat:__doc__"],
+        "argument --log-level: expected one of DEBUG": ["--log-level", "LOUD", "log", "stats", "x"],
+        f"roomcast replay: error: {not_a_log} is not an event log": ["replay", str(not_a_log)],
+        f"roomcast log stats: error: {not_a_log} is not an event log": [
+            "log",
+            "stats",
+            str(not_a_log),
+        ],
+        "--no-log contradicts": [
+            "serve",
+            "examples.workspace_chat:build_server",
+            "--no-log",
+            "--fsync",
+            "never",
+        ],
+        "--recovery-window needs recovery on": [
+            "serve",
+            "examples.workspace_chat:build_server",
+            "--no-recovery",
+            "--recovery-window",
+            "5",
+        ],
+        "argument --ping-interval: expected a number of seconds > 0": [
+            "serve",
+            "examples.workspace_chat:build_server",
+            "--ping-interval",
+            "0",
+        ],
+    }
+    results = await run_all({expected: [*roomcast, *argv] for expected, argv in cases.items()})
+    for expected, result in results.items():
+        assert expected in one_line_error(result), expected
+    # `log verify` still reports the directory as damaged, as before.
+    verify = await run_all({"verify": [*roomcast, "log", "verify", str(not_a_log)]})
+    assert verify["verify"].returncode == 1
+    assert b"DAMAGED" in verify["verify"].stdout
+
+
+async def test_a_port_in_use_is_one_line() -> None:
+    with trio.socket.socket() as taken:
+        await taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        results = await run_all(
+            {
+                "serve": [
+                    *roomcast_command(),
+                    "serve",
+                    "examples.workspace_chat:build_server",
+                    "--no-log",
+                    "--port",
+                    str(port),
+                ]
+            }
+        )
+    assert f"cannot listen on 127.0.0.1:{port}: " in one_line_error(results["serve"])
+
+
+async def test_version_comes_from_the_package_metadata() -> None:
+    results = await run_all({"version": [*roomcast_command(), "--version"]})
+    assert results["version"].returncode == 0
+    version = importlib.metadata.version("roomcast")
+    assert results["version"].stdout.decode() == f"roomcast {version}\n"
+
+
+async def test_a_second_server_on_an_open_log_directory_says_who_holds_it(
+    tmp_path: Path,
+) -> None:
+    log_dir = str(tmp_path / "log")
+    app = "examples.workspace_chat:build_server"
+    with trio.fail_after(60):
+        async with roomcast_serve(app, "--log-dir", log_dir) as served:
+            pid = served.process.pid
+            results = await run_all(
+                {
+                    "roomcast serve": [
+                        *roomcast_command(),
+                        "serve",
+                        app,
+                        "--port",
+                        "0",
+                        "--log-dir",
+                        log_dir,
+                    ],
+                    "the example": [
+                        sys.executable,
+                        "examples/workspace_chat.py",
+                        "--port",
+                        "0",
+                        "--log-dir",
+                        log_dir,
+                    ],
+                }
+            )
+            served.process.send_signal(signal.SIGTERM)
+            assert await served.wait() == 0
+    expected = f"the event log directory {log_dir} is already open by process {pid}"
+    line = one_line_error(results["roomcast serve"])
+    assert line.startswith("roomcast serve: error: ")
+    assert expected in line
+    # The example logs a warning first when the chat page's bundle is not installed.
+    example = results["the example"].stderr.decode()
+    assert results["the example"].returncode == 2
+    assert "Traceback" not in example
+    assert example.splitlines()[-1] == line.replace("roomcast serve:", "workspace_chat.py:")
+
+
+async def test_the_demo_logs_the_seed_lines_at_info_by_default(tmp_path: Path) -> None:
+    demo = [sys.executable, "examples/workspace_chat.py", "--log-dir", str(tmp_path / "log")]
+    with trio.fail_after(60):
+        async with open_served(demo) as served:
+            app = served.endpoint
+            async with open_ws(app, eio_target("/socket.io/", transport="websocket")) as ws:
+                await ws_handshake(ws)
+                await ws.send_message("40")
+                accepted = str(await ws.get_message())
+                sid = json.loads(accepted[2:])["sid"]
+                await ws.send_message('421["join_workspace","w1"]')
+                assert str(await ws.get_message()).startswith("431")
+            served.process.send_signal(signal.SIGTERM)
+            assert await served.wait() == 0
+    err = served.stderr.decode()
+    assert f"INFO client connected: {sid}\n" in err
+    assert f"INFO socket {sid} joined workspace w1\n" in err
+    assert f"INFO client disconnected: {sid} (" in err
+
+
+async def test_serve_flags_override_the_apps_settings(tmp_path: Path) -> None:
+    log_dir = tmp_path / "chat-log"
+    with trio.fail_after(60):
+        async with roomcast_serve(
+            "examples.workspace_chat:build_server",
+            "--log-dir",
+            str(log_dir),
+            "--fsync",
+            "always",
+            "--recovery-window",
+            "30",
+            "--allow-origin",
+            "https://app.example",
+            "--ping-interval",
+            "7",
+            "--ping-timeout",
+            "3.5",
+            "--max-payload",
+            "12345",
+        ) as served:
+            app = served.endpoint
+            sid, handshake = await app.polling_handshake("/socket.io/")
+            assert (handshake["pingInterval"], handshake["pingTimeout"]) == (7000, 3500)
+            assert handshake["maxPayload"] == 12345
+            # Recovery is on (build_server alone has it off): the CONNECT answer has a pid.
+            assert (await app.post(eio_target("/socket.io/", sid=sid), "40")).body == b"ok"
+            connected = (await app.get(eio_target("/socket.io/", sid=sid))).text
+            assert connected.startswith("40")
+            assert "pid" in json.loads(connected[2:])
+            allowed = await app.get(eio_target("/socket.io/"), [("Origin", "https://app.example")])
+            assert allowed.status == 200
+            refused = await app.get(eio_target("/socket.io/"), [("Origin", "https://x.example")])
+            assert refused.status == 403
+            assert (log_dir / "epoch.json").exists()
+            served.process.send_signal(signal.SIGTERM)
+            assert await served.wait() == 0
+    err = served.stderr.decode()
+    assert "refused Origin 'https://x.example': is not in cors_allowed_origins" in err
+
+
+def serve_args(*flags: str) -> argparse.Namespace:
+    return build_parser().parse_args(["serve", "examples.workspace_chat:build_server", *flags])
+
+
+def test_serve_without_flags_keeps_the_apps_settings() -> None:
+    server = build_server(Config(ping_interval=9.0), recovery=RecoveryConfig(max_events=7))
+    config, recovery = server.config, server.recovery
+    assert apply_server_options(server, serve_args()) is None
+    assert server.config == config
+    assert server.recovery == recovery
+    assert server.recovery_store is not None
+    assert server.cors_allowed_origins == ()
+
+
+def test_serve_flags_turn_the_log_and_recovery_off_and_any_origin_on() -> None:
+    server = build_server(recovery=RecoveryConfig())
+    flags = serve_args(
+        "--no-log", "--no-recovery", "--allow-origin", "https://a", "--allow-origin", "*"
+    )
+    apply_server_options(server, flags)
+    assert not server.config.log.enabled
+    assert server.recovery is None
+    assert server.recovery_store is None
+    assert server.cors_allowed_origins == "*"
+
+
+def test_serve_redis_flag_makes_the_server_a_cluster_node() -> None:
+    server = build_server()
+    cluster = apply_server_options(
+        server, serve_args("--redis", "redis://127.0.0.1:1/0", "--cluster", "chat")
+    )
+    assert isinstance(cluster, RedisCluster)
+    assert cluster.settings.channel_prefix == "chat"
+    assert cluster.settings.shared_log
+    assert isinstance(server.of("/").adapter, RedisAdapter)
+    assert not server.config.log.enabled  # the cluster's log is in Redis
+
+
+def test_an_app_whose_own_import_fails_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "broken_chat_app.py").write_text("import no_such_dependency_here\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CommandError) as info:
+        load_server("broken_chat_app:app")
+    assert str(info.value) == (
+        "module 'broken_chat_app' cannot be imported: No module named 'no_such_dependency_here'"
+    )

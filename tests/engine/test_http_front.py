@@ -18,6 +18,7 @@ import trio
 import trio.testing
 
 from roomcast.engine import Config, Server, Socket
+from roomcast.engine.server import ORIGIN_LOG_INTERVAL
 from roomcast.engine.transport.http import HttpRequest
 from roomcast.protocol import JsonValue, Limits
 
@@ -113,6 +114,44 @@ async def test_refused_origin_creates_no_session_and_others_keep_working() -> No
             await healthy.send("41")
             await healthy.send("40")
             assert str(await healthy.recv()).startswith("40")
+
+
+async def test_a_refused_origin_is_logged_with_its_rule_at_most_once_per_interval(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    def trusted(value: str) -> bool:
+        return value.endswith(".trusted.example")
+
+    def refusals() -> list[str]:
+        lines = [r.getMessage() for r in caplog.records if r.name == "roomcast.engine.server"]
+        return [line for line in lines if line.startswith("refused Origin")]
+
+    listed = Server(cors_allowed_origins=["https://app.example"])
+    with trio.fail_after(60):
+        async with open_front(listed) as front:
+            for _ in range(3):
+                assert (await front.get(POLLING, origin("https://evil.example"))).status == 403
+            assert refusals() == [
+                "refused Origin 'https://evil.example': is not in cors_allowed_origins and it"
+                f" is not this server's (Host {HOST})"
+            ]
+            await trio.sleep(ORIGIN_LOG_INTERVAL)
+            assert (await front.get(POLLING, origin("https://other.example"))).status == 403
+            assert refusals()[1:] == [
+                "refused Origin 'https://other.example': is not in cors_allowed_origins and it"
+                f" is not this server's (Host {HOST}) (2 more refused since the last such line)"
+            ]
+    caplog.clear()
+    with trio.fail_after(60):
+        async with open_front(Server()) as front:
+            assert (await front.get(POLLING, origin("https://evil.example"))).status == 403
+        async with open_front(Server(cors_allowed_origins=trusted)) as front:
+            assert (await front.get(POLLING, origin("https://x.example"))).status == 403
+    assert refusals() == [
+        "refused Origin 'https://evil.example': cors_allowed_origins is empty and it is not"
+        f" this server's (Host {HOST})",
+        "refused Origin 'https://x.example': the cors_allowed_origins predicate refused it",
+    ]
 
 
 async def test_an_allow_list_of_exact_origins() -> None:

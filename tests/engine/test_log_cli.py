@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -206,6 +207,53 @@ def test_replay_against_an_app(
     assert [s["action"] for s in steps] == ["join", "event"]
     assert steps[1]["note"] == "no handler for 'move'"
     sys.modules.pop("replay_cli_app", None)
+
+
+def strict_json(line: str) -> object:
+    """``line`` parsed as standard JSON (no bare NaN or Infinity)."""
+
+    def refuse(constant: str) -> object:
+        raise AssertionError(f"not JSON: {constant} in {line}")
+
+    return json.loads(line, parse_constant=refuse)
+
+
+def test_replay_app_json_writes_bytes_as_base64_and_floats_as_documented(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def write_log() -> None:
+        config = LogConfig(directory=tmp_path / "log", fsync="never")
+        async with open_event_log(config) as log:
+            await log.append(record(1, room="lobby", kind=JOIN, sender="ann"))
+            args = ("hello", b"\x00\x01", math.nan)
+            await log.append(
+                record(2, room="lobby", kind=MESSAGE, sender="ann", event="say", args=args)
+            )
+
+    trio.run(write_log)
+    app = tmp_path / "replay_json_app.py"
+    app.write_text(
+        "from roomcast.engine import Server\n"
+        "def build():\n"
+        "    server = Server()\n"
+        "    @server.on('say')\n"
+        "    async def say(socket, text, data, number):\n"
+        "        await socket.emit('heard', data)\n"
+        "        return (text, data)\n"
+        "    return server\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run_cli(
+        capsys, "replay", str(tmp_path / "log"), "--app", "replay_json_app:build", "--json"
+    )
+    sys.modules.pop("replay_json_app", None)
+    assert code == 0
+    steps = [strict_json(line) for line in out.splitlines()]
+    (say,) = [s for s in steps if isinstance(s, dict) and s["record"]["event"] == "say"]
+    assert say["record"]["args"] == ["hello", {"$bytes": "AAE="}, {"$float": "nan"}]
+    assert say["result"] == ["hello", {"$bytes": "AAE="}]
+    (delivery,) = say["deliveries"]
+    assert delivery["packet"]["args"] == [{"$bytes": "AAE="}]
 
 
 def test_log_verify(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

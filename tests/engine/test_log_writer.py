@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import attrs
@@ -243,9 +244,13 @@ async def test_cancelled_owner_still_writes_what_was_accepted(tmp_path: Path) ->
 
 async def test_a_second_writer_is_locked_out(tmp_path: Path) -> None:
     async with open_event_log(config(tmp_path)):
-        with pytest.raises(LogLockedError):
+        with pytest.raises(LogLockedError) as info:
             async with open_event_log(config(tmp_path)):
                 pass  # pragma: no cover
+    # It says which directory and which process holds it (here: this one).
+    assert info.value.directory == str(tmp_path / "log")
+    assert info.value.pid == os.getpid()
+    assert f"(PID {os.getpid()})" in str(info.value)
     async with open_event_log(config(tmp_path)) as log:  # released on close
         assert not log.recovery.epoch_changed
 

@@ -10,9 +10,10 @@ import pytest
 import trio
 import trio.testing
 
-from roomcast.engine import ConnectRefusedError, Server, Socket
+from roomcast.engine import Config, ConnectRefusedError, RecoveryConfig, Server, Socket
 from roomcast.engine.actors.supervisor import RoomCrashLoopError
 from roomcast.engine.adapters.memory import MemoryAdapter
+from roomcast.engine.testing import open_harness
 from roomcast.protocol import JsonValue
 
 from .conftest import RawClient, open_memory_server
@@ -495,3 +496,57 @@ async def test_deadline_scheduler_does_not_keep_cancelled_targets_alive() -> Non
     del target
     gc.collect()
     assert alive() is None
+
+
+async def test_a_failing_handler_is_logged_with_namespace_event_and_socket_id(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = Server()
+    chat = server.of("/chat")
+
+    @chat.on("boom")
+    async def boom(socket: Socket, *args: JsonValue) -> None:
+        await trio.lowlevel.checkpoint()
+        raise RuntimeError("handler bug")
+
+    @chat.on("ping")
+    async def ping(socket: Socket) -> str:
+        await trio.lowlevel.checkpoint()
+        return "pong"
+
+    with trio.fail_after(10):
+        async with open_harness(server) as harness:
+            client = await harness.connect(namespace="/chat")
+            sid = client.sid("/chat")
+            await client.emit("boom", 1, namespace="/chat")
+            # Handlers run in order per connection: once ping is answered, boom has failed.
+            assert await client.call("ping", namespace="/chat") == ("pong",)
+            (eio_sid,) = server.connections
+    (failure,) = [r for r in caplog.records if r.name == "roomcast.engine.actors.connection"]
+    assert failure.levelno == logging.ERROR
+    assert failure.getMessage() == (
+        f"handler of event 'boom' failed (namespace /chat, socket {sid}, connection {eio_sid})"
+    )
+    assert failure.exc_info is not None
+    assert isinstance(failure.exc_info[1], RuntimeError)
+
+
+def test_recovery_config_is_public() -> None:
+    import roomcast.engine
+    from roomcast.engine.recovery import RecoveryConfig
+
+    assert "RecoveryConfig" in roomcast.engine.__all__
+    assert roomcast.engine.RecoveryConfig is RecoveryConfig
+
+
+async def test_reconfigure_only_before_serving() -> None:
+    server = Server()
+    server.reconfigure(config=Config(ping_interval=3.0), recovery=RecoveryConfig())
+    assert server.recovery_store is not None
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve, "127.0.0.1", 0)
+            with pytest.raises(RuntimeError, match="before it serves"):
+                server.reconfigure(config=Config(), recovery=None)
+            assert server.config.ping_interval == 3.0
+            nursery.cancel_scope.cancel()

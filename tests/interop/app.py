@@ -12,7 +12,9 @@ subprocess whose stdout is JSON lines ``{"event": NAME, ...}``, binary values wr
 from __future__ import annotations
 
 import base64
+import datetime
 import json
+import re
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -497,6 +499,23 @@ def text(value: object) -> str:
 # library; each peer's test module adds what is its own.
 
 
+JS_DATE_JSON: Final = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
+"""What ``JSON.stringify(new Date())`` writes (``Date.prototype.toISOString``): the form of
+the ECMAScript Date Time String Format that every ``Date.parse`` reads."""
+
+
+def js_date_seconds(value: object) -> float:
+    """``value`` as the seed's ``timestamp: new Date()`` puts it on the wire, in Unix
+    seconds: it must match JS_DATE_JSON exactly and survive a round trip."""
+    assert isinstance(value, str), value
+    assert JS_DATE_JSON.fullmatch(value), value
+    moment = datetime.datetime.fromisoformat(value)
+    assert moment.utcoffset() == datetime.timedelta(0), value
+    again = moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    assert again == value
+    return moment.timestamp()
+
+
 def check_room_isolation(lines: Sequence[Line], started: float) -> None:
     """The seed example's rooms: exactly one message each, ws-1's to alice and bob, ws-2's
     to carol, bob's refused one to nobody, with sane timestamps."""
@@ -523,9 +542,8 @@ def check_room_isolation(lines: Sequence[Line], started: float) -> None:
         for message in found:
             assert isinstance(message, dict)
             assert message.keys() == {"sender", "text", "timestamp"}
-            timestamp = message["timestamp"]
-            assert isinstance(timestamp, int)
-            assert started * 1000 - 1000 <= timestamp <= time.time() * 1000 + 1000
+            moment = js_date_seconds(message["timestamp"])
+            assert started - 1 <= moment <= time.time() + 1
             result.append((message["sender"], message["text"]))
         return result
 

@@ -30,6 +30,7 @@ from tests.interop.app import (
     check_last_moments,
     check_room_isolation,
     from_json,
+    js_date_seconds,
     open_peer,
     run_heartbeat,
     run_scenario,
@@ -130,6 +131,20 @@ async def test_room_isolation_in_the_seed_example(node_peer: PeerCommand) -> Non
     started = time.time()
     lines, _ = await run_scenario(node_peer, "room_isolation")
     check_room_isolation(lines, started)
+    # Node's own Date.parse reads each timestamp to the millisecond it names.
+    received = the(lines, "received")
+    by_client = received["received"]
+    assert isinstance(by_client, dict)
+    stamps = [
+        message["timestamp"]
+        for found in by_client.values()
+        if isinstance(found, list)
+        for message in found
+        if isinstance(message, dict)
+    ]
+    assert len(stamps) == 3
+    expected = [round(js_date_seconds(stamp) * 1000) for stamp in stamps]
+    assert received["parsed"] == expected
 
 
 async def test_acks_both_ways(node_peer: PeerCommand) -> None:

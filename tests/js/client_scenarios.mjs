@@ -179,7 +179,11 @@ const SCENARIOS = {
     // the server queued for that socket before it has arrived too.
     for (const socket of Object.values(sockets)) await socket.emitWithAck("barrier");
     const ids = Object.fromEntries(Object.entries(sockets).map(([n, s]) => [n, s.id]));
-    report("received", { ids, received });
+    // The seed's clients read `timestamp` with Date.parse: it must give a number.
+    const parsed = Object.values(received)
+      .flat()
+      .map((m) => Date.parse(m.timestamp));
+    report("received", { ids, received, parsed });
     for (const socket of Object.values(sockets)) socket.disconnect();
   },
 

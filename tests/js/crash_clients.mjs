@@ -26,12 +26,13 @@ const [url, clientCount, roomCount, intervalMs] = [
   Number(process.argv[4]),
   Number(process.argv[5]),
 ];
-const ACK_TIMEOUT_MS = 15000;
+const ACK_TIMEOUT_MS = 4000;
 const out = (value) => process.stdout.write(JSON.stringify(value) + "\n");
 
 const clients = [];
 const acked = {}; // room -> seqs acknowledged to its publisher
 let publishing = null;
+let pending = 0; // publishes not answered yet (acknowledged, refused or timed out)
 let joined = 0;
 let quiet = false;
 
@@ -64,9 +65,11 @@ function publish() {
       const room = `w${r}`;
       const seq = (seqs.get(room) ?? 0) + 1;
       seqs.set(room, seq);
+      pending += 1;
       clients[r].socket
         .timeout(ACK_TIMEOUT_MS)
         .emit("dispatch_message", { workspaceId: room, textMarker: `${room}:${seq}` }, (err, answer) => {
+          pending -= 1;
           if (!err && answer.ok) (acked[room] ??= []).push(seq);
         });
     }
@@ -91,9 +94,12 @@ async function joinQuiet() {
 
 async function stop() {
   clearInterval(publishing);
-  const deadline = Date.now() + 10000;
-  // Let the last publishes be answered (or time out), then every acked one arrive.
-  await new Promise((resolve) => setTimeout(resolve, 300));
+  const deadline = Date.now() + ACK_TIMEOUT_MS + 5000;
+  // Let every publish be answered (or time out: then it may have reached some members
+  // only, and the test sees it), then every acknowledged one arrive everywhere.
+  while (pending > 0 && Date.now() < deadline) {
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
   if (quiet) {
     const answer = await clients[0].socket
       .timeout(ACK_TIMEOUT_MS)

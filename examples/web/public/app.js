@@ -4,6 +4,7 @@
 //   join_workspace(workspaceId)                 ack {ok, workspaceId} or {ok: false, error}
 //   dispatch_message({workspaceId, textMarker}) ack {ok, delivered} or {ok: false, error}
 //   receive_message {sender, text, timestamp}   to every member of the workspace
+//     (timestamp: an ISO 8601 string, as JSON.stringify(new Date()) writes it)
 //
 // The client uses socket.io-client's default transports: HTTP long-polling first, then the
 // upgrade to WebSocket.
