@@ -649,6 +649,29 @@ class Namespace:
             lambda: room_history(directory, self.name, room, last=last, after=after)
         )
 
+    def socket_session(self, socket: Socket) -> SavedSession | None:
+        """What the cluster's shared log keeps of a connected socket (recovery on): its
+        rooms and ``socket.data`` as they are now; None without a pid."""
+        if socket.pid is None:
+            return None
+        return SavedSession(
+            pid=socket.pid,
+            sid=socket.sid,
+            namespace=self.name,
+            rooms=socket.rooms - {socket.sid},
+            data=socket.data,
+            disconnected_at=self.server.wall_now(),
+        )
+
+    def session_changed(self, socket: Socket) -> None:
+        """Tell the cluster's shared log (when on) that a socket's rooms changed, so that
+        its live session in Redis follows; queued, it goes out ahead of what is queued
+        after it (the JOIN or LEAVE record)."""
+        shared = self.adapter.shared_log
+        session = self.socket_session(socket)
+        if shared is not None and session is not None and socket.connected:
+            shared.update_session(session)
+
     async def remove_socket(self, socket: Socket, reason: str) -> None:
         """Clean up after a socket left: fail its acks, leave its rooms, run handlers.
 
@@ -683,6 +706,8 @@ class Namespace:
                 kept = await shared.save_session(saved, window)
             if kept:
                 session = {"pid": saved.pid, "rooms": sorted(rooms), "data": saved.data}
+        elif self.adapter.shared_log is not None and socket.pid is not None:
+            self.adapter.shared_log.close_session(socket.pid)  # not recoverable: forget it
         # Recorded before waiting on the rooms (busy room actors must not be able to cut
         # the record off); the handlers run once the socket has left its rooms.
         await server.record_event(

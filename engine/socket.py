@@ -98,6 +98,8 @@ class Socket:
         """Join ``rooms``. Cancellation: some of the rooms may have been joined."""
         new = [room for room in rooms if room not in self.rooms]
         await self.namespace.adapter.add_all(self.sid, rooms)
+        if new:
+            self.namespace.session_changed(self)
         for room in new:
             await self.namespace.server.record_event(
                 RecordKind.JOIN, self.namespace.name, room=room, sender=self.sid
@@ -108,6 +110,7 @@ class Socket:
         was_in = room in self.rooms
         await self.namespace.adapter.delete(self.sid, room)
         if was_in:
+            self.namespace.session_changed(self)
             await self.namespace.server.record_event(
                 RecordKind.LEAVE, self.namespace.name, room=room, sender=self.sid
             )
