@@ -304,8 +304,8 @@ class LoadBalancer:
 
                     nursery.start_soon(pump, downstream, upstream)
                     nursery.start_soon(pump, upstream, downstream)
-            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
+            except* (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # one side went away (a node that is stopped resets its connections)
             finally:
                 self._carried.discard(scope)
 
