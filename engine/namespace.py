@@ -663,14 +663,19 @@ class Namespace:
             disconnected_at=self.server.wall_now(),
         )
 
-    def session_changed(self, socket: Socket) -> None:
+    async def session_changed(self, socket: Socket) -> None:
         """Tell the cluster's shared log (when on) that a socket's rooms changed, so that
-        its live session in Redis follows; queued, it goes out ahead of what is queued
-        after it (the JOIN or LEAVE record)."""
+        its live session in Redis follows; queued (not waited for), it goes out ahead of
+        what is queued after it (the JOIN or LEAVE record).
+
+        Cancellation: it may have been queued.
+        """
         shared = self.adapter.shared_log
         session = self.socket_session(socket)
         if shared is not None and session is not None and socket.connected:
-            shared.update_session(session)
+            await shared.update_session(session)
+        else:
+            await trio.lowlevel.checkpoint()
 
     async def remove_socket(self, socket: Socket, reason: str) -> None:
         """Clean up after a socket left: fail its acks, leave its rooms, run handlers.
@@ -707,7 +712,7 @@ class Namespace:
             if kept:
                 session = {"pid": saved.pid, "rooms": sorted(rooms), "data": saved.data}
         elif self.adapter.shared_log is not None and socket.pid is not None:
-            self.adapter.shared_log.close_session(socket.pid)  # not recoverable: forget it
+            await self.adapter.shared_log.close_session(socket.pid)  # not recoverable
         # Recorded before waiting on the rooms (busy room actors must not be able to cut
         # the record off); the handlers run once the socket has left its rooms.
         await server.record_event(

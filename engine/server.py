@@ -250,7 +250,7 @@ class Server:
                 data["data"] = exc.data
             conn.send_packet(conn.sio.refuse(namespace, data))
             if shared is not None and shared_recovery is not None:
-                shared.close_session(shared_recovery.session.pid)  # taken over, refused
+                await shared.close_session(shared_recovery.session.pid)  # taken, refused
             return
         live = ns.socket_session(socket) if shared is not None and not socket.recovered else None
         if shared is not None and live is not None and store is not None:
@@ -259,7 +259,7 @@ class Server:
             await shared.open_session(live, store.config.max_disconnection_duration)
         if conn.closed:
             if shared is not None and socket.pid is not None:
-                shared.close_session(socket.pid)
+                await shared.close_session(socket.pid)
             return
         ns.sockets[socket.sid] = socket
         ns.adapter.add_socket(socket)

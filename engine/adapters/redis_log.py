@@ -135,22 +135,27 @@ return 0
 """Replace a session with this node's live one if it is still what was read (1), else 0."""
 
 REFRESH_SCRIPT: Final = """
-local count = 0
+local missing = {}
 for i = 1, #KEYS do
   local current = redis.call('GET', KEYS[i])
-  if current and string.sub(current, 1, #ARGV[1]) == ARGV[1] then
+  if not current then
+    missing[#missing + 1] = i
+  elseif string.sub(current, 1, #ARGV[1]) == ARGV[1] then
     redis.call('PEXPIRE', KEYS[i], ARGV[2])
-    count = count + 1
-  elseif not current and ARGV[3 + i] then
-    redis.call('SET', KEYS[i], ARGV[3 + i], 'PX', ARGV[2])
-    count = count + 1
   end
 end
-return count
+return missing
 """
-"""Renew the TTL of those of ``KEYS`` that are this node's live sessions; with values
-(``ARGV[4:]``, after a reconnection), write back those that are missing (they expired
-during the outage, or were never written). Another node's session is left alone."""
+"""Renew the TTL of those of ``KEYS`` that are this node's live sessions; return the
+(1-based) indices of those Redis does not have. Another node's session is left alone."""
+
+RESTORE_SCRIPT: Final = """
+for i = 1, #KEYS do
+  redis.call('SET', KEYS[i], ARGV[1 + i], 'PX', ARGV[1], 'NX')
+end
+return #KEYS
+"""
+"""Write back sessions Redis lost (``ARGV[2:]``, with TTL ``ARGV[1]``), where still absent."""
 
 LIVE: Final = "live"
 SAVED: Final = "saved"
@@ -622,23 +627,26 @@ class SharedLog:
                     own.delivered.set()
 
     async def _refresher(self, client: coredis.Redis[bytes]) -> None:
-        """Renew the TTL of this node's live sessions every ``session_refresh`` seconds.
-        The first pass (at start and after each reconnection) also writes back the
-        sessions Redis does not have: those opened or changed during an outage, or
-        expired meanwhile."""
+        """Every ``session_refresh`` seconds (and at once after a reconnection), renew
+        the TTL of this node's live sessions, and write back those Redis does not have:
+        written during an outage, expired during a long one, or lost with Redis's data."""
         prefix = _live_prefix(self.node_id)
-        restore = True
         while True:
-            live = list(self._live.items())
+            pids = list(self._live)
             ttl_ms = self._live_ttl_ms()
-            for start in range(0, len(live), _REFRESH_BATCH):
-                chunk = live[start : start + _REFRESH_BATCH]
-                args: list[bytes | int] = [prefix, ttl_ms, int(restore)]
-                if restore:
-                    args += [value for _, value in chunk]
-                keys = [self.session_key(pid) for pid, _ in chunk]
-                await client.eval(REFRESH_SCRIPT, keys=keys, args=args)
-            restore = False
+            for start in range(0, len(pids), _REFRESH_BATCH):
+                chunk = pids[start : start + _REFRESH_BATCH]
+                keys = [self.session_key(pid) for pid in chunk]
+                missing = await client.eval(REFRESH_SCRIPT, keys=keys, args=[prefix, ttl_ms])
+                assert isinstance(missing, list | tuple)
+                lost = [chunk[int(i) - 1] for i in missing]
+                lost = [pid for pid in lost if pid in self._live]  # not closed meanwhile
+                if lost:
+                    await client.eval(
+                        RESTORE_SCRIPT,
+                        keys=[self.session_key(pid) for pid in lost],
+                        args=[ttl_ms, *(self._live[pid] for pid in lost)],
+                    )
             await trio.sleep(self.session_refresh)
 
     def _live_ttl_ms(self) -> int:
@@ -723,14 +731,19 @@ class SharedLog:
 
     # -- sessions and recovery ------------------------------------------------------------------
 
-    def _session_write(self, write: _SessionWrite) -> _Append | None:
+    async def _session_write(self, write: _SessionWrite) -> _Append | None:
+        """Queue a session write (waiting for room, not for Redis); None without Redis."""
         send = self._send
         if send is None:
+            await trio.lowlevel.checkpoint()
             return None
         item = _Append(data=None, token=0, session=write)
         try:
-            send.send_nowait(item)
-        except (trio.WouldBlock, trio.BrokenResourceError):
+            try:
+                send.send_nowait(item)
+            except trio.WouldBlock:
+                await send.send(item)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
             return None
         return item
 
@@ -751,7 +764,7 @@ class SharedLog:
     async def open_session(self, session: SavedSession, window: float) -> bool:
         """Put a new socket's session in Redis as live on this node, and keep it live
         until ``save_session`` or ``close_session``; False when it could not be written
-        (no Redis): the socket is then recoverable only after a disconnect that saves it.
+        (no Redis): the first renewal after the reconnection writes it then.
 
         ``window`` is the recovery window (``max_disconnection_duration``).
 
@@ -759,28 +772,37 @@ class SharedLog:
         """
         self._window = max(self._window, window)
         write = self._live_write(session, "set")
-        item = self._session_write(write) if write is not None else None
+        item = await self._session_write(write) if write is not None else None
         if item is None:
-            await trio.lowlevel.checkpoint()
             return False
         await item.answered.wait()
         return item.written
 
-    def update_session(self, session: SavedSession) -> None:
-        """Queue the new state (rooms, data) of a socket this node holds, without waiting;
-        it reaches Redis no later than anything this node queues after it (a JOIN
-        record, say). Nothing happens for a session this node does not hold."""
-        if session.pid not in self._live:
-            return
-        write = self._live_write(session, "own")
-        if write is None or self._session_write(write) is None:
-            logger.warning("session %s: its new rooms did not reach Redis", session.sid)
+    async def update_session(self, session: SavedSession) -> None:
+        """Queue the new state (rooms, data) of a socket this node holds, without waiting
+        for Redis; it reaches Redis no later than anything this node queues after it (a
+        JOIN record, say). Without Redis, the first renewal after the reconnection writes
+        it if Redis lost the session meanwhile. Nothing happens for a session this node
+        does not hold.
 
-    def close_session(self, pid: str) -> None:
+        Cancellation: it may have been queued.
+        """
+        write = self._live_write(session, "own") if session.pid in self._live else None
+        if write is None:
+            await trio.lowlevel.checkpoint()
+            return
+        await self._session_write(write)
+
+    async def close_session(self, pid: str) -> None:
         """Forget a session this node holds (its socket left for good): queue its
-        deletion without waiting."""
-        if self._live.pop(pid, None) is not None:
-            self._session_write(_SessionWrite(key=self.session_key(pid), op="del"))
+        deletion, without waiting for Redis.
+
+        Cancellation: it may have been queued (else it expires with its TTL).
+        """
+        if self._live.pop(pid, None) is None:
+            await trio.lowlevel.checkpoint()
+            return
+        await self._session_write(_SessionWrite(key=self.session_key(pid), op="del"))
 
     async def save_session(self, session: SavedSession, ttl: float) -> bool:
         """Turn a live session into a disconnected one, kept for ``ttl`` seconds; False
@@ -791,17 +813,17 @@ class SharedLog:
         """
         self._live.pop(session.pid, None)
         epoch = self.epoch
-        item = None
-        if epoch is not None:
-            write = _SessionWrite(
-                key=self.session_key(session.pid),
-                op="own",
-                value=_session_bytes(session, epoch, state=SAVED, node=self.node_id),
-                ttl_ms=max(1, int(ttl * 1000)),
-            )
-            item = self._session_write(write)
-        if item is None:
+        if epoch is None:
             await trio.lowlevel.checkpoint()
+            return False
+        write = _SessionWrite(
+            key=self.session_key(session.pid),
+            op="own",
+            value=_session_bytes(session, epoch, state=SAVED, node=self.node_id),
+            ttl_ms=max(1, int(ttl * 1000)),
+        )
+        item = await self._session_write(write)
+        if item is None:
             logger.warning("session %s not saved in Redis: no connection", session.sid)
             return False
         await item.answered.wait()

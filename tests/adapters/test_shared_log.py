@@ -546,12 +546,11 @@ async def test_a_session_whose_node_still_holds_it_is_not_taken(redis_url: str) 
                 assert (await event(client))[:2] == ["m", 2]
 
 
-@FAILED_CONNECT_LEAK
 async def test_a_node_keeps_its_live_sessions_in_redis_while_it_holds_them(
-    redis_url: str, collect_garbage: None
+    redis_url: str,
 ) -> None:
     """Live sessions expire unless their node renews them (so a killed node's go away);
-    a node renews its own, and writes back after a reconnection what Redis lost."""
+    a node renews its own, and writes back what Redis lost."""
     prefix = unique_prefix()
     settings = attrs.evolve(
         fast_settings(redis_url, prefix, shared_log=True), session_refresh_interval=0.1
@@ -564,16 +563,20 @@ async def test_a_node_keeps_its_live_sessions_in_redis_while_it_holds_them(
             memory = await nursery.start(_serve_memory, server)
             async with memory.client() as client:
                 _, pid = await connect(client)
+                await join(client, "r")
                 key = f"{prefix}#~session#{pid}"
                 await raw.pexpire(key, 300)
                 await trio.sleep(0.6)  # longer than that TTL: renewed meanwhile
                 assert await raw.pttl(key) > 30_000
                 await raw.delete([key])  # say Redis lost it
-                name = f"roomcast-{cluster.node_id}"
-                for info in await raw.client_list():
-                    if info.get("name") == name:
-                        await raw.client_kill(identifier=info["id"])
                 value = await session_becomes(raw, prefix, pid, "live")
                 assert value is not None
                 assert value[1] == cluster.node_id
+                assert value[4] == ["r"]
+            await session_becomes(raw, prefix, pid, "saved")
+            await trio.sleep(0.3)  # renewals go on: a saved session is not theirs
+            value = await stored_session(raw, prefix, pid)
+            assert value is not None
+            assert value[0] == "saved"
+            assert 0 < await raw.pttl(key) <= 30_000
             nursery.cancel_scope.cancel()
