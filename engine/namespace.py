@@ -671,7 +671,7 @@ class Namespace:
         Cancellation: it may have been queued.
         """
         shared = self.adapter.shared_log
-        session = self.socket_session(socket)
+        session = self.socket_session(socket) if shared is not None else None
         if shared is not None and session is not None and socket.connected:
             await shared.update_session(session)
         else:

@@ -522,6 +522,35 @@ async def test_a_session_whose_node_is_dead_is_recovered_elsewhere_once(
     assert {sid for sid, recovered in results.values() if recovered} == {"s1"}
 
 
+async def test_a_live_session_its_node_no_longer_holds_is_taken_at_once(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its node answers that it does not hold the socket (its disconnect is still on
+    the way to Redis, say): the session is recovered without waiting for a timeout."""
+    with trio.fail_after(TEST_TIMEOUT):
+        async with (
+            shared_deployment(redis_url) as deployment,
+            coredis.Redis.from_url(redis_url) as raw,
+        ):
+            prefix = prefix_of(deployment)
+            first, second, _ = deployment.nodes
+            async with deployment.client(0) as client:
+                _, pid = await connect(client)
+                await join(client, "r")
+                await first.server.to("r").emit("m", 1)
+                offset = (await event(client))[-1]
+                assert isinstance(offset, str)
+            await session_becomes(raw, prefix, pid, "saved")
+            epoch = offset.rpartition("-")[0]
+            owner = cluster_of(first).node_id
+            await raw.set(f"{prefix}#~session#{pid}", live_value(owner, "s2", ["r"], epoch))
+            async with deployment.client(1) as client:
+                again, _ = await connect(client, {"pid": pid, "offset": offset})
+                assert again == "s2"
+                assert second.server.of("/").sockets[again].recovered
+    assert "taken for dead" not in caplog.text  # its node answered
+
+
 async def test_a_session_whose_node_still_holds_it_is_not_taken(redis_url: str) -> None:
     with trio.fail_after(TEST_TIMEOUT):
         async with (
