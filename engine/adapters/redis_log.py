@@ -39,8 +39,9 @@ time ``AT``). The owner writes it in its appender's round trips, in order: the l
 session before the socket is registered (connect), again with every join and leave
 (queued before the JOIN or LEAVE entry, so it is in Redis when the join returns), saved
 on a recoverable disconnect, deleted on another one. Every change but the first is made
-only while the key still says ``live`` and this node (a byte-prefix test in Lua), so a
-node whose session was taken over elsewhere cannot overwrite it. A live session expires
+only while the key still says ``live`` and this node (a byte-prefix test in Lua), or,
+for a renewal's write-back, while it is absent, so a node whose session was taken over
+elsewhere cannot overwrite it. A live session expires
 unless its node renews it (``SharedLog._refresher``); see ``docs/scaling.md`` for why
 and for the bounds.
 """
