@@ -689,6 +689,34 @@ class Namespace:
             lambda: room_history(directory, self.name, room, last=last, after=after)
         )
 
+    def socket_session(self, socket: Socket) -> SavedSession | None:
+        """What the cluster's shared log keeps of a connected socket (recovery on): its
+        rooms and ``socket.data`` as they are now; None without a pid."""
+        if socket.pid is None:
+            return None
+        return SavedSession(
+            pid=socket.pid,
+            sid=socket.sid,
+            namespace=self.name,
+            rooms=socket.rooms - {socket.sid},
+            data=socket.data,
+            disconnected_at=self.server.wall_now(),
+        )
+
+    async def session_changed(self, socket: Socket) -> None:
+        """Tell the cluster's shared log (when on) that a socket's rooms changed, so that
+        its live session in Redis follows; queued (not waited for), it goes out ahead of
+        what is queued after it (the JOIN or LEAVE record).
+
+        Cancellation: it may have been queued.
+        """
+        shared = self.adapter.shared_log
+        session = self.socket_session(socket) if shared is not None else None
+        if shared is not None and session is not None and socket.connected:
+            await shared.update_session(session)
+        else:
+            await trio.lowlevel.checkpoint()
+
     async def remove_socket(self, socket: Socket, reason: str) -> None:
         """Clean up after a socket left: fail its acks, save its recovery session, record
         its DISCONNECT, run the ``disconnecting`` handlers, leave its rooms, run the
@@ -760,6 +788,8 @@ class Namespace:
                 kept = await shared.save_session(saved, window)
             if kept:
                 session = {"pid": saved.pid, "rooms": sorted(rooms), "data": saved.data}
+        elif self.adapter.shared_log is not None and socket.pid is not None:
+            await self.adapter.shared_log.close_session(socket.pid)  # not recoverable
         recorded = await server.record_event(
             RecordKind.DISCONNECT,
             self.name,

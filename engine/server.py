@@ -305,6 +305,8 @@ class Server:
             if exc.data is not None:
                 data["data"] = exc.data
             conn.send_packet(conn.sio.refuse(namespace, data))
+            if shared is not None and shared_recovery is not None:
+                await shared.close_session(shared_recovery.session.pid)  # taken, refused
             return
         if restored is not None:
             # The same sid may still be leaving its rooms on this node (its disconnecting
@@ -314,7 +316,16 @@ class Server:
             if not await self._recover_locally(socket, restored, local_after):
                 return
         else:
+            live = (
+                ns.socket_session(socket) if shared is not None and not socket.recovered else None
+            )
+            if shared is not None and live is not None and store is not None:
+                # Live in Redis before anybody can send it an offset: if this node is
+                # killed, another one can recover it.
+                await shared.open_session(live, store.config.max_disconnection_duration)
             if conn.closed:
+                if shared is not None and socket.pid is not None:
+                    await shared.close_session(socket.pid)
                 return
             self._accept(socket)
             await self._record_connect(socket, restored)

@@ -117,6 +117,8 @@ class Socket:
             return
         new = [room for room in rooms if room not in self.rooms]
         await self.namespace.adapter.add_all(self.sid, rooms)
+        if new:
+            await self.namespace.session_changed(self)
         for room in new:
             await self.namespace.server.record_event(
                 RecordKind.JOIN, self.namespace.name, room=room, sender=self.sid
@@ -133,6 +135,7 @@ class Socket:
         was_in = room in self.rooms
         await self.namespace.adapter.delete(self.sid, room)
         if was_in:
+            await self.namespace.session_changed(self)
             await self.namespace.server.record_event(
                 RecordKind.LEAVE, self.namespace.name, room=room, sender=self.sid
             )

@@ -47,6 +47,7 @@ __all__ = [
     "FetchSockets",
     "Heartbeat",
     "Hello",
+    "HoldsSession",
     "MessageKind",
     "Operation",
     "Part",
@@ -63,8 +64,9 @@ __all__ = [
 ]
 
 MAGIC: Final = "roomcast"
-PROTOCOL_VERSION: Final = 1
-"""Bumped on any incompatible change of the message layout; other versions are dropped."""
+PROTOCOL_VERSION: Final = 2
+"""Bumped on any incompatible change of the message layout; other versions are dropped.
+2: HOLDS_SESSION (a node of version 1 would never answer it, and so be taken for dead)."""
 
 _MAX_DEPTH: Final = 32
 
@@ -124,6 +126,7 @@ class RequestKind(enum.IntEnum):
     DISCONNECT_SOCKETS = 4
     SERVER_SIDE_EMIT = 5
     ACK_BROADCAST = 6
+    HOLDS_SESSION = 7
 
 
 class PartKind(enum.IntEnum):
@@ -230,8 +233,23 @@ class AckBroadcast:
     within: float
 
 
+@attrs.frozen(kw_only=True)
+class HoldsSession:
+    """Node ``node`` only: say whether you hold the socket of session ``pid`` (Applied
+    with count 1) or not (0). A client wants to recover it elsewhere."""
+
+    node: str
+    pid: str
+
+
 Operation: TypeAlias = (
-    FetchSockets | AddSockets | DelSockets | DisconnectSockets | ServerSideEmit | AckBroadcast
+    FetchSockets
+    | AddSockets
+    | DelSockets
+    | DisconnectSockets
+    | ServerSideEmit
+    | AckBroadcast
+    | HoldsSession
 )
 
 
@@ -357,6 +375,8 @@ def _op(op: Operation) -> tuple[RequestKind, list[object]]:
             return RequestKind.SERVER_SIDE_EMIT, [op.event, list(op.args), op.want_answer]
         case AckBroadcast():
             return RequestKind.ACK_BROADCAST, [_opts(op.opts), op.event, list(op.args), op.within]
+        case HoldsSession():
+            return RequestKind.HOLDS_SESSION, [op.node, op.pid]
         case _:  # pragma: no cover - exhaustive
             assert_never(op)
 
@@ -553,6 +573,9 @@ def _decode_op(code: int, args: object) -> Operation:
                 args=_json_args(event_args, "args"),
                 within=float(within),
             )
+        case RequestKind.HOLDS_SESSION:
+            node, pid = _list(args, "holds session", 2)
+            return HoldsSession(node=_str(node, "node"), pid=_str(pid, "pid"))
         case _:  # pragma: no cover - exhaustive
             assert_never(kind)
 

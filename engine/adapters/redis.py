@@ -71,6 +71,7 @@ from roomcast.engine.adapters.cluster import (
     FetchSockets,
     Heartbeat,
     Hello,
+    HoldsSession,
     Operation,
     Part,
     RequestBody,
@@ -126,6 +127,7 @@ _LINK_ERRORS: Final = (
 """What a lost, refused or stalled Redis connection raises (coredis wraps most of it in
 ``ConnectionError``; anyio's deadlines raise ``TimeoutError``)."""
 _QUEUE_ERRORS: Final = (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError)
+_MAX_GONE: Final = 1024
 
 
 # --------------------------------------------------------------------------- settings
@@ -194,6 +196,10 @@ class RedisSettings:
             recovery reach.
         log_catch_up_timeout: Seconds a recovery waits for this node to have read up to
             the client's offset.
+        session_refresh_interval: Seconds between a node's renewals of the TTL of the
+            sessions it holds in Redis (shared log with recovery): a killed node's
+            sessions expire at most ``max_disconnection_duration + 2 *
+            session_refresh_interval + node_timeout`` after its last renewal.
     """
 
     url: str = "redis://127.0.0.1:6379/0"
@@ -219,6 +225,7 @@ class RedisSettings:
     shared_log: bool = False
     log_max_len: int = attrs.field(default=100_000, validator=attrs.validators.gt(0))
     log_catch_up_timeout: float = attrs.field(default=2.0, validator=_positive)
+    session_refresh_interval: float = attrs.field(default=30.0, validator=_positive)
 
     def tls_context(self) -> SSLContext | None:
         """The TLS context to connect with, or None for a plain (or ``rediss://``) URL."""
@@ -438,6 +445,11 @@ class RedisCluster:
     _channels_changed: trio.Event | None = attrs.field(default=None, init=False)
     _requests_running: int = attrs.field(default=0, init=False)
     _link_was_up: bool = attrs.field(default=False, init=False)
+    _gone: collections.OrderedDict[str, float] = attrs.field(
+        factory=collections.OrderedDict, init=False
+    )
+    """Nodes found dead (Trio time), the latest ``_MAX_GONE``: a recovery of one of their
+    sessions need not ask them."""
     shared_log: SharedLog | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -453,6 +465,9 @@ class RedisCluster:
                 block=min(settings.heartbeat_interval, settings.node_timeout / 2),
                 catch_up_timeout=settings.log_catch_up_timeout,
                 queue_size=settings.publish_queue_size,
+                probe_owner=self._probe_owner,
+                session_refresh=settings.session_refresh_interval,
+                owner_timeout=settings.node_timeout,
             )
 
     # -- channels ---------------------------------------------------------------------------
@@ -797,13 +812,20 @@ class RedisCluster:
     # -- receiving --------------------------------------------------------------------------
 
     def _heard(self, node: str) -> None:
+        self._gone.pop(node, None)
         known = node in self._peers
         self._peers[node] = trio.current_time()
         if not known:
             logger.info("cluster node %s: node %s joined", self.node_id, node)
             self._notify(PeerJoined(node=node))
 
+    def _found_dead(self, node: str) -> None:
+        self._gone.setdefault(node, trio.current_time())
+        while len(self._gone) > _MAX_GONE:
+            self._gone.popitem(last=False)
+
     def _lose_peer(self, node: str, reason: str) -> None:
+        self._found_dead(node)
         if self._peers.pop(node, None) is None:
             return
         for key in [key for key in self._last_seq if key[0] == node]:
@@ -858,6 +880,46 @@ class RedisCluster:
             await trio.lowlevel.checkpoint()
             return 0
         return await adapter.host.deliver_shared(event, self.shared_log.offset_text(entry.offset))
+
+    async def _probe_owner(self, node: str, namespace: str, pid: str) -> float | None:
+        """Whether ``node`` still holds the socket of session ``pid``: None if it does
+        (or this node cannot tell: no Redis, or the node failed to answer), else the
+        seconds since it was found dead (0: now, or it answered that it does not).
+
+        A node already lost to the heartbeats is dead; any other is asked, and one that
+        does not answer within ``node_timeout`` is found dead now.
+
+        Cancellation: nothing is decided.
+        """
+        lost = self._gone.get(node)
+        if lost is not None:
+            await trio.lowlevel.checkpoint()
+            return trio.current_time() - lost
+        op = HoldsSession(node=node, pid=pid)
+        try:
+            parts, _ = await self.request(
+                namespace,
+                op,
+                within=self.settings.node_timeout,
+                strict=False,
+                nodes=frozenset({node}),
+            )
+        except ClusterUnavailableError:
+            return None
+        answers = [part for sender, part in parts if sender == node]
+        if not answers:  # no answer in time, or lost to the heartbeats meanwhile
+            logger.warning(
+                "cluster node %s: node %s did not answer within %.1f s: taken for dead",
+                self.node_id,
+                node,
+                self.settings.node_timeout,
+            )
+            self._found_dead(node)
+            return trio.current_time() - self._gone.get(node, trio.current_time())
+        part = answers[-1]
+        if isinstance(part, Applied) and not part.count:
+            return 0.0  # alive, and the socket is gone
+        return None
 
     def _serve(self, envelope: Envelope, body: RequestBody) -> None:
         nursery = self._nursery
@@ -995,12 +1057,13 @@ class RedisCluster:
         within: float,
         on_part: Callable[[str, Part], None] | None = None,
         strict: bool = True,
+        nodes: frozenset[str] | None = None,
     ) -> tuple[list[tuple[str, Part]], frozenset[str]]:
         """Ask every other node to do ``op`` and collect their answers.
 
         Returns each answer with its node, and the nodes that did not finish in time.
-        Waits up to ``within`` seconds for the nodes this node hears from; a node lost
-        meanwhile is not waited for.
+        Waits up to ``within`` seconds for the nodes this node hears from (or for
+        ``nodes``, heard from or not); a node lost meanwhile is not waited for.
 
         Cancellation: late answers are ignored.
 
@@ -1013,7 +1076,9 @@ class RedisCluster:
             self._count_not_sent("request")
             raise ClusterUnavailableError("no Redis connection: the other nodes were not asked")
         request_id = next(self._request_ids)
-        pending = _PendingRequest(waiting=set(self._peers), on_part=on_part)
+        pending = _PendingRequest(
+            waiting=set(self._peers if nodes is None else nodes), on_part=on_part
+        )
         self._pending[request_id] = pending
         try:
             body = RequestBody(request_id=request_id, op=op)
@@ -1055,6 +1120,8 @@ def _nothing_here(op: Operation) -> Part:
             return ServerAnswer(args=None)
         case AckBroadcast():
             return AckFinished()
+        case HoldsSession():
+            return Applied(count=0)
 
 
 # --------------------------------------------------------------------------- the adapter
@@ -1269,3 +1336,9 @@ class RedisAdapter(Adapter):
                     on_answer=lambda sid, args: respond(AckAnswerPart(sid=sid, args=args)),
                 )
                 return AckFinished()
+            case HoldsSession():
+                await trio.lowlevel.checkpoint()
+                if op.node != self.cluster.node_id:
+                    return None  # asked of another node
+                log = self.cluster.shared_log
+                return Applied(count=int(log is not None and log.holds(op.pid)))

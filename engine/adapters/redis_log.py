@@ -12,7 +12,7 @@ The layout (``P`` is the cluster's channel prefix)::
     P#~log           the stream; entry ids are 0-1, 0-2, ... (the cluster-wide offsets)
     P#~log#seq       the last offset handed out
     P#~log#epoch     the epoch: a random id made when the stream is (re)created
-    P#~session#PID   a disconnected socket's state, expiring with its recovery window
+    P#~session#PID   a socket's session: live (its node holds it) or saved (disconnected)
 
 An entry has the fields ``n`` (the appending node), ``t`` (that node's token for it,
 which lets the node find its own entries) and ``r``: one or more event-log record
@@ -28,6 +28,22 @@ the same step, so the stream has no holes: a reader that sees offset ``n + 2`` a
 the client's offset is refused (a gap), never patched over. If Redis loses the stream
 (a restart without persistence), the script finds no epoch key, starts a new epoch, and
 every older offset stops being recoverable.
+
+A session is in Redis from the socket's CONNECT on, so that a node killed without a
+word leaves its sockets recoverable on the others. Its value is one msgpack array::
+
+    [STATE, NODE, SID, NAMESPACE, ROOMS, DATA, AT, EPOCH]
+
+``STATE`` is ``"live"`` (``NODE`` holds the socket) or ``"saved"`` (disconnected at wall
+time ``AT``). The owner writes it in its appender's round trips, in order: the live
+session before the socket is registered (connect), again with every join and leave
+(queued before the JOIN or LEAVE entry, so it is in Redis when the join returns), saved
+on a recoverable disconnect, deleted on another one. Every change but the first is made
+only while the key still says ``live`` and this node (a byte-prefix test in Lua), or,
+for a renewal's write-back, while it is absent, so a node whose session was taken over
+elsewhere cannot overwrite it. A live session expires
+unless its node renews it (``SharedLog._refresher``); see ``docs/scaling.md`` for why
+and for the bounds.
 """
 
 from __future__ import annotations
@@ -75,16 +91,78 @@ if not epoch then
 end
 local n = tonumber(redis.call('GET', KEYS[2]) or '0')
 local first = n + 1
-for i = 4, #ARGV, 2 do
+local entries = tonumber(ARGV[5])
+for i = 6, 5 + 2 * entries, 2 do
   n = n + 1
   redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '0-' .. n,
              'n', ARGV[3], 't', ARGV[i], 'r', ARGV[i + 1])
 end
 redis.call('SET', KEYS[2], n)
-return {epoch, first, n}
+local reply = {epoch, first, n}
+local prefix = ARGV[4]
+local k = 4
+for i = 6 + 2 * entries, #ARGV, 3 do
+  local key, op = KEYS[k], ARGV[i]
+  k = k + 1
+  local done = 1
+  if op ~= 'set' then
+    local current = redis.call('GET', key)
+    done = (current and string.sub(current, 1, #prefix) == prefix) and 1 or 0
+  end
+  if done == 1 then
+    if op == 'del' then
+      redis.call('DEL', key)
+    else
+      redis.call('SET', key, ARGV[i + 1], 'PX', ARGV[i + 2])
+    end
+  end
+  reply[#reply + 1] = done
+end
+return reply
 """
-"""Append entries (``ARGV[4:]``: token, records pairs) under consecutive offsets; start a
-new epoch first when there is none. Returns the epoch and the first and last offsets."""
+"""Append entries (``ARGV[6:]``: ``ARGV[5]`` token, records pairs) under consecutive
+offsets, starting a new epoch first when there is none; then apply session writes
+(``op, value, ttl_ms`` triples on ``KEYS[4:]``): ``set`` (unconditional), ``own`` (set if
+the key is this node's live session: ``ARGV[4]`` is that prefix) and ``del`` (delete
+if so). Returns the epoch, the first and last offsets, and 1 or 0 per session write."""
+
+TAKE_SCRIPT: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0
+"""
+"""Replace a session with this node's live one if it is still what was read (1), else 0."""
+
+REFRESH_SCRIPT: Final = """
+local missing = {}
+for i = 1, #KEYS do
+  local current = redis.call('GET', KEYS[i])
+  if not current then
+    missing[#missing + 1] = i
+  elseif string.sub(current, 1, #ARGV[1]) == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[i], ARGV[2])
+  end
+end
+return missing
+"""
+"""Renew the TTL of those of ``KEYS`` that are this node's live sessions; return the
+(1-based) indices of those Redis does not have. Another node's session is left alone."""
+
+RESTORE_SCRIPT: Final = """
+for i = 1, #KEYS do
+  redis.call('SET', KEYS[i], ARGV[1 + i], 'PX', ARGV[1], 'NX')
+end
+return #KEYS
+"""
+"""Write back sessions Redis lost (``ARGV[2:]``, with TTL ``ARGV[1]``), where still absent."""
+
+LIVE: Final = "live"
+SAVED: Final = "saved"
+_SESSION_FIELDS: Final = 8
+_REFRESH_BATCH: Final = 1000
+_TAKE_ATTEMPTS: Final = 3
 
 _PAGE: Final = 1000
 
@@ -108,10 +186,20 @@ class LogGap:
     missed: int | None
 
 
+@attrs.frozen
+class _SessionWrite:
+    key: bytes
+    op: str  # "set", "own" or "del" (APPEND_SCRIPT)
+    value: bytes = b""
+    ttl_ms: int = 0
+
+
 @attrs.define(eq=False)
 class _Append:
-    data: bytes
+    data: bytes | None
     token: int
+    session: _SessionWrite | None = None
+    written: bool = False
     answered: trio.Event = attrs.field(factory=trio.Event)
     delivered: trio.Event = attrs.field(factory=trio.Event)
     offset: int | None = None
@@ -178,9 +266,11 @@ def decode_entry(
     )
 
 
-def _session_bytes(session: SavedSession, epoch: str) -> bytes:
+def _session_bytes(session: SavedSession, epoch: str, *, state: str, node: str) -> bytes:
     packed: bytes = msgpack.packb(
         [
+            state,
+            node,
             session.sid,
             session.namespace,
             sorted(session.rooms),
@@ -193,13 +283,29 @@ def _session_bytes(session: SavedSession, epoch: str) -> bytes:
     return packed
 
 
-def _session_from(pid: str, data: bytes) -> tuple[SavedSession, str] | None:
+def _live_prefix(node: str) -> bytes:
+    """The first bytes of every live session value of ``node`` (see APPEND_SCRIPT)."""
+    packer = msgpack.Packer()
+    return packer.pack_array_header(_SESSION_FIELDS) + packer.pack(LIVE) + packer.pack(node)
+
+
+@attrs.frozen(kw_only=True)
+class _StoredSession:
+    session: SavedSession
+    state: str
+    node: str
+    epoch: str
+
+
+def _session_from(pid: str, data: bytes) -> _StoredSession | None:
     try:
-        sid, namespace, rooms, values, at, epoch = msgpack.unpackb(data, raw=False)
+        state, node, sid, namespace, rooms, values, at, epoch = msgpack.unpackb(data, raw=False)
     except (ValueError, TypeError, msgpack.UnpackException):
         return None
     if not (
-        isinstance(sid, str)
+        state in (LIVE, SAVED)
+        and isinstance(node, str)
+        and isinstance(sid, str)
         and isinstance(namespace, str)
         and isinstance(rooms, list)
         and isinstance(values, dict)
@@ -215,7 +321,7 @@ def _session_from(pid: str, data: bytes) -> tuple[SavedSession, str] | None:
         data=values,
         disconnected_at=float(at),
     )
-    return session, epoch
+    return _StoredSession(session=session, state=state, node=node, epoch=epoch)
 
 
 def _new_epoch() -> str:
@@ -300,6 +406,14 @@ class SharedLog:
         queue_size: Appends waiting for Redis.
         max_batch: Most entries in one append round trip.
         max_record_bytes: Largest record accepted.
+        probe_owner: Asked, when a client wants to recover a session that is live on
+            another node (``node, namespace, pid``), whether that node still holds it:
+            None when it does (or cannot be asked), else the seconds since the node was
+            found dead (0 when it answered that it no longer holds the socket). Without
+            it such sessions are never taken.
+        session_refresh: Seconds between the renewals of this node's live sessions' TTL.
+        owner_timeout: How long finding out that an owner is dead may take (the
+            cluster's ``node_timeout``): part of a live session's TTL.
     """
 
     prefix: str
@@ -313,6 +427,9 @@ class SharedLog:
     queue_size: int = 4096
     max_batch: int = 256
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+    probe_owner: Callable[[str, str, str], Awaitable[float | None]] | None = None
+    session_refresh: float = 30.0
+    owner_timeout: float = 5.0
     epoch: str | None = attrs.field(default=None, init=False)
     delivered: int = attrs.field(default=0, init=False)
     """The last offset this node delivered (of ``epoch``)."""
@@ -322,6 +439,10 @@ class SharedLog:
     _tokens: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
     _lock: trio.Lock = attrs.field(factory=trio.Lock, init=False)
     _progress: trio.Event = attrs.field(factory=trio.Event, init=False)
+    _live: dict[str, bytes] = attrs.field(factory=dict, init=False)
+    """The sockets this node holds (by pid), whose sessions it keeps live in Redis, with
+    the last value written for each."""
+    _window: float = attrs.field(default=0.0, init=False)
 
     # -- keys -------------------------------------------------------------------------------
 
@@ -345,15 +466,27 @@ class SharedLog:
 
     async def _append_raw(
         self, client: coredis.Redis[bytes], items: Sequence[_Append]
-    ) -> tuple[str, int]:
-        args: list[str | bytes | int] = [self.max_len, _new_epoch(), self.node_id]
-        for item in items:
+    ) -> tuple[str, int, list[bool]]:
+        entries = [item for item in items if item.data is not None]
+        writes = [item.session for item in items if item.session is not None]
+        args: list[str | bytes | int] = [
+            self.max_len,
+            _new_epoch(),
+            self.node_id,
+            _live_prefix(self.node_id),
+            len(entries),
+        ]
+        for item in entries:
+            assert item.data is not None
             args += [item.token, item.data]
-        reply = await client.eval(APPEND_SCRIPT, keys=self._keys, args=args)
-        if not isinstance(reply, list | tuple) or len(reply) != 3:
+        for write in writes:
+            args += [write.op, write.value, write.ttl_ms]
+        keys = [*self._keys, *(write.key for write in writes)]
+        reply = await client.eval(APPEND_SCRIPT, keys=keys, args=args)
+        if not isinstance(reply, list | tuple) or len(reply) != 3 + len(writes):
             raise ClusterError(f"unexpected answer of the append script: {reply!r}")
-        epoch, first, _last = reply
-        return _text(epoch), int(first)
+        epoch, first, _last, *written = reply
+        return _text(epoch), int(first), [bool(int(w)) for w in written]
 
     async def run(
         self,
@@ -368,7 +501,7 @@ class SharedLog:
         Raises:
             SharedLogResetError: The epoch changed while running.
         """
-        epoch, first = await self._append_raw(client, ())
+        epoch, first, _ = await self._append_raw(client, ())
         head = first - 1
         if self.epoch is None:
             self.delivered = head  # a new node starts at the end
@@ -391,6 +524,7 @@ class SharedLog:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._appender, client, receive)
                 nursery.start_soon(self._reader, client)
+                nursery.start_soon(self._refresher, client)
                 task_status.started()
         finally:
             self._client = None
@@ -422,13 +556,18 @@ class SharedLog:
             for item in batch:
                 item.sent = True
             try:
-                epoch, first = await self._append_raw(client, batch)
+                epoch, first, written = await self._append_raw(client, batch)
             except BaseException:
                 for item in batch:
                     item.answered.set()
                 raise
-            for i, item in enumerate(batch):
-                item.offset = first + i
+            offsets = itertools.count(first)
+            results = iter(written)
+            for item in batch:
+                if item.data is not None:
+                    item.offset = next(offsets)
+                if item.session is not None:
+                    item.written = next(results)
                 item.answered.set()
             if epoch != self.epoch:
                 raise SharedLogResetError(f"the shared log's epoch changed to {epoch}")
@@ -487,6 +626,36 @@ class SharedLog:
                 if own is not None:
                     own.count = count
                     own.delivered.set()
+
+    async def _refresher(self, client: coredis.Redis[bytes]) -> None:
+        """Every ``session_refresh`` seconds (and at once after a reconnection), renew
+        the TTL of this node's live sessions, and write back those Redis does not have:
+        written during an outage, expired during a long one, or lost with Redis's data."""
+        prefix = _live_prefix(self.node_id)
+        while True:
+            pids = list(self._live)
+            ttl_ms = self._live_ttl_ms()
+            for start in range(0, len(pids), _REFRESH_BATCH):
+                chunk = pids[start : start + _REFRESH_BATCH]
+                keys = [self.session_key(pid) for pid in chunk]
+                missing = await client.eval(REFRESH_SCRIPT, keys=keys, args=[prefix, ttl_ms])
+                assert isinstance(missing, list | tuple)
+                lost = [chunk[int(i) - 1] for i in missing]
+                lost = [pid for pid in lost if pid in self._live]  # not closed meanwhile
+                if lost:
+                    await client.eval(
+                        RESTORE_SCRIPT,
+                        keys=[self.session_key(pid) for pid in lost],
+                        args=[ttl_ms, *(self._live[pid] for pid in lost)],
+                    )
+            await trio.sleep(self.session_refresh)
+
+    def _live_ttl_ms(self) -> int:
+        """A live session's TTL: after its node's last renewal, the node may die within
+        ``session_refresh`` (plus one for a slow renewal), be found dead within
+        ``owner_timeout``, and its clients then have the recovery window."""
+        ttl = self._window + 2 * self.session_refresh + self.owner_timeout
+        return max(1, int(ttl * 1000))
 
     def _notify_progress(self) -> None:
         self._progress.set()
@@ -563,37 +732,122 @@ class SharedLog:
 
     # -- sessions and recovery ------------------------------------------------------------------
 
+    async def _session_write(self, write: _SessionWrite) -> _Append | None:
+        """Queue a session write (waiting for room, not for Redis); None without Redis."""
+        send = self._send
+        if send is None:
+            await trio.lowlevel.checkpoint()
+            return None
+        item = _Append(data=None, token=0, session=write)
+        try:
+            try:
+                send.send_nowait(item)
+            except trio.WouldBlock:
+                await send.send(item)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return None
+        return item
+
+    def _live_write(self, session: SavedSession, op: str) -> _SessionWrite | None:
+        epoch = self.epoch
+        if epoch is None:
+            return None
+        value = _session_bytes(session, epoch, state=LIVE, node=self.node_id)
+        self._live[session.pid] = value
+        return _SessionWrite(
+            key=self.session_key(session.pid), op=op, value=value, ttl_ms=self._live_ttl_ms()
+        )
+
+    def holds(self, pid: str) -> bool:
+        """Whether this node holds the socket of session ``pid`` (its session is live)."""
+        return pid in self._live
+
+    async def open_session(self, session: SavedSession, window: float) -> bool:
+        """Put a new socket's session in Redis as live on this node, and keep it live
+        until ``save_session`` or ``close_session``; False when it could not be written
+        (no Redis): the first renewal after the reconnection writes it then.
+
+        ``window`` is the recovery window (``max_disconnection_duration``).
+
+        Cancellation: it may have been written (the session is then held).
+        """
+        self._window = max(self._window, window)
+        write = self._live_write(session, "set")
+        item = await self._session_write(write) if write is not None else None
+        if item is None:
+            return False
+        await item.answered.wait()
+        return item.written
+
+    async def update_session(self, session: SavedSession) -> None:
+        """Queue the new state (rooms, data) of a socket this node holds, without waiting
+        for Redis; it reaches Redis no later than anything this node queues after it (a
+        JOIN record, say). Without Redis, the first renewal after the reconnection writes
+        it if Redis lost the session meanwhile. Nothing happens for a session this node
+        does not hold.
+
+        Cancellation: it may have been queued.
+        """
+        write = self._live_write(session, "own") if session.pid in self._live else None
+        if write is None:
+            await trio.lowlevel.checkpoint()
+            return
+        await self._session_write(write)
+
+    async def close_session(self, pid: str) -> None:
+        """Forget a session this node holds (its socket left for good): queue its
+        deletion, without waiting for Redis.
+
+        Cancellation: it may have been queued (else it expires with its TTL).
+        """
+        if self._live.pop(pid, None) is None:
+            await trio.lowlevel.checkpoint()
+            return
+        await self._session_write(_SessionWrite(key=self.session_key(pid), op="del"))
+
     async def save_session(self, session: SavedSession, ttl: float) -> bool:
-        """Keep a disconnected socket's state for ``ttl`` seconds; False without Redis.
+        """Turn a live session into a disconnected one, kept for ``ttl`` seconds; False
+        without Redis, or when the session is not this node's any more (another node
+        took it over, or it expired during an outage).
 
         Cancellation: it may have been saved.
         """
-        client, epoch = self._client, self.epoch
-        if client is None or epoch is None:
+        self._live.pop(session.pid, None)
+        epoch = self.epoch
+        if epoch is None:
             await trio.lowlevel.checkpoint()
             return False
-        try:
-            await client.set(
-                self.session_key(session.pid),
-                _session_bytes(session, epoch),
-                px=max(1, int(ttl * 1000)),
-            )
-        except _REDIS_ERRORS as exc:
-            logger.warning("session %s not saved in Redis: %s", session.sid, exc)
+        write = _SessionWrite(
+            key=self.session_key(session.pid),
+            op="own",
+            value=_session_bytes(session, epoch, state=SAVED, node=self.node_id),
+            ttl_ms=max(1, int(ttl * 1000)),
+        )
+        item = await self._session_write(write)
+        if item is None:
+            logger.warning("session %s not saved in Redis: no connection", session.sid)
             return False
-        return True
+        await item.answered.wait()
+        if not item.written:
+            logger.warning("session %s not saved: it is no longer this node's", session.sid)
+        return item.written
 
     async def prepare_recovery(
         self, namespace: str, pid: str, offset: str, *, now: float, max_age: float, max_events: int
     ) -> _Recovery | None:
-        """Check that session ``pid`` can be recovered from ``offset`` and take it.
+        """Check that session ``pid`` can be recovered from ``offset`` and take it over
+        (it is then live on this node).
+
+        A saved session counts from its disconnect; a live one of another node is asked
+        for (``probe_owner``) and counts from the time its node was found dead.
 
         Returns None (not recovered) when there is no Redis, the session is unknown,
-        expired or of another namespace, the offset is of another epoch or not yet
-        reached here, more than ``max_events`` entries followed it, or some of them are
-        gone (a gap).
+        expired or of another namespace, its node still holds it, the offset is of
+        another epoch or not yet reached here, more than ``max_events`` entries followed
+        it, or some of them are gone (a gap).
 
-        Cancellation: the session may have been taken (and so not be recoverable again).
+        Cancellation: the session may have been taken over (a later attempt finds it
+        live on this node, not held, and takes it).
         """
         client, epoch = self._client, self.epoch
         name, _, seq_text = offset.rpartition("-")
@@ -601,33 +855,26 @@ class SharedLog:
             await trio.lowlevel.checkpoint()
             return None
         after = int(seq_text)
+        key = self.session_key(pid)
+        self._window = max(self._window, max_age)
         try:
-            raw = await client.get(self.session_key(pid))
-            found = _session_from(pid, raw) if isinstance(raw, bytes) else None
-            if found is None:
+            for _ in range(_TAKE_ATTEMPTS):
+                raw = await client.get(key)
+                found = _session_from(pid, raw) if isinstance(raw, bytes) else None
+                if found is None or found.session.namespace != namespace or found.epoch != epoch:
+                    return None
+                session = await self._disconnected(found, namespace, now)
+                if session is None or now - session.disconnected_at > max_age:
+                    return None
+                entries = await self._missed(client, epoch, after, max_events)
+                if entries is None:
+                    return None
+                assert isinstance(raw, bytes)
+                if await self._take(client, session, raw, epoch):
+                    break
+                # Changed since it was read (its node saved it meanwhile): read it again.
+            else:
                 return None
-            session, session_epoch = found
-            if (
-                session.namespace != namespace
-                or session_epoch != epoch
-                or now - session.disconnected_at > max_age
-            ):
-                return None
-            with trio.move_on_after(self.catch_up_timeout):
-                while self.delivered < after and self.epoch == epoch:
-                    await self._progress.wait()
-            if self.delivered < after or self.epoch != epoch:
-                return None
-            raw_entries = await client.xrange(
-                self.stream_key, f"(0-{after}", "+", count=max_events + 1
-            )
-            if len(raw_entries) > max_events:
-                return None
-            entries = _decode_all(raw_entries, epoch, max_record_bytes=self.max_record_bytes)
-            if entries and entries[0].offset != after + 1:
-                return None  # entries right after the client's offset were trimmed
-            if await client.getdel(self.session_key(pid)) is None:
-                return None  # another node took it meanwhile
         except _READ_ERRORS as exc:
             logger.warning("recovery of %s refused: %s", pid, exc)
             return None
@@ -635,6 +882,74 @@ class SharedLog:
         return _Recovery(
             session=session, after=after, entries=entries, read_up_to=read_up_to, epoch=epoch
         )
+
+    async def _disconnected(
+        self, found: _StoredSession, namespace: str, now: float
+    ) -> SavedSession | None:
+        """The session with its disconnect time, or None if its socket is still held."""
+        session = found.session
+        if found.state == SAVED:
+            await trio.lowlevel.checkpoint()
+            return session
+        if found.node == self.node_id:
+            await trio.lowlevel.checkpoint()
+            if session.pid in self._live:
+                return None  # this node holds it
+            return attrs.evolve(session, disconnected_at=now)
+        if self.probe_owner is None:
+            await trio.lowlevel.checkpoint()
+            return None
+        age = await self.probe_owner(found.node, namespace, session.pid)
+        if age is None:
+            logger.info("recovery of %s refused: node %s holds it", session.sid, found.node)
+            return None
+        logger.info(
+            "session %s of node %s is recoverable: the node was found dead %.1f s ago",
+            session.sid,
+            found.node,
+            age,
+        )
+        return attrs.evolve(session, disconnected_at=now - age)
+
+    async def _missed(
+        self, client: coredis.Redis[bytes], epoch: str, after: int, max_events: int
+    ) -> list[SharedEntry] | None:
+        """The entries after offset ``after``, once this node has read up to it; None if
+        that takes too long, or they are too many or do not follow on from ``after``."""
+        with trio.move_on_after(self.catch_up_timeout):
+            while self.delivered < after and self.epoch == epoch:
+                await self._progress.wait()
+        if self.delivered < after or self.epoch != epoch:
+            return None
+        raw_entries = await client.xrange(self.stream_key, f"(0-{after}", "+", count=max_events + 1)
+        if len(raw_entries) > max_events:
+            return None
+        entries = _decode_all(raw_entries, epoch, max_record_bytes=self.max_record_bytes)
+        if entries and entries[0].offset != after + 1:
+            return None  # entries right after the client's offset were trimmed
+        return entries
+
+    async def _take(
+        self, client: coredis.Redis[bytes], session: SavedSession, raw: bytes, epoch: str
+    ) -> bool:
+        """Make the session, if it is still ``raw``, live on this node: one node only
+        can take it, and it stays in Redis (a crash right after loses nothing)."""
+        pid = session.pid
+        value = _session_bytes(session, epoch, state=LIVE, node=self.node_id)
+        self._live[pid] = value  # held from now on: an owner probe hears so
+        taken = False
+        try:
+            taken = bool(
+                await client.eval(
+                    TAKE_SCRIPT,
+                    keys=[self.session_key(pid)],
+                    args=[raw, value, self._live_ttl_ms()],
+                )
+            )
+        finally:
+            if not taken:
+                self._live.pop(pid, None)
+        return taken
 
     async def finish_recovery(
         self,

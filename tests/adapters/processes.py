@@ -73,6 +73,17 @@ class LineProcess(PipedProcess):
                 return line
             self.backlog.append(line)
 
+    async def wait_for(self, predicate: Callable[[Line], bool]) -> None:
+        """Read until some line (kept or new) is one ``predicate`` accepts; unlike
+        ``expect``, every line stays in the backlog."""
+        if any(predicate(line) for line in self.backlog):
+            return
+        while True:
+            line = await self._read_line()
+            self.backlog.append(line)
+            if predicate(line):
+                return
+
     async def expect_event(self, event: str, **fields: object) -> Line:
         """The first line with ``event`` and these field values."""
         return await self.expect(

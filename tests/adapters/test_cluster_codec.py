@@ -30,6 +30,7 @@ from roomcast.engine.adapters.cluster import (
     FetchSockets,
     Heartbeat,
     Hello,
+    HoldsSession,
     RequestBody,
     ResponseBody,
     ServerAnswer,
@@ -101,6 +102,7 @@ operations = st.one_of(
         args=json_args,
         within=st.floats(min_value=0, max_value=1e6),
     ),
+    st.builds(HoldsSession, node=text, pid=text),
 )
 
 

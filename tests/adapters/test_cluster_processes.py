@@ -7,8 +7,9 @@ a private redis-server it can kill. Nodes and the driver are killed by PID on th
 
 from __future__ import annotations
 
+import itertools
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Final
@@ -274,12 +275,13 @@ async def test_contract_app_joins_a_cluster_when_redis_url_is_set(
 @attrs.define(eq=False)
 class LoadBalancer:
     """A TCP proxy in front of the nodes, like a load balancer: new connections go to
-    ``target``; ``cut`` drops every connection it carries (the clients see their
-    transport close)."""
+    ``targets`` in turn (round robin); ``cut`` drops every connection it carries (the
+    clients see their transport close)."""
 
-    target: int
+    targets: list[int]
     port: int = 0
     _carried: set[trio.CancelScope] = attrs.field(factory=set)
+    _turn: itertools.count[int] = attrs.field(factory=itertools.count)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
@@ -291,7 +293,8 @@ class LoadBalancer:
         with trio.CancelScope() as scope:
             self._carried.add(scope)
             try:
-                upstream = await trio.open_tcp_stream("127.0.0.1", self.target)
+                target = self.targets[next(self._turn) % len(self.targets)]
+                upstream = await trio.open_tcp_stream("127.0.0.1", target)
                 async with downstream, upstream, trio.open_nursery() as nursery:
 
                     async def pump(source: trio.SocketStream, sink: trio.SocketStream) -> None:
@@ -301,8 +304,8 @@ class LoadBalancer:
 
                     nursery.start_soon(pump, downstream, upstream)
                     nursery.start_soon(pump, upstream, downstream)
-            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
+            except* (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # one side went away (a node that is stopped resets its connections)
             finally:
                 self._carried.discard(scope)
 
@@ -321,7 +324,7 @@ async def test_a_client_is_recovered_by_another_node_through_the_shared_log(
             open_cluster(redis_url, 3, js_peers, tmp_path, shared_log=True) as (nodes, driver),
             trio.open_nursery() as nursery,
         ):
-            balancer = LoadBalancer(target=nodes[0].port)
+            balancer = LoadBalancer(targets=[nodes[0].port])
             await nursery.start(balancer.run)
             sid = await driver.connect("c", f"http://127.0.0.1:{balancer.port}")
             await driver.connect("p", nodes[2].url)
@@ -332,7 +335,7 @@ async def test_a_client_is_recovered_by_another_node_through_the_shared_log(
             assert first[0] == 1
             assert isinstance(first[-1], str)  # the offset
 
-            balancer.target = nodes[1].port  # the next connection lands on node 1
+            balancer.targets = [nodes[1].port]  # the next connection lands on node 1
             balancer.cut()
             await driver.proc.expect_event("disconnected", id="c")
             await driver.call("p", "publish", "r", "m", 2)  # from node 2
@@ -351,3 +354,107 @@ async def test_a_client_is_recovered_by_another_node_through_the_shared_log(
             assert entry["data"] == {"node": nodes[1].node_id}  # served by node 1 now
             assert driver.take_received("c") == []  # nothing twice, nothing else
             nursery.cancel_scope.cancel()
+
+
+KILL_CLIENTS: Final = 30
+KILL_ROOMS: Final = 3
+KILL_EVENTS_BEFORE: Final = 60
+"""Events published before the kill (and as many again after the recoveries)."""
+
+
+async def test_a_killed_nodes_clients_are_recovered_by_the_others_with_nothing_lost(
+    redis_url: str, js_peers: Path, tmp_path: Path
+) -> None:
+    """Clients spread over three nodes by a round-robin balancer, in a few rooms, while
+    publishers on nodes 1 and 2 keep publishing. Node 0 is killed (SIGKILL: no goodbye,
+    no session saved on the way out). Every client it held comes back through the
+    balancer on node 1 or 2, recovered (same sid, same rooms), and each client gets every
+    event of its room once, in the log's order (the order they were published in)."""
+    with trio.fail_after(TEST_TIMEOUT):
+        async with (
+            open_cluster(redis_url, 3, js_peers, tmp_path, shared_log=True) as (nodes, driver),
+            open_driver(js_peers) as publishers,  # its own process: read by its own task
+            trio.open_nursery() as nursery,
+        ):
+            balancer = LoadBalancer(targets=[node.port for node in nodes])
+            await nursery.start(balancer.run)
+            url = f"http://127.0.0.1:{balancer.port}"
+            clients = [f"c{i}" for i in range(KILL_CLIENTS)]
+            room_of = {c: f"r{(i // 3) % KILL_ROOMS}" for i, c in enumerate(clients)}
+            sids: dict[str, str] = {}
+            node_of: dict[str, str] = {}
+            for client in clients:
+                sids[client] = await driver.connect(client, url)
+                await driver.call(client, "join", room_of[client])
+                (status,) = await driver.call(client, "status")
+                assert isinstance(status, dict)
+                node_of[client] = str(status["node"])
+            victims = [c for c in clients if node_of[c] == nodes[0].node_id]
+            assert len(victims) == KILL_CLIENTS // 3
+            assert {room_of[c] for c in victims} == {f"r{n}" for n in range(KILL_ROOMS)}
+            for publisher, node in (("p1", nodes[1]), ("p2", nodes[2])):
+                await publishers.connect(publisher, node.url)
+
+            published: dict[str, list[int]] = {f"r{n}": [] for n in range(KILL_ROOMS)}
+            stop, stopped = trio.Event(), trio.Event()
+
+            async def publish() -> None:
+                for n in itertools.count():
+                    if stop.is_set():
+                        stopped.set()
+                        return
+                    room = f"r{n % KILL_ROOMS}"
+                    await publishers.call(f"p{1 + n % 2}", "publish", room, "m", n)
+                    published[room].append(n)  # acknowledged: in the log
+
+            def got_at_least(count: int) -> Callable[[dict[str, object]], bool]:
+                def check(line: dict[str, object]) -> bool:
+                    args = line.get("args")
+                    return (
+                        line.get("event") == "recv"
+                        and isinstance(args, list)
+                        and isinstance(args[0], int)
+                        and args[0] >= count
+                    )
+
+                return check
+
+            nursery.start_soon(publish)
+            await driver.proc.wait_for(got_at_least(KILL_EVENTS_BEFORE))
+            nodes[0].proc.kill()  # SIGKILL, by PID
+            balancer.targets = [nodes[1].port, nodes[2].port]
+            for client in victims:
+                line = await driver.proc.expect_event("disconnected", id=client)
+                assert line["reason"] == "transport close"
+            for client in victims:  # all at once, as after a crash
+                await driver.proc.send({"cmd": "reconnect", "id": client})
+            for client in victims:
+                line = await driver.proc.expect_event("connected", id=client)
+                assert (line["sid"], line["recovered"]) == (sids[client], True), client
+            resumed = len([n for room in published.values() for n in room])
+            await driver.proc.wait_for(got_at_least(resumed + KILL_EVENTS_BEFORE))
+            stop.set()
+            for client in victims:  # served by node 1 or 2 now, in the same room
+                (status,) = await driver.call(client, "status")
+                assert isinstance(status, dict)
+                assert status["node"] in (nodes[1].node_id, nodes[2].node_id)
+                (found,) = await driver.call(client, "fetch", sids[client])
+                assert isinstance(found, list)
+                assert len(found) == 1
+                entry = found[0]
+                assert isinstance(entry, dict)
+                assert entry["rooms"] == sorted({sids[client], room_of[client]})
+            await stopped.wait()
+            for n in range(KILL_ROOMS):  # one last event per room marks the end
+                await publishers.call("p1", "publish", f"r{n}", "end", 0)
+            for client in clients:
+                await driver.proc.expect_event("recv", id=client, name="end")
+            received = {client: driver.take_received(client) for client in clients}
+            nursery.cancel_scope.cancel()
+    for client in clients:
+        events = received[client]
+        values = [args[0] for name, args in events if name == "m"]
+        offsets = [int(str(args[-1]).rpartition("-")[2]) for _, args in events]
+        assert offsets == sorted(set(offsets)), client  # in the log's order, none twice
+        # Every acknowledged event of its room, once, in order: none lost or reordered.
+        assert values == published[room_of[client]], client

@@ -12,7 +12,9 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, Final
 
+import attrs
 import coredis
+import msgpack
 import pytest
 import trio
 
@@ -389,3 +391,221 @@ async def test_history_and_the_log_are_read_across_pages(redis_url: str) -> None
     assert newest == everything[-1_050:]
     assert after == everything[21:]
     assert len(records) == 1_101
+
+
+# -- sessions: live from CONNECT on, so that a killed node's sockets are recoverable -------
+
+
+async def stored_session(raw: coredis.Redis[bytes], prefix: str, pid: str) -> list[Any] | None:
+    """The session value of ``pid`` (``[state, node, sid, namespace, rooms, data, at,
+    epoch]``), or None when Redis has none."""
+    value = await raw.get(f"{prefix}#~session#{pid}")
+    if value is None:
+        return None
+    decoded = msgpack.unpackb(value, raw=False)
+    assert isinstance(decoded, list)
+    return decoded
+
+
+async def session_becomes(
+    raw: coredis.Redis[bytes], prefix: str, pid: str, state: str | None
+) -> list[Any] | None:
+    """Wait until the session of ``pid`` is in ``state`` (None: gone). The disconnect
+    is the server's to notice, so this reads Redis until it shows (bounded)."""
+    with trio.fail_after(5):
+        while True:
+            value = await stored_session(raw, prefix, pid)
+            if (value[0] if value is not None else None) == state:
+                return value
+            await trio.sleep(0.01)
+
+
+async def test_a_live_session_follows_its_socket_until_it_is_saved_or_deleted(
+    redis_url: str,
+) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        async with (
+            shared_deployment(redis_url) as deployment,
+            coredis.Redis.from_url(redis_url) as raw,
+        ):
+            prefix = prefix_of(deployment)
+            node = deployment.nodes[0]
+            node_id = cluster_of(node).node_id
+            async with deployment.client(0) as client:
+                sid, pid = await connect(client)
+                # In Redis from the CONNECT on (before the client had its answer).
+                value = await stored_session(raw, prefix, pid)
+                assert value is not None
+                assert value[:6] == ["live", node_id, sid, "/", [], {}]
+                ttl = await raw.pttl(f"{prefix}#~session#{pid}")
+                window = 30.0  # build()'s max_disconnection_duration
+                settings = cluster_of(node).settings
+                bound = window + 2 * settings.session_refresh_interval + settings.node_timeout
+                assert window * 1000 < ttl <= bound * 1000
+                # A join is in Redis when it returns, with the data as it is then.
+                await join(client, "r")
+                value = await stored_session(raw, prefix, pid)
+                assert value is not None
+                assert value[:6] == ["live", node_id, sid, "/", ["r"], {"joined": "r"}]
+                socket = node.server.of("/").sockets[sid]
+                await socket.join("s")
+                await socket.leave("r")
+                value = await stored_session(raw, prefix, pid)
+                assert value is not None
+                assert value[4] == ["s"]
+            # A recoverable disconnect (the transport closed) saves it for the window.
+            saved = await session_becomes(raw, prefix, pid, "saved")
+            assert saved is not None
+            assert saved[1:6] == [node_id, sid, "/", ["s"], {"joined": "r"}]
+            assert 0 < await raw.pttl(f"{prefix}#~session#{pid}") <= 30_000
+            # A disconnect the client asked for deletes it.
+            async with deployment.client(1) as client:
+                _, pid = await connect(client)
+                assert await stored_session(raw, prefix, pid) is not None
+                await client.send("41")
+                await session_becomes(raw, prefix, pid, None)
+
+
+def live_value(node: str, sid: str, rooms: list[str], epoch: str) -> bytes:
+    """A live session value as a node writes it (the layout of redis_log's docstring)."""
+    packed: bytes = msgpack.packb(["live", node, sid, "/", rooms, {"joined": "r"}, 0.0, epoch])
+    return packed
+
+
+async def test_a_session_whose_node_is_dead_is_recovered_elsewhere_once(
+    redis_url: str,
+) -> None:
+    """A live session of a node that never answers (killed: no bye, no heartbeat): the
+    node a client comes back to asks it, takes it for dead after ``node_timeout``, and
+    recovers the client; the session is then live there, and nobody else can take it."""
+    with trio.fail_after(TEST_TIMEOUT):
+        async with (
+            shared_deployment(redis_url) as deployment,
+            coredis.Redis.from_url(redis_url) as raw,
+        ):
+            prefix = prefix_of(deployment)
+            first, second, _ = deployment.nodes
+            async with deployment.client(0) as client:
+                _, pid = await connect(client)
+                await join(client, "r")
+                await first.server.to("r").emit("m", 1)
+                offset = (await event(client))[-1]
+                assert isinstance(offset, str)
+                epoch = offset.rpartition("-")[0]
+                # The node holding it is "killed": its session stays live, its node gone.
+                await raw.set(f"{prefix}#~session#{pid}", live_value("dead", "s1", ["r"], epoch))
+            await second.server.to("r").emit("m", 2)
+            results: dict[int, tuple[str, bool]] = {}
+            both = trio.Event()
+
+            async def come_back(index: int) -> None:
+                async with deployment.client(index) as other:
+                    again, _ = await connect(other, {"pid": pid, "offset": offset})
+                    node = deployment.node_of(index)
+                    socket = node.server.of("/").sockets[again]
+                    results[index] = (again, socket.recovered)
+                    if socket.recovered:
+                        assert socket.rooms == {"s1", "r"}
+                        assert socket.data == {"joined": "r"}
+                        assert (await event(other))[:2] == ["m", 2]
+                        value = await stored_session(raw, prefix, pid)
+                        assert value is not None
+                        assert value[:3] == ["live", cluster_of(node).node_id, "s1"]
+                    if len(results) == 2:
+                        both.set()
+                    await both.wait()  # (once the winner leaves, its session is saved)
+
+            async with trio.open_nursery() as nursery:  # two nodes try at once
+                nursery.start_soon(come_back, 1)
+                nursery.start_soon(come_back, 2)
+    assert sorted(recovered for _, recovered in results.values()) == [False, True]
+    assert {sid for sid, recovered in results.values() if recovered} == {"s1"}
+
+
+async def test_a_live_session_its_node_no_longer_holds_is_taken_at_once(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its node answers that it does not hold the socket (its disconnect is still on
+    the way to Redis, say): the session is recovered without waiting for a timeout."""
+    with trio.fail_after(TEST_TIMEOUT):
+        async with (
+            shared_deployment(redis_url) as deployment,
+            coredis.Redis.from_url(redis_url) as raw,
+        ):
+            prefix = prefix_of(deployment)
+            first, second, _ = deployment.nodes
+            async with deployment.client(0) as client:
+                _, pid = await connect(client)
+                await join(client, "r")
+                await first.server.to("r").emit("m", 1)
+                offset = (await event(client))[-1]
+                assert isinstance(offset, str)
+            await session_becomes(raw, prefix, pid, "saved")
+            epoch = offset.rpartition("-")[0]
+            owner = cluster_of(first).node_id
+            await raw.set(f"{prefix}#~session#{pid}", live_value(owner, "s2", ["r"], epoch))
+            async with deployment.client(1) as client:
+                again, _ = await connect(client, {"pid": pid, "offset": offset})
+                assert again == "s2"
+                assert second.server.of("/").sockets[again].recovered
+    assert "taken for dead" not in caplog.text  # its node answered
+
+
+async def test_a_session_whose_node_still_holds_it_is_not_taken(redis_url: str) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        async with (
+            shared_deployment(redis_url) as deployment,
+            coredis.Redis.from_url(redis_url) as raw,
+        ):
+            prefix = prefix_of(deployment)
+            first = deployment.nodes[0]
+            async with deployment.client(0) as client:
+                sid, pid = await connect(client)
+                await join(client, "r")
+                await first.server.to("r").emit("m", 1)
+                offset = (await event(client))[-1]
+                for index in (1, 0):  # another node asks node 0; node 0 knows it itself
+                    async with deployment.client(index) as other:
+                        again, _ = await connect(other, {"pid": pid, "offset": offset})
+                        assert again != sid
+                value = await stored_session(raw, prefix, pid)
+                assert value is not None
+                assert value[:3] == ["live", cluster_of(first).node_id, sid]
+                await first.server.to("r").emit("m", 2)  # the first socket is unharmed
+                assert (await event(client))[:2] == ["m", 2]
+
+
+async def test_a_node_keeps_its_live_sessions_in_redis_while_it_holds_them(
+    redis_url: str,
+) -> None:
+    """Live sessions expire unless their node renews them (so a killed node's go away);
+    a node renews its own, and writes back what Redis lost."""
+    prefix = unique_prefix()
+    settings = attrs.evolve(
+        fast_settings(redis_url, prefix, shared_log=True), session_refresh_interval=0.1
+    )
+    with trio.fail_after(TEST_TIMEOUT):
+        async with trio.open_nursery() as nursery, coredis.Redis.from_url(redis_url) as raw:
+            cluster = RedisCluster(settings=settings)
+            server = build(Config(), adapter_factory=cluster.adapter_factory)
+            await nursery.start(cluster.run)
+            memory = await nursery.start(_serve_memory, server)
+            async with memory.client() as client:
+                _, pid = await connect(client)
+                await join(client, "r")
+                key = f"{prefix}#~session#{pid}"
+                await raw.pexpire(key, 300)
+                await trio.sleep(0.6)  # longer than that TTL: renewed meanwhile
+                assert await raw.pttl(key) > 30_000
+                await raw.delete([key])  # say Redis lost it
+                value = await session_becomes(raw, prefix, pid, "live")
+                assert value is not None
+                assert value[1] == cluster.node_id
+                assert value[4] == ["r"]
+            await session_becomes(raw, prefix, pid, "saved")
+            await trio.sleep(0.3)  # renewals go on: a saved session is not theirs
+            value = await stored_session(raw, prefix, pid)
+            assert value is not None
+            assert value[0] == "saved"
+            assert 0 < await raw.pttl(key) <= 30_000
+            nursery.cancel_scope.cancel()
