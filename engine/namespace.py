@@ -155,7 +155,18 @@ class BroadcastOperator:
 
     def to(self, *rooms: str) -> BroadcastOperator:
         """Add target rooms (the union of all)."""
-        return attrs.evolve(self, opts=attrs.evolve(self.opts, rooms=self.opts.rooms | set(rooms)))
+        opts = self.opts
+        # (Built directly, not with attrs.evolve: this is on every broadcast's path.)
+        return BroadcastOperator(
+            namespace=self.namespace,
+            opts=BroadcastOptions(
+                rooms=opts.rooms.union(rooms),
+                except_rooms=opts.except_rooms,
+                except_sids=opts.except_sids,
+                volatile=opts.volatile,
+                local=opts.local,
+            ),
+        )
 
     in_ = to
 
@@ -558,8 +569,9 @@ class Namespace:
             args = store.with_offset(seq, packet.args) if store is not None else packet.args
             exclude = opts.except_rooms | opts.except_sids
             await server.record_broadcast(self.name, seq, opts.rooms, exclude, packet.name, args)
-            await sequencer.wait_turn(seq)
-            frames = self.encode(attrs.evolve(packet, args=args))
+            if not sequencer.is_turn(seq):  # (the usual case needs no further checkpoint)
+                await sequencer.wait_turn(seq)
+            frames = self.encode(Event(name=packet.name, args=args, namespace=packet.namespace))
             if store is not None:
                 store.record(
                     seq,

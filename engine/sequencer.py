@@ -42,8 +42,18 @@ class Sequencer:
         finally:
             self._waiting.pop(number, None)
 
+    def is_turn(self, number: int) -> bool:
+        """Whether every smaller number has finished (``wait_turn`` would not wait)."""
+        return self.done >= number - 1
+
     def finish(self, number: int) -> None:
         """Mark ``number`` done (delivered, skipped or failed) and wake the next turn."""
+        if number == self.done + 1 and not self._finished:  # the common case: in order
+            self.done = number
+            waiter = self._waiting.get(number + 1)
+            if waiter is not None:
+                waiter.set()
+            return
         self._finished.add(number)
         advanced = False
         while self.done + 1 in self._finished:

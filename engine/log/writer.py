@@ -418,7 +418,11 @@ class EventLog:
         """
         item = self._item(record, wait=True)
         try:
-            await self._send.send(item)
+            try:
+                # Queued at once when there is room: the wait below is the checkpoint.
+                self._send.send_nowait(item)
+            except trio.WouldBlock:
+                await self._send.send(item)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise LogClosedError("the event log is closed") from None
         assert item.record is not None
