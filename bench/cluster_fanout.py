@@ -3,7 +3,7 @@
 Each case starts contract app processes (``bench/contract_app.py``; with ``REDIS_URL`` they
 join a cluster, with ``SHARED_LOG=1`` through the shared log on Redis Streams; the file
 event log is off, so that only fan-out is measured), then the bench's Node load generator
-(``bench/node/loadgen.mjs``, the BENCH_CONTRACT fan-out scenario) with its clients spread
+(``bench/node/loadgen.mjs``, the fan-out scenario of docs/bench-contract.md) with its clients spread
 round-robin over the nodes: ``--members`` subscribers in one room, the publisher on node
 0 with ``--window`` messages in flight. It reports deliveries per second and checks that
 nothing was lost.

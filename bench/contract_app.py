@@ -1,4 +1,4 @@
-"""roomcast's implementation of the bench contract (shared/BENCH_CONTRACT.md).
+"""roomcast's implementation of the bench contract (docs/bench-contract.md).
 
 One process, one Trio run: listens on 127.0.0.1:$PORT, heartbeat from
 $PING_INTERVAL_MS / $PING_TIMEOUT_MS, exits on SIGTERM (``serve_until_signal``).

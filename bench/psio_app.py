@@ -1,4 +1,4 @@
-"""python-socketio's implementation of the bench contract (shared/BENCH_CONTRACT.md).
+"""python-socketio's implementation of the bench contract (docs/bench-contract.md).
 
 The reference peer; it runs only in bench/.venv-psio (python-socketio, uvicorn with uvloop
 and httptools, aiohttp), never in the main venv. Two front ends, chosen with

@@ -6,7 +6,7 @@ Usage (from the repository root; ``bash bench/run.sh`` sets up and calls this)::
                                   [--scenarios fanout,rooms,echo,idle,idle-max,heartbeat]
                                   [--runs N] [--no-setup]
 
-Every server implements shared/BENCH_CONTRACT.md and runs alone on core 0 (``taskset``);
+Every server implements docs/bench-contract.md and runs alone on core 0 (``taskset``);
 the load generator (bench/node/loadgen.mjs, raw WebSocket frames over node:net) runs on
 core 1. Each scenario run gets a fresh server process. The result is a table on stdout
 and JSON (plus the same table as Markdown) in bench/results/.

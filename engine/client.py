@@ -13,7 +13,8 @@
             reply = await client.call("add", 1, 2)  # the server's ack arguments, a tuple
         name, args = await client.receive()  # the next event no handler took
 
-Structure (STYLE.md §4): ``open_client`` owns one nursery holding
+Structure (every task has an owner, docs/architecture.md): ``open_client`` owns one nursery
+holding
 
 * the supervisor, which opens a connection, serves it until it ends, and opens the next
   one with exponential backoff while some namespace still wants to be connected;
@@ -918,7 +919,8 @@ class Client:
                 if not self._answer_pings and event.packet.type is EioPacketType.PONG:
                     logger.debug("not answering a PING (answer_pings is off)")
                     continue
-                # PONG: control traffic skips the outbox bound (STYLE.md §4.6).
+                # PONG: control traffic skips the outbox bound (as on the server: a full
+                # app queue must not starve heartbeats).
                 conn.control.append(encode_ws_frame(event.packet))
                 conn.wake()
             elif isinstance(event, MessageReceived):
@@ -1085,7 +1087,7 @@ def _holds_cancelled(exc: BaseException) -> bool:
 
 
 def _check_handler(handler: Handler) -> None:
-    # STYLE.md §10: check a handler once, at registration, not by calling it.
+    # A handler is checked once, at registration, never by calling it and retrying.
     if not inspect.iscoroutinefunction(handler):
         raise TypeError(f"handler {handler!r} must be an async def function")
 

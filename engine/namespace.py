@@ -64,7 +64,8 @@ would never run."""
 
 
 def _check_handler(handler: Callable[..., Any], what: str) -> None:
-    # Signatures are checked once, here, never sniffed at call time (STYLE.md §10).
+    # Signatures are checked once, here, never sniffed at call time: a wrong one fails at
+    # registration, not on the first event.
     if not inspect.iscoroutinefunction(handler):
         raise TypeError(f"{what} handler {handler!r} must be an async function")
 

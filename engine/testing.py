@@ -11,9 +11,10 @@
 The pytest plugin (``roomcast.engine.pytest_plugin``, installed with the package) wraps
 this in fixtures; ``docs/testing.md`` shows both from zero.
 
-Structure (STYLE.md §4): ``open_harness`` owns one nursery holding the app's server (its
-supervisor, plus ``Server.serve`` on 127.0.0.1 port 0 for ``transport="tcp"``), one task
-per in-memory connection serving the server's end of the stream (``Server.serve_stream``),
+Structure (every task has an owner, docs/architecture.md): ``open_harness`` owns one
+nursery holding the app's server (its supervisor, plus ``Server.serve`` on 127.0.0.1 port 0
+for ``transport="tcp"``), one task per in-memory connection serving the server's end of the
+stream (``Server.serve_stream``),
 and one task per ``HarnessClient`` holding its ``open_client`` block and the tasks that
 record what it receives. Leaving the block closes the clients, then the server.
 

@@ -1,4 +1,4 @@
-"""The protocol-conformance app: the server exactly as ../shared/CONFORMANCE.md describes.
+"""The protocol-conformance app: the server exactly as docs/conformance.md describes.
 
 - ``/engine.io/``: a bare Engine.IO v4 endpoint that echoes every message to its sender.
 - ``/socket.io/``: Socket.IO v5 with the namespaces ``/`` and ``/custom``; both emit

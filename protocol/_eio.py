@@ -10,7 +10,7 @@ Where the spec is silent, the behaviour of the reference server (Node ``engine.i
 * A packet the peer's role can never send on that transport closes the session with
   ``"parse error"`` where Node ignores it: OPEN from a client, UPGRADE on the active
   transport, a second ``2probe``; and on the client side PONG, UPGRADE or a second OPEN from
-  the server. (STYLE.md §2: an illegal transition never passes silently.)
+  the server. (An illegal transition never passes silently: it raises, as h11's state machine does.)
 * A PING from a client on its active transport is closed with ``"transport error"``, exactly
   as Node does (``onError(new Error("invalid heartbeat direction"))``): in v4 only the server
   pings, and a client sends PING only as ``2probe`` on the probing WebSocket.
@@ -586,7 +586,7 @@ class EioServerSession:
             return []
         if now >= self._next_ping_at:
             # Measured from when the PING was due, not from when this tick ran: a late
-            # tick must not give the client more time (CONFORMANCE.md §2.4, no slack).
+            # tick must not give the client more time (docs/conformance.md §2.4, no slack).
             self._pong_deadline = self._next_ping_at + self._ping_timeout
             return [SendPacket(packet=_PING)]
         return []

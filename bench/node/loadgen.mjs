@@ -5,7 +5,7 @@
 // Usage: node loadgen.mjs '<json config>'   (bench/run.py builds the config)
 // stdout: JSON lines; the last one is {"event":"result",...}. stderr: progress.
 //
-// The wire format it relies on is shared/BENCH_CONTRACT.md. Client frames are masked
+// The wire format it relies on is docs/bench-contract.md. Client frames are masked
 // with a fresh key per frame (RFC 6455 §5.3); server frames must be unmasked text frames.
 
 import { createHash, randomBytes } from "node:crypto";

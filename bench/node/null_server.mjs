@@ -1,4 +1,4 @@
-// A "null" contract server: the bench contract (shared/BENCH_CONTRACT.md) on raw node:net
+// A "null" contract server: the bench contract (docs/bench-contract.md) on raw node:net
 // with hand-rolled WebSocket framing and no Socket.IO library, written only to be fast.
 // It is not a reference peer: it exists to measure the load generator's own ceiling
 // (bench/run.py --servers null), i.e. how many messages per second the load generator can

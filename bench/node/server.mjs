@@ -1,4 +1,4 @@
-// The bench contract (shared/BENCH_CONTRACT.md) on Node socket.io 4.8: the reference peer.
+// The bench contract (docs/bench-contract.md) on Node socket.io 4.8: the reference peer.
 // One process, 127.0.0.1:$PORT, WebSocket transport, exits on SIGTERM.
 import { createServer } from "node:http";
 import { Server } from "socket.io";

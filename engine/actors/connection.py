@@ -496,7 +496,7 @@ class Connection:
         Returns the HTTP status and body. While an upgrade is under way the answer is
         NOOP; once the connection closes, whatever was queued and then CLOSE (or NOOP
         when the client itself closed). A second GET while one is held closes the
-        session (CONFORMANCE.md §2.2): the held one answers CLOSE, the new one 400.
+        session (docs/conformance.md §2.2): the held one answers CLOSE, the new one 400.
 
         Cancellation: nothing is taken from the outbox.
         """

@@ -1,1 +1,1 @@
-"""Every point of ../shared/CONFORMANCE.md, checked on the wire against the conformance app."""
+"""Every point of docs/conformance.md, checked on the wire against the conformance app."""

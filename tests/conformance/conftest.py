@@ -15,7 +15,7 @@ ENGINE: str = "/engine.io/"
 SOCKET: str = "/socket.io/"
 """The Socket.IO endpoint."""
 BUDGET: float = 2.0
-"""CONFORMANCE.md §3: each test case has 2 s."""
+"""docs/conformance.md §3: each test case has 2 s."""
 
 
 @pytest.fixture

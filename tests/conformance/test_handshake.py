@@ -1,4 +1,4 @@
-"""CONFORMANCE.md §1 and §2.1: the handshake, over polling and over WebSocket, and the
+"""docs/conformance.md §1 and §2.1: the handshake, over polling and over WebSocket, and the
 requests refused with 400 before any session exists."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""CONFORMANCE.md §2.4: the heartbeat, 300 ms PING interval and 200 ms PONG deadline, over
+"""docs/conformance.md §2.4: the heartbeat, 300 ms PING interval and 200 ms PONG deadline, over
 polling and over WebSocket, timed on the real clock.
 
 The first PING is due 300 ms after the handshake and each next one 300 ms after the PONG;
@@ -17,7 +17,7 @@ from .conftest import ENGINE, SOCKET
 from .wire import Endpoint, eio_target, expect_ws_closed, open_ws, ws_handshake
 
 HEARTBEAT_BUDGET: float = 5.0
-"""CONFORMANCE.md §3: the heartbeat group has 5 s per test."""
+"""docs/conformance.md §3: the heartbeat group has 5 s per test."""
 EARLY: float = 0.25
 LATE: float = 0.45
 PATHS = pytest.mark.parametrize("path", [ENGINE, SOCKET])

@@ -1,4 +1,4 @@
-"""CONFORMANCE.md §2.2: HTTP long-polling (payload encoding, POST ``ok``, held GETs, and
+"""docs/conformance.md §2.2: HTTP long-polling (payload encoding, POST ``ok``, held GETs, and
 the ways a polling session ends)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""CONFORMANCE.md §4: the Socket.IO v5 layer on ``/socket.io/`` (all over WebSocket, as the
+"""docs/conformance.md §4: the Socket.IO v5 layer on ``/socket.io/`` (all over WebSocket, as the
 suite does), compared as exact strings."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""CONFORMANCE.md §2.5: upgrading a polling session to WebSocket (probe, NOOP, UPGRADE)."""
+"""docs/conformance.md §2.5: upgrading a polling session to WebSocket (probe, NOOP, UPGRADE)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""CONFORMANCE.md §2.3: the WebSocket transport on the echo endpoint."""
+"""docs/conformance.md §2.3: the WebSocket transport on the echo endpoint."""
 
 from __future__ import annotations
 

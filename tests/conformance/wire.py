@@ -1,7 +1,7 @@
 """Raw wire clients for the conformance tests: HTTP/1.1 on h11 and WebSocket on trio-websocket.
 
 Nothing here knows Engine.IO beyond building its query strings: the tests spell out every
-packet, status and body themselves, as ../shared/CONFORMANCE.md does.
+packet, status and body themselves, as docs/conformance.md does.
 """
 
 from __future__ import annotations

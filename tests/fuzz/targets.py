@@ -1,7 +1,7 @@
 """Fuzz targets: every decoder the server runs on peer input, and its HTTP and WebSocket
 fronts. Each target takes bytes and may fail only in the documented way; anything else
-is a bug (STYLE.md §9). Shared by tests/fuzz (short hypothesis runs in CI) and
-bench/fuzz_long.py (long hypothesis and atheris runs).
+is a bug (a decoder may raise only RemoteProtocolError on bad input). Shared by tests/fuzz
+(short hypothesis runs in CI) and bench/fuzz_long.py (long hypothesis and atheris runs).
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ def msg(data: str | bytes) -> EioPacket:
 def server(
     transport: str = "polling", now: float = 0.0, upgrades: tuple[str, ...] = ("websocket",)
 ) -> EioServerSession:
-    """A session with the conformance settings (CONFORMANCE.md §1)."""
+    """A session with the conformance settings (docs/conformance.md §1)."""
     return EioServerSession(
         sid="sid1",
         transport=transport,
@@ -147,7 +147,7 @@ def test_pong_schedules_the_next_ping_one_interval_later() -> None:
 
 
 def test_a_late_tick_does_not_move_the_pong_deadline() -> None:
-    # CONFORMANCE.md §2.4: the deadline is measured from when the PING was due (the
+    # docs/conformance.md §2.4: the deadline is measured from when the PING was due (the
     # handshake + ping_interval), with no slack: a tick that runs late (a busy loop)
     # must not give the client more time.
     s = server()
