@@ -671,7 +671,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="print a log's records, filtered (or re-drive them against an app)",
         description="Print the records of the event log in LOGDIR (or of a cluster's shared"
         " log, with --redis), oldest first. --since and"
-        " --until take a room offset (an integer), @UNIX_SECONDS, or an ISO 8601 time (UTC"
+        " --until take an offset (an integer: the server-wide record number), @UNIX_SECONDS,"
+        " or an ISO 8601 time (UTC"
         " unless it says otherwise); both bounds are inclusive. Exit status 1 if a damaged"
         " record was met (it is reported on stderr and reading goes on after it).",
     )

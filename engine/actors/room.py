@@ -1,4 +1,4 @@
-"""The room actor: one task per room owning its members, its offset and its fan-out."""
+"""The room actor: one task per room owning its members and its fan-out."""
 
 from __future__ import annotations
 
@@ -63,8 +63,8 @@ class Broadcast:
     """Fan ``frames`` out to every member not in ``exclude`` and not yet in ``seen``.
 
     ``seen`` is shared by the rooms of one multi-room broadcast, so a socket in several
-    target rooms gets the frames once (Socket.IO's union semantics). ``delivered`` counts
-    members reached; ``offset`` is the room offset given to this event.
+    target rooms gets the frames once (Socket.IO's union semantics). Once done,
+    ``delivered`` is how many members it reached.
     """
 
     frames: tuple[OutFrame, ...]
@@ -73,7 +73,7 @@ class Broadcast:
     volatile: bool = False
     on_member: Callable[[str], None] | None = None
     done: trio.Event = attrs.field(factory=trio.Event)
-    result: list[int] = attrs.field(factory=list)
+    delivered: list[int] = attrs.field(factory=list)
 
 
 @attrs.frozen(kw_only=True)
@@ -100,7 +100,7 @@ RoomCommand: TypeAlias = Join | Leave | Broadcast | Stop | Crash
 
 @attrs.define(eq=False)
 class RoomActor:
-    """Owns one room: membership, a monotonically increasing offset, and fan-out.
+    """Owns one room: its membership and its fan-out.
 
     Only ``run`` touches the state. Others send commands on ``inbox``. Fan-out never awaits
     a member: ``send_nowait`` into each outbox; a full outbox drops a volatile frame and
@@ -110,7 +110,6 @@ class RoomActor:
     namespace: str
     name: str
     inbox_size: int
-    offset: int = 0
     members: dict[str, Member] = attrs.field(factory=dict)
     inbox: trio.MemorySendChannel[RoomCommand] = attrs.field(init=False)
     _receive: trio.MemoryReceiveChannel[RoomCommand] = attrs.field(init=False)
@@ -155,8 +154,6 @@ class RoomActor:
                 command.done.set()
 
     def _fan_out(self, command: Broadcast) -> None:
-        self.offset += 1
-        command.result.append(self.offset)
         exclude, seen, frames = command.exclude, command.seen, command.frames
         delivered = 0
         evicted: list[Member] = []
@@ -175,7 +172,7 @@ class RoomActor:
             delivered += 1
             if command.on_member is not None:
                 command.on_member(sid)
-        command.result.append(delivered)
+        command.delivered.append(delivered)
         for member in evicted:
             logger.warning("evicting slow consumer %s from room %r", member.sid, self.name)
             member.evict("slow consumer")

@@ -48,7 +48,6 @@ class MemoryAdapter(Adapter):
     _rooms: dict[str, set[str]] = attrs.field(factory=dict)
     _socket_rooms: dict[str, set[str]] = attrs.field(factory=dict)
     _actors: dict[str, RoomActor] = attrs.field(factory=dict)
-    _offsets: dict[str, int] = attrs.field(factory=dict)
 
     def add_socket(self, socket: LocalSocket) -> None:
         self._sockets[socket.sid] = socket
@@ -97,7 +96,6 @@ class MemoryAdapter(Adapter):
                 namespace=self.namespace,
                 name=room,
                 inbox_size=self.room_inbox_size,
-                offset=self._offsets.get(room, 0),
             )
             self._actors[room] = actor
             self.spawn_room(actor)
@@ -125,7 +123,6 @@ class MemoryAdapter(Adapter):
             stop = Stop()
             await self._command(actor, stop)
             actor.inbox.close()
-            self._offsets[room] = actor.offset
         else:
             await self._command(actor, command)
 
@@ -169,8 +166,8 @@ class MemoryAdapter(Adapter):
                 on_member=on_member,
             )
             await self._command(actor, command)
-            if len(command.result) == 2:
-                delivered += command.result[1]
+            if command.delivered:
+                delivered += command.delivered[0]
         return delivered
 
     def _excluded(self, opts: BroadcastOptions) -> frozenset[str]:
@@ -241,11 +238,6 @@ class MemoryAdapter(Adapter):
         command = Crash(error=error or InjectedCrash(f"injected crash of room {room!r}"))
         await self._command(actor, command)
         return True
-
-    def room_offset(self, room: str) -> int:
-        """The offset of the last event broadcast to ``room`` (0 before any)."""
-        actor = self._actors.get(room)
-        return actor.offset if actor is not None else self._offsets.get(room, 0)
 
     async def aclose(self) -> None:
         actors = list(self._actors.values())
