@@ -419,8 +419,9 @@ class Client:
         """Register a handler for a reconnection event, as a decorator (npm's
         ``socket.io.on(event, ...)``): ``reconnect_attempt(attempt)`` before each
         attempt, ``reconnect(attempt)`` when one succeeded, ``reconnect_error(message)``
-        when one failed, ``reconnect_failed()`` when ``reconnection_attempts`` ran out.
-        They run with the other handlers, in order.
+        when one failed, ``reconnect_failed()`` when ``reconnection_attempts`` ran out,
+        ``upgrade(transport)`` when a session that started on polling moved to the
+        WebSocket. They run with the other handlers, in order.
 
         Raises:
             ValueError: ``event`` is not one of those.
@@ -772,12 +773,8 @@ class Client:
                     self._dispatch(
                         _Lifecycle(namespace=_MANAGER, name="reconnect_attempt", args=(failures,))
                     )
-                attempt = await self._run_attempt(initial=False)
+                attempt = await self._run_attempt(initial=False, reconnect_attempt=failures)
                 if attempt.opened:
-                    if failures:
-                        self._dispatch(
-                            _Lifecycle(namespace=_MANAGER, name="reconnect", args=(failures,))
-                        )
                     failures = 0
                 elif attempt.error is not None:
                     self._dispatch(
@@ -790,18 +787,24 @@ class Client:
             self._ready.set()
             self._done.set()
 
-    async def _run_attempt(self, *, initial: bool) -> _Attempt:
+    async def _run_attempt(self, *, initial: bool, reconnect_attempt: int = 0) -> _Attempt:
         with trio.CancelScope() as scope:
             self._attempt_scope = scope
             try:
-                return await self._run_connection(initial=initial)
+                return await self._run_connection(
+                    initial=initial, reconnect_attempt=reconnect_attempt
+                )
             finally:
                 self._attempt_scope = None
         # Cancelled by _aclose before the connection was usable.
         return _Attempt(opened=False, reason=_CLIENT_DISCONNECT)
 
-    async def _run_connection(self, *, initial: bool) -> _Attempt:
-        """Open one connection and serve it until it ends."""
+    async def _run_connection(self, *, initial: bool, reconnect_attempt: int) -> _Attempt:
+        """Open one connection and serve it until it ends.
+
+        ``reconnect_attempt``: which attempt in a row after a loss this is (0: none), for
+        the ``reconnect`` event.
+        """
         options = self._options
         config = options.config
         deadline = trio.current_time() + config.timeout
@@ -841,6 +844,12 @@ class Client:
                 error = await self._open(conn, initial=initial, deadline=deadline)
                 if error is None:
                     self._ready.set()  # the first time, open_client enters its block
+                    if reconnect_attempt:
+                        self._dispatch(
+                            _Lifecycle(
+                                namespace=_MANAGER, name="reconnect", args=(reconnect_attempt,)
+                            )
+                        )
                     await conn.closed.wait()
                 nursery.cancel_scope.cancel()
         finally:
@@ -859,9 +868,12 @@ class Client:
         await conn.opened.wait()
         handshake = conn.session.handshake
         if conn.close_reason is None and handshake is not None:
-            # A probe that takes longer than a connection attempt may leaves polling on.
+            # A probe slower than a connection attempt leaves the session on polling.
             with trio.move_on_after(config.timeout):
                 await conn.transport.upgrade(handshake.sid, handshake.upgrades)
+            if conn.transport.probed:
+                await conn.transport.upgraded.wait()
+                self._dispatch(_Lifecycle(namespace=_MANAGER, name="upgrade", args=("websocket",)))
 
     async def _open(
         self, conn: _Connection, *, initial: bool, deadline: float

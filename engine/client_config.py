@@ -19,11 +19,12 @@ from roomcast.protocol import DEFAULT_LIMITS, JSON_PARSER, MSGPACK_PARSER, Limit
 __all__ = ["ClientConfig", "ManagerEvent", "MANAGER_EVENTS"]
 
 ManagerEvent: TypeAlias = Literal[
-    "reconnect_attempt", "reconnect", "reconnect_error", "reconnect_failed"
+    "reconnect_attempt", "reconnect", "reconnect_error", "reconnect_failed", "upgrade"
 ]
-"""Events of the connection manager (npm's ``socket.io.on(...)``), not of a namespace."""
+"""Events of the connection manager (npm's ``socket.io.on(...)``, and ``upgrade`` of its
+``socket.io.engine``), not of a namespace."""
 MANAGER_EVENTS: Final[frozenset[str]] = frozenset(
-    {"reconnect_attempt", "reconnect", "reconnect_error", "reconnect_failed"}
+    {"reconnect_attempt", "reconnect", "reconnect_error", "reconnect_failed", "upgrade"}
 )
 _PARSERS: Final[Mapping[str, Parser]] = {"json": JSON_PARSER, "msgpack": MSGPACK_PARSER}
 _TRANSPORTS: Final = frozenset({"polling", "websocket"})

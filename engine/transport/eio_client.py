@@ -138,9 +138,17 @@ class _HttpChannel:
     _dial: _Dial
     _stream: trio.abc.Stream | None = None
     _h11: h11.Connection | None = None
+    _answered: bool = False
+    """Whether any byte of the current request's answer arrived."""
+    _shut: bool = False
 
     async def request(self, method: str, target: str, body: bytes | None) -> tuple[int, bytes]:
         """Send one request and return the response's status and whole body.
+
+        A kept-alive connection the server closed while it was idle (its keep-alive
+        timeout) fails before any answer: the request is then sent once more, on a new
+        connection, as browsers do. Nothing reached the server's application the first
+        time, so a POST is not delivered twice.
 
         Cancellation: the connection is closed; the next request opens another.
 
@@ -149,10 +157,26 @@ class _HttpChannel:
             TransportClosed: The connection broke, or the body exceeds
                 ``limits.max_payload_bytes`` (``"transport error"``).
         """
+        if self._shut:
+            await trio.lowlevel.checkpoint()
+            raise TransportClosed("transport close")
+        reused = self._h11 is not None and self._h11.our_state is h11.IDLE
+        try:
+            return await self._exchange(method, target, body)
+        except TransportClosed:
+            if not reused or self._answered or self._shut:
+                raise
+            logger.debug("kept-alive connection was closed: %s again on a new one", method)
+            return await self._exchange(method, target, body)
+
+    async def _exchange(self, method: str, target: str, body: bytes | None) -> tuple[int, bytes]:
         conn = self._h11
         if self._stream is None or conn is None or conn.our_state is not h11.IDLE:
-            await self.aclose()
-            self._stream = await self._dial.open_stream()
+            await self._drop()
+            try:
+                self._stream = await self._dial.open_stream()
+            except ConnectionFailedError as exc:
+                raise TransportClosed("transport error") from exc
             conn = self._h11 = h11.Connection(h11.CLIENT)
         stream = self._stream
         headers = [("Host", self._dial.url.host_header), *self._dial.headers]
@@ -161,6 +185,7 @@ class _HttpChannel:
                 ("Content-Type", "text/plain; charset=UTF-8"),
                 ("Content-Length", str(len(body))),
             ]
+        self._answered = False
         ok = False
         try:
             data = conn.send(h11.Request(method=method, target=target, headers=headers))
@@ -170,13 +195,17 @@ class _HttpChannel:
             await stream.send_all(data)
             status, response = await self._read_response(conn, stream)
             ok = True
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            raise TransportClosed("transport error") from exc
-        except h11.ProtocolError as exc:
+        except (
+            trio.BrokenResourceError,
+            trio.ClosedResourceError,
+            OSError,
+            h11.ProtocolError,
+        ) as exc:
+            logger.debug("HTTP %s failed: %r", method, exc)
             raise TransportClosed("transport error") from exc
         finally:
             if not ok:
-                await self.aclose()
+                await self._drop()
         if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
             conn.start_next_cycle()  # keep-alive; otherwise the next request reconnects
         return status, response
@@ -191,7 +220,9 @@ class _HttpChannel:
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
-                conn.receive_data(bytes(await stream.receive_some(_RECEIVE_BYTES)))
+                data = bytes(await stream.receive_some(_RECEIVE_BYTES))
+                self._answered = self._answered or bool(data)
+                conn.receive_data(data)
             elif isinstance(event, h11.Response):
                 status = event.status_code
             elif isinstance(event, h11.Data):
@@ -205,6 +236,14 @@ class _HttpChannel:
                 raise TransportClosed("transport close")
 
     async def aclose(self) -> None:
+        """Close the connection for good: requests from now on fail.
+
+        Cancellation: the stream is closed forcefully.
+        """
+        self._shut = True
+        await self._drop()
+
+    async def _drop(self) -> None:
         stream = self._stream
         self._stream = None
         self._h11 = None
@@ -283,6 +322,11 @@ class EngineTransport:
     def name(self) -> TransportName:
         """The transport carrying the session now."""
         return "websocket" if self._ws is not None else "polling"
+
+    @property
+    def probed(self) -> bool:
+        """Whether a WebSocket answered the probe (the switch to it is then under way)."""
+        return self._probed is not None or self.upgraded.is_set()
 
     @property
     def control(self) -> bool:
@@ -416,7 +460,8 @@ async def open_engine_transport(
         polling.sid = decode_handshake(packets[0]).sid
         ok = True
     except TransportClosed as exc:
-        raise ConnectionFailedError(f"polling handshake failed: {exc.reason}") from exc
+        cause = exc.__cause__ or exc.reason
+        raise ConnectionFailedError(f"polling handshake failed: {cause}") from exc
     except RemoteProtocolError as exc:
         raise ConnectionFailedError(f"bad polling handshake: {exc}") from exc
     finally:

@@ -1,0 +1,228 @@
+"""roomcast's client against roomcast's server: long-polling, the upgrade, recovery, backoff.
+
+In-process, through the pytest plugin's harness: on in-memory streams in virtual time
+(``autojump_clock``), and on real sockets (127.0.0.1) where said.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+import trio
+import trio.testing
+
+from roomcast.engine import Server, Socket
+from roomcast.engine.client import Client
+from roomcast.engine.pytest_plugin import ServeFactory
+from roomcast.engine.recovery import RecoveryConfig
+from roomcast.engine.testing import HarnessTransport
+from roomcast.engine.transport.eio_client import TransportName
+from roomcast.protocol import JsonValue
+
+POLLING: tuple[TransportName, ...] = ("polling",)
+UPGRADING: tuple[TransportName, ...] = ("polling", "websocket")
+WEBSOCKET: tuple[TransportName, ...] = ("websocket",)
+
+
+def app(*, recovery: bool = False) -> Server:
+    server = Server(recovery=RecoveryConfig()) if recovery else Server()
+
+    @server.on("echo")
+    async def echo(socket: Socket, *args: JsonValue) -> tuple[JsonValue, ...]:
+        return args
+
+    @server.on("join")
+    async def join(socket: Socket, room: str) -> None:
+        await socket.join(room)
+
+    @server.on("transport")
+    async def transport(socket: Socket) -> JsonValue:
+        return socket.connection.transport_name
+
+    return server
+
+
+async def wait_upgrade(client: Client) -> trio.Event:
+    """An event set when the client's session moves to the WebSocket."""
+    upgraded = trio.Event()
+
+    @client.on_manager("upgrade")
+    async def on_upgrade(transport: str) -> None:
+        assert transport == "websocket"
+        upgraded.set()
+
+    await trio.lowlevel.checkpoint()
+    return upgraded
+
+
+@pytest.mark.parametrize("transport", ["memory", "tcp"])
+@pytest.mark.parametrize("transports", [POLLING, UPGRADING], ids=["polling", "upgrade"])
+async def test_polling_and_the_upgrade(
+    roomcast_serve: ServeFactory,
+    transport: HarnessTransport,
+    transports: Sequence[TransportName],
+) -> None:
+    server = app()
+    harness = await roomcast_serve(server, transport=transport)
+    with trio.fail_after(10):
+        client = await harness.connect(transports=transports)
+        upgraded = await wait_upgrade(client.client)
+        # Binary over polling goes base64 in the payload ("b" prefix); \x1e in a binary
+        # attachment is no separator.
+        payload: tuple[JsonValue, ...] = ("text", {"n": [1, 2]}, b"\x00\x1e\xff")
+        assert await client.call("echo", *payload) == payload
+        await client.emit("join", "r")
+        await client.call("echo")
+        await server.to("r").emit("said", "hello", b"\x01")
+        assert await client.wait_for("said") == ("hello", b"\x01")
+        if transports == UPGRADING:
+            await upgraded.wait()
+            assert client.client.transport == "websocket"
+            # Everything after the upgrade goes over the WebSocket, in order.
+            assert await client.call("transport") == ("websocket",)
+            await server.to("r").emit("said", "again")
+            assert await client.wait_for("said") == ("again",)
+        else:
+            assert client.client.transport == "polling"
+            assert await client.call("transport") == ("polling",)
+            assert not upgraded.is_set()
+
+
+async def test_polling_survives_many_heartbeats(
+    autojump_clock: trio.testing.MockClock, roomcast_serve: ServeFactory
+) -> None:
+    # The server's PINGs come in answers to GETs, our PONGs go in POSTs.
+    harness = await roomcast_serve(app())
+    with trio.fail_after(1_000):
+        client = await harness.connect(transports=POLLING, reconnect=False)
+        sid = client.sid()
+        await trio.sleep(300.0)  # a dozen ping intervals
+        assert client.sid() == sid
+        assert await client.call("echo", "alive") == ("alive",)
+        assert harness.disconnects == []
+
+
+@pytest.mark.parametrize("transports", [WEBSOCKET, UPGRADING], ids=["websocket", "upgrade"])
+async def test_recovery_after_a_dropped_transport(
+    autojump_clock: trio.testing.MockClock,
+    roomcast_serve: ServeFactory,
+    transports: Sequence[TransportName],
+) -> None:
+    server = app(recovery=True)
+    harness = await roomcast_serve(server)
+    with trio.fail_after(100):
+        client = await harness.connect(transports=transports, reconnect_delay=5.0)
+        upgraded = await wait_upgrade(client.client)
+        await client.emit("join", "r")
+        await client.call("echo")
+        if transports == UPGRADING:
+            await upgraded.wait()  # a dropped polling session is noticed only by its heartbeat
+        await server.to("r").emit("m", "one")
+        (text, first_offset) = await client.wait_for("m")
+        assert text == "one"
+        assert isinstance(first_offset, str)
+        assert not client.client.recovered()
+        sid = client.sid()
+        assert sid is not None
+
+        await client.faults.drop()
+        assert await harness.wait_disconnect(sid) in ("transport close", "transport error")
+        # Sent while the client is away (it comes back after its 5 s backoff).
+        await server.to("r").emit("m", "two")
+        await server.to("r").emit("m", "three")
+        assert await client.wait_connected(2) == sid  # the same sid: recovered
+        assert client.client.recovered()
+        missed = [await client.wait_for("m"), await client.wait_for("m")]
+        assert [args[0] for args in missed] == ["two", "three"]
+        assert len({first_offset, missed[0][1], missed[1][1]}) == 3
+        assert client.server_socket().rooms == {sid, "r"}
+        # The client keeps the newest offset: a second drop misses nothing either.
+        await client.faults.drop()
+        await harness.wait_disconnect(sid)
+        await server.to("r").emit("m", "four")
+        assert await client.wait_connected(3) == sid
+        assert (await client.wait_for("m"))[0] == "four"
+        assert [args[0] for args in client.args("m")] == ["one", "two", "three", "four"]
+
+
+async def test_without_recovery_on_the_server_nothing_is_recovered(
+    autojump_clock: trio.testing.MockClock, roomcast_serve: ServeFactory
+) -> None:
+    harness = await roomcast_serve(app())
+    with trio.fail_after(100):
+        client = await harness.connect()
+        sid = client.sid()
+        assert sid is not None
+        await client.faults.drop()
+        assert await client.wait_connected(2) != sid
+        assert not client.client.recovered()
+
+
+async def test_backoff_events_and_the_send_buffer(
+    autojump_clock: trio.testing.MockClock, roomcast_serve: ServeFactory
+) -> None:
+    server = app()
+    harness = await roomcast_serve(server)
+    said: list[JsonValue] = []
+
+    @server.on("say")
+    async def say(socket: Socket, text: JsonValue) -> None:
+        said.append(text)
+
+    with trio.fail_after(1_000):
+        client = await harness.connect(reconnect_delay=1.0, reconnect_delay_max=4.0)
+        events: list[tuple[str, float, tuple[JsonValue, ...]]] = []
+        start = trio.current_time()
+
+        def recorder(name: str) -> None:
+            @client.client.on_manager(name)  # type: ignore[arg-type]  # a literal each time
+            async def record(*args: JsonValue) -> None:
+                events.append((name, trio.current_time() - start, args))
+
+        for name in ("reconnect_attempt", "reconnect", "reconnect_error", "reconnect_failed"):
+            recorder(name)
+        harness.refuse_connections()
+        await client.faults.drop()
+        # Emits made while reconnecting wait in the send buffer, in order.
+        await client.emit("say", "buffered 1")
+        await client.emit("say", "buffered 2")
+        await trio.sleep(10.0)
+        harness.accept_connections()
+        await client.wait_connected(2)
+        await client.emit("say", "after")
+        await client.call("echo")
+        assert said == ["buffered 1", "buffered 2", "after"]
+        names = [name for name, _, _ in events]
+        # 1, 2, 4, 4 s: attempts at 1, 3, 7 and 11 s; the fourth gets through.
+        assert names == [
+            "reconnect_attempt",
+            "reconnect_error",
+            "reconnect_attempt",
+            "reconnect_error",
+            "reconnect_attempt",
+            "reconnect_error",
+            "reconnect_attempt",
+            "reconnect",
+        ]
+        attempts = [(at, args) for name, at, args in events if name == "reconnect_attempt"]
+        assert attempts == [(1.0, (1,)), (3.0, (2,)), (7.0, (3,)), (11.0, (4,))]
+        assert events[-1][2] == (4,)
+
+
+async def test_reconnect_failed_after_the_attempts_run_out(
+    autojump_clock: trio.testing.MockClock, roomcast_serve: ServeFactory
+) -> None:
+    harness = await roomcast_serve(app())
+    with trio.fail_after(1_000):
+        client = await harness.connect(max_attempts=2)
+        failed = trio.Event()
+
+        @client.client.on_manager("reconnect_failed")
+        async def on_failed() -> None:
+            failed.set()
+
+        harness.refuse_connections()
+        await client.faults.drop()
+        await failed.wait()
+        assert not client.connected
