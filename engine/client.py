@@ -267,6 +267,8 @@ class _Namespace:
     recovered: bool = False
     send_buffer: list[tuple[EioPacket, ...]] = attrs.Factory(list)
     """Emits made while reconnecting, sent once connected again."""
+    receive_buffer: list[_Incoming] = attrs.Factory(list)
+    """Events that came before the CONNECT answer, delivered once it came."""
 
 
 @attrs.frozen(kw_only=True)
@@ -683,6 +685,10 @@ class Client:
         # As socket.io-client: recovered when the server answers with the pid we sent.
         ns.recovered = pid is not None and pid == ns.pid
         ns.pid = pid
+        # As socket.io-client: the events that came first, then "connect".
+        for incoming in ns.receive_buffer:
+            self._dispatch(incoming)
+        ns.receive_buffer.clear()
         if ns.send_buffer:
             # Emits made while reconnecting go first, in order, ahead of anything new
             # (the writer sends control packets before the outbox).
@@ -699,6 +705,7 @@ class Client:
         ns.state = _NsState.PENDING
         ns.conn = None
         ns.sid = None
+        ns.receive_buffer.clear()  # that CONNECT will never be answered
         if was_connected:
             self._dispatch(_Lifecycle(namespace=ns.name, name="disconnect", args=(reason,)))
 
@@ -714,6 +721,7 @@ class Client:
         ns.end_reason = reason
         ns.refused = refused
         ns.sid = None
+        ns.receive_buffer.clear()
         if conn is not None:
             for key in [key for key in conn.pending_acks if key[0] == ns.name]:
                 conn.pending_acks.pop(key).fail(ConnectionLostError(reason))
@@ -1054,15 +1062,21 @@ class Client:
                     ns.last_offset = args[-1]
                 if self._observer is not None:
                     self._observer(event.namespace, event.name, event.args)
-                self._dispatch(
-                    _Incoming(
-                        conn=conn,
-                        namespace=event.namespace,
-                        name=event.name,
-                        args=event.args,
-                        ack_id=event.ack_id,
-                    )
+                incoming = _Incoming(
+                    conn=conn,
+                    namespace=event.namespace,
+                    name=event.name,
+                    args=event.args,
+                    ack_id=event.ack_id,
                 )
+                if ns is not None and ns.conn is conn and ns.state is _NsState.PENDING:
+                    # Missed events a recovering server sends before its CONNECT answer
+                    # wait for it, as in socket.io-client's receiveBuffer.
+                    if len(ns.receive_buffer) >= self._options.config.max_buffered_events:
+                        self._fail(EventOverrunError(ns.name, len(ns.receive_buffer)))
+                    ns.receive_buffer.append(incoming)
+                else:
+                    self._dispatch(incoming)
             elif isinstance(event, AckReceived):
                 slot = conn.pending_acks.pop((event.namespace, event.ack_id), None)
                 if slot is not None:

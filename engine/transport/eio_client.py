@@ -33,7 +33,12 @@ import h11
 import trio
 
 from roomcast.engine.errors import ConnectionFailedError, TransportClosed
-from roomcast.engine.transport.ws_client import StreamFactory, WebSocketClient, connect_websocket
+from roomcast.engine.transport.ws_client import (
+    StreamFactory,
+    WebSocketClient,
+    connect_websocket,
+    describe_failure,
+)
 from roomcast.protocol import (
     EioPacket,
     EioPacketType,
@@ -460,8 +465,7 @@ async def open_engine_transport(
         polling.sid = decode_handshake(packets[0]).sid
         ok = True
     except TransportClosed as exc:
-        cause = exc.__cause__ or exc.reason
-        raise ConnectionFailedError(f"polling handshake failed: {cause}") from exc
+        raise ConnectionFailedError(f"polling handshake failed: {describe_failure(exc)}") from exc
     except RemoteProtocolError as exc:
         raise ConnectionFailedError(f"bad polling handshake: {exc}") from exc
     finally:
