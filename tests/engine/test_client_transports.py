@@ -7,13 +7,16 @@ In-process, through the pytest plugin's harness: on in-memory streams in virtual
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TypeAlias
 
 import pytest
 import trio
 import trio.testing
 
-from roomcast.engine import Server, Socket
-from roomcast.engine.client import Client
+from roomcast.engine import Config, Server, Socket
+from roomcast.engine.client import Client, ClientConfig, open_client
+from roomcast.engine.log import LogConfig
 from roomcast.engine.pytest_plugin import ServeFactory
 from roomcast.engine.recovery import RecoveryConfig
 from roomcast.engine.testing import HarnessTransport
@@ -23,6 +26,7 @@ from roomcast.protocol import JsonValue
 POLLING: tuple[TransportName, ...] = ("polling",)
 UPGRADING: tuple[TransportName, ...] = ("polling", "websocket")
 WEBSOCKET: tuple[TransportName, ...] = ("websocket",)
+Status: TypeAlias = trio.TaskStatus[tuple[str, int]]
 
 
 def app(*, recovery: bool = False) -> Server:
@@ -87,6 +91,17 @@ async def test_polling_and_the_upgrade(
             assert client.client.transport == "polling"
             assert await client.call("transport") == ("polling",)
             assert not upgraded.is_set()
+
+
+@pytest.mark.parametrize("transports", [POLLING, UPGRADING, WEBSOCKET])
+async def test_text_with_the_payload_separator(
+    roomcast_serve: ServeFactory, transports: Sequence[TransportName]
+) -> None:
+    # JSON escapes it (\u001e), so it never splits a polling payload in two.
+    harness = await roomcast_serve(app())
+    with trio.fail_after(10):
+        client = await harness.connect(transports=transports)
+        assert await client.call("echo", "a\x1eb", "\x1e") == ("a\x1eb", "\x1e")
 
 
 async def test_polling_survives_many_heartbeats(
@@ -226,3 +241,101 @@ async def test_reconnect_failed_after_the_attempts_run_out(
         await client.faults.drop()
         await failed.wait()
         assert not client.connected
+
+
+# --------------------------------------------------------------------------- a restart
+
+
+async def free_port() -> int:
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = int(listeners[0].socket.getsockname()[1])
+    for listener in listeners:
+        await listener.aclose()
+    return port
+
+
+def logged_app(directory: Path) -> tuple[Server, trio.Event]:
+    server = Server(
+        config=Config(log=LogConfig(directory=directory, fsync="always")),
+        recovery=RecoveryConfig(),
+    )
+    gone = trio.Event()
+
+    @server.on("join")
+    async def join(socket: Socket, room: str) -> None:
+        await socket.join(room)
+
+    @server.on("drop")
+    async def drop(socket: Socket) -> None:
+        socket.connection.close("forced close")
+
+    @server.on("disconnect")
+    async def disconnected(socket: Socket, reason: str) -> None:
+        gone.set()
+
+    return server, gone
+
+
+@pytest.mark.parametrize("transports", [WEBSOCKET, UPGRADING], ids=["websocket", "upgrade"])
+async def test_backoff_and_recovery_across_a_server_restart(
+    tmp_path: Path, transports: Sequence[TransportName]
+) -> None:
+    """Real sockets: the server stops while the client is away; attempts are refused,
+    with backoff, until another server starts on the same port and event log; the client
+    gets its sid, its room and the event it missed back."""
+    directory = tmp_path / "log"
+    port = await free_port()
+    first, first_gone = logged_app(directory)
+    first_scope = trio.CancelScope()
+    config = ClientConfig(
+        transports=transports,
+        reconnection_delay=0.5,
+        reconnection_delay_max=0.5,
+        randomization_factor=0.0,
+    )
+
+    async def run(server: Server, scope: trio.CancelScope, *, task_status: Status) -> None:
+        with scope:
+            await server.serve("127.0.0.1", port, task_status=task_status)
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(run, first, first_scope)
+            async with open_client(f"http://127.0.0.1:{port}", config) as client:
+                refused = trio.Event()
+                reconnected = trio.Event()
+                seen, got = trio.open_memory_channel[tuple[JsonValue, ...]](10)
+                upgraded = await wait_upgrade(client)
+
+                @client.on_manager("reconnect_error")
+                async def on_error(message: str) -> None:
+                    refused.set()
+
+                @client.on_manager("reconnect")
+                async def on_reconnect(attempt: int) -> None:
+                    reconnected.set()
+
+                @client.on("m")
+                async def on_m(*args: JsonValue) -> None:
+                    seen.send_nowait(args)
+
+                await client.call("join", "r")
+                if transports == UPGRADING:
+                    await upgraded.wait()
+                await first.to("r").emit("m", 1)
+                assert (await got.receive())[0] == 1
+                sid = client.sid()
+                await client.emit("drop")
+                await first_gone.wait()
+                await first.to("r").emit("m", 2)  # missed by the client; durable in the log
+                first_scope.cancel()
+                await refused.wait()  # the first attempt is refused: nobody listens
+                second, _ = logged_app(directory)
+                await nursery.start(run, second, trio.CancelScope())
+                await reconnected.wait()
+                assert client.recovered()
+                assert client.sid() == sid
+                assert (await got.receive())[0] == 2
+                await second.to("r").emit("m", 3)  # in its room again
+                assert (await got.receive())[0] == 3
+            nursery.cancel_scope.cancel()
