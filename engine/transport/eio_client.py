@@ -210,7 +210,9 @@ class _HttpChannel:
             raise TransportClosed("transport error") from exc
         finally:
             if not ok:
-                await self._drop()
+                broken = self._forget()
+                if broken is not None:
+                    await trio.aclose_forcefully(broken)
         if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
             conn.start_next_cycle()  # keep-alive; otherwise the next request reconnects
         return status, response
@@ -248,10 +250,15 @@ class _HttpChannel:
         self._shut = True
         await self._drop()
 
-    async def _drop(self) -> None:
+    def _forget(self) -> trio.abc.Stream | None:
+        """Forget the current connection; return its stream for the caller to close."""
         stream = self._stream
         self._stream = None
         self._h11 = None
+        return stream
+
+    async def _drop(self) -> None:
+        stream = self._forget()
         if stream is not None:
             await trio.aclose_forcefully(stream)
 

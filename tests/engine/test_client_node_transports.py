@@ -245,9 +245,10 @@ async def test_backoff_across_a_server_restart(js_peers: Path) -> None:
                 assert await client.receive() == ("echo", ("sent while away",))
                 assert await client.call("echo", "back") == ("back",)
     finally:
-        for server in (first, second):
-            if server is not None and server.proc.returncode is None:
-                await trio.to_thread.run_sync(server.stop)
+        with trio.move_on_after(15, shield=True):
+            for server in (first, second):
+                if server is not None and server.proc.returncode is None:
+                    await trio.to_thread.run_sync(server.stop)
 
 
 # --------------------------------------------------------------------------- TLS

@@ -294,7 +294,9 @@ async def test_backoff_and_recovery_across_a_server_restart(
         randomization_factor=0.0,
     )
 
-    async def run(server: Server, scope: trio.CancelScope, *, task_status: Status) -> None:
+    async def run(  # noqa: ASYNC128 - serve() calls started()
+        server: Server, scope: trio.CancelScope, *, task_status: Status
+    ) -> None:
         with scope:
             await server.serve("127.0.0.1", port, task_status=task_status)
 
