@@ -722,6 +722,7 @@ class Client:
         ns.refused = refused
         ns.sid = None
         ns.receive_buffer.clear()
+        ns.send_buffer.clear()  # lost with the namespace, as in socket.io-client
         if conn is not None:
             for key in [key for key in conn.pending_acks if key[0] == ns.name]:
                 conn.pending_acks.pop(key).fail(ConnectionLostError(reason))

@@ -19,7 +19,7 @@ from roomcast.engine.client import Client, ClientConfig, open_client
 from roomcast.engine.log import LogConfig
 from roomcast.engine.pytest_plugin import ServeFactory
 from roomcast.engine.recovery import RecoveryConfig
-from roomcast.engine.testing import HarnessTransport
+from roomcast.engine.testing import MEMORY_URL, HarnessTransport
 from roomcast.engine.transport.eio_client import TransportName
 from roomcast.protocol import JsonValue
 
@@ -223,6 +223,47 @@ async def test_backoff_events_and_the_send_buffer(
         attempts = [(at, args) for name, at, args in events if name == "reconnect_attempt"]
         assert attempts == [(1.0, (1,)), (3.0, (2,)), (7.0, (3,)), (11.0, (4,))]
         assert events[-1][2] == (4,)
+
+
+async def test_a_full_send_buffer_makes_emit_wait(
+    autojump_clock: trio.testing.MockClock, roomcast_serve: ServeFactory
+) -> None:
+    server = app()
+    said: list[JsonValue] = []
+
+    @server.on("say")
+    async def say(socket: Socket, text: JsonValue) -> None:
+        said.append(text)
+
+    @server.on("drop")
+    async def drop(socket: Socket) -> None:
+        socket.connection.close("forced close")
+
+    harness = await roomcast_serve(server)
+
+    async def memory_stream(host: str, port: int) -> trio.abc.Stream:
+        return await harness.open_stream()
+
+    config = ClientConfig(send_buffer_size=2, reconnection_delay=5.0, randomization_factor=0.0)
+    with trio.fail_after(100):
+        async with open_client(MEMORY_URL, config, stream_factory=memory_stream) as client:
+            lost = trio.Event()
+
+            @client.on("disconnect")
+            async def on_disconnect(reason: str) -> None:
+                lost.set()
+
+            await client.emit("drop")
+            await lost.wait()
+            await client.emit("say", 1)  # buffered: returns at once
+            await client.emit("say", 2)
+            with trio.move_on_after(1.0) as waited:
+                await client.emit("say", "not queued")  # the buffer is full: it waits
+            assert waited.cancelled_caught  # cancelled: nothing was queued
+            await client.emit("say", 3)  # waits for the reconnect, then goes after 1, 2
+            assert client.connected
+            await client.call("echo")
+            assert said == [1, 2, 3]
 
 
 async def test_reconnect_failed_after_the_attempts_run_out(
