@@ -744,7 +744,7 @@ class Client:
         or with ``_start_error``), then keep one open while a namespace wants it, with
         backoff after a failure."""
         try:
-            attempt = await self._run_attempt(initial=True)
+            attempt = await self._open_first()
             if attempt.error is not None:
                 self._start_error = attempt.error
                 return
@@ -795,6 +795,40 @@ class Client:
             self._end_pending(_CLIENT_DISCONNECT)
             self._ready.set()
             self._done.set()
+
+    async def _open_first(self) -> _Attempt:
+        """The first connection; with ``retry_first_connection``, retried with backoff
+        while it cannot be opened (a refused namespace is not retried)."""
+        config = self._options.config
+        attempt = await self._run_attempt(initial=True)
+        failures = 0
+        while (
+            config.retry_first_connection
+            and config.reconnection
+            and isinstance(attempt.error, ConnectionFailedError)
+            and not self._closing.is_set()
+        ):
+            failures += 1
+            if config.reconnection_attempts is not None and failures > config.reconnection_attempts:
+                break
+            delay = backoff_delay(
+                failures,
+                base=config.reconnection_delay,
+                maximum=config.reconnection_delay_max,
+                randomization=config.randomization_factor,
+                random_source=self._options.random_source,
+            )
+            # No manager events here: no handler can be registered before the block,
+            # and a long outage would overrun the dispatcher's bounded queue.
+            logger.debug(
+                "first connection failed (%s): attempt %d in %.3f s", attempt.error, failures, delay
+            )
+            with trio.move_on_after(delay):
+                await self._closing.wait()
+            if self._closing.is_set():
+                break
+            attempt = await self._run_attempt(initial=True)
+        return attempt
 
     async def _run_attempt(self, *, initial: bool, reconnect_attempt: int = 0) -> _Attempt:
         with trio.CancelScope() as scope:

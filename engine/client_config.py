@@ -95,6 +95,10 @@ class ClientConfig:
             ``"msgpack"`` (socket.io-msgpack-parser), or a ``Parser``.
         reconnection: Reconnect when the connection drops (not after the server or the
             client disconnected on purpose).
+        retry_first_connection: Retry the first connection too, with the same backoff
+            and attempts, while it cannot be opened (socket.io-client does;
+            python-socketio's ``connect(retry=True)``). Off: ``open_client`` raises
+            ``ConnectionFailedError`` at once. A refused namespace is never retried.
         reconnection_attempts: Give up after this many failed attempts in a row
             (``None``: never, npm's ``Infinity``); namespaces then end with
             ``"reconnect failed"``.
@@ -122,6 +126,7 @@ class ClientConfig:
     headers: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_headers)
     parser: Parser = attrs.field(default=JSON_PARSER, converter=_parser)
     reconnection: bool = True
+    retry_first_connection: bool = False
     reconnection_attempts: int | None = attrs.field(default=None, validator=_attempts)
     reconnection_delay: float = attrs.field(default=1.0, validator=_non_negative)
     reconnection_delay_max: float = attrs.field(default=5.0, validator=_non_negative)

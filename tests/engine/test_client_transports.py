@@ -16,6 +16,7 @@ import trio.testing
 
 from roomcast.engine import Config, Server, Socket
 from roomcast.engine.client import Client, ClientConfig, open_client
+from roomcast.engine.errors import ConnectionFailedError
 from roomcast.engine.log import LogConfig
 from roomcast.engine.pytest_plugin import ServeFactory
 from roomcast.engine.recovery import RecoveryConfig
@@ -264,6 +265,42 @@ async def test_a_full_send_buffer_makes_emit_wait(
             assert client.connected
             await client.call("echo")
             assert said == [1, 2, 3]
+
+
+@pytest.mark.parametrize("retry", [False, True])
+async def test_retrying_the_first_connection(
+    autojump_clock: trio.testing.MockClock, roomcast_serve: ServeFactory, retry: bool
+) -> None:
+    harness = await roomcast_serve(app())
+    opened_at: list[float] = []
+
+    async def memory_stream(host: str, port: int) -> trio.abc.Stream:
+        return await harness.open_stream()
+
+    config = ClientConfig(
+        retry_first_connection=retry,
+        reconnection_delay=1.0,
+        reconnection_delay_max=4.0,
+        randomization_factor=0.0,
+    )
+
+    async def connect() -> None:
+        async with open_client(MEMORY_URL, config, stream_factory=memory_stream) as client:
+            opened_at.append(trio.current_time())
+            assert await client.call("echo", "up") == ("up",)
+
+    harness.refuse_connections()
+    start = trio.current_time()
+    with trio.fail_after(100):
+        if not retry:
+            with pytest.raises(ConnectionFailedError):
+                await connect()
+            return
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(connect)
+            await trio.sleep(5.0)  # attempts at 1, 3 and 7 s: the third gets through
+            harness.accept_connections()
+        assert [at - start for at in opened_at] == [7.0]
 
 
 async def test_reconnect_failed_after_the_attempts_run_out(
