@@ -981,7 +981,7 @@ class Client:
 
     def _close_connection(self, conn: _Connection, reason: str) -> None:
         """Start a clean close: the writer sends what is queued, then a DISCONNECT for
-        each namespace still connected and Engine.IO CLOSE, then closes the WebSocket."""
+        each namespace still connected and Engine.IO CLOSE, then closes the transport."""
         if conn.close_reason is not None or conn.closing_reason is not None:
             return
         conn.closing_reason = reason
@@ -1020,7 +1020,7 @@ class Client:
         self._notify()
 
     async def _aclose(self) -> None:
-        """Close cleanly: DISCONNECT every namespace, Engine.IO CLOSE, WebSocket close."""
+        """Close cleanly: DISCONNECT every namespace, Engine.IO CLOSE, the transport closed."""
         self._closing.set()
         conn = self._connection
         if conn is not None and conn.usable:
