@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from roomcast.engine.client import Client, open_client
+from roomcast.engine.client_config import ClientConfig
 from roomcast.engine.config import Config
 from roomcast.engine.errors import (
     AckError,
@@ -26,6 +27,7 @@ __all__ = [
     "BroadcastAckResult",
     "BroadcastOperator",
     "Client",
+    "ClientConfig",
     "Config",
     "ConnectionFailedError",
     "ConnectRefusedError",

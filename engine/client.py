@@ -1,4 +1,4 @@
-"""A Trio Socket.IO v5 client (Engine.IO v4 over WebSocket).
+"""A Trio Socket.IO v5 client (Engine.IO v4 over WebSocket or HTTP long-polling).
 
 ::
 
@@ -18,11 +18,13 @@ holding
 
 * the supervisor, which opens a connection, serves it until it ends, and opens the next
   one with exponential backoff while some namespace still wants to be connected;
-* per connection, a reader and a writer. The reader feeds frames to the Engine.IO session
-  and the Socket.IO decoder: it answers pings, resolves acks and records (dis)connects at
-  once, and queues events for the dispatcher without ever waiting on it. The writer is the
-  only code that writes to the WebSocket; everyone else queues frames in its bounded
-  outbox, except the few control frames (pong, close) that skip the bound;
+* per connection, a reader, a writer and an upgrader. The reader feeds packets to the
+  Engine.IO session and the Socket.IO decoder: it answers pings, resolves acks and
+  records (dis)connects at once, and queues events for the dispatcher without ever
+  waiting on it. The writer is the only code that writes to the transport; everyone else
+  queues packets in its bounded outbox, except the few control packets (pong, close, the
+  send buffer of a namespace that reconnected) that skip the bound. The upgrader probes a
+  WebSocket for a session that started on polling (``transport.eio_client``);
 * the dispatcher, which runs handlers one at a time in arrival order, answers the
   server's acks with their return values, and buffers the events no handler takes for
   ``Client.receive``.
@@ -33,8 +35,10 @@ raises stops the client with ``HandlerError``. The end of a connection is not an
 it shows as ``NamespaceDisconnected`` from ``receive``/``emit``/``call`` once the client
 gives up, and as ``ConnectionLostError`` from a ``call`` whose ack will never come.
 
-Only the WebSocket transport is spoken (``transport=websocket`` from the first request,
-as ``io(url, {transports: ["websocket"]})`` does); there is no long-polling fallback.
+Transports are ``ClientConfig.transports``: a WebSocket from the first request (the
+default, as ``io(url, {transports: ["websocket"]})``), or HTTP long-polling with the
+upgrade to WebSocket (npm's default), or polling only. A namespace whose server offers
+connection state recovery reconnects with ``{pid, offset}`` and may be ``recovered``.
 """
 
 from __future__ import annotations
@@ -43,14 +47,16 @@ import enum
 import inspect
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager, suppress
-from typing import Final, Literal, TypeAlias, TypeVar, cast
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from typing import Final, TypeAlias, TypeVar, cast
+from urllib.parse import urlsplit
 
 import attrs
 import trio
 
+from roomcast.engine.client_config import MANAGER_EVENTS, ClientConfig, ManagerEvent
 from roomcast.engine.errors import (
     ConnectionFailedError,
     ConnectionLostError,
@@ -61,45 +67,45 @@ from roomcast.engine.errors import (
     NamespaceDisconnected,
     TransportClosed,
 )
-from roomcast.engine.transport.ws_client import StreamFactory, WebSocketClient, connect_websocket
-from roomcast.protocol import DEFAULT_LIMITS, Limits, LocalProtocolError, RemoteProtocolError
-from roomcast.protocol._eio import (
+from roomcast.engine.transport.eio_client import (
+    EngineTransport,
+    EngineUrl,
+    TransportName,
+    open_engine_transport,
+)
+from roomcast.engine.transport.ws_client import StreamFactory
+from roomcast.protocol import (
+    RESERVED_EVENTS,
+    Ack,
+    AckReceived,
     Closed,
+    ConnectAccepted,
+    ConnectRefused,
+    Decoder,
+    DisconnectRequested,
     EioClientSession,
     EioEvent,
     EioPacket,
     EioPacketType,
-    MessageReceived,
-    SendPacket,
-    decode_ws_frame,
-    encode_ws_frame,
-)
-from roomcast.protocol._sio import (
-    JSON_PARSER,
-    MSGPACK_PARSER,
-    RESERVED_EVENTS,
-    Ack,
-    Decoder,
     Event,
-    JsonValue,
-    Parser,
-    SioPacket,
-)
-from roomcast.protocol._sio_state import (
-    AckReceived,
-    ConnectAccepted,
-    ConnectRefused,
-    DisconnectRequested,
     EventReceived,
+    JsonValue,
+    Limits,
+    LocalProtocolError,
+    MessageReceived,
     NamespaceState,
+    RemoteProtocolError,
+    SendPacket,
     SioClientConnection,
     SioEvent,
+    SioPacket,
 )
 
 __all__ = [
     "Auth",
     "AuthProvider",
     "Client",
+    "ClientConfig",
     "Handler",
     "Observer",
     "StreamFactory",
@@ -130,10 +136,11 @@ _LIFECYCLE_EVENTS: Final = frozenset({"connect", "disconnect"})
 _CLIENT_DISCONNECT: Final = "io client disconnect"
 _SERVER_DISCONNECT: Final = "io server disconnect"
 _DELIBERATE: Final = frozenset({_CLIENT_DISCONNECT, _SERVER_DISCONNECT})
+_MANAGER: Final = ""
+"""The handler-table key of manager events (not a namespace: those start with "/")."""
 _MAX_WRITE_BATCH: Final = 256
 _MAX_BACKOFF_DOUBLINGS: Final = 60
-_SCHEMES: Final = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}
-_PARSERS: Final[Mapping[str, Parser]] = {"json": JSON_PARSER, "msgpack": MSGPACK_PARSER}
+_TLS_SCHEMES: Final = {"http": False, "ws": False, "https": True, "wss": True}
 
 
 def backoff_delay(
@@ -172,9 +179,9 @@ class _NsState(enum.Enum):
 
 
 _Received: TypeAlias = tuple[str, tuple[JsonValue, ...]]
-_OutItem: TypeAlias = tuple[str | bytes, ...] | None
-"""The WebSocket messages of one packet (kept together: attachments follow their
-packet), or ``None`` to wake the writer for control frames."""
+_OutItem: TypeAlias = tuple[EioPacket, ...] | None
+"""The Engine.IO packets of one Socket.IO packet (kept together: attachments follow
+their packet), or ``None`` to wake the writer for control packets."""
 
 
 @attrs.define(eq=False)
@@ -204,9 +211,9 @@ class _AckSlot:
 
 @attrs.define(eq=False)
 class _Connection:
-    """One Engine.IO session over one WebSocket, and the state of its reader and writer."""
+    """One Engine.IO session over one transport, and the state of its reader and writer."""
 
-    transport: WebSocketClient
+    transport: EngineTransport
     session: EioClientSession
     sio: SioClientConnection
     decoder: Decoder
@@ -220,8 +227,8 @@ class _Connection:
     namespace ends is closed."""
     close_reason: str | None = None
     closing_reason: str | None = None
-    control: list[str | bytes] = attrs.Factory(list)
-    final: list[str | bytes] = attrs.Factory(list)
+    control: list[EioPacket] = attrs.Factory(list)
+    final: list[EioPacket] = attrs.Factory(list)
     pending_acks: dict[tuple[str, int], _AckSlot] = attrs.Factory(dict)
     scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
 
@@ -236,7 +243,7 @@ class _Connection:
         with suppress(trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
             self.outbox_send.send_nowait(None)
 
-    def take_control(self) -> list[str | bytes]:
+    def take_control(self) -> list[EioPacket]:
         control = self.control
         self.control = []
         return control
@@ -254,6 +261,15 @@ class _Namespace:
     sid: str | None = None
     end_reason: str | None = None
     refused: ConnectRefusedError | None = None
+    pid: str | None = None
+    """The private session id the server gave for connection state recovery."""
+    last_offset: str | None = None
+    """The offset of the last event received while ``pid`` was known."""
+    recovered: bool = False
+    send_buffer: list[tuple[EioPacket, ...]] = attrs.Factory(list)
+    """Emits made while reconnecting, sent once connected again."""
+    receive_buffer: list[_Incoming] = attrs.Factory(list)
+    """Events that came before the CONNECT answer, delivered once it came."""
 
 
 @attrs.frozen(kw_only=True)
@@ -296,20 +312,12 @@ class _Attempt:
 
 @attrs.frozen(kw_only=True)
 class _Options:
-    ws_url: str
-    headers: tuple[tuple[str, str], ...]
-    parser: Parser
-    limits: Limits
-    reconnect: bool
-    reconnect_delay: float
-    reconnect_delay_max: float
-    randomization: float
-    max_attempts: int | None
+    """A ClientConfig and what open_client's other arguments add to it."""
+
+    url: EngineUrl
+    config: ClientConfig
     random_source: Callable[[], float]
-    connect_timeout: float
-    close_timeout: float
-    max_buffered_events: int
-    outbox_size: int
+    ssl_context: ssl.SSLContext | None
     stream_factory: StreamFactory | None
 
 
@@ -345,7 +353,7 @@ class Client:
 
     def __attrs_post_init__(self) -> None:
         self._dispatch_send, self._dispatch_recv = trio.open_memory_channel[_Dispatch](
-            self._options.max_buffered_events
+            self._options.config.max_buffered_events
         )
 
     # ------------------------------------------------------------------ public API
@@ -392,6 +400,46 @@ class Client:
             return None
         return ns.sid
 
+    def recovered(self, namespace: str = "/") -> bool:
+        """Whether the last (re)connect of ``namespace`` recovered its session.
+
+        True when the server (with connection state recovery on) answered the
+        ``{pid, offset}`` this client sent with the same ``pid``: the ``sid`` and rooms
+        are the ones from before, and the events missed meanwhile are delivered (to
+        handlers or ``receive``) before anything newer, as socket.io-client's
+        ``socket.recovered``. Such events carry their offset as their last argument.
+        """
+        ns = self._namespaces.get(namespace)
+        return ns is not None and ns.state is _NsState.CONNECTED and ns.recovered
+
+    @property
+    def transport(self) -> TransportName | None:
+        """The transport carrying the connection now (``None`` while there is none)."""
+        conn = self._connection
+        return conn.transport.name if conn is not None else None
+
+    def on_manager(self, event: ManagerEvent) -> Callable[[_H], _H]:
+        """Register a handler for a reconnection event, as a decorator (npm's
+        ``socket.io.on(event, ...)``): ``reconnect_attempt(attempt)`` before each
+        attempt, ``reconnect(attempt)`` when one succeeded, ``reconnect_error(message)``
+        when one failed, ``reconnect_failed()`` when ``reconnection_attempts`` ran out,
+        ``upgrade(transport)`` when a session that started on polling moved to the
+        WebSocket. They run with the other handlers, in order.
+
+        Raises:
+            ValueError: ``event`` is not one of those.
+            TypeError: The handler is not an ``async def`` function.
+        """
+        if event not in MANAGER_EVENTS:
+            raise ValueError(f"{event!r} is not a reconnection event")
+
+        def register(handler: _H) -> _H:
+            _check_handler(handler)
+            self._handlers[_MANAGER, event] = handler
+            return handler
+
+        return register
+
     def on(self, event: str, *, namespace: str = "/") -> Callable[[_H], _H]:
         """Register ``async def handler(*args)`` for ``event``, as a decorator.
 
@@ -409,7 +457,7 @@ class Client:
         """
         if event in RESERVED_EVENTS and event not in _LIFECYCLE_EVENTS:
             raise ValueError(f"{event!r} is a reserved event name")
-        _check_namespace(namespace, self._options.limits)
+        _check_namespace(namespace, self._options.config.limits)
 
         def register(handler: _H) -> _H:
             _check_handler(handler)
@@ -428,15 +476,19 @@ class Client:
             ValueError: ``namespace`` is not a namespace name.
         """
         _check_handler(handler)
-        _check_namespace(namespace, self._options.limits)
+        _check_namespace(namespace, self._options.config.limits)
         self._any_handlers[namespace] = handler
         return handler
 
     async def emit(self, event: str, *args: JsonValue, namespace: str = "/") -> None:
         """Send an event; ``bytes`` anywhere in ``args`` go as binary attachments.
 
-        Waits while the namespace is (re)connecting, and while the outbox is full.
-        An event queued just before the connection drops is lost, as with any client.
+        While the namespace is (re)connecting, the event is kept in its send buffer
+        (npm's ``sendBuffer``, at most ``ClientConfig.send_buffer_size``) and sent, in
+        order, once it is connected; with the buffer full, this waits for the
+        connection. Waits while the outbox is full. An event queued just before the
+        connection drops, or buffered when the client gives up, is lost, as with any
+        client.
 
         Cancellation: nothing was queued.
 
@@ -448,6 +500,13 @@ class Client:
         """
         _check_event_name(event)
         frames = self._encode(Event(name=event, args=args, namespace=namespace))
+        ns = self._lookup(namespace)
+        if (
+            ns.state is _NsState.PENDING
+            and len(ns.send_buffer) < self._options.config.send_buffer_size
+        ):
+            ns.send_buffer.append(frames)
+            return
         while True:
             conn = await self._wait_connected(namespace)
             try:
@@ -517,7 +576,7 @@ class Client:
             NamespaceDisconnected: The connection was lost and the client gave up.
             ValueError: Bad namespace name, or it is already connected or connecting.
         """
-        _check_namespace(namespace, self._options.limits)
+        _check_namespace(namespace, self._options.config.limits)
         current = self._namespaces.get(namespace)
         if current is not None and current.state is not _NsState.ENDED:
             raise ValueError(f"namespace {namespace!r} is already connected or connecting")
@@ -586,11 +645,11 @@ class Client:
                 return conn
             await self._changed.wait()
 
-    def _encode(self, packet: SioPacket) -> tuple[str | bytes, ...]:
+    def _encode(self, packet: SioPacket) -> tuple[EioPacket, ...]:
         message = EioPacketType.MESSAGE
         return tuple(
-            encode_ws_frame(EioPacket(type=message, data=payload))
-            for payload in self._options.parser.encode(packet)
+            EioPacket(type=message, data=payload)
+            for payload in self._options.config.parser.encode(packet)
         )
 
     def _notify(self) -> None:
@@ -600,7 +659,7 @@ class Client:
         changed.set()
 
     def _add_namespace(self, name: str, auth: Auth) -> _Namespace:
-        send, recv = trio.open_memory_channel[_Received](self._options.max_buffered_events)
+        send, recv = trio.open_memory_channel[_Received](self._options.config.max_buffered_events)
         ns = _Namespace(name=name, auth=auth, inbox_send=send, inbox_recv=recv)
         self._namespaces[name] = ns
         return ns
@@ -617,13 +676,27 @@ class Client:
             self._dispatch_send.send_nowait(item)
         except trio.WouldBlock:
             namespace = item.ns.name if isinstance(item, _Ended) else item.namespace
-            self._fail(EventOverrunError(namespace, self._options.max_buffered_events))
+            self._fail(EventOverrunError(namespace, self._options.config.max_buffered_events))
 
     # ------------------------------------------------------------------ namespace states
 
-    def _ns_connected(self, ns: _Namespace, sid: str) -> None:
+    def _ns_connected(self, ns: _Namespace, conn: _Connection, sid: str, pid: str | None) -> None:
         ns.state = _NsState.CONNECTED
         ns.sid = sid
+        # As socket.io-client: recovered when the server answers with the pid we sent.
+        ns.recovered = pid is not None and pid == ns.pid
+        ns.pid = pid
+        # As socket.io-client: the events that came first, then "connect".
+        for incoming in ns.receive_buffer:
+            self._dispatch(incoming)
+        ns.receive_buffer.clear()
+        if ns.send_buffer:
+            # Emits made while reconnecting go first, in order, ahead of anything new
+            # (the writer sends control packets before the outbox).
+            for frames in ns.send_buffer:
+                conn.control.extend(frames)
+            ns.send_buffer.clear()
+            conn.wake()
         self._dispatch(_Lifecycle(namespace=ns.name, name="connect"))
         self._notify()
 
@@ -633,6 +706,7 @@ class Client:
         ns.state = _NsState.PENDING
         ns.conn = None
         ns.sid = None
+        ns.receive_buffer.clear()  # that CONNECT will never be answered
         if was_connected:
             self._dispatch(_Lifecycle(namespace=ns.name, name="disconnect", args=(reason,)))
 
@@ -648,6 +722,8 @@ class Client:
         ns.end_reason = reason
         ns.refused = refused
         ns.sid = None
+        ns.receive_buffer.clear()
+        ns.send_buffer.clear()  # lost with the namespace, as in socket.io-client
         if conn is not None:
             for key in [key for key in conn.pending_acks if key[0] == ns.name]:
                 conn.pending_acks.pop(key).fail(ConnectionLostError(reason))
@@ -669,7 +745,7 @@ class Client:
         or with ``_start_error``), then keep one open while a namespace wants it, with
         backoff after a failure."""
         try:
-            attempt = await self._run_attempt(initial=True)
+            attempt = await self._open_first()
             if attempt.error is not None:
                 self._start_error = attempt.error
                 return
@@ -680,71 +756,124 @@ class Client:
                     continue
                 if attempt.lost:
                     failures += 1
-                    options = self._options
-                    if not options.reconnect or (
-                        options.max_attempts is not None and failures > options.max_attempts
-                    ):
+                    config = self._options.config
+                    attempts = config.reconnection_attempts
+                    if not config.reconnection or (attempts is not None and failures > attempts):
                         logger.debug("not reconnecting after %d attempts", failures - 1)
+                        if config.reconnection:
+                            self._dispatch(_Lifecycle(namespace=_MANAGER, name="reconnect_failed"))
                         self._end_pending(
-                            "reconnect failed" if options.reconnect else attempt.reason
+                            "reconnect failed" if config.reconnection else attempt.reason
                         )
                         failures = 0
                         attempt = _Attempt(opened=False, reason=_CLIENT_DISCONNECT)
                         continue
                     delay = backoff_delay(
                         failures,
-                        base=options.reconnect_delay,
-                        maximum=options.reconnect_delay_max,
-                        randomization=options.randomization,
-                        random_source=options.random_source,
+                        base=config.reconnection_delay,
+                        maximum=config.reconnection_delay_max,
+                        randomization=config.randomization_factor,
+                        random_source=self._options.random_source,
                     )
                     logger.debug("reconnect attempt %d in %.3f s", failures, delay)
                     with trio.move_on_after(delay):
                         await self._closing.wait()
                     if self._closing.is_set():
                         break
-                attempt = await self._run_attempt(initial=False)
+                    self._dispatch(
+                        _Lifecycle(namespace=_MANAGER, name="reconnect_attempt", args=(failures,))
+                    )
+                attempt = await self._run_attempt(initial=False, reconnect_attempt=failures)
                 if attempt.opened:
                     failures = 0
+                elif attempt.error is not None:
+                    self._dispatch(
+                        _Lifecycle(
+                            namespace=_MANAGER, name="reconnect_error", args=(str(attempt.error),)
+                        )
+                    )
         finally:
             self._end_pending(_CLIENT_DISCONNECT)
             self._ready.set()
             self._done.set()
 
-    async def _run_attempt(self, *, initial: bool) -> _Attempt:
+    async def _open_first(self) -> _Attempt:
+        """The first connection; with ``retry_first_connection``, retried with backoff
+        while it cannot be opened (a refused namespace is not retried)."""
+        config = self._options.config
+        attempt = await self._run_attempt(initial=True)
+        failures = 0
+        while (
+            config.retry_first_connection
+            and config.reconnection
+            and isinstance(attempt.error, ConnectionFailedError)
+            and not self._closing.is_set()
+        ):
+            failures += 1
+            if config.reconnection_attempts is not None and failures > config.reconnection_attempts:
+                break
+            delay = backoff_delay(
+                failures,
+                base=config.reconnection_delay,
+                maximum=config.reconnection_delay_max,
+                randomization=config.randomization_factor,
+                random_source=self._options.random_source,
+            )
+            # No manager events here: no handler can be registered before the block,
+            # and a long outage would overrun the dispatcher's bounded queue.
+            logger.debug(
+                "first connection failed (%s): attempt %d in %.3f s", attempt.error, failures, delay
+            )
+            with trio.move_on_after(delay):
+                await self._closing.wait()
+            if self._closing.is_set():
+                break
+            attempt = await self._run_attempt(initial=True)
+        return attempt
+
+    async def _run_attempt(self, *, initial: bool, reconnect_attempt: int = 0) -> _Attempt:
         with trio.CancelScope() as scope:
             self._attempt_scope = scope
             try:
-                return await self._run_connection(initial=initial)
+                return await self._run_connection(
+                    initial=initial, reconnect_attempt=reconnect_attempt
+                )
             finally:
                 self._attempt_scope = None
         # Cancelled by _aclose before the connection was usable.
         return _Attempt(opened=False, reason=_CLIENT_DISCONNECT)
 
-    async def _run_connection(self, *, initial: bool) -> _Attempt:
-        """Open one connection and serve it until it ends."""
+    async def _run_connection(self, *, initial: bool, reconnect_attempt: int) -> _Attempt:
+        """Open one connection and serve it until it ends.
+
+        ``reconnect_attempt``: which attempt in a row after a loss this is (0: none), for
+        the ``reconnect`` event.
+        """
         options = self._options
-        deadline = trio.current_time() + options.connect_timeout
-        transport: WebSocketClient | None = None
+        config = options.config
+        deadline = trio.current_time() + config.timeout
+        transport: EngineTransport | None = None
         with trio.move_on_at(deadline):
             try:
-                transport = await connect_websocket(
-                    options.ws_url,
-                    headers=options.headers,
-                    max_message_bytes=options.limits.max_payload_bytes,
+                transport = await open_engine_transport(
+                    options.url,
+                    transports=config.transports,
+                    headers=config.headers,
+                    limits=config.limits,
+                    ssl_context=options.ssl_context,
                     stream_factory=options.stream_factory,
                 )
             except ConnectionFailedError as exc:
                 return _Attempt(opened=False, reason="transport error", error=exc)
         if transport is None:
-            timeout = ConnectionFailedError(f"no connection within {options.connect_timeout} s")
+            timeout = ConnectionFailedError(f"no connection within {config.timeout} s")
             return _Attempt(opened=False, reason="transport error", error=timeout)
-        send, recv = trio.open_memory_channel[_OutItem](options.outbox_size)
+        send, recv = trio.open_memory_channel[_OutItem](config.outbox_size)
         conn = _Connection(
             transport=transport,
             session=EioClientSession(now=trio.current_time()),
-            sio=SioClientConnection(limits=options.limits),
-            decoder=options.parser.decoder(options.limits),
+            sio=SioClientConnection(limits=config.limits),
+            decoder=config.parser.decoder(config.limits),
             outbox_send=send,
             outbox_recv=recv,
         )
@@ -755,18 +884,40 @@ class Client:
                 conn.scope = nursery.cancel_scope
                 nursery.start_soon(self._read, conn)
                 nursery.start_soon(self._write, conn)
+                nursery.start_soon(self._upgrade, conn)
                 error = await self._open(conn, initial=initial, deadline=deadline)
                 if error is None:
                     self._ready.set()  # the first time, open_client enters its block
+                    if reconnect_attempt:
+                        self._dispatch(
+                            _Lifecycle(
+                                namespace=_MANAGER, name="reconnect", args=(reconnect_attempt,)
+                            )
+                        )
                     await conn.closed.wait()
                 nursery.cancel_scope.cancel()
         finally:
             if self._connection is conn:
                 self._connection = None
             self._end(conn, "transport close")  # a no-op unless cancelled from outside
-            with trio.move_on_after(options.close_timeout, shield=True):
+            with trio.move_on_after(config.close_timeout, shield=True):
                 await transport.aclose()
         return _Attempt(opened=error is None, reason=conn.close_reason or "", error=error)
+
+    async def _upgrade(self, conn: _Connection) -> None:
+        """Once the handshake is in, try the WebSocket upgrade of a polling session."""
+        config = self._options.config
+        if not config.upgrade or "websocket" not in config.transports:
+            return
+        await conn.opened.wait()
+        handshake = conn.session.handshake
+        if conn.close_reason is None and handshake is not None:
+            # A probe slower than a connection attempt leaves the session on polling.
+            with trio.move_on_after(config.timeout):
+                await conn.transport.upgrade(handshake.sid, handshake.upgrades)
+            if conn.transport.probed:
+                await conn.transport.upgraded.wait()
+                self._dispatch(_Lifecycle(namespace=_MANAGER, name="upgrade", args=("websocket",)))
 
     async def _open(
         self, conn: _Connection, *, initial: bool, deadline: float
@@ -794,7 +945,7 @@ class Client:
             ns.conn is conn and ns.state is _NsState.PENDING for ns in self._namespaces.values()
         ):
             self._end(conn, "connect timeout")
-            return ConnectionFailedError(f"not connected within {self._options.connect_timeout} s")
+            return ConnectionFailedError(f"not connected within {self._options.config.timeout} s")
         if initial:
             for ns in self._namespaces.values():
                 if ns.refused is not None:
@@ -808,6 +959,13 @@ class Client:
         if conn.sio.state(ns.name) is NamespaceState.CONNECTING:
             return  # left while connecting and asked for again: that answer will do
         auth = await _resolve_auth(ns.auth, ns.name)
+        if ns.pid is not None:
+            # Connection state recovery, as socket.io-client sends it: {pid, offset}
+            # under the user's own auth keys (which win on a clash).
+            recovery: JsonObject = {"pid": ns.pid}
+            if ns.last_offset is not None:
+                recovery["offset"] = ns.last_offset
+            auth = {**recovery, **(auth or {})}
         if ns.conn is not conn or ns.state is not _NsState.PENDING:
             return  # the connection ended, or the namespace was disconnected meanwhile
         # Closed: the connection ended, and the namespace is PENDING again.
@@ -824,7 +982,7 @@ class Client:
 
     def _close_connection(self, conn: _Connection, reason: str) -> None:
         """Start a clean close: the writer sends what is queued, then a DISCONNECT for
-        each namespace still connected and Engine.IO CLOSE, then closes the WebSocket."""
+        each namespace still connected and Engine.IO CLOSE, then closes the transport."""
         if conn.close_reason is not None or conn.closing_reason is not None:
             return
         conn.closing_reason = reason
@@ -838,7 +996,7 @@ class Client:
                 self._ns_end(ns, reason)
         for event in conn.session.close():
             if isinstance(event, SendPacket):
-                conn.final.append(encode_ws_frame(event.packet))
+                conn.final.append(event.packet)
         conn.outbox_send.close()
 
     def _end(self, conn: _Connection, reason: str) -> None:
@@ -863,7 +1021,7 @@ class Client:
         self._notify()
 
     async def _aclose(self) -> None:
-        """Close cleanly: DISCONNECT every namespace, Engine.IO CLOSE, WebSocket close."""
+        """Close cleanly: DISCONNECT every namespace, Engine.IO CLOSE, the transport closed."""
         self._closing.set()
         conn = self._connection
         if conn is not None and conn.usable:
@@ -888,21 +1046,21 @@ class Client:
     async def _read(self, conn: _Connection) -> None:
         session = conn.session
         transport = conn.transport
-        limits = self._options.limits
         try:
             while conn.close_reason is None:
-                frame: str | bytes | None = None
+                packets: tuple[EioPacket, ...] | None = None
                 # Engine.IO v4 heartbeat: the session's deadline is when the server's
                 # next PING is overdue (pingInterval + pingTimeout).
                 with trio.move_on_at(session.next_deadline()):
-                    frame = await transport.receive_message()
+                    packets = await transport.receive()
                 if transport.control:
                     conn.wake()
                 now = trio.current_time()
-                if frame is None:
+                if packets is None:
                     self._on_eio(conn, session.tick(now))
                     continue
-                self._on_eio(conn, session.receive(decode_ws_frame(frame, limits), now))
+                for packet in packets:
+                    self._on_eio(conn, session.receive(packet, now))
                 if not conn.opened.is_set() and session.handshake is not None:
                     conn.opened.set()
         except TransportClosed as exc:
@@ -921,7 +1079,7 @@ class Client:
                     continue
                 # PONG: control traffic skips the outbox bound (as on the server: a full
                 # app queue must not starve heartbeats).
-                conn.control.append(encode_ws_frame(event.packet))
+                conn.control.append(event.packet)
                 conn.wake()
             elif isinstance(event, MessageReceived):
                 packet = conn.decoder.receive(event.data)
@@ -933,17 +1091,29 @@ class Client:
     def _on_sio(self, conn: _Connection, events: Iterable[SioEvent]) -> None:
         for event in events:
             if isinstance(event, EventReceived):
+                ns = self._namespaces.get(event.namespace)
+                args = event.args
+                if ns is not None and ns.pid is not None and args and isinstance(args[-1], str):
+                    # A recovery-aware server appends the offset as the last argument;
+                    # like socket.io-client, keep it (and leave it in the arguments).
+                    ns.last_offset = args[-1]
                 if self._observer is not None:
                     self._observer(event.namespace, event.name, event.args)
-                self._dispatch(
-                    _Incoming(
-                        conn=conn,
-                        namespace=event.namespace,
-                        name=event.name,
-                        args=event.args,
-                        ack_id=event.ack_id,
-                    )
+                incoming = _Incoming(
+                    conn=conn,
+                    namespace=event.namespace,
+                    name=event.name,
+                    args=event.args,
+                    ack_id=event.ack_id,
                 )
+                if ns is not None and ns.conn is conn and ns.state is _NsState.PENDING:
+                    # Missed events a recovering server sends before its CONNECT answer
+                    # wait for it, as in socket.io-client's receiveBuffer.
+                    if len(ns.receive_buffer) >= self._options.config.max_buffered_events:
+                        self._fail(EventOverrunError(ns.name, len(ns.receive_buffer)))
+                    ns.receive_buffer.append(incoming)
+                else:
+                    self._dispatch(incoming)
             elif isinstance(event, AckReceived):
                 slot = conn.pending_acks.pop((event.namespace, event.ack_id), None)
                 if slot is not None:
@@ -951,7 +1121,7 @@ class Client:
             elif isinstance(event, ConnectAccepted):
                 ns = self._namespaces.get(event.namespace)
                 if ns is not None and ns.conn is conn and ns.state is _NsState.PENDING:
-                    self._ns_connected(ns, event.sid)
+                    self._ns_connected(ns, conn, event.sid, event.pid)
                 elif conn.closing_reason is None:
                     # We gave up on it while it was connecting: leave it on the server too.
                     conn.control.extend(self._encode(conn.sio.disconnect(event.namespace)))
@@ -1055,7 +1225,7 @@ class Client:
         try:
             ns.inbox_send.send_nowait((item.name, item.args))
         except trio.WouldBlock:
-            self._fail(EventOverrunError(item.namespace, self._options.max_buffered_events))
+            self._fail(EventOverrunError(item.namespace, self._options.config.max_buffered_events))
         except trio.ClosedResourceError:
             pass  # a namespace that ended: nobody can receive it
         else:
@@ -1129,31 +1299,23 @@ def _refused_error(namespace: str, data: JsonValue) -> ConnectRefusedError:
     return ConnectRefusedError("connection refused", namespace=namespace)
 
 
-def _engine_url(url: str, path: str) -> str:
-    """The Engine.IO WebSocket URL for a server URL: ``ws://host:port/socket.io/?EIO=4...``."""
+def _engine_url(url: str, path: str) -> EngineUrl:
+    """Where the Engine.IO endpoint of the server at ``url`` is."""
     parts = urlsplit(url)
-    scheme = _SCHEMES.get(parts.scheme)
-    if scheme is None or not parts.hostname:
+    tls = _TLS_SCHEMES.get(parts.scheme)
+    if tls is None or not parts.hostname:
         raise ValueError(f"expected an http(s):// or ws(s):// URL with a host, got {url!r}")
     if parts.path not in ("", "/"):
         raise ValueError(
             f"the URL names the server, not a namespace ({parts.path!r}): pass namespaces="
         )
-    query = urlencode({"EIO": "4", "transport": "websocket"})
-    if parts.query:
-        query = f"{parts.query}&{query}"
-    if not path.startswith("/"):
-        path = "/" + path
-    return urlunsplit((scheme, parts.netloc, path, query, ""))
-
-
-def _parser_for(parser: Literal["json", "msgpack"] | Parser) -> Parser:
-    if not isinstance(parser, str):
-        return parser
-    try:
-        return _PARSERS[parser]
-    except KeyError:
-        raise ValueError(f"parser must be 'json', 'msgpack' or a Parser, not {parser!r}") from None
+    return EngineUrl(
+        tls=tls,
+        host=parts.hostname,
+        port=parts.port or (443 if tls else 80),
+        path=path,
+        query=parts.query,
+    )
 
 
 def _namespace_auth(namespaces: Iterable[str] | Mapping[str, Auth], auth: Auth) -> dict[str, Auth]:
@@ -1172,66 +1334,39 @@ def _namespace_auth(namespaces: Iterable[str] | Mapping[str, Auth], auth: Auth) 
 @asynccontextmanager
 async def open_client(
     url: str,
+    config: ClientConfig | None = None,
     *,
     namespaces: Iterable[str] | Mapping[str, Auth] = ("/",),
     auth: Auth = None,
-    parser: Literal["json", "msgpack"] | Parser = "json",
-    reconnect: bool = True,
-    reconnect_delay: float = 0.5,
-    reconnect_delay_max: float = 5.0,
-    randomization: float = 0.5,
-    max_attempts: int | None = None,
-    path: str = "/socket.io/",
-    headers: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
-    connect_timeout: float = 20.0,
-    close_timeout: float = 2.0,
-    max_buffered_events: int = 256,
-    outbox_size: int = 256,
-    limits: Limits = DEFAULT_LIMITS,
+    ssl_context: ssl.SSLContext | None = None,
+    observer: Observer | None = None,
     random_source: Callable[[], float] = random.random,
     stream_factory: StreamFactory | None = None,
-    observer: Observer | None = None,
 ) -> AsyncIterator[Client]:
     """Connect to a Socket.IO server and its namespaces; disconnect cleanly on exit.
 
     Enters once the Engine.IO handshake is done and every namespace in ``namespaces`` is
-    connected. On exit, sends DISCONNECT for every namespace, Engine.IO CLOSE and a
-    WebSocket close (within ``close_timeout``), and stops every task.
+    connected. On exit, sends DISCONNECT for every namespace, Engine.IO CLOSE and closes
+    the transport (within ``config.close_timeout``), and stops every task.
 
     Args:
         url: The server, ``http(s)://host:port`` (or ``ws(s)://``); its query string is
             passed on. Namespaces are given by ``namespaces``, not in the URL.
+        config: Transports, reconnection, timers and bounds (``ClientConfig()``).
         namespaces: Namespaces to connect at once, or a mapping of namespace to its
             auth (then ``auth`` must be ``None``).
         auth: The CONNECT payload of each namespace: a JSON object, ``None``, or a
             callable (sync or async) taking the namespace and returning one, called
             before every (re)connect.
-        parser: ``"json"`` (socket.io-parser, the default of every client),
-            ``"msgpack"`` (socket.io-msgpack-parser), or a ``Parser``.
-        reconnect: Reconnect when the connection drops (not after the server or the
-            client disconnected on purpose).
-        reconnect_delay: Seconds before the first reconnect attempt; it doubles on each
-            failed attempt...
-        reconnect_delay_max: ...up to this.
-        randomization: Each delay is spread by up to this fraction of itself.
-        max_attempts: Give up after this many failed attempts in a row (``None``: never);
-            namespaces then end with ``"reconnect failed"``.
-        path: The Engine.IO path on the server.
-        headers: Extra HTTP headers for the WebSocket request.
-        connect_timeout: Seconds each connection attempt may take, from TCP connect to
-            every namespace answered (socket.io-client's ``timeout``).
-        close_timeout: Seconds the clean close on exit may take.
-        max_buffered_events: Most events waiting for the dispatcher, and most events
-            waiting in each namespace for ``receive``; one more is ``EventOverrunError``.
-        outbox_size: Most packets waiting for the writer; ``emit`` waits when full.
-        limits: Bounds on what the server may make us decode.
+        ssl_context: The TLS settings for ``https://``/``wss://`` (default: the
+            system's trust store, ``ssl.create_default_context()``).
+        observer: Sees every event from the first connection on (``Client.observe``).
         random_source: Uniform [0, 1) numbers for the backoff jitter (tests pass a
             fixed one).
-        stream_factory: ``async (host, port) -> trio.abc.Stream`` opening each
-            connection's byte stream instead of TCP/TLS (called again on every
-            reconnect); the WebSocket upgrade runs over what it returns. Tests use it
-            for in-memory transports (``roomcast.engine.testing``) and fault injection.
-        observer: Sees every event from the first connection on (``Client.observe``).
+        stream_factory: ``async (host, port) -> trio.abc.Stream`` opening each byte
+            stream (every WebSocket and HTTP connection, on every reconnect) instead of
+            TCP/TLS. Tests use it for in-memory transports (``roomcast.engine.testing``)
+            and fault injection.
 
     Cancellation: on entry, nothing is left open; on exit, a clean close is tried
     within ``close_timeout`` (shielded), then the connection is dropped.
@@ -1244,35 +1379,15 @@ async def open_client(
             cancelled, and this is raised from it.
         ValueError, TypeError: Bad arguments.
     """
-    if max_buffered_events < 1 or outbox_size < 1:
-        raise ValueError("max_buffered_events and outbox_size must be at least 1")
-    if not 0.0 <= randomization <= 1.0:
-        raise ValueError(f"randomization must be within [0, 1], got {randomization!r}")
-    if not 0.0 <= reconnect_delay <= reconnect_delay_max:
-        raise ValueError("need 0 <= reconnect_delay <= reconnect_delay_max")
-    if not (connect_timeout > 0 and close_timeout >= 0):
-        raise ValueError("need connect_timeout > 0 and close_timeout >= 0")
-    if max_attempts is not None and max_attempts < 0:
-        raise ValueError("max_attempts must be >= 0 or None")
+    config = config or ClientConfig()
     wanted = _namespace_auth(namespaces, auth)
     for name in wanted:
-        _check_namespace(name, limits)
-    header_items = tuple(headers.items()) if isinstance(headers, Mapping) else tuple(headers or ())
+        _check_namespace(name, config.limits)
     options = _Options(
-        ws_url=_engine_url(url, path),
-        headers=header_items,
-        parser=_parser_for(parser),
-        limits=limits,
-        reconnect=reconnect,
-        reconnect_delay=reconnect_delay,
-        reconnect_delay_max=reconnect_delay_max,
-        randomization=randomization,
-        max_attempts=max_attempts,
+        url=_engine_url(url, config.path),
+        config=config,
         random_source=random_source,
-        connect_timeout=connect_timeout,
-        close_timeout=close_timeout,
-        max_buffered_events=max_buffered_events,
-        outbox_size=outbox_size,
+        ssl_context=ssl_context,
         stream_factory=stream_factory,
     )
     start_error: EngineError | None = None
@@ -1297,7 +1412,7 @@ async def open_client(
                     raise  # Trio routes it to its scope (ours, when the client failed)
                 body_error = exc  # re-raised below, outside the nursery: not wrapped
             finally:
-                with trio.move_on_after(close_timeout, shield=True):
+                with trio.move_on_after(config.close_timeout, shield=True):
                     await client._aclose()
                 nursery.cancel_scope.cancel()
     client._release()

@@ -36,7 +36,7 @@ from __future__ import annotations
 import errno
 import math
 import os
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Final, Literal, TypeAlias, TypeVar
 
@@ -46,8 +46,10 @@ import trio.testing
 
 from roomcast.engine.adapters.memory import MemoryAdapter
 from roomcast.engine.client import Auth, Client, Handler, open_client
+from roomcast.engine.client_config import ClientConfig
 from roomcast.engine.errors import NamespaceDisconnected
 from roomcast.engine.log import iter_records
+from roomcast.engine.transport.eio_client import TransportName
 
 if TYPE_CHECKING:
     from roomcast.engine.namespace import Namespace
@@ -793,6 +795,7 @@ class Harness:
         connect_timeout: float = 20.0,
         headers: Mapping[str, str] | None = None,
         max_buffered_events: int = 256,
+        transports: Sequence[TransportName] = ("websocket",),
     ) -> HarnessClient:
         """Connect a client; it stays connected until ``aclose`` or the harness ends.
 
@@ -804,8 +807,13 @@ class Harness:
                 harness's own (``"memory"`` or ``"tcp"``).
             parser: Defaults to the server's parser.
             reconnect, reconnect_delay, reconnect_delay_max, max_attempts,
-            connect_timeout, headers, max_buffered_events: As for ``open_client``.
-                Reconnect delays have no random jitter here, so timings repeat exactly.
+            connect_timeout, headers, max_buffered_events: As ``ClientConfig``'s
+                ``reconnection``, ``reconnection_delay``, ``reconnection_delay_max``,
+                ``reconnection_attempts``, ``timeout``, ``headers`` and
+                ``max_buffered_events``. Reconnect delays have no random jitter here,
+                so timings repeat exactly.
+            transports: As ``ClientConfig.transports``: ``("polling", "websocket")``
+                starts on long-polling and upgrades.
 
         Cancellation: no client is left running.
 
@@ -835,14 +843,15 @@ class Harness:
             wanted if isinstance(wanted, Mapping) else None,
             auth,
             kind,
-            parser if parser is not None else self.server.parser,
-            _ClientOptions(
-                reconnect=reconnect,
-                reconnect_delay=reconnect_delay,
-                reconnect_delay_max=reconnect_delay_max,
-                max_attempts=max_attempts,
-                connect_timeout=connect_timeout,
+            ClientConfig(
+                transports=tuple(transports),
                 headers=dict(headers or {}),
+                parser=parser if parser is not None else self.server.parser,
+                reconnection=reconnect,
+                reconnection_attempts=max_attempts,
+                reconnection_delay=reconnect_delay,
+                reconnection_delay_max=reconnect_delay_max,
+                timeout=connect_timeout,
                 max_buffered_events=max_buffered_events,
             ),
         )
@@ -874,8 +883,7 @@ class Harness:
         auth_map: Mapping[str, Auth] | None,
         auth: Auth,
         transport: Transport,
-        parser: Literal["json", "msgpack"] | Parser,
-        options: _ClientOptions,
+        config: ClientConfig,
         *,
         task_status: trio.TaskStatus[HarnessClient],
     ) -> None:
@@ -898,16 +906,9 @@ class Harness:
         try:
             async with open_client(
                 url,
+                config,
                 namespaces=auth_map if auth_map is not None else names,
                 auth=None if auth_map is not None else auth,
-                parser=parser,
-                reconnect=options.reconnect,
-                reconnect_delay=options.reconnect_delay,
-                reconnect_delay_max=options.reconnect_delay_max,
-                max_attempts=options.max_attempts,
-                connect_timeout=options.connect_timeout,
-                headers=options.headers,
-                max_buffered_events=options.max_buffered_events,
                 random_source=_no_jitter,
                 stream_factory=open_stream,
                 observer=observe,
@@ -1086,17 +1087,6 @@ class Harness:
             if self._on_disconnect in ns.disconnect_handlers:
                 ns.disconnect_handlers.remove(self._on_disconnect)
         self._watched.clear()
-
-
-@attrs.frozen(kw_only=True)
-class _ClientOptions:
-    reconnect: bool
-    reconnect_delay: float
-    reconnect_delay_max: float
-    max_attempts: int | None
-    connect_timeout: float
-    headers: dict[str, str]
-    max_buffered_events: int
 
 
 def _refuse_autojump_with_sockets() -> None:

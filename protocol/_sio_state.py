@@ -182,6 +182,9 @@ _CLIENT_TRANSITIONS: Final[_Table] = {
     (_DISCONNECTED, _Move.SEND_CONNECT): _CONNECTING,
     (_CONNECTING, _Move.RECEIVE_CONNECT): _CONNECTED,
     (_CONNECTING, _Move.RECEIVE_CONNECT_ERROR): _DISCONNECTED,
+    # Node socket.io (>= 4.6) sends a recovered session's missed events before its
+    # CONNECT answer; socket.io-client keeps them (its receiveBuffer) until connected.
+    (_CONNECTING, _Move.RECEIVE_EVENT): _CONNECTING,
     (_CONNECTED, _Move.RECEIVE_EVENT): _CONNECTED,
     (_CONNECTED, _Move.RECEIVE_ACK): _CONNECTED,
     (_CONNECTED, _Move.SEND_EVENT_WITH_ACK): _CONNECTED,

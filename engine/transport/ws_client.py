@@ -32,7 +32,7 @@ from wsproto.utilities import RemoteProtocolError as WsRemoteProtocolError
 
 from roomcast.engine.errors import ConnectionFailedError, TransportClosed
 
-__all__ = ["StreamFactory", "WebSocketClient", "connect_websocket"]
+__all__ = ["StreamFactory", "WebSocketClient", "connect_websocket", "describe_failure"]
 
 StreamFactory: TypeAlias = Callable[[str, int], Awaitable[trio.abc.Stream]]
 """``async (host, port) -> stream``: opens the byte stream a WebSocket runs over, in place
@@ -46,6 +46,14 @@ CLOSE_PROTOCOL_ERROR: Final = 1002
 CLOSE_ABNORMAL: Final = 1006
 CLOSE_TOO_BIG: Final = 1009
 _DEFAULT_PORTS: Final = {"ws": 80, "wss": 443}
+
+
+def describe_failure(exc: BaseException) -> str:
+    """The innermost cause of ``exc``, for a message: a TLS certificate error shows
+    as itself, not as the ``trio.BrokenResourceError`` wrapped around it."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return str(exc) or type(exc).__name__
 
 
 def _split_url(url: str) -> tuple[bool, str, int, str]:
@@ -147,7 +155,7 @@ async def _upgrade(
                 elif isinstance(event, RejectData) and event.body_finished:
                     raise _rejected(status)
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-        raise ConnectionFailedError(f"WebSocket handshake failed: {exc}") from exc
+        raise ConnectionFailedError(f"WebSocket handshake failed: {describe_failure(exc)}") from exc
     except WsRemoteProtocolError as exc:
         raise ConnectionFailedError(f"bad WebSocket handshake answer: {exc}") from exc
     except TransportClosed as exc:

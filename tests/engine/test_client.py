@@ -23,7 +23,7 @@ import trio
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, Request, TextMessage
 
-from roomcast.engine.client import Client, backoff_delay, open_client
+from roomcast.engine.client import Client, ClientConfig, backoff_delay, open_client
 from roomcast.engine.errors import (
     ConnectionFailedError,
     ConnectionLostError,
@@ -39,6 +39,7 @@ pytestmark = pytest.mark.node
 
 DEADLINE: Final = 10.0
 ADMIN_AUTH: Final[dict[str, JsonValue]] = {"token": "s3cret"}
+FAST_RECONNECT: Final = ClientConfig(reconnection_delay=0.05, randomization_factor=0.0)
 
 
 # --------------------------------------------------------------------------- the peer
@@ -218,7 +219,8 @@ async def test_connect_with_auth(node_ports: dict[str, int]) -> None:
 async def test_headers_and_query_reach_the_server(node_ports: dict[str, int]) -> None:
     with trio.fail_after(DEADLINE):
         async with open_client(
-            url(node_ports["json"]) + "/?extra=yes", headers={"X-Roomcast-Test": "hello"}
+            url(node_ports["json"]) + "/?extra=yes",
+            ClientConfig(headers={"X-Roomcast-Test": "hello"}),
         ) as client:
             info = await whoami(client)
             assert info["header"] == "hello"
@@ -338,7 +340,7 @@ async def test_a_broken_server_fails_the_connect(behaviour: str, message: str) -
             )
             port = listeners[0].socket.getsockname()[1]
             with pytest.raises(ConnectionFailedError, match=message):
-                async with open_client(url(port), connect_timeout=0.2):
+                async with open_client(url(port), ClientConfig(timeout=0.2)):
                     pytest.fail("the block must not run")  # pragma: no cover
             nursery.cancel_scope.cancel()
 
@@ -570,9 +572,7 @@ async def test_reconnect_after_the_server_drops_the_transport(node_ports: dict[s
         return {"attempt": len(auth_calls)}
 
     with trio.fail_after(DEADLINE):
-        async with open_client(
-            url(node_ports["json"]), auth=auth, reconnect_delay=0.05, randomization=0.0
-        ) as client:
+        async with open_client(url(node_ports["json"]), FAST_RECONNECT, auth=auth) as client:
             lifecycle = Lifecycle.of(client)
             first = await whoami(client)
             assert first["auth"] == {"attempt": 1}
@@ -607,9 +607,8 @@ async def test_reconnect_through_a_cut_connection(node_ports: dict[str, int]) ->
             open_proxy(node_ports["json"]) as proxy,
             open_client(
                 url(proxy.port),
+                FAST_RECONNECT,
                 namespaces={"/": None, "/admin": ADMIN_AUTH},
-                reconnect_delay=0.05,
-                randomization=0.0,
             ) as client,
         ):
             lifecycle = Lifecycle.of(client, "/admin")
@@ -628,7 +627,7 @@ async def test_reconnect_gives_up_after_max_attempts(node_ports: dict[str, int])
         async with (
             open_proxy(node_ports["json"]) as proxy,
             open_client(
-                url(proxy.port), max_attempts=2, reconnect_delay=0.05, randomization=0.0
+                url(proxy.port), attrs.evolve(FAST_RECONNECT, reconnection_attempts=2)
             ) as client,
         ):
             assert await client.call("echo", 1) == (1,)
@@ -643,7 +642,7 @@ async def test_reconnect_gives_up_after_max_attempts(node_ports: dict[str, int])
 
 async def test_no_reconnect_when_disabled(node_ports: dict[str, int]) -> None:
     with trio.fail_after(DEADLINE):
-        async with open_client(url(node_ports["json"]), reconnect=False) as client:
+        async with open_client(url(node_ports["json"]), ClientConfig(reconnection=False)) as client:
             await client.emit("drop")
             with pytest.raises(NamespaceDisconnected) as caught:
                 await client.receive()
@@ -657,7 +656,9 @@ async def test_pings_are_answered(node_ports: dict[str, int]) -> None:
     # Real time against a real peer: pingInterval 200 ms + pingTimeout 200 ms, so a
     # client that did not answer would be dropped within 0.4 s.
     with trio.fail_after(DEADLINE):
-        async with open_client(url(node_ports["fastping"]), reconnect=False) as client:
+        async with open_client(
+            url(node_ports["fastping"]), ClientConfig(reconnection=False)
+        ) as client:
             lifecycle = Lifecycle.of(client)
             sid = client.sid()
             await trio.sleep(1.0)
@@ -670,7 +671,7 @@ async def test_silent_server_is_a_ping_timeout(node_ports: dict[str, int]) -> No
     with trio.fail_after(DEADLINE):
         async with (
             open_proxy(node_ports["fastping"]) as proxy,
-            open_client(url(proxy.port), reconnect_delay=0.05, randomization=0.0) as client,
+            open_client(url(proxy.port), FAST_RECONNECT) as client,
         ):
             lifecycle = Lifecycle.of(client)
             proxy.freeze()  # the server's pings no longer arrive
@@ -690,7 +691,7 @@ async def test_msgpack_parser(node_ports: dict[str, int]) -> None:
     with trio.fail_after(DEADLINE):
         async with open_client(
             url(node_ports["msgpack"]),
-            parser="msgpack",
+            ClientConfig(parser="msgpack"),
             namespaces={"/": {"k": "v"}, "/admin": ADMIN_AUTH},
         ) as client:
             assert (await whoami(client))["auth"] == {"k": "v"}
@@ -761,7 +762,9 @@ async def test_an_ack_that_is_not_json_stops_the_client(node_ports: dict[str, in
 
 async def test_overrun_is_an_error(node_ports: dict[str, int]) -> None:
     async def run() -> None:
-        async with open_client(url(node_ports["json"]), max_buffered_events=3) as client:
+        async with open_client(
+            url(node_ports["json"]), ClientConfig(max_buffered_events=3)
+        ) as client:
             for n in range(10):  # never received
                 await client.emit("emit-back", "flood", n)
             await trio.sleep_forever()
@@ -804,10 +807,26 @@ def test_backoff_doubles_up_to_the_maximum() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"randomization": 2.0}, "randomization"),
-        ({"reconnect_delay": 3.0, "reconnect_delay_max": 1.0}, "reconnect_delay"),
+        ({"randomization_factor": 2.0}, "randomization"),
+        ({"reconnection_delay": 3.0, "reconnection_delay_max": 1.0}, "reconnection_delay"),
+        ({"reconnection_attempts": -1}, "reconnection_attempts"),
+        ({"transports": ("carrier-pigeon",)}, "transports"),
+        ({"transports": "polling"}, "transports"),
+        ({"timeout": 0}, "timeout"),
         ({"max_buffered_events": 0}, "max_buffered_events"),
+        ({"send_buffer_size": 0}, "send_buffer_size"),
         ({"parser": "yaml"}, "parser"),
+        ({"path": "socket.io"}, "path"),
+    ],
+)
+def test_bad_config(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises((ValueError, TypeError), match=message):
+        ClientConfig(**kwargs)  # type: ignore[arg-type]  # on purpose
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
         ({"namespaces": ("nope",)}, "namespace"),
         ({"namespaces": {"/": None}, "auth": {"a": 1}}, "auth"),
     ],

@@ -1,12 +1,15 @@
 // A real Node `socket.io` 4.8 server: the peer for tests/engine/test_client.py.
 //
-// Usage: node node_server.mjs
+// Usage: node node_server.mjs [--json-port=N] [--tls-cert=PEM --tls-key=PEM]
 //
-// Starts three servers on 127.0.0.1, each on a port the OS picks (port 0):
-//   json      the default JSON parser, default heartbeat (pingInterval 25000 ms)
+// Starts these servers on 127.0.0.1, each on a port the OS picks (port 0):
+//   json      the default JSON parser, default heartbeat (pingInterval 25000 ms); on port N
+//             with --json-port=N (a test restarts the server on the same port)
 //   msgpack   the parser from `socket.io-msgpack-parser`
 //   fastping  the JSON parser with pingInterval 200 ms / pingTimeout 200 ms
-// and prints one JSON line with their ports: {"json": 40001, "msgpack": 40002, "fastping": 40003}.
+//   recovery  the JSON parser with connectionStateRecovery (maxDisconnectionDuration 2 min)
+//   tls       (with --tls-cert and --tls-key) the JSON parser on an HTTPS server
+// and prints one JSON line with their ports: {"json": 40001, "msgpack": 40002, ...}.
 //
 // Exits when its stdin closes (the test process went away) or on SIGTERM / SIGINT.
 //
@@ -30,10 +33,17 @@
 //                            the client sees its transport close and should reconnect
 //   count()                  ack(number of sockets connected to this namespace)
 //   hold()                   never acks (for a call that is pending when the connection drops)
+//   join(room)               joins `room`, then acks
+//   to-room(room, ...args)   emits "m" with `args` to every socket in `room` (a broadcast:
+//                            on the recovery server it carries an offset), then acks
+//   recovered()              ack(socket.recovered)
+//   transport()              ack(the Engine.IO transport's name: "polling" or "websocket")
 //   disconnect-reason(sid)   waits (2 s at most) until the socket `sid` of this server has
 //                            disconnected and acks its reason ("client namespace disconnect",
 //                            "transport close", ...), or null
+import { readFileSync } from "node:fs";
 import { createServer } from "node:http";
+import { createServer as createHttpsServer } from "node:https";
 import { Server } from "socket.io";
 import msgpackParser from "socket.io-msgpack-parser";
 
@@ -126,6 +136,29 @@ function attachHandlers(nsp, book) {
 
     socket.on("hold", () => {});
 
+    socket.on("join", (...args) => {
+      const ack = popAck(args);
+      socket.join(args[0]);
+      if (ack) ack();
+    });
+
+    socket.on("to-room", (...args) => {
+      const ack = popAck(args);
+      const [room, ...rest] = args;
+      nsp.to(room).emit("m", ...rest);
+      if (ack) ack();
+    });
+
+    socket.on("transport", (...args) => {
+      const ack = popAck(args);
+      if (ack) ack(socket.conn.transport.name);
+    });
+
+    socket.on("recovered", (...args) => {
+      const ack = popAck(args);
+      if (ack) ack(socket.recovered);
+    });
+
     socket.on("disconnect-reason", async (...args) => {
       const ack = popAck(args);
       const reason = await disconnectReason(book, args[0]);
@@ -151,21 +184,37 @@ function setUp(io) {
   attachHandlers(admin, book);
 }
 
-function listen(options) {
+function listen(options, { port = 0, httpServer = createServer() } = {}) {
   return new Promise((resolve, reject) => {
-    const httpServer = createServer();
     const io = new Server(httpServer, { serveClient: false, ...options });
     setUp(io);
     httpServer.once("error", reject);
-    httpServer.listen(0, "127.0.0.1", () => resolve({ io, port: httpServer.address().port }));
+    httpServer.listen(port, "127.0.0.1", () => resolve({ io, port: httpServer.address().port }));
   });
 }
 
+const args = Object.fromEntries(
+  process.argv.slice(2).map((arg) => {
+    const [key, value] = arg.replace(/^--/, "").split("=");
+    return [key, value];
+  }),
+);
+
 const servers = {
-  json: await listen({}),
+  json: await listen({}, { port: Number(args["json-port"] ?? 0) }),
   msgpack: await listen({ parser: msgpackParser }),
   fastping: await listen({ pingInterval: 200, pingTimeout: 200 }),
+  recovery: await listen({
+    connectionStateRecovery: { maxDisconnectionDuration: 120000, skipMiddlewares: true },
+  }),
 };
+if (args["tls-cert"] && args["tls-key"]) {
+  const httpServer = createHttpsServer({
+    cert: readFileSync(args["tls-cert"]),
+    key: readFileSync(args["tls-key"]),
+  });
+  servers.tls = await listen({}, { httpServer });
+}
 
 const ports = Object.fromEntries(Object.entries(servers).map(([k, v]) => [k, v.port]));
 process.stdout.write(JSON.stringify(ports) + "\n");

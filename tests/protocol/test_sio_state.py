@@ -307,12 +307,25 @@ def test_client_refuses_connect_answers_when_connected(packet: SioPacket) -> Non
         connected_client("/").receive(packet)
 
 
-@pytest.mark.parametrize("packet", [Event(name="e"), Ack(ack_id=0), Disconnect()])
+@pytest.mark.parametrize("packet", [Ack(ack_id=0), Disconnect()])
 def test_client_refuses_traffic_while_connecting(packet: SioPacket) -> None:
     client = SioClientConnection()
     client.connect("/")
     with pytest.raises(RemoteProtocolError):
         client.receive(packet)
+
+
+def test_client_takes_events_before_the_connect_answer() -> None:
+    # A recovering Node server sends the missed events first, then CONNECT.
+    client = SioClientConnection()
+    client.connect("/")
+    assert client.receive(Event(name="m", args=("missed", "offset-1"))) == [
+        EventReceived(namespace="/", name="m", args=("missed", "offset-1"), ack_id=None)
+    ]
+    assert client.state("/") is S.CONNECTING
+    assert client.receive(Connect(data={"sid": "s", "pid": "p"})) == [
+        ConnectAccepted(namespace="/", sid="s", pid="p")
+    ]
 
 
 @pytest.mark.parametrize(
