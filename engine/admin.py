@@ -275,7 +275,7 @@ class AdminUI:
         expiry = self._sessions.get(session)
         if expiry is None:
             return False
-        if expiry < time.monotonic():
+        if expiry < trio.current_time():
             del self._sessions[session]
             return False
         return True
@@ -307,7 +307,7 @@ class AdminUI:
         while len(self._sessions) >= MAX_SESSIONS:
             del self._sessions[next(iter(self._sessions))]  # the oldest (insertion order)
         session = secrets.token_hex(8)
-        self._sessions[session] = time.monotonic() + SESSION_DURATION
+        self._sessions[session] = trio.current_time() + SESSION_DURATION
         return session
 
     async def on_admin_connect(self, admin: Socket, auth: JsonValue) -> None:

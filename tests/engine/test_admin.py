@@ -8,6 +8,7 @@ The same protocol against npm's socket.io-client (as the UI itself runs it) is i
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal
 
 import pytest
@@ -15,6 +16,7 @@ import trio
 import trio.testing
 
 from roomcast.engine import ConnectRefusedError, Server, Socket
+from roomcast.engine import admin as admin_module
 from roomcast.engine.admin import STATS_INTERVAL, AdminAuth, AdminUI, instrument
 from roomcast.engine.pytest_plugin import ServeFactory
 from roomcast.engine.testing import Harness, HarnessClient
@@ -31,7 +33,7 @@ ALL_FEATURES = [
     "AGGREGATED_EVENTS",
     "ALL_EVENTS",
 ]
-LOGIN: dict[str, JsonValue] = {"username": "admin", "password": "s3cret"}
+LOGIN = {"username": "admin", "password": "s3cret"}
 
 
 def app(
@@ -63,9 +65,9 @@ def app(
 
 
 async def connect_admin(
-    harness: Harness, auth: dict[str, JsonValue] | None = None
+    harness: Harness, auth: Mapping[str, JsonValue] | None = None
 ) -> HarnessClient:
-    return await harness.connect("/admin", auth=auth)
+    return await harness.connect("/admin", auth=dict(auth) if auth is not None else None)
 
 
 def admin_events(admin: HarnessClient, event: str) -> list[tuple[JsonValue, ...]]:
@@ -245,11 +247,51 @@ async def test_actions_join_leave_emit_disconnect(roomcast_serve: ServeFactory) 
         assert "all" not in sockets[ann_sid].rooms
         assert "all" in sockets[bob_sid].rooms
         await admin.emit("join", "/nowhere", "x", namespace="/admin")
+        await admin.emit("join", "/", 5, namespace="/admin")  # not a room name
+        await admin.emit("leave", "/", ["all"], namespace="/admin")
+        await admin.emit("emit", "/", None, 42, namespace="/admin")  # not an event name
         # _disconnect (one socket).
         await admin.emit("_disconnect", "/", False, bob_sid, namespace="/admin")
         assert await bob.wait_disconnected() == "io server disconnect"
         assert set(sockets) == {ann_sid}
     assert "/nowhere" not in server.namespaces
+    assert sockets[ann_sid].rooms == {ann_sid, "vip"}  # the malformed actions did nothing
+
+
+class Opaque:
+    def __repr__(self) -> str:
+        return "<opaque>"
+
+
+async def test_socket_data_is_shown_as_json(roomcast_serve: ServeFactory) -> None:
+    server, _ = app()
+
+    @server.of("/").use
+    async def tag(socket: Socket, auth: JsonValue) -> None:
+        deep: object = "bottom"
+        for _ in range(20):
+            deep = [deep]
+        socket.data.update(
+            {"user": "ann", "tags": ("a", "b"), "nested": {3: Opaque()}, "deep": deep}
+        )
+
+    harness = await roomcast_serve(server)
+    with trio.fail_after(10):
+        await harness.connect()
+        admin = await connect_admin(harness)
+        (sockets,) = await next_admin(admin, "all_sockets")
+    assert isinstance(sockets, list)
+    (user,) = [as_dict(s) for s in sockets if as_dict(s)["nsp"] == "/"]
+    data = as_dict(user["data"])
+    assert data["user"] == "ann"
+    assert data["tags"] == ["a", "b"]
+    assert data["nested"] == {"3": "<opaque>"}
+    deep = data["deep"]
+    for _ in range(15):  # nesting past MAX_DATA_DEPTH is shown by its repr
+        assert isinstance(deep, list)
+        (deep,) = deep
+    assert isinstance(deep, str)
+    assert deep.startswith("[[")
 
 
 async def test_read_only_production_mode_has_stats_only(roomcast_serve: ServeFactory) -> None:
@@ -304,6 +346,51 @@ async def test_login_refused_then_accepted_with_a_session(
         again = await connect_admin(harness, {"sessionId": session})
         await next_admin(again, "config")
         assert admin_events(again, "session") == []
+
+
+async def test_sessions_expire_and_are_bounded(
+    roomcast_serve: ServeFactory,
+    autojump_clock: trio.testing.MockClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(admin_module, "MAX_SESSIONS", 2)
+    # (A day of virtual time still costs a day of heartbeats: five minutes will do.)
+    monkeypatch.setattr(admin_module, "SESSION_DURATION", 300.0)
+    server, _ = app(auth=LOGIN)
+    harness = await roomcast_serve(server)
+    with trio.fail_after(admin_module.SESSION_DURATION * 2):
+        sessions = []
+        for _ in range(3):
+            client = await connect_admin(harness, LOGIN)
+            (session,) = await next_admin(client, "session")
+            assert isinstance(session, str)
+            sessions.append(session)
+        with pytest.raises(ConnectRefusedError):  # the oldest was forgotten
+            await connect_admin(harness, {"sessionId": sessions[0]})
+        await connect_admin(harness, {"sessionId": sessions[2]})
+        await trio.sleep(admin_module.SESSION_DURATION + 1)
+        with pytest.raises(ConnectRefusedError):  # expired
+            await connect_admin(harness, {"sessionId": sessions[2]})
+
+
+async def test_counts_do_not_pile_up_unwatched(
+    roomcast_serve: ServeFactory, autojump_clock: trio.testing.MockClock
+) -> None:
+    server, _ = app()
+    harness = await roomcast_serve(server)
+    with trio.fail_after(30):
+        user = await harness.connect()
+        await user.aclose()
+        await trio.sleep(STATS_INTERVAL * 1.5)  # a tick with no admin UI connected
+        admin = await connect_admin(harness)
+        await next_admin(admin, "server_stats")  # at once, without the counts
+        (stats,) = await next_admin(admin, "server_stats")  # the next tick
+    # Only the admin UI's own connection: the user's came before and was dropped.
+    events = as_dict(stats)["aggregatedEvents"]
+    assert isinstance(events, list)
+    (counted,) = events
+    assert as_dict(counted)["type"] == "rawConnection"
+    assert as_dict(counted)["count"] == 1
 
 
 async def test_login_checked_by_an_async_function(roomcast_serve: ServeFactory) -> None:
