@@ -42,6 +42,7 @@ from __future__ import annotations
 import datetime
 import hmac
 import logging
+import math
 import os
 import secrets
 import socket as _socket
@@ -53,6 +54,7 @@ import attrs
 import trio
 
 from roomcast.engine.errors import ConnectRefusedError
+from roomcast.protocol import LocalProtocolError
 from roomcast.protocol._sio import Event, JsonValue
 
 if TYPE_CHECKING:
@@ -98,7 +100,9 @@ def js_time(wall: float) -> str:
 def _json_safe(value: object, depth: int = 0) -> JsonValue:
     """``value`` as JSON the UI can show: containers copied, anything else by its repr
     (``socket.data`` may hold any Python object)."""
-    if value is None or isinstance(value, str | bool | int | float):
+    if value is None or isinstance(value, str | bool | int):
+        return value
+    if isinstance(value, float) and math.isfinite(value):  # JSON has no NaN or infinity
         return value
     if depth < MAX_DATA_DEPTH:
         if isinstance(value, Mapping):
@@ -162,13 +166,23 @@ class AdminUI:
         client; it then reconnects and is sent the whole picture again.
         """
         ns = self.namespace
-        frames = ns.encode(Event(name=event, args=args, namespace=ns.name))
+        try:
+            frames = ns.encode(Event(name=event, args=args, namespace=ns.name))
+        except LocalProtocolError as exc:
+            # The hooks run inside the engine's own steps: they must never raise.
+            logger.warning("admin UI: %s not shown: %s", event, exc)
+            return
         for admin in list(ns.sockets.values()):
             admin.connection.send_frames(frames)
 
     def _send(self, admin: Socket, event: str, *args: JsonValue) -> None:
         # Straight to the connection: with recovery on, socket.emit would log it.
-        admin.connection.send_packet(Event(name=event, args=args, namespace=admin.namespace.name))
+        try:
+            admin.connection.send_packet(
+                Event(name=event, args=args, namespace=admin.namespace.name)
+            )
+        except LocalProtocolError as exc:
+            logger.warning("admin UI: %s not sent: %s", event, exc)
 
     def _now(self) -> str:
         return js_time(self.server.wall_now())

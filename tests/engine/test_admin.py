@@ -272,7 +272,7 @@ async def test_socket_data_is_shown_as_json(roomcast_serve: ServeFactory) -> Non
         for _ in range(20):
             deep = [deep]
         socket.data.update(
-            {"user": "ann", "tags": ("a", "b"), "nested": {3: Opaque()}, "deep": deep}
+            user="ann", tags=("a", "b"), nested={3: Opaque()}, deep=deep, bad=float("nan")
         )
 
     harness = await roomcast_serve(server)
@@ -286,6 +286,7 @@ async def test_socket_data_is_shown_as_json(roomcast_serve: ServeFactory) -> Non
     assert data["user"] == "ann"
     assert data["tags"] == ["a", "b"]
     assert data["nested"] == {"3": "<opaque>"}
+    assert data["bad"] == "nan"  # JSON has no NaN: shown by its repr
     deep = data["deep"]
     for _ in range(15):  # nesting past MAX_DATA_DEPTH is shown by its repr
         assert isinstance(deep, list)
@@ -346,6 +347,32 @@ async def test_login_refused_then_accepted_with_a_session(
         again = await connect_admin(harness, {"sessionId": session})
         await next_admin(again, "config")
         assert admin_events(again, "session") == []
+
+
+async def test_what_cannot_be_encoded_is_left_out_and_the_server_goes_on(
+    roomcast_serve: ServeFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    server, _ = app()
+
+    @server.of("/").use
+    async def tag(socket: Socket, auth: JsonValue) -> None:
+        socket.data["name"] = "\ud800"  # a lone surrogate: no UTF-8 for it
+
+    harness = await roomcast_serve(server)
+    with trio.fail_after(10):
+        watching = await connect_admin(harness)
+        await next_admin(watching, "config")
+        user = await harness.connect()  # its socket_connected cannot be encoded
+        await user.call("join", "lobby")  # the server goes on
+        await next_admin(watching, "room_joined")
+        late = await connect_admin(harness)  # nor can all_sockets now
+        await next_admin(late, "config")
+        await next_admin(late, "server_stats")
+    shown = {as_dict(args[0])["nsp"] for args in admin_events(watching, "socket_connected")}
+    assert shown == {"/admin"}  # the admin UIs, not the user
+    assert admin_events(late, "all_sockets") == []
+    assert "admin UI: socket_connected not shown" in caplog.text
+    assert "admin UI: all_sockets not sent" in caplog.text
 
 
 async def test_sessions_expire_and_are_bounded(
