@@ -197,7 +197,10 @@ class BroadcastOperator:
         """
         ns = self.namespace
         packet = Event(name=event, args=args, namespace=ns.name)
-        return await ns.broadcast_packet(packet, self.opts)
+        count = await ns.broadcast_packet(packet, self.opts)
+        if ns.server.observer is not None:
+            ns.server.observer.event_broadcast(ns, self.opts, event, args)
+        return count
 
     def _targets(self) -> list[Namespace]:
         # A dynamic parent namespace acts on its children (as broadcast_packet does).
@@ -764,6 +767,8 @@ class Namespace:
             if self._leaving.get(socket.sid) is leaving:
                 del self._leaving[socket.sid]
             leaving.set()
+        if server.observer is not None:
+            server.observer.socket_disconnected(socket, reason)
         for handler in self.disconnect_handlers:
             try:
                 await handler(socket, reason)

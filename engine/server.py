@@ -32,6 +32,7 @@ from roomcast.engine.namespace import (
     NamespaceMatcher,
     ack_args,
 )
+from roomcast.engine.observer import Observer
 from roomcast.engine.recovery import (
     MissedEvent,
     RecoveryConfig,
@@ -110,6 +111,9 @@ class Server:
     _prune: Periodic | None = attrs.field(default=None, init=False)
     _origin_log_after: float = attrs.field(default=-float("inf"), init=False)
     _origins_unlogged: int = attrs.field(default=0, init=False)
+    observer: Observer | None = attrs.field(default=None, init=False)
+    """Told of sockets, rooms and events (the Admin UI, ``roomcast.engine.admin``); None
+    by default, when each hook costs one attribute test."""
 
     def __attrs_post_init__(self) -> None:
         self.supervisor = Supervisor(
@@ -342,6 +346,8 @@ class Server:
                 send=send,
                 join=lambda: ns.adapter.add_all(socket.sid, session.rooms),
             )
+        if self.observer is not None:
+            self.observer.socket_connected(socket)
         for handler in ns.connect_handlers:
             await handler(socket, socket.handshake.auth)
 
@@ -392,6 +398,8 @@ class Server:
         socket = conn.namespaces.get(namespace)
         if not isinstance(socket, Socket) or not socket.connected:
             return
+        if self.observer is not None:
+            self.observer.event_received(socket, name, args)
         ns = socket.namespace
         recording = self.log is not None or ns.adapter.shared_log is not None
         if recording and self.config.log.record_client_events:
@@ -453,6 +461,8 @@ class Server:
 
     async def on_close(self, conn: Connection, reason: str) -> None:
         self._forget(conn)
+        if self.observer is not None:
+            self.observer.connection_closed(conn, reason)
         for socket in list(conn.namespaces.values()):
             if isinstance(socket, Socket):
                 await socket.namespace.remove_socket(socket, reason)
@@ -969,6 +979,8 @@ class Server:
             endpoint=path,
         )
         self.connections[sid] = conn
+        if self.observer is not None and layer is self:
+            self.observer.connection_opened(conn)
         if request.remote is not None:
             host = _host_of(request.remote)
             self._per_address[host] = self._per_address.get(host, 0) + 1

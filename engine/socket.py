@@ -119,7 +119,10 @@ class Socket:
         await self.namespace.adapter.add_all(self.sid, rooms)
         if new:
             await self.namespace.session_changed(self)
+        observer = self.namespace.server.observer
         for room in new:
+            if observer is not None:
+                observer.room_joined(self, room)
             await self.namespace.server.record_event(
                 RecordKind.JOIN, self.namespace.name, room=room, sender=self.sid
             )
@@ -135,6 +138,8 @@ class Socket:
         was_in = room in self.rooms
         await self.namespace.adapter.delete(self.sid, room)
         if was_in:
+            if self.namespace.server.observer is not None:
+                self.namespace.server.observer.room_left(self, room)
             await self.namespace.session_changed(self)
             await self.namespace.server.record_event(
                 RecordKind.LEAVE, self.namespace.name, room=room, sender=self.sid
@@ -155,6 +160,8 @@ class Socket:
             return
         await trio.lowlevel.checkpoint()
         self.connection.send_packet(Event(name=event, args=args, namespace=self.namespace.name))
+        if self.namespace.server.observer is not None:
+            self.namespace.server.observer.event_sent(self, event, args)
 
     async def call(self, event: str, *args: JsonValue) -> tuple[JsonValue, ...]:
         """Send ``event`` with an ack id and wait for the client's answer.
@@ -176,6 +183,8 @@ class Socket:
             self.connection.send_packet(
                 Event(name=event, args=args, namespace=self.namespace.name, ack_id=ack_id)
             )
+            if self.namespace.server.observer is not None:
+                self.namespace.server.observer.event_sent(self, event, args)
             await waiter.event.wait()
         finally:
             self.acks.pop(ack_id, None)

@@ -23,6 +23,12 @@ Run: ``python examples/workspace_chat.py --host 127.0.0.1 --port 5000``
 or:  ``roomcast serve examples.workspace_chat:build_server --recovery``
 then open http://127.0.0.1:5000/ (both take the same operator flags: ``--help``).
 
+With ``--admin`` it also serves the Socket.IO Admin UI (development mode, no login, so on
+127.0.0.1 only): open http://127.0.0.1:5000/admin/ to see every socket, room and event
+live. The UI's page comes from the ``@socket.io/admin-ui`` npm package in
+``examples/web/node_modules`` (``examples/web/admin/index.html`` loads it), its icons from
+``@mdi/font``: nothing from a CDN. See ``docs/admin-ui.md``.
+
 As one node of a cluster (several of these behind a load balancer, see
 ``docs/scaling.md``): ``--redis redis://127.0.0.1:6379/0 [--cluster NAME]``. The nodes
 then share one ordered log on Redis, so a client that comes back on another node is
@@ -33,11 +39,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import ipaddress
 import logging
 from pathlib import Path
 from typing import Final
 
 from roomcast.engine import Config, RecoveryConfig, Server, Socket
+from roomcast.engine.admin import AdminAuth, instrument
 from roomcast.engine.cli import CommandError, add_server_options, apply_server_options, run_server
 from roomcast.engine.server import AdapterFactory
 from roomcast.protocol import JsonValue
@@ -49,6 +57,23 @@ PAGE_DIR: Final = WEB_DIR / "public"
 """The chat page: index.html, app.js, style.css."""
 CLIENT_BUNDLE_DIR: Final = WEB_DIR / "node_modules" / "socket.io-client" / "dist"
 """socket.io-client's browser bundles, as ``npm ci`` in examples/web installs them."""
+ADMIN_PAGE_DIR: Final = WEB_DIR / "admin"
+"""The Admin UI's page (index.html), which loads the package's scripts and styles."""
+ADMIN_UI_DIR: Final = WEB_DIR / "node_modules" / "@socket.io" / "admin-ui" / "ui" / "dist"
+"""The Admin UI's built files (js/, css/, img/), as ``npm ci`` in examples/web installs them."""
+ICON_FONT_DIR: Final = WEB_DIR / "node_modules" / "@mdi" / "font"
+"""The Material Design icon font the Admin UI draws its buttons with (css/, fonts/)."""
+
+
+def admin_static_dirs() -> dict[str, str]:
+    """Where the server finds the Admin UI's files, by URL prefix (under ``/admin/``)."""
+    return {
+        "/admin/js/": str(ADMIN_UI_DIR / "js"),
+        "/admin/css/": str(ADMIN_UI_DIR / "css"),
+        "/admin/img/": str(ADMIN_UI_DIR / "img"),
+        "/admin/mdi/": str(ICON_FONT_DIR),
+        "/admin/": str(ADMIN_PAGE_DIR),
+    }
 
 
 def js_date_now() -> str:
@@ -63,17 +88,21 @@ def build_server(
     *,
     recovery: RecoveryConfig | None = None,
     adapter_factory: AdapterFactory | None = None,
+    admin: AdminAuth | None = None,
 ) -> Server:
     """The chat app's server (it serves the chat page too).
 
     ``recovery`` turns on connection state recovery (``main`` does): a client that loses
     its connection gets the messages it missed when it comes back, even across a
     restart of the server, from the event log. ``adapter_factory`` makes it a node of a
-    cluster (``RedisCluster.adapter_factory``).
+    cluster (``RedisCluster.adapter_factory``). ``admin``, when not None, serves the
+    Admin UI (its page at ``/admin/``, its namespace ``/admin``) in development mode,
+    with that ``auth`` (False: none).
     """
     # The page comes from this server, so its Origin is our own: the default
     # (same-origin) CORS policy lets it in and keeps other sites' pages out.
-    static = {"/vendor/": str(CLIENT_BUNDLE_DIR), "/": str(PAGE_DIR)}
+    static = admin_static_dirs() if admin is not None else {}
+    static.update({"/vendor/": str(CLIENT_BUNDLE_DIR), "/": str(PAGE_DIR)})
     config = config or Config()
     if adapter_factory is None:
         server = Server(config=config, recovery=recovery, static_dirs=static)
@@ -114,7 +143,19 @@ def build_server(
     async def disconnected(socket: Socket, reason: str) -> None:
         logger.info("client disconnected: %s (%s)", socket.sid, reason)
 
+    if admin is not None:
+        instrument(server, auth=admin, mode="development")
     return server
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (or ``localhost``)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def main() -> None:
@@ -128,15 +169,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     parser.add_argument("--port", type=int, default=5000, help="port to listen on (5000)")
+    parser.add_argument(
+        "--admin",
+        action="store_true",
+        help="serve the Socket.IO Admin UI at /admin/ (development mode, no login: only"
+        " with a loopback --host)",
+    )
     add_server_options(parser)
     args = parser.parse_args()
+    if args.admin and not is_loopback(args.host):
+        parser.error("--admin has no login: use it with a loopback --host (127.0.0.1)")
     # INFO by default: the demo shows the seed's connect/join/disconnect lines.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if not (CLIENT_BUNDLE_DIR / "socket.io.min.js").is_file():
         logger.warning(
             "the chat page needs the socket.io-client bundle: run (cd %s && npm ci)", WEB_DIR
         )
-    server = build_server(recovery=RecoveryConfig())
+    if args.admin and not (ADMIN_UI_DIR / "index.html").is_file():
+        logger.warning("the admin UI needs its npm package: run (cd %s && npm ci)", WEB_DIR)
+    server = build_server(recovery=RecoveryConfig(), admin=False if args.admin else None)
     try:
         cluster = apply_server_options(server, args)
         run_server(server, args.host, args.port, cluster=cluster)

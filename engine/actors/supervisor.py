@@ -149,10 +149,12 @@ class Supervisor:
 
     def every(self, interval: float, job: Callable[[], None]) -> Periodic:
         """Run the synchronous ``job`` every ``interval`` seconds (on the scheduler, so
-        it costs no task), from the next ``run`` on; a job that raises is logged and
-        runs again at its next time."""
+        it costs no task), from now if the supervisor runs, else from its ``run``; a job
+        that raises is logged and runs again at its next time."""
         periodic = Periodic(interval=interval, job=job, scheduler=self.scheduler)
         self._periodic.append(periodic)
+        if self._nursery is not None:  # running already: its first time is one interval on
+            self.scheduler.schedule(periodic, trio.current_time() + interval)
         return periodic
 
     def cancel(self, periodic: Periodic) -> None:

@@ -414,6 +414,39 @@ async def test_the_demo_logs_the_seed_lines_at_info_by_default(tmp_path: Path) -
     assert f"INFO client disconnected: {sid} (" in err
 
 
+async def test_the_demo_with_admin_serves_the_admin_ui_on_loopback_only() -> None:
+    demo = [sys.executable, "examples/workspace_chat.py", "--no-log", "--admin"]
+    with trio.fail_after(60):
+        refused = await trio.run_process(
+            [*demo, "--host", "0.0.0.0", "--port", "0"],
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+        assert refused.returncode == 2
+        assert "--admin has no login" in refused.stderr.decode().splitlines()[-1]
+        async with open_served(demo) as served:
+            app = served.endpoint
+            page = await app.get("/admin/")
+            assert page.status == 200
+            assert b'<div id="app">' in page.body
+            async with open_ws(app, eio_target("/socket.io/", transport="websocket")) as ws:
+                await ws_handshake(ws)
+                await ws.send_message("40/admin,")  # no auth: --admin has no login
+                assert str(await ws.get_message()).startswith("40/admin,")
+                for _ in range(5):  # its own socket_connected may come first
+                    message = str(await ws.get_message())
+                    if message.startswith('42/admin,["config"'):
+                        break
+                config = json.loads(message.removeprefix("42/admin,"))
+            served.process.send_signal(signal.SIGTERM)
+            assert await served.wait() == 0
+    assert "ALL_EVENTS" in config[1]["supportedFeatures"]  # development mode
+    assert "the admin UI at /admin has no authentication" in served.stderr.decode()
+
+
 async def test_serve_flags_override_the_apps_settings(tmp_path: Path) -> None:
     log_dir = tmp_path / "chat-log"
     with trio.fail_after(60):
