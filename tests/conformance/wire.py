@@ -227,6 +227,10 @@ async def open_ws(
         use_ssl=False,
         extra_headers=[(k.encode(), v.encode()) for k, v in headers],
         disconnect_timeout=WS_DISCONNECT_TIMEOUT,
+        # Room for what the server sends that a test does not read: trio-websocket's reader
+        # waits for room in this queue, and a reader left waiting holds the exit of this
+        # block until the test's deadline.
+        message_queue_size=64,
     ) as ws:
         try:
             yield ws
