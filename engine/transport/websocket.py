@@ -24,6 +24,7 @@ uncompressed (RSV1 clear, RFC 7692 §6), so they keep sharing one encoded frame.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import io
 import os
@@ -68,6 +69,7 @@ _RECEIVE_BYTES: Final = 65_536
 # 18 us at 16 KiB).
 _XOR_INT_MAX: Final = 512
 _XOR_TABLES: Final = tuple(bytes(a ^ b for a in range(256)) for b in range(256))
+_utf8_decoder: Final = codecs.getincrementaldecoder("utf-8")
 _OP_TEXT: Final = 0x1
 _OP_BINARY: Final = 0x2
 _FIN: Final = 0x80
@@ -362,6 +364,64 @@ async def _send_quietly(stream: trio.abc.Stream, data: bytes) -> None:
 
 
 @attrs.define(eq=False)
+class _SplitFrame:
+    """A plain data frame (see ``WebSocketTransport._parse``) whose payload is still
+    arriving: its bytes as sent, and for text, the UTF-8 check so far.
+
+    wsproto checks a text frame's UTF-8 as its payload arrives and closes (1007) as soon
+    as it is invalid, before the frame ends (RFC 6455 §8.1 lets an endpoint fail fast;
+    Autobahn 6.4 tests it): ``feed`` does the same check on each piece, so the transport
+    hands such a frame to wsproto at the same read.
+    """
+
+    header: bytes  # with the masking key, its last 4 bytes
+    text: bool
+    length: int
+    chunks: list[bytes]  # the payload so far, masked
+    received: int = 0
+    _utf8: codecs.IncrementalDecoder | None = attrs.field(default=None, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.text:
+            self._utf8 = _utf8_decoder()
+
+    @property
+    def missing(self) -> int:
+        """Payload bytes still to come."""
+        return self.length - self.received
+
+    def feed(self, chunk: bytes) -> bool:
+        """Add a piece of the payload; False if the text is already invalid UTF-8."""
+        if not chunk:
+            return True
+        self.chunks.append(chunk)
+        phase = self.received % 4
+        self.received += len(chunk)
+        if self._utf8 is None:
+            return True
+        key = self.header[-4:]
+        try:
+            self._utf8.decode(unmask(key[phase:] + key[:phase], chunk))
+        except UnicodeDecodeError:
+            return False
+        return True
+
+    def message(self) -> str | bytes | None:
+        """The whole message (None: invalid UTF-8 at its end)."""
+        payload = unmask(self.header[-4:], b"".join(self.chunks))
+        if not self.text:
+            return payload
+        try:
+            return payload.decode()
+        except UnicodeDecodeError:
+            return None
+
+    def raw(self) -> bytes:
+        """The frame as received so far."""
+        return self.header + b"".join(self.chunks)
+
+
+@attrs.define(eq=False)
 class WebSocketTransport:
     """An accepted WebSocket: one reader (``receive_message``) and one writer (``send``).
 
@@ -391,7 +451,8 @@ class WebSocketTransport:
     _size: int = attrs.field(default=0, init=False)
     _pending: list[str | bytes] = attrs.field(factory=list, init=False)  # (smaller than a deque)
     fast: bool = attrs.field(default=False, init=False)
-    _head: bytes = attrs.field(default=b"", init=False)  # the start of a frame, while fast
+    _head: bytes = attrs.field(default=b"", init=False)  # an incomplete frame header
+    _split: _SplitFrame | None = attrs.field(default=None, init=False)
     _peer_closed: TransportClosed | None = attrs.field(default=None, init=False)
     _pongs: int = attrs.field(default=0, init=False)
     _pong_at: int = attrs.field(default=0, init=False)
@@ -430,19 +491,20 @@ class WebSocketTransport:
         if self._peer_closed is not None:
             raise self._peer_closed
         try:
-            data = await self.stream.receive_some(_RECEIVE_BYTES)
+            received = await self.stream.receive_some(_RECEIVE_BYTES)
+            data = received if isinstance(received, bytes) else bytes(received)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise TransportClosed("transport error", code=1006) from exc
         if not data:
             raise TransportClosed("transport close", code=1006)
-        data = data if isinstance(data, bytes) else bytes(data)
         if self.fast:
             if self.ws.state is ConnectionState.OPEN:
-                data = self._parse(self._head + data if self._head else data)
+                data = self._parse(data)
                 if not data:
                     return
             else:  # closing: wsproto reads the rest (the peer's close frame)
-                data, self._head, self.fast = self._head + data, b"", False
+                split = self._split
+                data = self._fall_back((self._head if split is None else split.raw()) + data)
         queued = len(self.control)
         try:
             self.ws.receive_data(data)
@@ -459,12 +521,33 @@ class WebSocketTransport:
         """Take the plain data frames at the start of ``data`` into ``_pending``.
 
         Returns the bytes from the first frame that is not one (empty when there is
-        none): they go to wsproto, and so does everything after them. A plain frame
-        whose end has not arrived yet is kept in ``_head``.
+        none): they go to wsproto, and so does everything after them. The start of a
+        plain frame whose end has not arrived is kept (``_head`` while its header is
+        incomplete, ``_split`` after that), so a frame arriving in many reads costs
+        time in proportion to its size.
         """
         pending, limit = self._pending, self.max_message_bytes
-        i, n = 0, len(data)
-        while n - i >= 2:
+        i = 0
+        split = self._split
+        if split is not None:
+            i = min(split.missing, len(data))
+            if not split.feed(data[:i]):  # invalid UTF-8 already: wsproto fails fast
+                return self._fall_back(split.raw() + data[i:])
+            if split.missing:
+                return b""
+            self._split = None
+            message = split.message()
+            if message is None:
+                return self._fall_back(split.raw() + data[i:])
+            pending.append(message)
+        elif self._head:
+            data = self._head + data
+            self._head = b""
+        n = len(data)
+        while i < n:
+            if n - i < 2:
+                self._head = data[i:]
+                return b""
             first, second = data[i], data[i + 1]
             # FIN, no RSV bits, TEXT or BINARY; MASK set, as RFC 6455 §5.1 requires of
             # a client. Anything else is wsproto's to judge.
@@ -485,9 +568,17 @@ class WebSocketTransport:
                 break
             if length > limit:  # wsproto and _take_data close with 1009
                 break
+            if start > n:
+                self._head = data[i:]
+                return b""
             end = start + length
             if end > n:
-                self._head = data[i:]
+                split = _SplitFrame(
+                    header=data[i:start], text=first == 0x81, length=length, chunks=[]
+                )
+                if not split.feed(data[start:]):
+                    break
+                self._split = split
                 return b""
             payload = unmask(data[start - 4 : start], data[start:end])
             if first == 0x81:
@@ -499,11 +590,15 @@ class WebSocketTransport:
                 pending.append(payload)
             i = end
         else:
-            self._head = data[i:] if i < n else b""
             return b""
+        return self._fall_back(data[i:] if i else data)
+
+    def _fall_back(self, data: bytes) -> bytes:
+        """From here on wsproto reads everything, starting with ``data``."""
         self.fast = False
         self._head = b""
-        return data[i:] if i else data
+        self._split = None
+        return data
 
     def _take_events(self) -> None:
         for event in self.ws.events():

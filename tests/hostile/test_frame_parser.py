@@ -119,6 +119,8 @@ any_frame = st.one_of(
 @example([frame(0x1, b"ok"), frame(0x1, b"\xff"), frame(0x1, b"never")], [])
 @example([frame(0x1, b"x" * 200), frame(0x1, b"y" * (LIMIT + 1))], [1, 7, 150])
 @example([frame(0x1, b"a" * 100, length_bytes=2)], [])
+@example([frame(0x1, b""), frame(0x1, b"\xf5\x00")], [13])  # fails fast, before the frame ends
+@example([frame(0x1, "é".encode() * 60)], list(range(0, 140, 3)))  # many reads
 def test_the_plain_frame_parser_agrees_with_wsproto(frames: list[bytes], cuts: list[int]) -> None:
     chunks = split(b"".join(frames), cuts)
     ours = trio.run(lambda: outcome(chunks, fast=True))
