@@ -53,16 +53,22 @@ SHUTDOWN_GRACE_S: Final = 60
 DISTURBED: Final = 0.10
 MAX_RETRIES_TOTAL: Final = 12  # so that a busy machine cannot stretch a run without bound
 
-SERVERS: Final = ("roomcast", "node", "psio", "null")
+SERVERS: Final = ("roomcast", "node", "psio", "trio-task", "trio-reactor", "null")
 SERVER_LABELS: Final = {
     "roomcast": "roomcast",
     "node": "Node socket.io",
     "psio": "python-socketio",
+    "trio-task": "bare Trio, task per connection (ceiling)",
+    "trio-reactor": "bare Trio, epoll reactor + actor tasks (ceiling)",
     "null": "null server (loadgen ceiling)",
 }
 # The null server (bench/node/null_server.mjs) is no peer: it only shows how far the load
 # generator itself goes. It runs the throughput scenarios once each.
 NULL_SCENARIOS: Final = ("fanout", "rooms", "echo")
+# The bare Trio servers (bench/trio_contract.py) show what Trio itself allows for two ways
+# of waiting on many sockets. They run like the peers (every run, so the table has their
+# medians) but have no heartbeat, so they skip that scenario.
+CEILING_SCENARIOS: Final = ("fanout", "rooms", "echo", "idle", "idle-max")
 SCENARIOS: Final = ("fanout", "rooms", "echo", "idle", "idle-max", "heartbeat")
 
 
@@ -118,6 +124,8 @@ def server_command(name: str) -> list[str]:
         return [str(PSIO_VENV / "bin" / "python"), str(BENCH / "psio_app.py")]
     if name == "null":
         return ["node", str(NODE_DIR / "null_server.mjs")]
+    if name in ("trio-task", "trio-reactor"):
+        return [sys.executable, str(BENCH / "trio_contract.py"), name.removeprefix("trio-")]
     raise ValueError(name)
 
 
@@ -791,7 +799,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--servers",
         type=lambda v: _csv(v, SERVERS),
         default=list(SERVERS),
-        help="roomcast,node,psio",
+        help=",".join(SERVERS),
     )
     parser.add_argument(
         "--scenarios",
@@ -830,6 +838,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for index in range(runs):
             for name in args.servers:  # interleaved, so that drift hits every server alike
                 if name == "null" and (scenario not in NULL_SCENARIOS or index > 0):
+                    continue
+                if name.startswith("trio-") and scenario not in CEILING_SCENARIOS:
                     continue
                 if scenario == "idle-max" and index >= plan.idle_max_runs:
                     continue

@@ -7,8 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-if ! .venv/bin/python -c "import roomcast.engine" 2>/dev/null; then
+# roomcast as a deployment would run it: with the speedups extra (msgspec).
+if ! .venv/bin/python -c "import roomcast.engine, msgspec" 2>/dev/null; then
     [ -x .venv/bin/python ] || "$PY" -m venv .venv
-    .venv/bin/python -m pip install -q -e . --config-settings editable_mode=strict
+    .venv/bin/python -m pip install -q -e '.[speedups]' --config-settings editable_mode=strict
 fi
 exec .venv/bin/python bench/run.py "$@"

@@ -359,17 +359,20 @@ class Connection:
         with self._read_scope:
             try:
                 while True:
-                    data = await transport.receive_message()
+                    # Every message of one read in one pass: the handler runner is woken
+                    # once for all of them, and what they produce can go in one write.
+                    messages = await transport.receive_messages()
                     if transport.control:
                         self.outbox.kick()
-                    try:
-                        packet = decode_ws_frame(data, limits)
-                    except RemoteProtocolError as exc:
-                        logger.debug("connection %s: %s", self.eio_sid, exc)
-                        self.close("parse error")
-                        return
-                    if not await self._receive_packet(packet):
-                        return
+                    for data in messages:
+                        try:
+                            packet = decode_ws_frame(data, limits)
+                        except RemoteProtocolError as exc:
+                            logger.debug("connection %s: %s", self.eio_sid, exc)
+                            self.close("parse error")
+                            return
+                        if not await self._receive_packet(packet):
+                            return
             except TransportClosed as exc:
                 if transport.control:
                     self.outbox.kick()
@@ -410,7 +413,6 @@ class Connection:
         return False
 
     async def _on_message(self, data: str | bytes) -> bool:
-        work = self._work_send
         if self._over_rate():
             logger.warning(
                 "connection %s: over %s messages/s", self.eio_sid, self.config.max_events_per_second
@@ -418,11 +420,7 @@ class Connection:
             self.close("rate limit exceeded")
             return False
         if self.parser is None:
-            try:
-                await work.send(RawMessage(data))
-            except trio.ClosedResourceError:
-                return False
-            return True
+            return await self._hand_over(RawMessage(data))
         try:
             packet = self._decoder.receive(data)  # type: ignore[attr-defined]
             if packet is None:
@@ -443,50 +441,82 @@ class Connection:
                 cast("SocketLayer", self.layer).on_ack(
                     self, event.namespace, event.ack_id, event.args
                 )
-            elif isinstance(event, _WORK):
-                try:
-                    await work.send(event)
-                except trio.ClosedResourceError:
-                    return False  # the connection is closing
+            elif isinstance(event, _WORK) and not await self._hand_over(event):
+                return False  # the connection is closing
+        return True
+
+    async def _hand_over(self, work: Work) -> bool:
+        """Queue app work for the handler runner; False once the connection is closing.
+
+        It waits only when the runner's queue is full (the backpressure on a client that
+        sends faster than its handlers run); otherwise the reader goes on with the rest
+        of the read without a checkpoint, and the runner wakes once for all of it.
+
+        Cancellation: the work is not queued.
+        """
+        try:
+            self._work_send.send_nowait(work)
+        except trio.WouldBlock:
+            try:
+                await self._work_send.send(work)
+            except trio.ClosedResourceError:
+                return False
+        except trio.ClosedResourceError:
+            return False
         return True
 
     async def _handler_loop(self) -> None:
-        layer = self.layer
+        work, outbox = self._work_receive, self.outbox
         with self._handler_scope:
-            async for event in self._work_receive:
-                if isinstance(event, ConnectRequested) and self.close_reason is not None:
-                    continue  # too late to join a namespace
-                # The per-connection boundary: an app handler's bug is logged and confined
-                # to this connection; the connection keeps serving.
-                try:
-                    if isinstance(event, EventReceived):
-                        await cast("SocketLayer", layer).on_event(
-                            self, event.namespace, event.name, event.args, event.ack_id
-                        )
-                    elif isinstance(event, RawMessage):
-                        await layer.on_message(self, event.data)
-                    elif isinstance(event, ConnectRequested):
-                        await cast("SocketLayer", layer).on_connect(
-                            self, event.namespace, event.auth
-                        )
-                        self._reschedule()
-                    else:
-                        await cast("SocketLayer", layer).on_namespace_disconnect(
-                            self, event.namespace, "client namespace disconnect"
-                        )
-                except Exception:
-                    if isinstance(event, EventReceived):
-                        member = self.namespaces.get(event.namespace)
-                        logger.exception(
-                            "handler of event %r failed (namespace %s, socket %s, connection %s)",
-                            event.name,
-                            event.namespace,
-                            None if member is None else member.sid,
-                            self.eio_sid,
-                        )
-                    else:
-                        logger.exception("handler failed on connection %s", self.eio_sid)
+            async for event in work:
+                # The work of one read arrives together. While more of it waits, what the
+                # handlers send this client (acks above all) is queued for the writer
+                # rather than written one frame at a time: the writer runs once this task
+                # lets it (at the end of the batch, or when a handler waits), and writes
+                # it all at once.
+                outbox.hold(work.statistics().current_buffer_used > 0)
+                await self._handle(event)
+                while True:
+                    try:
+                        event = work.receive_nowait()
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                    await self._handle(event)
+                outbox.hold(False)
         self._handlers_done.set()
+
+    async def _handle(self, event: Work) -> None:
+        layer = self.layer
+        if isinstance(event, ConnectRequested) and self.close_reason is not None:
+            return  # too late to join a namespace
+        # The per-connection boundary: an app handler's bug is logged and confined to this
+        # connection; the connection keeps serving.
+        try:
+            if isinstance(event, EventReceived):
+                await cast("SocketLayer", layer).on_event(
+                    self, event.namespace, event.name, event.args, event.ack_id
+                )
+            elif isinstance(event, RawMessage):
+                await layer.on_message(self, event.data)
+            elif isinstance(event, ConnectRequested):
+                await cast("SocketLayer", layer).on_connect(self, event.namespace, event.auth)
+                self._reschedule()
+            else:
+                await cast("SocketLayer", layer).on_namespace_disconnect(
+                    self, event.namespace, "client namespace disconnect"
+                )
+        except Exception:
+            if isinstance(event, EventReceived):
+                member = self.namespaces.get(event.namespace)
+                logger.exception(
+                    "handler of event %r failed (namespace %s, socket %s, connection %s)",
+                    event.name,
+                    event.namespace,
+                    None if member is None else member.sid,
+                    self.eio_sid,
+                )
+            else:
+                logger.exception("handler failed on connection %s", self.eio_sid)
 
     # -- HTTP long-polling (called from request tasks) ------------------------------------
 

@@ -62,6 +62,7 @@ class Outbox:
     _frames: list[OutFrame] = attrs.field(factory=list, init=False)
     _lot: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot, init=False)
     _closed: bool = attrs.field(default=False, init=False)
+    _held: bool = attrs.field(default=False, init=False)
     direct: Callable[[tuple[OutFrame, ...]], bytes | None] | None = attrs.field(
         default=None, init=False
     )
@@ -103,7 +104,13 @@ class Outbox:
         if volatile and not self.takes_volatile():
             return Offer.DROPPED
         direct = self.direct
-        if direct is not None and self._lot and not self._frames and not self._closed:
+        if (
+            direct is not None
+            and self._lot
+            and not self._frames
+            and not self._held
+            and not self._closed
+        ):
             # The writer is parked with nothing to do: nothing queued can be overtaken.
             rest = direct(frames)
             if rest is not None:
@@ -119,6 +126,16 @@ class Outbox:
         except trio.ClosedResourceError:
             return Offer.DROPPED
         return Offer.QUEUED
+
+    def hold(self, held: bool) -> None:
+        """Turn direct writes off (``held``) or back on.
+
+        While held, ``offer`` queues frames and wakes the writer, which writes them when
+        it next runs, together with whatever else is queued by then: frames one batch of
+        work produces go out in one write instead of one each. Nothing waits on the
+        hold itself, so it cannot delay a frame past the holder's next checkpoint.
+        """
+        self._held = held
 
     def send_control(self, frame: OutFrame) -> None:
         """Queue a control frame regardless of the bound (ignored once closed)."""

@@ -1,8 +1,17 @@
 """Server-side WebSocket transport over any Trio stream, on wsproto.
 
-wsproto parses what the peer sends (masking, fragments, control frames, UTF-8, the
-close handshake). Data frames we send are built here: a server frame is never masked
-(RFC 6455 §5.1), so one finished frame can be written to every member of a room.
+What the peer sends is read in two ways. Frames that are whole, unfragmented,
+unextended, masked text or binary frames with a minimal length (what Socket.IO clients
+send, nearly always) are parsed here, every frame of one read in one pass, unmasked with
+one big-integer XOR or ``bytes.translate`` (both C loops in CPython) and checked as
+UTF-8 by ``bytes.decode``. The first frame that is anything else (a control frame, a
+fragment, an extension bit, a length over the limit, invalid UTF-8) and everything after
+it, for the rest of the connection, goes to wsproto, which parses it as it parses every
+frame (fragments, control frames, UTF-8, the close handshake, the codes of RFC 6455
+§7.4.1). wsproto then starts at a frame boundary with no message in progress, exactly
+where it would have been had it parsed the earlier frames itself, so the peer sees the
+same behaviour either way. Data frames we send are built here: a server frame is never
+masked (RFC 6455 §5.1), so one finished frame can be written to every member of a room.
 
 permessage-deflate (RFC 7692) is opt-in (``accept_websocket(..., compression=True)``),
 as in Node's socket.io. Its inbound side (``BoundedDeflate``) inflates with a bound: a
@@ -15,6 +24,7 @@ uncompressed (RSV1 clear, RFC 7692 §6), so they keep sharing one encoded frame.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import io
 import os
@@ -54,6 +64,12 @@ __all__ = [
 ]
 
 _RECEIVE_BYTES: Final = 65_536
+# Below this many bytes one big-integer XOR unmasks fastest; above it, four strided
+# ``bytes.translate`` calls do (measured: 0.6 against 1.2 us at 120 bytes, 28 against
+# 18 us at 16 KiB).
+_XOR_INT_MAX: Final = 512
+_XOR_TABLES: Final = tuple(bytes(a ^ b for a in range(256)) for b in range(256))
+_utf8_decoder: Final = codecs.getincrementaldecoder("utf-8")
 _OP_TEXT: Final = 0x1
 _OP_BINARY: Final = 0x2
 _FIN: Final = 0x80
@@ -103,6 +119,20 @@ def encode_frame(data: str | bytes, *, compressed: bool = False) -> bytes:
     if n < 65_536:
         return _HEADER_16.pack(first, 126, n) + payload
     return _HEADER_64.pack(first, 127, n) + payload
+
+
+def unmask(key: bytes, payload: bytes) -> bytes:
+    """Return ``payload`` XORed with the repeated 4-byte masking ``key`` (RFC 6455 §5.3)."""
+    n = len(payload)
+    if n <= _XOR_INT_MAX:
+        mask = (key * ((n >> 2) + 1))[:n]
+        return (int.from_bytes(payload, "little") ^ int.from_bytes(mask, "little")).to_bytes(
+            n, "little"
+        )
+    data = bytearray(payload)
+    for offset in range(4):
+        data[offset::4] = data[offset::4].translate(_XOR_TABLES[key[offset]])
+    return bytes(data)
 
 
 def wire_bytes(frame: OutFrame) -> bytes:
@@ -316,20 +346,79 @@ async def accept_websocket(
         raise TransportClosed("peer left during the WebSocket handshake") from exc
     # From here on only the WebSocket connection is needed: the handshake's h11 state
     # (about 2 KiB a connection) is left behind. Bytes the client sent after its
-    # request head were handed to the connection by the handshake.
+    # request head were handed to the connection by the handshake: then wsproto reads
+    # everything (it holds the start of the frames). So it does with permessage-deflate.
     connection = ws.connection
     assert connection is not None, "an accepted handshake has a connection"
-    return WebSocketTransport(
-        stream=stream,
-        ws=connection,
-        max_message_bytes=max_message_bytes,
-        deflate=deflate if deflate is not None and deflate.enabled() else None,
+    deflate = deflate if deflate is not None and deflate.enabled() else None
+    transport = WebSocketTransport(
+        stream=stream, ws=connection, max_message_bytes=max_message_bytes, deflate=deflate
     )
+    transport.fast = deflate is None and not head.partition(b"\r\n\r\n")[2]
+    return transport
 
 
 async def _send_quietly(stream: trio.abc.Stream, data: bytes) -> None:
     with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
         await stream.send_all(data)
+
+
+@attrs.define(eq=False)
+class _SplitFrame:
+    """A plain data frame (see ``WebSocketTransport._parse``) whose payload is still
+    arriving: its bytes as sent, and for text, the UTF-8 check so far.
+
+    wsproto checks a text frame's UTF-8 as its payload arrives and closes (1007) as soon
+    as it is invalid, before the frame ends (RFC 6455 §8.1 lets an endpoint fail fast;
+    Autobahn 6.4 tests it): ``feed`` does the same check on each piece, so the transport
+    hands such a frame to wsproto at the same read.
+    """
+
+    header: bytes  # with the masking key, its last 4 bytes
+    text: bool
+    length: int
+    chunks: list[bytes]  # the payload so far, masked
+    received: int = 0
+    _utf8: codecs.IncrementalDecoder | None = attrs.field(default=None, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.text:
+            self._utf8 = _utf8_decoder()
+
+    @property
+    def missing(self) -> int:
+        """Payload bytes still to come."""
+        return self.length - self.received
+
+    def feed(self, chunk: bytes) -> bool:
+        """Add a piece of the payload; False if the text is already invalid UTF-8."""
+        if not chunk:
+            return True
+        self.chunks.append(chunk)
+        phase = self.received % 4
+        self.received += len(chunk)
+        if self._utf8 is None:
+            return True
+        key = self.header[-4:]
+        try:
+            self._utf8.decode(unmask(key[phase:] + key[:phase], chunk))
+        except UnicodeDecodeError:
+            return False
+        return True
+
+    def message(self) -> str | bytes | None:
+        """The whole message (None: invalid UTF-8 at its end)."""
+        payload = unmask(self.header[-4:], b"".join(self.chunks))
+        if not self.text:
+            return payload
+        try:
+            return payload.decode()
+        except UnicodeDecodeError:
+            return None
+
+    def raw(self) -> bytes:
+        """The frame as received so far."""
+        return self.header + b"".join(self.chunks)
 
 
 @attrs.define(eq=False)
@@ -343,7 +432,9 @@ class WebSocketTransport:
     ``_MAX_PENDING_PONGS`` wait unwritten, further pings replace the latest one (RFC 6455
     §5.5.3 allows answering only the latest), so a ping flood cannot grow ``control``.
 
-    ``deflate`` is the agreed permessage-deflate extension, or None.
+    ``deflate`` is the agreed permessage-deflate extension, or None. ``fast`` says
+    whether frames are still parsed here (see the module docstring) rather than by
+    wsproto; once False it stays False.
     """
 
     stream: trio.abc.Stream
@@ -359,6 +450,9 @@ class WebSocketTransport:
     _partial: bytearray | io.StringIO | None = attrs.field(default=None, init=False)
     _size: int = attrs.field(default=0, init=False)
     _pending: list[str | bytes] = attrs.field(factory=list, init=False)  # (smaller than a deque)
+    fast: bool = attrs.field(default=False, init=False)
+    _head: bytes = attrs.field(default=b"", init=False)  # an incomplete frame header
+    _split: _SplitFrame | None = attrs.field(default=None, init=False)
     _peer_closed: TransportClosed | None = attrs.field(default=None, init=False)
     _pongs: int = attrs.field(default=0, init=False)
     _pong_at: int = attrs.field(default=0, init=False)
@@ -375,26 +469,136 @@ class WebSocketTransport:
                 ``code`` says which (1000/1001 from the peer, 1002, 1007, 1009, or 1006).
         """
         while not self._pending:
-            if self._peer_closed is not None:
-                raise self._peer_closed
-            try:
-                data = await self.stream.receive_some(_RECEIVE_BYTES)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise TransportClosed("transport error", code=1006) from exc
-            if not data:
-                raise TransportClosed("transport close", code=1006)
-            queued = len(self.control)
-            try:
-                self.ws.receive_data(data if isinstance(data, bytes) else bytes(data))
-                self._take_events()
-            except WsRemoteProtocolError as exc:  # pragma: no cover - wsproto reports
-                # frame errors as a CloseConnection event (see _take_events)
-                self._queue_close(CLOSE_PROTOCOL_ERROR, "protocol error")
-                raise TransportClosed("transport error", code=CLOSE_PROTOCOL_ERROR) from exc
-            finally:
-                if len(self.control) != queued and self.on_control is not None:
-                    self.on_control()
+            await self._receive()
         return self._pending.pop(0)
+
+    async def receive_messages(self) -> list[str | bytes]:
+        """Return every whole message that one read brought (at least one), in order.
+
+        Cancellation: safe; a message partly read stays buffered for the next call.
+
+        Raises:
+            TransportClosed: As ``receive_message``; messages that arrived before a
+                close frame are returned first, and the next call raises.
+        """
+        while not self._pending:
+            await self._receive()
+        pending = self._pending
+        self._pending = []
+        return pending
+
+    async def _receive(self) -> None:
+        if self._peer_closed is not None:
+            raise self._peer_closed
+        try:
+            received = await self.stream.receive_some(_RECEIVE_BYTES)
+            data = received if isinstance(received, bytes) else bytes(received)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise TransportClosed("transport error", code=1006) from exc
+        if not data:
+            raise TransportClosed("transport close", code=1006)
+        if self.fast:
+            if self.ws.state is ConnectionState.OPEN:
+                data = self._parse(data)
+                if not data:
+                    return
+            else:  # closing: wsproto reads the rest (the peer's close frame)
+                split = self._split
+                data = self._fall_back((self._head if split is None else split.raw()) + data)
+        queued = len(self.control)
+        try:
+            self.ws.receive_data(data)
+            self._take_events()
+        except WsRemoteProtocolError as exc:  # pragma: no cover - wsproto reports
+            # frame errors as a CloseConnection event (see _take_events)
+            self._queue_close(CLOSE_PROTOCOL_ERROR, "protocol error")
+            raise TransportClosed("transport error", code=CLOSE_PROTOCOL_ERROR) from exc
+        finally:
+            if len(self.control) != queued and self.on_control is not None:
+                self.on_control()
+
+    def _parse(self, data: bytes) -> bytes:
+        """Take the plain data frames at the start of ``data`` into ``_pending``.
+
+        Returns the bytes from the first frame that is not one (empty when there is
+        none): they go to wsproto, and so does everything after them. The start of a
+        plain frame whose end has not arrived is kept (``_head`` while its header is
+        incomplete, ``_split`` after that), so a frame arriving in many reads costs
+        time in proportion to its size.
+        """
+        pending, limit = self._pending, self.max_message_bytes
+        i = 0
+        split = self._split
+        if split is not None:
+            i = min(split.missing, len(data))
+            if not split.feed(data[:i]):  # invalid UTF-8 already: wsproto fails fast
+                return self._fall_back(split.raw() + data[i:])
+            if split.missing:
+                return b""
+            self._split = None
+            message = split.message()
+            if message is None:
+                return self._fall_back(split.raw() + data[i:])
+            pending.append(message)
+        elif self._head:
+            data = self._head + data
+            self._head = b""
+        n = len(data)
+        while i < n:
+            if n - i < 2:
+                self._head = data[i:]
+                return b""
+            first, second = data[i], data[i + 1]
+            # FIN, no RSV bits, TEXT or BINARY; MASK set, as RFC 6455 §5.1 requires of
+            # a client. Anything else is wsproto's to judge.
+            if (first != 0x81 and first != 0x82) or second < 0x80:
+                break
+            length = second & 0x7F
+            if length < 126:
+                start = i + 6
+            elif length == 126:
+                if n - i < 4:
+                    self._head = data[i:]
+                    return b""
+                length = (data[i + 2] << 8) | data[i + 3]
+                if length < 126:  # not the minimal length (§5.2): wsproto refuses it
+                    break
+                start = i + 8
+            else:  # 64-bit lengths: over any sane limit, left to wsproto
+                break
+            if length > limit:  # wsproto and _take_data close with 1009
+                break
+            if start > n:
+                self._head = data[i:]
+                return b""
+            end = start + length
+            if end > n:
+                split = _SplitFrame(
+                    header=data[i:start], text=first == 0x81, length=length, chunks=[]
+                )
+                if not split.feed(data[start:]):
+                    break
+                self._split = split
+                return b""
+            payload = unmask(data[start - 4 : start], data[start:end])
+            if first == 0x81:
+                try:
+                    pending.append(payload.decode())
+                except UnicodeDecodeError:  # wsproto closes with 1007
+                    break
+            else:
+                pending.append(payload)
+            i = end
+        else:
+            return b""
+        return self._fall_back(data[i:] if i else data)
+
+    def _fall_back(self, data: bytes) -> bytes:
+        """From here on wsproto reads everything, starting with ``data``."""
+        self.fast = False
+        self._head = b""
+        self._split = None
+        return data
 
     def _take_events(self) -> None:
         for event in self.ws.events():

@@ -9,6 +9,7 @@ whole and in order, whatever mix of direct and queued writes carried them.
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterable
 
 import pytest
 import trio
@@ -16,9 +17,13 @@ import trio.testing
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import BytesMessage, CloseConnection, Request, TextMessage
 
+from roomcast.engine import Config, Server, Socket
 from roomcast.engine.actors.outbox import Offer, Outbox, OutFrame, SharedFrame
 from roomcast.engine.errors import TransportClosed
 from roomcast.engine.transport.websocket import WebSocketTransport, accept_websocket
+from roomcast.protocol import JsonValue
+
+WS_PATH = "/socket.io/?EIO=4&transport=websocket"
 
 
 def test_offer_writes_directly_only_when_the_writer_is_idle() -> None:
@@ -167,3 +172,83 @@ async def test_nothing_follows_a_close_frame() -> None:
     assert isinstance(events[0], TextMessage)
     assert events[0].data == "4queued before the close"
     assert [type(e) for e in events[1:]] == [CloseConnection]
+
+
+async def test_a_held_outbox_queues_for_the_writer_instead_of_writing_directly() -> None:
+    written: list[tuple[OutFrame, ...]] = []
+
+    def direct(frames: tuple[OutFrame, ...]) -> bytes | None:
+        written.append(frames)
+        return b""
+
+    outbox = Outbox(max_frames=4)
+    outbox.direct = direct
+    taken: list[list[OutFrame]] = []
+    async with trio.open_nursery() as nursery:
+
+        async def writer() -> None:
+            taken.append(await outbox.receive_batch(10))
+
+        nursery.start_soon(writer)
+        await trio.testing.wait_all_tasks_blocked()
+        outbox.hold(True)
+        assert outbox.offer(("a",)) is Offer.QUEUED
+        assert outbox.offer(("b",)) is Offer.QUEUED
+        outbox.hold(False)
+    assert written == []
+    assert taken == [["a", "b"]]  # woken once, both in one batch
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer)
+        await trio.testing.wait_all_tasks_blocked()
+        assert outbox.offer(("c",)) is Offer.QUEUED  # released: direct again
+        outbox.kick()
+    assert written == [("c",)]
+
+
+async def test_the_acks_of_one_read_go_out_in_one_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    server = Server(config=Config())
+
+    @server.on("echo")
+    async def echo(socket: Socket, value: JsonValue) -> tuple[JsonValue, ...]:
+        return (value,)
+
+    acks_per_write: list[int] = []
+    send_now, send = WebSocketTransport.send_now, WebSocketTransport.send
+
+    def acks(frames: Iterable[OutFrame]) -> int:
+        return sum(isinstance(f, str) and f.startswith("43") for f in frames)
+
+    def spy_send_now(self: WebSocketTransport, frames: tuple[OutFrame, ...]) -> bytes | None:
+        acks_per_write.append(acks(frames))
+        return send_now(self, frames)
+
+    async def spy_send(self: WebSocketTransport, frames: list[OutFrame]) -> None:
+        acks_per_write.append(acks(frames))
+        await send(self, frames)
+
+    monkeypatch.setattr(WebSocketTransport, "send_now", spy_send_now)
+    monkeypatch.setattr(WebSocketTransport, "send", spy_send)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            host, port = await nursery.start(server.serve, "127.0.0.1", 0)
+            stream = await trio.open_tcp_stream(host, port)
+            peer = WSConnection(ConnectionType.CLIENT)
+            await stream.send_all(peer.send(Request(host=host, target=WS_PATH)))
+            texts: list[str] = []
+
+            async def receive(count: int) -> None:
+                while len(texts) < count:
+                    peer.receive_data(await stream.receive_some())
+                    texts.extend(e.data for e in peer.events() if isinstance(e, TextMessage))
+
+            await receive(1)  # the Engine.IO open packet
+            await stream.send_all(peer.send(TextMessage(data="40")))
+            await receive(2)
+            # Three calls in one TCP write: the server reads them in one read.
+            calls = [peer.send(TextMessage(data=f'42{n}["echo",{n}]')) for n in range(3)]
+            await stream.send_all(b"".join(calls))
+            await receive(5)
+            assert texts[2:] == ["430[0]", "431[1]", "432[2]"]
+            assert [n for n in acks_per_write if n] == [3]
+            await stream.aclose()
+            nursery.cancel_scope.cancel()
