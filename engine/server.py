@@ -7,6 +7,7 @@ import mimetypes
 import os
 import re
 import secrets
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -476,17 +477,31 @@ class Server:
         host: str = "127.0.0.1",
         port: int = 0,
         *,
+        ssl_context: ssl.SSLContext | None = None,
         task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
     ) -> NoReturn:
         """Listen on ``host:port`` and serve until cancelled; ``started`` gets the bound
         ``(host, port)`` (port 0 picks a free one).
 
+        With ``ssl_context`` (a server context: ``ssl.create_default_context(
+        ssl.Purpose.CLIENT_AUTH)`` with ``load_cert_chain``) every connection is TLS:
+        HTTPS for polling and ``wss://`` for WebSocket, on the same port. The TLS
+        handshake runs in the connection's own task, under ``request_header_timeout``.
+
         Cancellation: a clean shutdown: every connection is closed with the reason
         "server shutting down" (its disconnect handlers run and its client gets a close
         frame), each within ``config.close_grace``.
         """
-        listeners = await trio.open_tcp_listeners(port, host=host)
-        sockname = listeners[0].socket.getsockname()
+        tcp = await trio.open_tcp_listeners(port, host=host)
+        sockname = tcp[0].socket.getsockname()
+        listeners: list[trio.abc.Listener[trio.abc.Stream]] = list(tcp)
+        if ssl_context is not None:
+            # https_compatible: a browser or Node client that closes the TCP connection
+            # without a TLS close_notify is an end of stream, not a broken one.
+            listeners = [
+                trio.SSLListener(listener, ssl_context, https_compatible=True) for listener in tcp
+            ]
+        scheme = "http" if ssl_context is None else "https"
         try:
             async with self._open_log(), trio.open_nursery() as nursery:
                 # Shut down in order: connections first (their cleanup leaves rooms and
@@ -495,7 +510,9 @@ class Server:
                 try:
                     async with trio.open_nursery() as connections:
                         self._connections = connections
-                        logger.info("roomcast listening on http://%s:%d", sockname[0], sockname[1])
+                        logger.info(
+                            "roomcast listening on %s://%s:%d", scheme, sockname[0], sockname[1]
+                        )
                         task_status.started((sockname[0], sockname[1]))
                         await trio.serve_listeners(
                             self.serve_stream, listeners, handler_nursery=connections
@@ -1074,6 +1091,8 @@ async def _linger(stream: trio.abc.Stream) -> None:
 
 
 def _remote_address(stream: trio.abc.Stream) -> str | None:
+    if isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
     socket = getattr(stream, "socket", None)
     if socket is None:
         return None
