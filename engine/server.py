@@ -25,6 +25,7 @@ from roomcast.engine.adapters.memory import MemoryAdapter
 from roomcast.engine.adapters.shared import encode_records
 from roomcast.engine.config import Config
 from roomcast.engine.errors import ConnectRefusedError, TransportClosed
+from roomcast.engine.listeners import admit_event
 from roomcast.engine.log import EventLog, FsyncPolicy, iter_records, open_event_log
 from roomcast.engine.namespace import (
     BroadcastOperator,
@@ -200,6 +201,10 @@ class Server:
             parent=parent,
             handlers=parent.handlers,
             any_handlers=parent.any_handlers,
+            unhandled_handlers=parent.unhandled_handlers,
+            packet_middlewares=parent.packet_middlewares,
+            error_handlers=parent.error_handlers,
+            outgoing_listeners=parent.outgoing_listeners,
             connect_handlers=parent.connect_handlers,
             disconnecting_handlers=parent.disconnecting_handlers,
             disconnect_handlers=parent.disconnect_handlers,
@@ -399,12 +404,19 @@ class Server:
             await self.record_event(
                 RecordKind.MESSAGE, namespace, sender=socket.sid, event=name, args=args
             )
+        if (
+            ns.any_handlers
+            or ns.packet_middlewares
+            or socket.any_listeners
+            or socket.packet_middlewares
+        ) and not await admit_event(socket, name, args):
+            return  # refused by per-packet middleware: no handler, no ack (as in Node)
         handler = ns.handlers.get(name)
         if handler is not None:
             result = await handler(socket, *args)
-        elif ns.any_handlers:
+        elif ns.unhandled_handlers:
             result = None
-            for catch_all in ns.any_handlers:
+            for catch_all in ns.unhandled_handlers:
                 result = await catch_all(socket, name, *args)
         else:
             return

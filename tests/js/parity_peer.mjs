@@ -1,6 +1,6 @@
 // A real Node `socket.io-client` 4.8 peer for the production-integration tests:
-// TLS (tests/engine/test_tls.py), metrics (tests/engine/test_metrics.py) and the handler
-// API (tests/engine/test_handler_api.py).
+// TLS (tests/interop/test_tls.py), metrics (tests/engine/test_metrics.py) and the handler
+// API (tests/interop/test_handler_api.py).
 //
 // Usage: node parity_peer.mjs SCENARIO URL [ARGS...]
 //   tls URL CA_PEM TRANSPORT   TRANSPORT: polling | websocket | upgrade (polling, then
