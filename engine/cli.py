@@ -222,6 +222,12 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
         help="with --redis: the cluster's name, the prefix of its channels (default roomcast)",
     )
     group.add_argument(
+        "--metrics",
+        action="store_true",
+        help="serve Prometheus metrics at GET /metrics on the same port (needs the metrics"
+        " extra, prometheus-client)",
+    )
+    group.add_argument(
         "--certfile",
         metavar="PEM",
         help="serve over TLS (https:// and wss:// on the same port) with this certificate"
@@ -274,17 +280,21 @@ def apply_server_options(server: Server, args: argparse.Namespace) -> RedisClust
         cluster = _redis_cluster(args.redis, args.cluster)
         # The cluster's log is in Redis: the node keeps no files of its own.
         log = attrs.evolve(log, enabled=False)
-    server.reconfigure(
-        config=attrs.evolve(
-            config,
-            log=log,
-            limits=limits,
-            ping_interval=args.ping_interval or config.ping_interval,
-            ping_timeout=args.ping_timeout or config.ping_timeout,
-        ),
-        recovery=recovery,
-        adapter_factory=None if cluster is None else cluster.adapter_factory,
-    )
+    try:
+        server.reconfigure(
+            config=attrs.evolve(
+                config,
+                log=log,
+                limits=limits,
+                ping_interval=args.ping_interval or config.ping_interval,
+                ping_timeout=args.ping_timeout or config.ping_timeout,
+                metrics=args.metrics or config.metrics,
+            ),
+            recovery=recovery,
+            adapter_factory=None if cluster is None else cluster.adapter_factory,
+        )
+    except ImportError as exc:  # --metrics without the metrics extra
+        raise CommandError(f"--metrics: {exc}") from None
     return cluster
 
 

@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Any, Final, Literal, NoReturn
+from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn
 from urllib.parse import urlsplit
 
 import attrs
@@ -43,12 +43,16 @@ from roomcast.engine.recovery import (
 )
 from roomcast.engine.sequencer import Sequencer
 from roomcast.engine.socket import Handshake, Socket
+from roomcast.engine.stats import ServerStats
 from roomcast.engine.transport.http import HttpConnection, HttpRequest, error_body
 from roomcast.engine.transport.websocket import WebSocketTransport, accept_websocket
 from roomcast.protocol import LocalProtocolError
 from roomcast.protocol._eio import EioServerSession
 from roomcast.protocol._log import LogRecord, LogValue, RecordKind
 from roomcast.protocol._sio import JSON_PARSER, Ack, Event, JsonValue, Parser
+
+if TYPE_CHECKING:
+    from roomcast.engine.metrics import Metrics
 
 __all__ = ["AdapterFactory", "Server"]
 
@@ -112,6 +116,8 @@ class Server:
     _prune: Periodic | None = attrs.field(default=None, init=False)
     _origin_log_after: float = attrs.field(default=-float("inf"), init=False)
     _origins_unlogged: int = attrs.field(default=0, init=False)
+    stats: ServerStats = attrs.field(factory=ServerStats, init=False)
+    metrics: Metrics | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
         self.supervisor = Supervisor(
@@ -119,7 +125,25 @@ class Server:
             restart_window=self.config.room_restart_window,
         )
         self._set_recovery(self.recovery)
+        self._set_metrics()
         self.of("/")
+
+    def _set_metrics(self) -> None:
+        """Make the metrics (``config.metrics``), or drop them.
+
+        Raises:
+            ImportError: ``config.metrics`` without prometheus-client (the metrics extra).
+        """
+        if not self.config.metrics:
+            self.metrics = None
+        elif self.metrics is None:
+            try:
+                from roomcast.engine.metrics import Metrics  # (an optional extra)
+            except ImportError as exc:
+                raise ImportError(
+                    "Config(metrics=True) needs prometheus-client: pip install 'roomcast[metrics]'"
+                ) from exc
+            self.metrics = Metrics(server=self)
 
     def _set_recovery(self, recovery: RecoveryConfig | None) -> None:
         """Make the recovery store for ``recovery`` (None: recovery off), with its sweep."""
@@ -162,6 +186,7 @@ class Server:
             raise RuntimeError("a Server can only be reconfigured before it serves")
         self.config = config
         self._set_recovery(recovery)
+        self._set_metrics()
         if adapter_factory is not None:
             self.adapter_factory = adapter_factory
             for ns in [*self.namespaces.values(), *(parent for _, parent in self._dynamic)]:
@@ -545,7 +570,9 @@ class Server:
         if not config.enabled:
             yield
             return
-        async with open_event_log(config) as log:
+        async with open_event_log(
+            config, io=self.metrics.log_io if self.metrics is not None else None
+        ) as log:
             self.log = log
             self.sequencer = Sequencer(last=log.max_offset(), done=log.max_offset())
             if self.recovery_store is not None:
@@ -825,6 +852,12 @@ class Server:
         if request.path == "/healthz":
             await http.respond(200, b"ok")
             return True
+        if request.path == "/metrics" and self.metrics is not None:
+            from roomcast.engine.metrics import CONTENT_TYPE  # (an optional extra)
+
+            body = self.metrics.render()
+            await http.respond(200, body, content_type=CONTENT_TYPE)
+            return True
         layer: EngineLayer
         if path == _normal_path(self.config.path):
             layer, parser = self, self.parser
@@ -907,6 +940,7 @@ class Server:
                         result[1].encode(),
                     )
                 )
+                self.stats.traffic.bytes_out += len(body)
                 with trio.move_on_after(self.config.close_grace, shield=True):
                     await http.respond(status, body, headers=cors, close=result is None)
             return status == 200
@@ -921,6 +955,7 @@ class Server:
             except TransportClosed:
                 conn.close("transport error")
                 raise
+            self.stats.traffic.bytes_in += len(body)
             if await conn.receive_payload(body):
                 await http.respond(200, b"ok", headers=cors)
                 return True
@@ -996,6 +1031,7 @@ class Server:
             transport=ws,
             request=attrs.evolve(request, raw_headers=()),  # (only the handshake needs it)
             endpoint=path,
+            traffic=self.stats.traffic,
         )
         self.connections[sid] = conn
         if request.remote is not None:
@@ -1006,6 +1042,7 @@ class Server:
     def _forget(self, conn: Connection) -> None:
         if self.connections.get(conn.eio_sid) is conn:
             del self.connections[conn.eio_sid]
+            self.stats.closed(conn.close_reason or "server shutting down")
             request = conn.request
             if request is not None and request.remote is not None:
                 host = _host_of(request.remote)

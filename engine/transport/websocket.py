@@ -44,6 +44,7 @@ from wsproto.utilities import RemoteProtocolError as WsRemoteProtocolError
 
 from roomcast.engine.actors.outbox import OutFrame, SharedFrame
 from roomcast.engine.errors import TransportClosed
+from roomcast.engine.stats import UNCOUNTED, Traffic
 
 __all__ = [
     "DEFLATE_THRESHOLD",
@@ -351,6 +352,7 @@ class WebSocketTransport:
     max_message_bytes: int
     deflate: BoundedDeflate | None = None
     on_control: Callable[[], None] | None = attrs.field(default=None, init=False)
+    traffic: Traffic = attrs.field(default=UNCOUNTED, init=False)  # (its connection's)
     control: list[bytes] = attrs.field(factory=list, init=False)
     close_code: int | None = attrs.field(default=None, init=False)
     close_reason: str = attrs.field(default="", init=False)
@@ -383,6 +385,7 @@ class WebSocketTransport:
                 raise TransportClosed("transport error", code=1006) from exc
             if not data:
                 raise TransportClosed("transport close", code=1006)
+            self.traffic.bytes_in += len(data)
             queued = len(self.control)
             try:
                 self.ws.receive_data(data if isinstance(data, bytes) else bytes(data))
@@ -503,6 +506,9 @@ class WebSocketTransport:
             sent = os.write(stream.socket.fileno(), data)
         except OSError:  # full (EAGAIN), or broken: the writer sends them, or finds out
             return data
+        traffic = self.traffic
+        traffic.packets_out += len(frames)
+        traffic.bytes_out += sent
         if sent < len(data):
             self._write_interrupted = True  # the writer's next send completes the frame
             return data[sent:]
@@ -538,6 +544,9 @@ class WebSocketTransport:
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise TransportClosed("transport error", code=1006) from exc
         self._write_interrupted = False
+        traffic = self.traffic
+        traffic.packets_out += len(frames)
+        traffic.bytes_out += len(data)
 
     async def aclose(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
         """Send a close frame (if still open) and close the stream.
