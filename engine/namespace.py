@@ -395,8 +395,8 @@ class Namespace:
     def on_any(self, listener: H) -> H:
         """Register ``async def listener(socket, event, *args)``, called for every incoming
         event before its middleware and handler (Node's ``socket.onAny``); its return
-        value is ignored. (Before roomcast 0.2 ``on_any`` was the catch-all for unhandled
-        events: that is ``on_unhandled`` now.)"""
+        value is ignored. (``on_any`` used to be the catch-all for unhandled events: that
+        is ``on_unhandled`` now.)"""
         _check_handler(listener, "on_any")
         self.any_handlers.append(listener)
         return listener
