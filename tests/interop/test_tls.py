@@ -5,7 +5,10 @@ WebSocket, and over polling upgraded to WebSocket."""
 from __future__ import annotations
 
 import shutil
+import signal
 import ssl
+import sys
+import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -23,6 +26,7 @@ from roomcast.engine.cli import CommandError, build_parser, tls_context
 from roomcast.engine.log import LogConfig
 from roomcast.engine.transport.websocket import WebSocketTransport
 from roomcast.protocol import JsonValue
+from tests.engine.test_cli_serve import open_served
 from tests.interop.app import Line, open_peer
 
 pytestmark = pytest.mark.node
@@ -171,3 +175,37 @@ def test_certfile_and_keyfile_flags(ca: trustme.CA, tmp_path: Path) -> None:
         context("--certfile", str(tmp_path / "missing.pem"))
     with pytest.raises(CommandError, match="cannot load it"):
         context("--certfile", str(cert_path))  # no key anywhere
+
+
+async def test_the_demo_serves_https_and_metrics(ca: trustme.CA, tmp_path: Path) -> None:
+    """``examples/workspace_chat.py --certfile --keyfile --metrics``: it says it serves
+    https, and ``/metrics`` answers over TLS to a client trusting the test CA."""
+    cert = ca.issue_cert("127.0.0.1")
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.cert_chain_pems[0].write_to_path(str(cert_path))
+    cert.private_key_pem.write_to_path(str(key_path))
+    demo = [
+        sys.executable,
+        "examples/workspace_chat.py",
+        "--no-log",
+        "--metrics",
+        "--certfile",
+        str(cert_path),
+        "--keyfile",
+        str(key_path),
+    ]
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+
+    def get(url: str) -> str:
+        with urllib.request.urlopen(url, timeout=5, context=client) as response:
+            return str(response.read().decode())
+
+    with trio.fail_after(60):
+        async with open_served(demo) as served:
+            assert b"roomcast serving on https://" in served.stdout
+            app = served.endpoint
+            page = await trio.to_thread.run_sync(get, f"https://{app.host}:{app.port}/metrics")
+            served.process.send_signal(signal.SIGTERM)
+            assert await served.wait() == 0
+    assert 'roomcast_connected_sockets{namespace="/"} 0.0' in page
