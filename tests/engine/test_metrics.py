@@ -13,6 +13,8 @@ from typing import Final
 import prometheus_client
 import pytest
 import trio
+import trio.testing
+import trio_websocket
 from prometheus_client.parser import text_string_to_metric_families
 
 from roomcast.engine import Config, Server, Socket
@@ -21,6 +23,8 @@ from roomcast.engine.cli import apply_server_options, build_parser
 from roomcast.engine.metrics import CONTENT_TYPE
 from roomcast.protocol import JsonValue
 from tests.interop.app import open_peer, serve_app
+
+from .conftest import open_memory_server
 
 DEADLINE: Final = 20.0
 CLIENTS: Final = 3
@@ -129,18 +133,39 @@ async def test_scrape_while_npm_clients_are_connected(js_peers: Path) -> None:
     )
 
 
-async def test_rate_limit_and_slow_consumer_are_counted() -> None:
-    """The counters are the closed connections' reasons: an over-rate client and an
-    evicted slow consumer each add one."""
-    server = Server(config=Config(metrics=True))
-    server.stats.closed("rate limit exceeded")
-    server.stats.closed("slow consumer")
-    server.stats.closed("slow consumer")
+async def test_rate_limit_and_slow_consumer_are_counted(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A flooding client is closed for the rate limit, and a connection a room evicts (what
+    it does when the outbox is full) as a slow consumer: each counter gets one."""
+    server = Server(config=Config(metrics=True, max_events_per_second=10, max_events_burst=20))
+    gone = trio.Event()
+
+    @server.on("disconnect")
+    async def disconnected(socket: Socket, reason: str) -> None:
+        if not server.connections:
+            gone.set()
+
+    with trio.fail_after(30):
+        async with open_memory_server(server) as srv, srv.client() as slow:
+            await slow.connect()
+            async with srv.client() as flooder:
+                await flooder.connect()
+                for i in range(100):
+                    try:
+                        await flooder.send(f'42["flood",{i}]')
+                    except trio_websocket.ConnectionClosed:
+                        break
+                await flooder.closed()
+            (conn,) = server.connections.values()
+            conn.evict("slow consumer")
+            await gone.wait()
     assert server.metrics is not None
     samples = parse(server.metrics.render().decode())
     assert value(samples, "roomcast_rate_limit_disconnects_total") == 1
-    assert value(samples, "roomcast_slow_consumer_evictions_total") == 2
-    assert value(samples, "roomcast_disconnects_total", reason="slow consumer") == 2
+    assert value(samples, "roomcast_slow_consumer_evictions_total") == 1
+    assert value(samples, "roomcast_disconnects_total", reason="slow consumer") == 1
+    assert value(samples, "roomcast_disconnects_total", reason="rate limit exceeded") == 1
 
 
 async def test_each_server_has_its_own_registry() -> None:
