@@ -80,6 +80,8 @@ def main() -> None:
         ping_interval=_env_seconds("PING_INTERVAL_MS", 25_000),
         ping_timeout=_env_seconds("PING_TIMEOUT_MS", 20_000),
         log=_log_config(),
+        # $ROOMCAST_METRICS=1: Prometheus metrics on (their cost, docs/benchmarks.md).
+        metrics=os.environ.get("ROOMCAST_METRICS") == "1",
     )
     port = int(os.environ.get("PORT", "5000"))
     tune_gc()

@@ -11,8 +11,10 @@ import json
 import logging
 import math
 import signal
+import ssl
 import sys
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, NoReturn
 
@@ -50,6 +52,7 @@ __all__ = [
     "main",
     "run_server",
     "serve_until_signal",
+    "tls_context",
 ]
 
 logger = logging.getLogger("roomcast")
@@ -218,6 +221,24 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
         default="roomcast",
         help="with --redis: the cluster's name, the prefix of its channels (default roomcast)",
     )
+    group.add_argument(
+        "--metrics",
+        action="store_true",
+        help="serve Prometheus metrics at GET /metrics on the same port (needs the metrics"
+        " extra, prometheus-client)",
+    )
+    group.add_argument(
+        "--certfile",
+        metavar="PEM",
+        help="serve over TLS (https:// and wss:// on the same port) with this certificate"
+        " chain (PEM, the server's certificate first); needs --keyfile unless the key is in"
+        " the same file",
+    )
+    group.add_argument(
+        "--keyfile",
+        metavar="PEM",
+        help="with --certfile: the certificate's private key (PEM, unencrypted)",
+    )
 
 
 def apply_server_options(server: Server, args: argparse.Namespace) -> RedisCluster | None:
@@ -259,18 +280,42 @@ def apply_server_options(server: Server, args: argparse.Namespace) -> RedisClust
         cluster = _redis_cluster(args.redis, args.cluster)
         # The cluster's log is in Redis: the node keeps no files of its own.
         log = attrs.evolve(log, enabled=False)
-    server.reconfigure(
-        config=attrs.evolve(
-            config,
-            log=log,
-            limits=limits,
-            ping_interval=args.ping_interval or config.ping_interval,
-            ping_timeout=args.ping_timeout or config.ping_timeout,
-        ),
-        recovery=recovery,
-        adapter_factory=None if cluster is None else cluster.adapter_factory,
-    )
+    try:
+        server.reconfigure(
+            config=attrs.evolve(
+                config,
+                log=log,
+                limits=limits,
+                ping_interval=args.ping_interval or config.ping_interval,
+                ping_timeout=args.ping_timeout or config.ping_timeout,
+                metrics=args.metrics or config.metrics,
+            ),
+            recovery=recovery,
+            adapter_factory=None if cluster is None else cluster.adapter_factory,
+        )
+    except ImportError as exc:  # --metrics without the metrics extra
+        raise CommandError(f"--metrics: {exc}") from None
     return cluster
+
+
+def tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The server TLS context ``--certfile``/``--keyfile`` ask for (None: plain TCP).
+
+    Raises:
+        CommandError: ``--keyfile`` without ``--certfile``, or the files cannot be loaded.
+    """
+    if args.certfile is None:
+        if args.keyfile is not None:
+            raise CommandError("--keyfile needs --certfile")
+        return None
+    # Python's defaults for a server: TLS 1.2 or later, its cipher list, no client
+    # certificates asked for.
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(args.certfile, args.keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        raise CommandError(f"--certfile {args.certfile}: cannot load it: {exc}") from None
+    return context
 
 
 def _redis_cluster(url: str, name: str) -> RedisCluster:
@@ -288,14 +333,18 @@ def _redis_cluster(url: str, name: str) -> RedisCluster:
 # ------------------------------------------------------------------ serving
 
 
-async def serve_until_signal(server: Server, host: str, port: int) -> None:
-    """Serve until SIGINT or SIGTERM, then shut down gracefully.
+async def serve_until_signal(
+    server: Server, host: str, port: int, ssl_context: ssl.SSLContext | None = None
+) -> None:
+    """Serve until SIGINT or SIGTERM, then shut down gracefully (over TLS with
+    ``ssl_context``).
 
     Cancellation: the server shuts down as on a signal.
     """
     async with trio.open_nursery() as nursery:
-        bound = await nursery.start(server.serve, host, port)
-        print(f"roomcast serving on http://{bound[0]}:{bound[1]}", flush=True)
+        bound = await nursery.start(partial(server.serve, host, port, ssl_context=ssl_context))
+        scheme = "http" if ssl_context is None else "https"
+        print(f"roomcast serving on {scheme}://{bound[0]}:{bound[1]}", flush=True)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
                 logger.info("received %s, shutting down", signal.Signals(signum).name)
@@ -303,11 +352,17 @@ async def serve_until_signal(server: Server, host: str, port: int) -> None:
         nursery.cancel_scope.cancel()
 
 
-async def _serve_node(server: Server, cluster: RedisCluster, host: str, port: int) -> None:
+async def _serve_node(
+    server: Server,
+    cluster: RedisCluster,
+    host: str,
+    port: int,
+    ssl_context: ssl.SSLContext | None,
+) -> None:
     """Serve as one node of ``cluster`` until SIGINT/SIGTERM (the cluster is left last)."""
     async with trio.open_nursery() as nursery:
         await nursery.start(cluster.run)
-        await serve_until_signal(server, host, port)
+        await serve_until_signal(server, host, port, ssl_context)
         nursery.cancel_scope.cancel()
 
 
@@ -323,9 +378,15 @@ def _cannot_listen(exc: BaseException) -> bool:
 
 
 def run_server(
-    server: Server, host: str, port: int, *, cluster: RedisCluster | None = None
+    server: Server,
+    host: str,
+    port: int,
+    *,
+    cluster: RedisCluster | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> None:
-    """Serve ``server`` (as a node of ``cluster``, if given) until SIGINT or SIGTERM.
+    """Serve ``server`` (as a node of ``cluster``, if given; over TLS with
+    ``ssl_context``) until SIGINT or SIGTERM.
 
     Raises:
         CommandError: Its event log directory is open by another process, or the address
@@ -335,9 +396,9 @@ def run_server(
     problem: str | None = None
     try:
         if cluster is None:
-            trio.run(serve_until_signal, server, host, port)
+            trio.run(serve_until_signal, server, host, port, ssl_context)
         else:
-            trio.run(_serve_node, server, cluster, host, port)
+            trio.run(_serve_node, server, cluster, host, port, ssl_context)
     except* LogLockedError as group:
         locked = _leaves(group)[0]
         assert isinstance(locked, LogLockedError)
@@ -359,7 +420,7 @@ def run_server(
 def _serve(args: argparse.Namespace) -> int:
     server = load_server(args.app)
     cluster = apply_server_options(server, args)
-    run_server(server, args.host, args.port, cluster=cluster)
+    run_server(server, args.host, args.port, cluster=cluster, ssl_context=tls_context(args))
     return 0
 
 

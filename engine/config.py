@@ -73,6 +73,9 @@ class Config:
         websocket_compression: Agree on WebSocket permessage-deflate (RFC 7692) when a
             client offers it (off by default, like Node's socket.io). The payload limit
             then applies to each message's decompressed size.
+        metrics: Serve Prometheus metrics at ``GET /metrics`` (needs the ``metrics``
+            extra, prometheus-client; see docs/operations.md, "Metrics"). Off by default:
+            the endpoint is on the clients' port.
     """
 
     path: str = "/socket.io/"
@@ -101,3 +104,4 @@ class Config:
     max_connections: int = 50_000
     max_connections_per_address: int | None = None
     websocket_compression: bool = False
+    metrics: bool = False

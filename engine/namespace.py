@@ -6,6 +6,7 @@ import inspect
 import itertools
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
@@ -23,6 +24,14 @@ from roomcast.engine.adapters.base import (
 )
 from roomcast.engine.adapters.cluster import ClusterError
 from roomcast.engine.adapters.shared import AppendOutcome, encode_records
+from roomcast.engine.listeners import (
+    AnyListener,
+    OutgoingListener,
+    PacketMiddleware,
+    RefusalHandler,
+    notify_outgoing,
+    outgoing_hook,
+)
 from roomcast.engine.log import LogError, room_history
 from roomcast.engine.recovery import (
     RECOVERABLE_REASONS,
@@ -68,6 +77,14 @@ def _check_handler(handler: Callable[..., Any], what: str) -> None:
     # registration, not on the first event.
     if not inspect.iscoroutinefunction(handler):
         raise TypeError(f"{what} handler {handler!r} must be an async function")
+
+
+def _remove(handlers: list[Any], handler: object | None) -> None:
+    """Remove ``handler`` from ``handlers`` (every one when None; nothing if absent)."""
+    if handler is None:
+        handlers.clear()
+    elif handler in handlers:
+        handlers.remove(handler)
 
 
 def ack_args(result: object) -> tuple[JsonValue, ...]:
@@ -197,7 +214,12 @@ class BroadcastOperator:
         """
         ns = self.namespace
         packet = Event(name=event, args=args, namespace=ns.name)
-        count = await ns.broadcast_packet(packet, self.opts)
+        if ns.server.metrics is None:
+            count = await ns.broadcast_packet(packet, self.opts)
+        else:
+            start = time.perf_counter()  # metrics on: roomcast_broadcast_seconds
+            count = await ns.broadcast_packet(packet, self.opts)
+            ns.server.stats.broadcast.observe(time.perf_counter() - start)
         if ns.server.observer is not None:
             ns.server.observer.event_broadcast(ns, self.opts, event, args)
         return count
@@ -296,7 +318,13 @@ class Namespace:
     its return value answers the client's ack (None: no arguments, a tuple: several).
     ``@ns.on("connect")`` handlers take ``(socket, auth)`` and run after the client was
     accepted. Middleware (``ns.use``) takes ``(socket, auth)`` and refuses by raising
-    ConnectRefusedError.
+    ConnectRefusedError. ``off`` removes handlers.
+
+    Per event, as in Node (``roomcast.engine.listeners`` has the order and the details):
+    ``on_any`` listeners see every incoming event; per-packet middleware (``use_packet``,
+    and ``Socket.use``) may refuse it (``on_error`` handlers hear of it); ``on_unhandled``
+    catch-alls take the events no handler takes; ``on_any_outgoing`` listeners see every
+    event sent to a socket.
 
     A socket's last moments (``remove_socket``), for every reason (the client left, its
     transport closed, ping timeout, a server-side disconnect, the server shutting down):
@@ -320,7 +348,11 @@ class Namespace:
     adapter: Adapter
     parent: Namespace | None = None
     handlers: dict[str, Handler] = attrs.field(factory=dict)
-    any_handlers: list[Handler] = attrs.field(factory=list)
+    any_handlers: list[AnyListener] = attrs.field(factory=list)
+    unhandled_handlers: list[Handler] = attrs.field(factory=list)
+    packet_middlewares: list[PacketMiddleware] = attrs.field(factory=list)
+    error_handlers: list[RefusalHandler] = attrs.field(factory=list)
+    outgoing_listeners: list[OutgoingListener] = attrs.field(factory=list)
     connect_handlers: list[Handler] = attrs.field(factory=list)
     disconnecting_handlers: list[Handler] = attrs.field(factory=list)
     disconnect_handlers: list[Handler] = attrs.field(factory=list)
@@ -330,6 +362,8 @@ class Namespace:
     server_side_handlers: dict[str, ServerSideHandler] = attrs.field(factory=dict)
     _ack_ids: itertools.count[int] = attrs.field(factory=itertools.count)
     _leaving: dict[str, trio.Event] = attrs.field(factory=dict)
+    outgoing_sockets: int = 0
+    """How many sockets of the namespace have outgoing listeners of their own."""
 
     def __attrs_post_init__(self) -> None:
         self.adapter.bind(self)
@@ -359,17 +393,74 @@ class Namespace:
 
         return register
 
-    def on_any(self, handler: H) -> H:
-        """Register a catch-all handler ``(socket, event, *args)`` for events with no handler."""
+    def off(self, event: str, handler: Handler | None = None) -> None:
+        """Remove the handler of ``event`` (for ``connect``, ``disconnecting`` and
+        ``disconnect``: ``handler``, or all of them when None). Removing what is not
+        registered does nothing; an event being handled keeps its handler."""
+        if event in _LIFECYCLE_EVENTS:
+            handlers = {
+                "connect": self.connect_handlers,
+                "disconnecting": self.disconnecting_handlers,
+                "disconnect": self.disconnect_handlers,
+            }[event]
+            _remove(handlers, handler)
+        elif handler is None or self.handlers.get(event) is handler:
+            self.handlers.pop(event, None)
+
+    def on_any(self, listener: H) -> H:
+        """Register ``async def listener(socket, event, *args)``, called for every incoming
+        event before its middleware and handler (Node's ``socket.onAny``); its return
+        value is ignored. (``on_any`` used to be the catch-all for unhandled events: that
+        is ``on_unhandled`` now.)"""
+        _check_handler(listener, "on_any")
+        self.any_handlers.append(listener)
+        return listener
+
+    def off_any(self, listener: AnyListener | None = None) -> None:
+        """Remove an ``on_any`` listener (all of them when None)."""
+        _remove(self.any_handlers, listener)
+
+    def on_unhandled(self, handler: H) -> H:
+        """Register a catch-all ``(socket, event, *args)`` for events with no handler; its
+        return value answers the client's ack (with several, the last one's)."""
         _check_handler(handler, "catch-all")
-        self.any_handlers.append(handler)
+        self.unhandled_handlers.append(handler)
         return handler
+
+    def off_unhandled(self, handler: Handler | None = None) -> None:
+        """Remove an ``on_unhandled`` catch-all (all of them when None)."""
+        _remove(self.unhandled_handlers, handler)
 
     def use(self, middleware: Middleware) -> Middleware:
         """Add connection middleware ``(socket, auth)``; raise ConnectRefusedError to refuse."""
         _check_handler(middleware, "middleware")
         self.middlewares.append(middleware)
         return middleware
+
+    def use_packet(self, middleware: PacketMiddleware) -> PacketMiddleware:
+        """Add per-packet middleware ``async def middleware(socket, event, args)`` for every
+        socket of the namespace (before each socket's own, ``Socket.use``); it refuses
+        the event by raising (see ``roomcast.engine.listeners``)."""
+        _check_handler(middleware, "packet middleware")
+        self.packet_middlewares.append(middleware)
+        return middleware
+
+    def on_error(self, handler: RefusalHandler) -> RefusalHandler:
+        """Register ``async def handler(socket, event, error)``, called when per-packet
+        middleware refused ``event`` with ``error`` (Node's ``socket.on("error")``)."""
+        _check_handler(handler, "on_error")
+        self.error_handlers.append(handler)
+        return handler
+
+    def on_any_outgoing(self, listener: OutgoingListener) -> OutgoingListener:
+        """Register ``def listener(socket, event, args)`` (synchronous), called for every
+        event sent to any socket of the namespace (see ``roomcast.engine.listeners``)."""
+        self.outgoing_listeners.append(listener)
+        return listener
+
+    def off_any_outgoing(self, listener: OutgoingListener | None = None) -> None:
+        """Remove an ``on_any_outgoing`` listener (all of them when None)."""
+        _remove(self.outgoing_listeners, listener)
 
     def on_server_side(self, event: str) -> Callable[[H], H]:
         """Register ``async def handler(*args)`` for ``event`` sent by another node's
@@ -470,6 +561,8 @@ class Namespace:
                 collector.expected.add(sid)
                 socket.acks[ack_id] = collector
                 socket.connection.sio.expect_ack(self.name, ack_id)
+                if self.outgoing_listeners or socket.outgoing_listeners:
+                    notify_outgoing(socket, event, args)
 
         packet = Event(name=event, args=args, namespace=self.name, ack_id=ack_id)
         local = attrs.evolve(opts, local=True)
@@ -532,6 +625,8 @@ class Namespace:
                     attrs.evolve(packet, namespace=child.name), opts, on_member=on_member
                 )
             return total
+        if self.outgoing_listeners or self.outgoing_sockets:  # on_any_outgoing
+            on_member = outgoing_hook(self, packet, on_member)
         server = self.server
         shared = self.adapter.shared_log
         if (
@@ -628,9 +723,12 @@ class Namespace:
         """Deliver a broadcast read from the cluster's shared log to this node's sockets
         (with its offset appended when recovery is on)."""
         args = (*event.args, offset) if self.server.recovery_store is not None else event.args
-        frames = self.encode(Event(name=event.name, args=args, namespace=self.name))
+        packet = Event(name=event.name, args=args, namespace=self.name)
         opts = BroadcastOptions(rooms=event.rooms, except_rooms=event.exclude, local=True)
-        return await self.adapter.broadcast(frames, opts)
+        on_member = None
+        if self.outgoing_listeners or self.outgoing_sockets:  # on_any_outgoing
+            on_member = outgoing_hook(self, attrs.evolve(packet, args=event.args), None)
+        return await self.adapter.broadcast(self.encode(packet), opts, on_member=on_member)
 
     def broadcast_operator(self, **opts: Any) -> BroadcastOperator:
         """A broadcast operator with the given options."""
@@ -745,6 +843,8 @@ class Namespace:
         if not socket.connected:
             await trio.lowlevel.checkpoint()
             return
+        if socket.outgoing_listeners:
+            self.outgoing_sockets -= 1
         socket.connected = False
         socket.connection.namespaces.pop(self.name, None)
         self.sockets.pop(socket.sid, None)

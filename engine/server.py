@@ -7,11 +7,12 @@ import mimetypes
 import os
 import re
 import secrets
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Any, Final, Literal, NoReturn
+from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn
 from urllib.parse import urlsplit
 
 import attrs
@@ -24,6 +25,7 @@ from roomcast.engine.adapters.memory import MemoryAdapter
 from roomcast.engine.adapters.shared import encode_records
 from roomcast.engine.config import Config
 from roomcast.engine.errors import ConnectRefusedError, TransportClosed
+from roomcast.engine.listeners import admit_event
 from roomcast.engine.log import EventLog, FsyncPolicy, iter_records, open_event_log
 from roomcast.engine.namespace import (
     BroadcastOperator,
@@ -42,12 +44,16 @@ from roomcast.engine.recovery import (
 )
 from roomcast.engine.sequencer import Sequencer
 from roomcast.engine.socket import Handshake, Socket
+from roomcast.engine.stats import ServerStats
 from roomcast.engine.transport.http import HttpConnection, HttpRequest, error_body
 from roomcast.engine.transport.websocket import WebSocketTransport, accept_websocket
 from roomcast.protocol import LocalProtocolError
 from roomcast.protocol._eio import EioServerSession
 from roomcast.protocol._log import LogRecord, LogValue, RecordKind
 from roomcast.protocol._sio import JSON_PARSER, Ack, Event, JsonValue, Parser
+
+if TYPE_CHECKING:
+    from roomcast.engine.metrics import Metrics
 
 __all__ = ["AdapterFactory", "Server"]
 
@@ -114,6 +120,8 @@ class Server:
     observer: Observer | None = attrs.field(default=None, init=False)
     """Told of sockets, rooms and events (the Admin UI, ``roomcast.engine.admin``); None
     by default, when each hook costs one attribute test."""
+    stats: ServerStats = attrs.field(factory=ServerStats, init=False)
+    metrics: Metrics | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
         self.supervisor = Supervisor(
@@ -121,7 +129,25 @@ class Server:
             restart_window=self.config.room_restart_window,
         )
         self._set_recovery(self.recovery)
+        self._set_metrics()
         self.of("/")
+
+    def _set_metrics(self) -> None:
+        """Make the metrics (``config.metrics``), or drop them.
+
+        Raises:
+            ImportError: ``config.metrics`` without prometheus-client (the metrics extra).
+        """
+        if not self.config.metrics:
+            self.metrics = None
+        elif self.metrics is None:
+            try:
+                from roomcast.engine.metrics import Metrics  # (an optional extra)
+            except ImportError as exc:
+                raise ImportError(
+                    "Config(metrics=True) needs prometheus-client: pip install 'roomcast[metrics]'"
+                ) from exc
+            self.metrics = Metrics(server=self)
 
     def _set_recovery(self, recovery: RecoveryConfig | None) -> None:
         """Make the recovery store for ``recovery`` (None: recovery off), with its sweep."""
@@ -164,6 +190,7 @@ class Server:
             raise RuntimeError("a Server can only be reconfigured before it serves")
         self.config = config
         self._set_recovery(recovery)
+        self._set_metrics()
         if adapter_factory is not None:
             self.adapter_factory = adapter_factory
             for ns in [*self.namespaces.values(), *(parent for _, parent in self._dynamic)]:
@@ -203,6 +230,10 @@ class Server:
             parent=parent,
             handlers=parent.handlers,
             any_handlers=parent.any_handlers,
+            unhandled_handlers=parent.unhandled_handlers,
+            packet_middlewares=parent.packet_middlewares,
+            error_handlers=parent.error_handlers,
+            outgoing_listeners=parent.outgoing_listeners,
             connect_handlers=parent.connect_handlers,
             disconnecting_handlers=parent.disconnecting_handlers,
             disconnect_handlers=parent.disconnect_handlers,
@@ -406,12 +437,19 @@ class Server:
             await self.record_event(
                 RecordKind.MESSAGE, namespace, sender=socket.sid, event=name, args=args
             )
+        if (
+            ns.any_handlers
+            or ns.packet_middlewares
+            or socket.any_listeners
+            or socket.packet_middlewares
+        ) and not await admit_event(socket, name, args):
+            return  # refused by per-packet middleware: no handler, no ack (as in Node)
         handler = ns.handlers.get(name)
         if handler is not None:
             result = await handler(socket, *args)
-        elif ns.any_handlers:
+        elif ns.unhandled_handlers:
             result = None
-            for catch_all in ns.any_handlers:
+            for catch_all in ns.unhandled_handlers:
                 result = await catch_all(socket, name, *args)
         else:
             return
@@ -486,17 +524,31 @@ class Server:
         host: str = "127.0.0.1",
         port: int = 0,
         *,
+        ssl_context: ssl.SSLContext | None = None,
         task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
     ) -> NoReturn:
         """Listen on ``host:port`` and serve until cancelled; ``started`` gets the bound
         ``(host, port)`` (port 0 picks a free one).
 
+        With ``ssl_context`` (a server context: ``ssl.create_default_context(
+        ssl.Purpose.CLIENT_AUTH)`` with ``load_cert_chain``) every connection is TLS:
+        HTTPS for polling and ``wss://`` for WebSocket, on the same port. The TLS
+        handshake runs in the connection's own task, under ``request_header_timeout``.
+
         Cancellation: a clean shutdown: every connection is closed with the reason
         "server shutting down" (its disconnect handlers run and its client gets a close
         frame), each within ``config.close_grace``.
         """
-        listeners = await trio.open_tcp_listeners(port, host=host)
-        sockname = listeners[0].socket.getsockname()
+        tcp = await trio.open_tcp_listeners(port, host=host)
+        sockname = tcp[0].socket.getsockname()
+        listeners: list[trio.abc.Listener[trio.abc.Stream]] = list(tcp)
+        if ssl_context is not None:
+            # https_compatible: a browser or Node client that closes the TCP connection
+            # without a TLS close_notify is an end of stream, not a broken one.
+            listeners = [
+                trio.SSLListener(listener, ssl_context, https_compatible=True) for listener in tcp
+            ]
+        scheme = "http" if ssl_context is None else "https"
         try:
             async with self._open_log(), trio.open_nursery() as nursery:
                 # Shut down in order: connections first (their cleanup leaves rooms and
@@ -505,7 +557,9 @@ class Server:
                 try:
                     async with trio.open_nursery() as connections:
                         self._connections = connections
-                        logger.info("roomcast listening on http://%s:%d", sockname[0], sockname[1])
+                        logger.info(
+                            "roomcast listening on %s://%s:%d", scheme, sockname[0], sockname[1]
+                        )
                         task_status.started((sockname[0], sockname[1]))
                         await trio.serve_listeners(
                             self.serve_stream, listeners, handler_nursery=connections
@@ -526,7 +580,9 @@ class Server:
         if not config.enabled:
             yield
             return
-        async with open_event_log(config) as log:
+        async with open_event_log(
+            config, io=self.metrics.log_io if self.metrics is not None else None
+        ) as log:
             self.log = log
             self.sequencer = Sequencer(last=log.max_offset(), done=log.max_offset())
             if self.recovery_store is not None:
@@ -806,6 +862,12 @@ class Server:
         if request.path == "/healthz":
             await http.respond(200, b"ok")
             return True
+        if request.path == "/metrics" and self.metrics is not None:
+            from roomcast.engine.metrics import CONTENT_TYPE  # (an optional extra)
+
+            body = self.metrics.render()
+            await http.respond(200, body, content_type=CONTENT_TYPE)
+            return True
         layer: EngineLayer
         if path == _normal_path(self.config.path):
             layer, parser = self, self.parser
@@ -888,6 +950,7 @@ class Server:
                         result[1].encode(),
                     )
                 )
+                self.stats.traffic.bytes_out += len(body)
                 with trio.move_on_after(self.config.close_grace, shield=True):
                     await http.respond(status, body, headers=cors, close=result is None)
             return status == 200
@@ -902,6 +965,7 @@ class Server:
             except TransportClosed:
                 conn.close("transport error")
                 raise
+            self.stats.traffic.bytes_in += len(body)
             if await conn.receive_payload(body):
                 await http.respond(200, b"ok", headers=cors)
                 return True
@@ -977,6 +1041,7 @@ class Server:
             transport=ws,
             request=attrs.evolve(request, raw_headers=()),  # (only the handshake needs it)
             endpoint=path,
+            traffic=self.stats.traffic,
         )
         self.connections[sid] = conn
         if self.observer is not None and layer is self:
@@ -989,6 +1054,7 @@ class Server:
     def _forget(self, conn: Connection) -> None:
         if self.connections.get(conn.eio_sid) is conn:
             del self.connections[conn.eio_sid]
+            self.stats.closed(conn.close_reason or "server shutting down")
             request = conn.request
             if request is not None and request.remote is not None:
                 host = _host_of(request.remote)
@@ -1086,6 +1152,8 @@ async def _linger(stream: trio.abc.Stream) -> None:
 
 
 def _remote_address(stream: trio.abc.Stream) -> str | None:
+    if isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
     socket = getattr(stream, "socket", None)
     if socket is None:
         return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -9,6 +10,12 @@ import trio
 
 from roomcast.engine.actors.outbox import Outbox
 from roomcast.engine.errors import ConnectionLostError
+from roomcast.engine.listeners import (
+    AnyListener,
+    OutgoingListener,
+    PacketMiddleware,
+    notify_outgoing,
+)
 from roomcast.protocol._log import RecordKind
 from roomcast.protocol._sio import Event, JsonValue
 
@@ -71,6 +78,10 @@ class Socket:
         connected: Whether it is still in its namespace: False from the moment it starts
             disconnecting (already in the ``disconnecting`` handlers).
 
+    Per-socket hooks, as Node's socket has them (``roomcast.engine.listeners`` says when
+    each runs): ``use`` (per-packet middleware), ``on_any`` / ``off_any``,
+    ``on_any_outgoing`` / ``off_any_outgoing``; they add to the namespace's own.
+
     Its last moments (see ``Namespace``): ``disconnecting`` handlers run while it is still
     in its rooms; ``disconnect`` handlers run after it left them, and ``rooms`` then keeps
     answering with the rooms it was in when it left them.
@@ -86,6 +97,43 @@ class Socket:
     connected: bool = True
     acks: dict[int, AckWaiter | Any] = attrs.field(factory=dict, repr=False)
     _rooms_left: frozenset[str] | None = attrs.field(default=None, init=False, repr=False)
+    # Tuples, replaced on change: a socket with no hooks shares the empty tuple.
+    packet_middlewares: tuple[PacketMiddleware, ...] = attrs.field(default=(), repr=False)
+    any_listeners: tuple[AnyListener, ...] = attrs.field(default=(), repr=False)
+    outgoing_listeners: tuple[OutgoingListener, ...] = attrs.field(default=(), repr=False)
+
+    def use(self, middleware: PacketMiddleware) -> PacketMiddleware:
+        """Add per-packet middleware ``async def middleware(socket, event, args)`` for this
+        socket's incoming events (Node's ``socket.use``); raise to refuse the event."""
+        _check_async(middleware, "packet middleware")
+        self.packet_middlewares = (*self.packet_middlewares, middleware)
+        return middleware
+
+    def on_any(self, listener: AnyListener) -> AnyListener:
+        """Register ``async def listener(socket, event, *args)`` for every event this socket
+        receives (Node's ``socket.onAny``), after the namespace's ``on_any`` listeners."""
+        _check_async(listener, "on_any")
+        self.any_listeners = (*self.any_listeners, listener)
+        return listener
+
+    def off_any(self, listener: AnyListener | None = None) -> None:
+        """Remove one of this socket's ``on_any`` listeners (all of them when None)."""
+        self.any_listeners = _without(self.any_listeners, listener)
+
+    def on_any_outgoing(self, listener: OutgoingListener) -> OutgoingListener:
+        """Register ``def listener(socket, event, args)`` (synchronous) for every event sent
+        to this socket (Node's ``socket.onAnyOutgoing``)."""
+        if not self.outgoing_listeners and self.connected:
+            self.namespace.outgoing_sockets += 1
+        self.outgoing_listeners = (*self.outgoing_listeners, listener)
+        return listener
+
+    def off_any_outgoing(self, listener: OutgoingListener | None = None) -> None:
+        """Remove one of this socket's outgoing listeners (all of them when None)."""
+        had = bool(self.outgoing_listeners)
+        self.outgoing_listeners = _without(self.outgoing_listeners, listener)
+        if had and not self.outgoing_listeners and self.connected:
+            self.namespace.outgoing_sockets -= 1
 
     @property
     def outbox(self) -> Outbox:
@@ -159,6 +207,8 @@ class Socket:
             await self.namespace.broadcast_operator(rooms=frozenset({self.sid})).emit(event, *args)
             return
         await trio.lowlevel.checkpoint()
+        if self.outgoing_listeners or self.namespace.outgoing_listeners:
+            notify_outgoing(self, event, args)
         self.connection.send_packet(Event(name=event, args=args, namespace=self.namespace.name))
         if self.namespace.server.observer is not None:
             self.namespace.server.observer.event_sent(self, event, args)
@@ -180,6 +230,8 @@ class Socket:
         self.acks[ack_id] = waiter
         self.connection.sio.expect_ack(self.namespace.name, ack_id)
         try:
+            if self.outgoing_listeners or self.namespace.outgoing_listeners:
+                notify_outgoing(self, event, args)
             self.connection.send_packet(
                 Event(name=event, args=args, namespace=self.namespace.name, ack_id=ack_id)
             )
@@ -223,3 +275,17 @@ class Socket:
         for ack_id, waiter in list(self.acks.items()):
             waiter.fail(self.sid, error)
             del self.acks[ack_id]
+
+
+def _check_async(handler: object, what: str) -> None:
+    if not inspect.iscoroutinefunction(handler):
+        raise TypeError(f"{what} handler {handler!r} must be an async function")
+
+
+def _without(listeners: tuple[Any, ...], listener: object | None) -> tuple[Any, ...]:
+    if listener is None:
+        return ()
+    if listener not in listeners:
+        return listeners
+    index = listeners.index(listener)
+    return (*listeners[:index], *listeners[index + 1 :])

@@ -46,7 +46,13 @@ from typing import Final
 
 from roomcast.engine import Config, RecoveryConfig, Server, Socket
 from roomcast.engine.admin import AdminAuth, instrument
-from roomcast.engine.cli import CommandError, add_server_options, apply_server_options, run_server
+from roomcast.engine.cli import (
+    CommandError,
+    add_server_options,
+    apply_server_options,
+    run_server,
+    tls_context,
+)
 from roomcast.engine.server import AdapterFactory
 from roomcast.protocol import JsonValue
 
@@ -190,7 +196,7 @@ def main() -> None:
     server = build_server(recovery=RecoveryConfig(), admin=False if args.admin else None)
     try:
         cluster = apply_server_options(server, args)
-        run_server(server, args.host, args.port, cluster=cluster)
+        run_server(server, args.host, args.port, cluster=cluster, ssl_context=tls_context(args))
     except CommandError as exc:
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
 

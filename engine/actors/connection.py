@@ -25,6 +25,7 @@ import trio
 
 from roomcast.engine.actors.outbox import Offer, Outbox, OutFrame, SharedFrame
 from roomcast.engine.errors import TransportClosed
+from roomcast.engine.stats import UNCOUNTED, Traffic
 from roomcast.protocol import RemoteProtocolError
 from roomcast.protocol._eio import (
     Closed,
@@ -149,6 +150,7 @@ class Connection:
     transport: WebSocketTransport | None = None
     request: HttpRequest | None = None
     endpoint: str = "/socket.io/"
+    traffic: Traffic = UNCOUNTED
     outbox: Outbox = attrs.field(init=False)
     sio: SioServerConnection = attrs.field(init=False)
     close_reason: str | None = attrs.field(default=None, init=False)
@@ -285,6 +287,7 @@ class Connection:
         config = self.config
         if self.transport is not None:
             self.transport.on_control = self.outbox.kick  # pongs go out at once
+            self.transport.traffic = self.traffic
             self.outbox.send_control(encode_ws_frame(self.session.handshake()))
         self.connect_deadline = trio.current_time() + config.connect_timeout
         self._reschedule()
@@ -380,6 +383,7 @@ class Connection:
 
     async def _receive_packet(self, packet: EioPacket) -> bool:
         """Handle one Engine.IO packet from the active transport; False once closing."""
+        self.traffic.packets_in += 1
         session = self.session
         for event in session.receive(packet, trio.current_time()):
             if isinstance(event, MessageReceived):
@@ -545,8 +549,10 @@ class Connection:
                 frames = outbox.take(limit)
                 if self.close_reason is not None:
                     parts = [*map(polling_part, frames), self._poll_close_body]
+                    self.traffic.packets_out += len(parts)
                     return 200, "\x1e".join(parts)
                 if frames:
+                    self.traffic.packets_out += len(frames)
                     return 200, "\x1e".join(map(polling_part, frames))
                 await outbox.wait()
         finally:
@@ -633,6 +639,7 @@ class Connection:
             return
         self.transport = transport
         transport.on_control = self.outbox.kick
+        transport.traffic = self.traffic
         self._writer_done = trio.Event()
         nursery = self._nursery
         nursery.start_soon(self._write_loop, transport)

@@ -54,6 +54,7 @@ from wsproto.utilities import RemoteProtocolError as WsRemoteProtocolError
 
 from roomcast.engine.actors.outbox import OutFrame, SharedFrame
 from roomcast.engine.errors import TransportClosed
+from roomcast.engine.stats import UNCOUNTED, Traffic
 
 __all__ = [
     "DEFLATE_THRESHOLD",
@@ -442,6 +443,7 @@ class WebSocketTransport:
     max_message_bytes: int
     deflate: BoundedDeflate | None = None
     on_control: Callable[[], None] | None = attrs.field(default=None, init=False)
+    traffic: Traffic = attrs.field(default=UNCOUNTED, init=False)  # (its connection's)
     control: list[bytes] = attrs.field(factory=list, init=False)
     close_code: int | None = attrs.field(default=None, init=False)
     close_reason: str = attrs.field(default="", init=False)
@@ -497,6 +499,7 @@ class WebSocketTransport:
             raise TransportClosed("transport error", code=1006) from exc
         if not data:
             raise TransportClosed("transport close", code=1006)
+        self.traffic.bytes_in += len(data)
         if self.fast:
             if self.ws.state is ConnectionState.OPEN:
                 data = self._parse(data)
@@ -707,6 +710,9 @@ class WebSocketTransport:
             sent = os.write(stream.socket.fileno(), data)
         except OSError:  # full (EAGAIN), or broken: the writer sends them, or finds out
             return data
+        traffic = self.traffic
+        traffic.packets_out += len(frames)
+        traffic.bytes_out += sent
         if sent < len(data):
             self._write_interrupted = True  # the writer's next send completes the frame
             return data[sent:]
@@ -742,6 +748,9 @@ class WebSocketTransport:
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise TransportClosed("transport error", code=1006) from exc
         self._write_interrupted = False
+        traffic = self.traffic
+        traffic.packets_out += len(frames)
+        traffic.bytes_out += len(data)
 
     async def aclose(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
         """Send a close frame (if still open) and close the stream.

@@ -28,7 +28,7 @@ from roomcast.engine.cli import CommandError, apply_server_options, build_parser
 from ..conformance.wire import Endpoint, eio_target, open_ws, ws_handshake
 
 ROOT: Final = Path(__file__).resolve().parents[2]
-SERVING: Final = re.compile(rb"roomcast serving on http://([\d.]+):(\d+)")
+SERVING: Final = re.compile(rb"roomcast serving on https?://([\d.]+):(\d+)")
 STARTUP: Final = 15.0
 """Seconds for the subprocess to import everything and bind (generous for a slow CI)."""
 
