@@ -756,7 +756,7 @@ class Server:
                     return
                 if request is None:
                     return
-                if not await self._handle(http, request) or not http.reusable:
+                if not await self.handle_request(http, request) or not http.reusable:
                     return
         except TransportClosed:
             await _linger(stream)
@@ -812,9 +812,16 @@ class Server:
             ("Vary", "Origin"),
         )
 
-    async def _handle(self, http: HttpExchange, request: HttpRequest) -> bool:
-        """Answer one request (from the built-in front or the ASGI one); False when the
-        stream was taken over or must close."""
+    async def handle_request(self, http: HttpExchange, request: HttpRequest) -> bool:
+        """Answer one request: Engine.IO polling or a WebSocket (served until it closes),
+        ``/healthz``, static files. The built-in front and the ASGI one
+        (``roomcast.engine.asgi``) both route through here, so both answer alike.
+
+        Returns False when the stream was taken over or must close.
+
+        Cancellation: a held polling GET is answered CLOSE (within ``close_grace``); a
+        WebSocket connection closes as in a server shutdown.
+        """
         path = _normal_path(request.path)
         if request.path == "/healthz":
             await http.respond(200, b"ok")
