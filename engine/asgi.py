@@ -55,6 +55,14 @@ def _require_trio() -> None:
         ) from None
 
 
+def _describe(exc: BaseException) -> str:
+    """One line for the ASGI server: the innermost errors (not "Exceptions from Trio
+    nursery")."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(_describe(inner) for inner in exc.exceptions)
+    return f"{type(exc).__name__}: {exc}"
+
+
 @attrs.define(eq=False)
 class AsgiApp:
     """``server`` as an ASGI 3.0 application (see the module docstring).
@@ -124,7 +132,7 @@ class AsgiApp:
             # The app's boundary: a server that cannot start (a locked log) or stop is
             # reported to the ASGI server, which then stops.
             logger.exception("roomcast's lifespan failed")
-            failure = f"{type(exc).__name__}: {exc}"
+            failure = _describe(exc)
         if failure is None:
             await send({"type": "lifespan.shutdown.complete"})
         else:
