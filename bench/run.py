@@ -2,7 +2,7 @@
 
 Usage (from the repository root; ``bash bench/run.sh`` sets up and calls this)::
 
-    .venv/bin/python bench/run.py [--quick] [--servers roomcast,node,psio]
+    .venv/bin/python bench/run.py [--quick] [--servers roomcast,node,psio,roomcast-asgi]
                                   [--scenarios fanout,rooms,echo,idle,idle-max,heartbeat]
                                   [--runs N] [--no-setup]
 
@@ -53,9 +53,10 @@ SHUTDOWN_GRACE_S: Final = 60
 DISTURBED: Final = 0.10
 MAX_RETRIES_TOTAL: Final = 12  # so that a busy machine cannot stretch a run without bound
 
-SERVERS: Final = ("roomcast", "node", "psio", "null")
+SERVERS: Final = ("roomcast", "node", "psio", "null", "roomcast-asgi")
 SERVER_LABELS: Final = {
     "roomcast": "roomcast",
+    "roomcast-asgi": "roomcast, ASGI front (hypercorn trio)",
     "node": "Node socket.io",
     "psio": "python-socketio",
     "null": "null server (loadgen ceiling)",
@@ -112,6 +113,8 @@ def server_command(name: str) -> list[str]:
     """The command that runs ``name``'s contract server (the process is the server)."""
     if name == "roomcast":
         return [sys.executable, str(BENCH / "contract_app.py")]
+    if name == "roomcast-asgi":  # needs the asgi extra (hypercorn)
+        return [sys.executable, str(BENCH / "contract_app.py"), "--asgi"]
     if name == "node":
         return ["node", str(NODE_DIR / "server.mjs")]
     if name == "psio":
@@ -790,8 +793,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--servers",
         type=lambda v: _csv(v, SERVERS),
-        default=list(SERVERS),
-        help="roomcast,node,psio",
+        default=[name for name in SERVERS if name != "roomcast-asgi"],
+        help="roomcast,node,psio,null (default); roomcast-asgi: the ASGI front (asgi extra)",
     )
     parser.add_argument(
         "--scenarios",

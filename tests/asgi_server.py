@@ -42,9 +42,7 @@ class HypercornProcess:
 
 
 @contextmanager
-def run_hypercorn(
-    app: str, *, cwd: Path, env: dict[str, str] | None = None
-) -> Iterator[HypercornProcess]:
+def run_hypercorn(app: str, *, cwd: Path) -> Iterator[HypercornProcess]:
     """Run ``hypercorn --worker-class trio APP`` (``module:attribute``, importable from the
     repository root) in ``cwd``; SIGTERM it (by PID) on the way out, SIGKILL if it does
     not stop within STOP_TIMEOUT.
@@ -52,7 +50,7 @@ def run_hypercorn(
     Raises:
         AssertionError: It did not report a listening port within START_TIMEOUT.
     """
-    child_env = {**os.environ, **(env or {})}
+    child_env = dict(os.environ)
     child_env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(REPO), child_env.get("PYTHONPATH", "")) if p
     )
