@@ -19,7 +19,7 @@ Quart-Trio app with hypercorn's ``TrioDispatcherMiddleware``.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 
 import attrs
@@ -43,6 +43,10 @@ logger = logging.getLogger(__name__)
 Service = Callable[..., Awaitable[object]]
 """A long-running task that the lifespan starts with ``nursery.start`` before the server,
 and cancels after it (a ``RedisCluster.run``)."""
+
+
+def _services(value: Iterable[Service]) -> tuple[Service, ...]:
+    return tuple(value)
 
 
 def _require_trio() -> None:
@@ -75,7 +79,7 @@ class AsgiApp:
     """
 
     server: Server
-    services: tuple[Service, ...] = attrs.field(default=(), converter=tuple)
+    services: tuple[Service, ...] = attrs.field(default=(), converter=_services)
     _running: bool = attrs.field(default=False, init=False)
 
     async def __call__(self, scope: AsgiScope, receive: AsgiReceive, send: AsgiSend) -> None:

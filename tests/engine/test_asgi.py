@@ -18,7 +18,7 @@ import trio
 import trio.testing
 
 from roomcast.engine import Config, Server
-from roomcast.engine.asgi import AsgiApp
+from roomcast.engine.asgi import AsgiApp, Service
 from roomcast.engine.log import LogConfig
 from roomcast.protocol import Limits
 
@@ -95,9 +95,9 @@ def ws_scope(query: str, *, extension: bool = True) -> dict[str, object]:
     }
 
 
-def new_app(*services: object) -> AsgiApp:
+def new_app(*services: Service) -> AsgiApp:
     config = Config(limits=Limits(max_payload_bytes=MAX_PAYLOAD), log=LogConfig(enabled=False))
-    return AsgiApp(Server(config=config), services=services)  # type: ignore[arg-type]
+    return AsgiApp(Server(config=config), services=services)
 
 
 @asynccontextmanager
