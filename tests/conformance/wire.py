@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 _RECEIVE_BYTES: Final = 65_536
-REMOTE_SETTLE: Final = 0.05
+REMOTE_SETTLE: Final = 0.1
 """Seconds a server in another process gets to take what a test sent (well below the
 conformance app's 300 ms ping interval)."""
 WS_DISCONNECT_TIMEOUT: Final = 0.5
