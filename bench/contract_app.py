@@ -4,13 +4,20 @@ One process, one Trio run: listens on 127.0.0.1:$PORT, heartbeat from
 $PING_INTERVAL_MS / $PING_TIMEOUT_MS, exits on SIGTERM (``serve_until_signal``).
 
 Run: ``PORT=5000 .venv/bin/python bench/contract_app.py``
+
+With ``--asgi``, the same server goes through the ASGI front (``roomcast.engine.asgi``)
+served by hypercorn's Trio worker in this process (the ``asgi`` extra): what the ASGI
+front costs against the built-in one (docs/asgi.md).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
+import sys
 import tempfile
+from typing import cast
 
 import trio
 
@@ -86,11 +93,35 @@ def main() -> None:
     port = int(os.environ.get("PORT", "5000"))
     tune_gc()
     print(f"roomcast serving the bench contract on 127.0.0.1:{port}", flush=True)
+    if sys.argv[1:] == ["--asgi"]:
+        trio.run(_serve_asgi, build_server(config), port)
+        return
     redis_url = os.environ.get("REDIS_URL")
     if redis_url:  # scale-out hook (issue 9)
         trio.run(_serve_clustered, config, redis_url, port)
         return
     trio.run(serve_until_signal, build_server(config), "127.0.0.1", port)
+
+
+async def _serve_asgi(server: Server, port: int) -> None:
+    """Serve ``server`` as an ASGI app under hypercorn's Trio worker until SIGTERM/SIGINT."""
+    from hypercorn.config import Config as HypercornConfig
+    from hypercorn.trio import serve
+    from hypercorn.typing import ASGIFramework
+
+    from roomcast.engine.asgi import AsgiApp
+
+    async def signalled() -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                return
+
+    config = HypercornConfig()
+    config.bind = [f"127.0.0.1:{port}"]
+    config.graceful_timeout = 1.0  # WebSockets do not end by themselves: close them soon
+    # (hypercorn types ASGI messages as TypedDicts, the app takes plain mappings.)
+    app = cast("ASGIFramework", AsgiApp(server))
+    await serve(app, config, shutdown_trigger=signalled, mode="asgi")
 
 
 # -- scale-out (issue 9): with REDIS_URL set, the process joins a Redis cluster ------------

@@ -2,7 +2,7 @@
 
 Usage (from the repository root; ``bash bench/run.sh`` sets up and calls this)::
 
-    .venv/bin/python bench/run.py [--quick] [--servers roomcast,node,psio]
+    .venv/bin/python bench/run.py [--quick] [--servers roomcast,node,psio,roomcast-asgi]
                                   [--scenarios fanout,rooms,echo,idle,idle-max,heartbeat]
                                   [--runs N] [--no-setup]
 
@@ -53,9 +53,10 @@ SHUTDOWN_GRACE_S: Final = 60
 DISTURBED: Final = 0.10
 MAX_RETRIES_TOTAL: Final = 12  # so that a busy machine cannot stretch a run without bound
 
-SERVERS: Final = ("roomcast", "node", "psio", "trio-task", "trio-reactor", "null")
+SERVERS: Final = ("roomcast", "node", "psio", "trio-task", "trio-reactor", "null", "roomcast-asgi")
 SERVER_LABELS: Final = {
     "roomcast": "roomcast",
+    "roomcast-asgi": "roomcast, ASGI front (hypercorn trio)",
     "node": "Node socket.io",
     "psio": "python-socketio",
     "trio-task": "bare Trio, task per connection (ceiling)",
@@ -118,6 +119,8 @@ def server_command(name: str) -> list[str]:
     """The command that runs ``name``'s contract server (the process is the server)."""
     if name == "roomcast":
         return [sys.executable, str(BENCH / "contract_app.py")]
+    if name == "roomcast-asgi":  # needs the asgi extra (hypercorn)
+        return [sys.executable, str(BENCH / "contract_app.py"), "--asgi"]
     if name == "node":
         return ["node", str(NODE_DIR / "server.mjs")]
     if name == "psio":
@@ -798,8 +801,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--servers",
         type=lambda v: _csv(v, SERVERS),
-        default=list(SERVERS),
-        help=",".join(SERVERS),
+        default=[name for name in SERVERS if name != "roomcast-asgi"],
+        help=",".join(SERVERS) + " (roomcast-asgi, the ASGI front, only on request: asgi extra)",
     )
     parser.add_argument(
         "--scenarios",

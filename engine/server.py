@@ -45,8 +45,8 @@ from roomcast.engine.recovery import (
 from roomcast.engine.sequencer import Sequencer
 from roomcast.engine.socket import Handshake, Socket
 from roomcast.engine.stats import ServerStats
+from roomcast.engine.transport.base import HttpExchange, MessageTransport
 from roomcast.engine.transport.http import HttpConnection, HttpRequest, error_body
-from roomcast.engine.transport.websocket import WebSocketTransport, accept_websocket
 from roomcast.protocol import LocalProtocolError
 from roomcast.protocol._eio import EioServerSession
 from roomcast.protocol._log import LogRecord, LogValue, RecordKind
@@ -550,27 +550,47 @@ class Server:
             ]
         scheme = "http" if ssl_context is None else "https"
         try:
-            async with self._open_log(), trio.open_nursery() as nursery:
-                # Shut down in order: connections first (their cleanup leaves rooms and
-                # runs disconnect handlers), then the supervisor with the room actors.
-                system = await nursery.start(self._run_supervisor)
-                try:
-                    async with trio.open_nursery() as connections:
-                        self._connections = connections
-                        logger.info(
-                            "roomcast listening on %s://%s:%d", scheme, sockname[0], sockname[1]
-                        )
-                        task_status.started((sockname[0], sockname[1]))
-                        await trio.serve_listeners(
-                            self.serve_stream, listeners, handler_nursery=connections
-                        )
-                finally:
-                    self._connections = None
-                    system.cancel()
+            async with self.running() as connections:
+                logger.info("roomcast listening on %s://%s:%d", scheme, sockname[0], sockname[1])
+                task_status.started((sockname[0], sockname[1]))
+                await trio.serve_listeners(
+                    self.serve_stream, listeners, handler_nursery=connections
+                )
         finally:
             for listener in listeners:
                 await trio.aclose_forcefully(listener)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[trio.Nursery]:
+        """Run everything serving needs but a listener, for the block: the event log, the
+        supervisor (rooms, timers) and the nursery connections run in, which it yields.
+        ``serve`` runs its listener in it; the ASGI front (``roomcast.engine.asgi``)
+        opens it for an ASGI app's lifespan.
+
+        Leaving the block, however it is left, shuts down as a cancelled ``serve`` does:
+        every connection closes with "server shutting down", then the supervisor stops,
+        and the log closes last.
+
+        Cancellation: as leaving the block.
+
+        Raises:
+            RuntimeError: The server is running already.
+        """
+        if self._connections is not None:
+            raise RuntimeError("the server is running already")
+        async with self._open_log(), trio.open_nursery() as nursery:
+            # Shut down in order: connections first (their cleanup leaves rooms and
+            # runs disconnect handlers), then the supervisor with the room actors.
+            system = await nursery.start(self._run_supervisor)
+            try:
+                async with trio.open_nursery() as connections:
+                    self._connections = connections
+                    yield connections
+                    connections.cancel_scope.cancel()
+            finally:
+                self._connections = None
+                system.cancel()
 
     @asynccontextmanager
     async def _open_log(self) -> AsyncIterator[None]:
@@ -800,7 +820,7 @@ class Server:
                     return
                 if request is None:
                     return
-                if not await self._handle(http, request) or not http.reusable:
+                if not await self.handle_request(http, request) or not http.reusable:
                     return
         except TransportClosed:
             await _linger(stream)
@@ -856,8 +876,16 @@ class Server:
             ("Vary", "Origin"),
         )
 
-    async def _handle(self, http: HttpConnection, request: HttpRequest) -> bool:
-        """Answer one request; False when the stream was taken over or must close."""
+    async def handle_request(self, http: HttpExchange, request: HttpRequest) -> bool:
+        """Answer one request: Engine.IO polling or a WebSocket (served until it closes),
+        ``/healthz``, static files. The built-in front and the ASGI one
+        (``roomcast.engine.asgi``) both route through here, so both answer alike.
+
+        Returns False when the stream was taken over or must close.
+
+        Cancellation: a held polling GET is answered CLOSE (within ``close_grace``); a
+        WebSocket connection closes as in a server shutdown.
+        """
         path = _normal_path(request.path)
         if request.path == "/healthz":
             await http.respond(200, b"ok")
@@ -988,7 +1016,7 @@ class Server:
                 return False
         return True
 
-    async def _poll(self, http: HttpConnection, conn: Connection) -> tuple[int, str]:
+    async def _poll(self, http: HttpExchange, conn: Connection) -> tuple[int, str]:
         """Hold a polling GET; if the client goes away meanwhile, close the session."""
         result: tuple[int, str] = (400, "")
 
@@ -998,13 +1026,7 @@ class Server:
             cancel.cancel()
 
         async def watch(cancel: trio.CancelScope) -> None:
-            # Anything the client sends while its GET is held belongs to its next request;
-            # end-of-stream means it left.
-            try:
-                while data := await http.stream.receive_some(16_384):
-                    http.feed(bytes(data))
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
+            await http.wait_closed()
             conn.client_gone()
 
         async with trio.open_nursery() as nursery:
@@ -1020,7 +1042,7 @@ class Server:
         path: str,
         *,
         transport: str,
-        ws: WebSocketTransport | None = None,
+        ws: MessageTransport | None = None,
     ) -> Connection:
         config = self.config
         sid = _new_id()
@@ -1065,13 +1087,12 @@ class Server:
                     self._per_address.pop(host, None)
 
     async def _accept_websocket(
-        self, http: HttpConnection, request: HttpRequest
-    ) -> WebSocketTransport | None:
+        self, http: HttpExchange, request: HttpRequest
+    ) -> MessageTransport | None:
         try:
             with trio.fail_after(self.config.websocket_handshake_timeout):
-                return await accept_websocket(
-                    http.stream,
-                    http.upgrade_bytes(request),
+                return await http.accept_websocket(
+                    request,
                     max_message_bytes=self.config.limits.max_payload_bytes,
                     compression=self.config.websocket_compression,
                 )
@@ -1080,7 +1101,7 @@ class Server:
 
     async def _new_websocket(
         self,
-        http: HttpConnection,
+        http: HttpExchange,
         request: HttpRequest,
         layer: EngineLayer,
         parser: Parser | None,
@@ -1100,7 +1121,7 @@ class Server:
         finally:
             self._forget(conn)
 
-    async def _static(self, http: HttpConnection, request: HttpRequest) -> bool:
+    async def _static(self, http: HttpExchange, request: HttpRequest) -> bool:
         for prefix, directory in self.static_dirs.items():
             if not request.path.startswith(prefix):
                 continue

@@ -8,7 +8,8 @@
 - Heartbeat 300 ms / 200 ms, max payload 1,000,000 bytes, any origin, connect timeout 1 s.
 
 Run: ``python examples/conformance_app.py --host 127.0.0.1 --port 3000``
-(``HOST`` and ``PORT`` in the environment work too).
+(``HOST`` and ``PORT`` in the environment work too), or through the ASGI front:
+``hypercorn --worker-class trio --bind 127.0.0.1:3000 examples.conformance_app:asgi_app``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import trio
 
 from roomcast.engine import Config, Server, Socket
 from roomcast.engine.actors.connection import Connection
+from roomcast.engine.asgi import AsgiApp
 from roomcast.engine.cli import serve_until_signal
 from roomcast.engine.log import LogConfig
 from roomcast.protocol import JsonValue, Limits
@@ -66,6 +68,10 @@ def build_server(config: Config = CONFORMANCE_CONFIG) -> Server:
         return args
 
     return server
+
+
+asgi_app = AsgiApp(build_server())
+"""The conformance server as an ASGI app (tests/conformance runs against it too)."""
 
 
 def main() -> None:

@@ -53,8 +53,8 @@ from roomcast.protocol._sio_state import (
 if TYPE_CHECKING:
     from roomcast.engine.actors.supervisor import DeadlineScheduler
     from roomcast.engine.config import Config
+    from roomcast.engine.transport.base import MessageTransport
     from roomcast.engine.transport.http import HttpRequest
-    from roomcast.engine.transport.websocket import WebSocketTransport
     from roomcast.protocol._sio import Parser
 
 __all__ = ["Connection", "EngineLayer", "RawMessage", "SocketLayer"]
@@ -147,7 +147,7 @@ class Connection:
     layer: EngineLayer
     scheduler: DeadlineScheduler
     parser: Parser | None = None
-    transport: WebSocketTransport | None = None
+    transport: MessageTransport | None = None
     request: HttpRequest | None = None
     endpoint: str = "/socket.io/"
     traffic: Traffic = UNCOUNTED
@@ -342,7 +342,7 @@ class Connection:
             # (Past close_grace the stream is closed by whoever owns it.)
             self.finished.set()
 
-    async def _write_loop(self, transport: WebSocketTransport) -> None:
+    async def _write_loop(self, transport: MessageTransport) -> None:
         outbox, limit = self.outbox, self.config.max_write_batch
         outbox.direct = transport.send_now
         try:
@@ -357,7 +357,7 @@ class Connection:
             outbox.direct = None
             self._writer_done.set()
 
-    async def _read_loop(self, transport: WebSocketTransport) -> None:
+    async def _read_loop(self, transport: MessageTransport) -> None:
         limits = self.config.limits
         with self._read_scope:
             try:
@@ -592,7 +592,7 @@ class Connection:
 
     # -- upgrade to WebSocket (called from the WebSocket request task) --------------------
 
-    async def upgrade(self, transport: WebSocketTransport) -> None:
+    async def upgrade(self, transport: MessageTransport) -> None:
         """Run the probe on ``transport`` and make it the session's only transport; then
         wait until the connection is finished (the caller then closes the stream).
 

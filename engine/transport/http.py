@@ -17,6 +17,7 @@ import h11
 import trio
 
 from roomcast.engine.errors import TransportClosed
+from roomcast.engine.transport.websocket import WebSocketTransport, accept_websocket
 
 __all__ = ["BodyTooLarge", "HttpConnection", "HttpRequest", "error_body"]
 
@@ -115,10 +116,6 @@ class HttpConnection:
             self.received_in_cycle += len(data)
             self._conn.receive_data(bytes(data))
 
-    def feed(self, data: bytes) -> None:
-        """Buffer bytes read from the stream by someone else (they belong to h11)."""
-        self._conn.receive_data(data)
-
     async def next_request(self) -> HttpRequest | None:
         """Read the next request head; None when the peer closed between requests.
 
@@ -179,6 +176,37 @@ class HttpConnection:
                 return b"".join(parts)
             else:
                 raise TransportClosed("connection closed during the request body")
+
+    async def wait_closed(self) -> None:
+        """Return when the peer closes the connection (a held request's client left).
+
+        Anything the client sends meanwhile belongs to its next request: it is kept for
+        ``next_request``.
+
+        Cancellation: nothing is lost.
+        """
+        try:
+            while data := await self.stream.receive_some(_RECEIVE_BYTES):
+                self._conn.receive_data(bytes(data))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    async def accept_websocket(
+        self, request: HttpRequest, *, max_message_bytes: int, compression: bool
+    ) -> WebSocketTransport:
+        """Switch this connection to the WebSocket ``request`` asks for (RFC 6455 §4.2).
+
+        Cancellation: the stream is left in an undefined state; the caller closes it.
+
+        Raises:
+            TransportClosed: Not a valid WebSocket handshake, or the peer left.
+        """
+        return await accept_websocket(
+            self.stream,
+            self.upgrade_bytes(request),
+            max_message_bytes=max_message_bytes,
+            compression=compression,
+        )
 
     def upgrade_bytes(self, request: HttpRequest) -> bytes:
         """The bytes for a protocol taking over after ``request`` (its head, and anything

@@ -1,6 +1,7 @@
 """The workspace chat page in a real browser: Debian's Chromium, headless, driven by
 playwright-core (tests/js/polling_browser_chat.mjs), against examples/workspace_chat.py's
-server running in this process.
+server running in this process, and against examples/asgi_app.py (the same chat mounted
+in Starlette) under hypercorn's Trio worker.
 
 Two pages in workspace "alpha" see each other's messages, a third page in "beta" sees
 none of them (then switches to "alpha" and sees only what comes after), and the server
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Final
 
@@ -21,6 +23,7 @@ import trio
 
 from examples.workspace_chat import build_server
 from roomcast.engine import Server
+from tests.asgi_server import HypercornProcess, run_hypercorn
 from tests.processes import PipedProcess, open_piped
 
 from ..conformance.wire import Endpoint
@@ -61,6 +64,48 @@ def check_server_side(server: Server, pages: dict[str, dict[str, str]], origin: 
     assert not any("beta" in s.rooms for s in sockets.values())
 
 
+async def drive_pages(
+    node: str,
+    script: Path,
+    url: str,
+    tmp_path: Path,
+    env: dict[str, str],
+    at_checkpoint: Callable[[dict[str, dict[str, str]]], None],
+) -> None:
+    """Run the browser script against ``url``; at its checkpoint, ``at_checkpoint`` gets
+    the pages it reports; then let it finish (exit 0, a screenshot of each page)."""
+    async with open_piped(
+        lambda process: PipedProcess(process=process),
+        [node, str(script), url, str(tmp_path)],
+        env=env,
+    ) as peer:
+        process = peer.process
+        assert process.stdin is not None
+        assert process.stdout is not None
+        buffer = bytearray()
+        while (line := await read_line(process.stdout, buffer))["event"] != "checkpoint":
+            assert line["event"] != "error", line["message"]
+        pages = line["pages"]
+        assert isinstance(pages, dict)
+        at_checkpoint(pages)
+        await process.stdin.send_all(b"go\n")
+        while (line := await read_line(process.stdout, buffer))["event"] != "done":
+            assert line["event"] != "error", line["message"]
+        assert await process.wait() == 0, peer.stderr.decode(errors="replace")
+    for name in ("ann", "bob", "cat"):
+        assert (tmp_path / f"{name}.png").stat().st_size > 1000
+
+
+async def check_page_and_bundle(endpoint: Endpoint, web_bundle: Path) -> None:
+    """The chat page and the socket.io-client bundle it loads are served."""
+    page = await endpoint.get("/")
+    assert page.status == 200
+    assert b'src="/vendor/socket.io.min.js"' in page.body
+    bundle = await endpoint.get("/vendor/socket.io.min.js")
+    assert bundle.status == 200
+    assert bundle.body == await trio.Path(web_bundle).read_bytes()
+
+
 @pytest.mark.node
 async def test_two_pages_in_a_workspace_chat_and_a_third_sees_nothing(
     js_peers: Path, chromium: str, web_bundle: Path, tmp_path: Path
@@ -73,30 +118,58 @@ async def test_two_pages_in_a_workspace_chat_and_a_third_sees_nothing(
     with trio.fail_after(BROWSER_TIMEOUT):
         async with trio.open_nursery() as nursery:
             host, port = await nursery.start(server.serve, "127.0.0.1", 0)
-            page = await Endpoint(host=host, port=port).get("/")
-            assert page.status == 200
-            assert b'src="/vendor/socket.io.min.js"' in page.body
-            bundle = await Endpoint(host=host, port=port).get("/vendor/socket.io.min.js")
-            assert bundle.status == 200
-            assert bundle.body == await trio.Path(web_bundle).read_bytes()
-            async with open_piped(
-                lambda process: PipedProcess(process=process),
-                [node, str(script), f"http://{host}:{port}", str(tmp_path)],
-                env=env,
-            ) as peer:
-                process = peer.process
-                assert process.stdin is not None
-                assert process.stdout is not None
-                buffer = bytearray()
-                while (line := await read_line(process.stdout, buffer))["event"] != "checkpoint":
-                    assert line["event"] != "error", line["message"]
-                pages = line["pages"]
-                assert isinstance(pages, dict)
-                check_server_side(server, pages, f"http://{host}:{port}")
-                await process.stdin.send_all(b"go\n")
-                while (line := await read_line(process.stdout, buffer))["event"] != "done":
-                    assert line["event"] != "error", line["message"]
-                assert await process.wait() == 0, peer.stderr.decode(errors="replace")
+            await check_page_and_bundle(Endpoint(host=host, port=port), web_bundle)
+            url = f"http://{host}:{port}"
+            await drive_pages(
+                node,
+                script,
+                url,
+                tmp_path,
+                env,
+                lambda pages: check_server_side(server, pages, url),
+            )
             nursery.cancel_scope.cancel()
-    for name in ("ann", "bob", "cat"):
-        assert (tmp_path / f"{name}.png").stat().st_size > 1000
+
+
+@pytest.fixture
+def asgi_example(tmp_path: Path) -> Iterator[HypercornProcess]:
+    """examples/asgi_app.py as its docstring runs it, under hypercorn's Trio worker."""
+    with run_hypercorn("examples.asgi_app:app", cwd=tmp_path) as hypercorn:
+        yield hypercorn
+    assert hypercorn.process.returncode == 0, hypercorn.output()
+    assert "Traceback" not in hypercorn.output(), hypercorn.output()
+
+
+def check_pages_on_websocket(pages: dict[str, dict[str, str]]) -> None:
+    """Each page's client says it is on WebSocket now (it began on polling: the
+    default transports), and shows it."""
+    for name, page in pages.items():
+        assert page["transport"] == page["shown"] == "websocket", (name, page)
+
+
+@pytest.mark.node
+async def test_the_demo_page_through_the_asgi_example(
+    js_peers: Path,
+    chromium: str,
+    web_bundle: Path,
+    tmp_path: Path,
+    asgi_example: HypercornProcess,
+) -> None:
+    node = shutil.which("node")
+    assert node is not None
+    endpoint = Endpoint(host="127.0.0.1", port=asgi_example.port)
+    env = {**os.environ, "CHROMIUM": chromium}
+    shots = tmp_path / "shots"
+    await trio.Path(shots).mkdir()
+    with trio.fail_after(BROWSER_TIMEOUT):
+        hello = await endpoint.get("/hello")
+        assert (hello.status, hello.text) == (200, "hello from Starlette\n")
+        await check_page_and_bundle(endpoint, web_bundle)
+        await drive_pages(
+            node,
+            js_peers / "polling_browser_chat.mjs",
+            f"http://127.0.0.1:{endpoint.port}",
+            shots,
+            env,
+            check_pages_on_websocket,
+        )

@@ -15,12 +15,6 @@ HELD: float = 0.05
 ping, so it cannot have been answered yet)."""
 
 
-async def settle() -> None:
-    """Let the in-process server take what the test just sent (the app runs in this Trio
-    run, so once every task is blocked it has read everything on loopback)."""
-    await trio.testing.wait_all_tasks_blocked(cushion=0.01)
-
-
 @pytest.mark.parametrize(
     "payload",
     [
@@ -62,7 +56,7 @@ async def test_a_held_get_returns_as_soon_as_something_is_queued(app: Endpoint) 
         sid, _ = await app.polling_handshake(ENGINE)
         async with app.open_http() as held:
             await held.send_request("GET", eio_target(ENGINE, sid=sid))
-            await settle()
+            await app.settle()
             start = trio.current_time()
             assert (await app.post(eio_target(ENGINE, sid=sid), "4wake")).body == b"ok"
             got = await held.read_response()
@@ -99,7 +93,7 @@ async def test_two_gets_at_once_close_the_session(app: Endpoint) -> None:
         sid, _ = await app.polling_handshake(ENGINE)
         async with app.open_http() as first, app.open_http() as second:
             await first.send_request("GET", eio_target(ENGINE, sid=sid))
-            await settle()
+            await app.settle()
             await second.send_request("GET", eio_target(ENGINE, sid=sid))
             duplicate = await second.read_response()
             held = await first.read_response()
@@ -114,9 +108,9 @@ async def test_a_held_get_whose_client_leaves_closes_the_session(app: Endpoint) 
         sid, _ = await app.polling_handshake(ENGINE)
         async with app.open_http() as held:
             await held.send_request("GET", eio_target(ENGINE, sid=sid))
-            await settle()
+            await app.settle()
         # The TCP connection is closed with the GET still held.
-        await settle()
+        await app.settle()
         assert (await app.get(eio_target(ENGINE, sid=sid))).status == 400
 
 
@@ -125,7 +119,7 @@ async def test_close_by_post_answers_the_held_get_with_noop(app: Endpoint) -> No
         sid, _ = await app.polling_handshake(ENGINE)
         async with app.open_http() as held:
             await held.send_request("GET", eio_target(ENGINE, sid=sid))
-            await settle()
+            await app.settle()
             posted = await app.post(eio_target(ENGINE, sid=sid), "1")
             got = await held.read_response()
         assert (posted.status, posted.body) == (200, b"ok")

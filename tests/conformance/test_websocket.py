@@ -66,14 +66,16 @@ async def test_close_packet_closes_at_once(app: Endpoint, path: str) -> None:
                 await expect_ws_closed(ws)
 
 
-async def test_a_closed_session_is_gone(app: Endpoint, conformance_server: Server) -> None:
+async def test_a_closed_session_is_gone(app: Endpoint, conformance_server: Server | None) -> None:
     with trio.fail_after(BUDGET):
         async with open_ws(app, eio_target(ENGINE, transport="websocket")) as ws:
             sid = (await ws_handshake(ws))["sid"]
             assert isinstance(sid, str)
-            assert sid in conformance_server.connections
+            if conformance_server is not None:  # (the ASGI front's is in another process)
+                assert sid in conformance_server.connections
             await ws.send_message("1")
             await expect_ws_closed(ws)
-        await trio.testing.wait_all_tasks_blocked(cushion=0.01)
-        assert sid not in conformance_server.connections
+        await app.settle()
+        if conformance_server is not None:
+            assert sid not in conformance_server.connections
         assert (await app.get(eio_target(ENGINE, sid=sid))).status == 400

@@ -14,6 +14,7 @@ from typing import Final
 import attrs
 import h11
 import trio
+import trio.testing
 import trio_websocket
 
 __all__ = [
@@ -28,6 +29,9 @@ __all__ = [
 ]
 
 _RECEIVE_BYTES: Final = 65_536
+REMOTE_SETTLE: Final = 0.1
+"""Seconds a server in another process gets to take what a test sent (well below the
+conformance app's 300 ms ping interval)."""
 WS_DISCONNECT_TIMEOUT: Final = 0.5
 """Seconds a test's WebSocket waits for the server's side of the close handshake."""
 
@@ -161,10 +165,19 @@ WS_UPGRADE_HEADERS: Final = (
 
 @attrs.frozen(kw_only=True)
 class Endpoint:
-    """A server listening on a real socket."""
+    """A server listening on a real socket (``remote``: in another process)."""
 
     host: str
     port: int
+    remote: bool = False
+
+    async def settle(self) -> None:
+        """Let the server take what the test just sent. In this process, that is once
+        every task is blocked (it has read everything on loopback); a server in another
+        process cannot be watched, so it gets REMOTE_SETTLE seconds."""
+        await trio.testing.wait_all_tasks_blocked(cushion=0.01)
+        if self.remote:
+            await trio.sleep(REMOTE_SETTLE)
 
     @asynccontextmanager
     async def open_http(self) -> AsyncIterator[HttpClient]:

@@ -1,8 +1,10 @@
 """python-socketio's ``AsyncClient`` over HTTP long-polling only, for test_polling_peers.py.
 
-Usage: python polling_psio_client.py URL
+Usage: python polling_psio_client.py URL [polling|default]
 
-Two clients, a in workspace "alpha" and c in "beta", both with ``transports=["polling"]``.
+Two clients, a in workspace "alpha" and c in "beta", both with ``transports=["polling"]``
+(or, with ``default``, the client's default transports: polling, then the upgrade to
+WebSocket).
 Prints JSON lines ``{"event": NAME, ...}``; after ``checkpoint`` it waits for one line on
 stdin (the test inspects the server meanwhile), then disconnects and prints ``done``.
 Exit 0 after ``done``, 1 after ``{"event": "error"}``.
@@ -34,8 +36,9 @@ def patterned(length: int) -> bytes:
 class Client:
     """One AsyncClient and the receive_message events it got."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, transports: list[str] | None) -> None:
         self.name = name
+        self.transports = transports
         self.sio = socketio.AsyncClient(reconnection=False)
         self.messages: list[dict[str, object]] = []
         self._changed = asyncio.Event()
@@ -53,14 +56,14 @@ class Client:
                 await self._changed.wait()
 
     async def connect(self, url: str) -> None:
-        await self.sio.connect(url, transports=["polling"], wait_timeout=5)
+        await self.sio.connect(url, transports=self.transports, wait_timeout=5)
 
     async def call(self, event: str, *args: object) -> object:
         return await self.sio.call(event, args if len(args) > 1 else args[0], timeout=5)
 
 
-async def scenario(url: str) -> None:
-    a, c = Client("a"), Client("c")
+async def scenario(url: str, transports: list[str] | None) -> None:
+    a, c = Client("a", transports), Client("c", transports)
     await asyncio.gather(a.connect(url), c.connect(url))
     for client in (a, c):
         report(
@@ -106,12 +109,13 @@ async def scenario(url: str) -> None:
 
 
 async def main() -> int:
-    if len(sys.argv) != 2:
-        print("usage: python polling_psio_client.py URL", file=sys.stderr)
+    if len(sys.argv) not in (2, 3) or sys.argv[2:] not in ([], ["polling"], ["default"]):
+        print("usage: python polling_psio_client.py URL [polling|default]", file=sys.stderr)
         return 2
+    transports = None if sys.argv[2:] == ["default"] else ["polling"]
     try:
         async with asyncio.timeout(WATCHDOG):
-            await scenario(sys.argv[1])
+            await scenario(sys.argv[1], transports)
     except Exception:  # noqa: BLE001 - the one boundary: report any failure as a line
         report("error", message=traceback.format_exc())
         return 1

@@ -66,7 +66,7 @@ def build_server() -> tuple[Server, list[type]]:
     @server.on("shout")
     async def shout(socket: Socket, text: JsonValue) -> None:
         transport = socket.connection.transport
-        if transport is not None:
+        if isinstance(transport, WebSocketTransport):  # (the built-in front's)
             streams.append(type(transport.stream))
         await server.emit("shouted", text)
 
