@@ -14,7 +14,7 @@ import signal
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, NoReturn
+from typing import TYPE_CHECKING, Final, NoReturn, TypeVar
 
 import attrs
 import trio
@@ -31,6 +31,7 @@ from roomcast.engine.log.reader import (
 )
 from roomcast.engine.log.replay import ReplayStep, replay
 from roomcast.engine.log.segment import Corruption
+from roomcast.engine.progress import TerminalProgress, terminal_progress
 from roomcast.engine.recovery import RecoveryConfig
 from roomcast.engine.runtime import tune_gc
 from roomcast.engine.server import Server
@@ -55,6 +56,8 @@ __all__ = [
 logger = logging.getLogger("roomcast")
 
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+_T = TypeVar("_T")
 
 
 class CommandError(EngineError):
@@ -493,9 +496,14 @@ def _replay(args: argparse.Namespace) -> int:
     if directory is not None:
         _check_log_directory(directory)
     damaged: list[object] = []
+    # Records printed to a terminal show the progress themselves, and a status line
+    # between them would be torn apart: the line is for output that goes elsewhere.
+    progress = None if sys.stdout.isatty() else terminal_progress("roomcast replay", sys.stderr)
 
     def report(corruption: Corruption) -> None:
         damaged.append(corruption)
+        if progress is not None:
+            progress.interrupt()
         print(f"roomcast replay: damaged record: {corruption.describe()}", file=sys.stderr)
 
     def report_entry(detail: str) -> None:
@@ -527,6 +535,7 @@ def _replay(args: argparse.Namespace) -> int:
             until_time=bounds["until_time"],
             epoch=args.epoch,
             on_corrupt=report,
+            on_progress=progress,
         )
     else:
         import coredis.exceptions
@@ -556,6 +565,16 @@ def _replay(args: argparse.Namespace) -> int:
             and (until_time is None or r.time <= until_time)
             and (args.epoch is None or r.epoch == args.epoch)
         ]
+    try:
+        _print_records(records, args)
+    finally:
+        if progress is not None:
+            progress.close()
+    return 1 if damaged else 0
+
+
+def _print_records(records: Iterable[LogRecord], args: argparse.Namespace) -> None:
+    """Print (or, with ``--app``, re-drive and print) the records ``replay`` selected."""
     if args.app is not None:
         server = load_server(args.app)
         trio.run(
@@ -563,7 +582,7 @@ def _replay(args: argparse.Namespace) -> int:
                 records, server, on_step=lambda step: _print_step(step, as_json=args.json)
             )
         )
-        return 1 if damaged else 0
+        return
     epoch: str | None = None
     for record in records:
         if args.json:
@@ -574,11 +593,22 @@ def _replay(args: argparse.Namespace) -> int:
             print(f"# epoch {epoch}")
         print(format_record(record))
     sys.stdout.flush()
-    return 1 if damaged else 0
+
+
+def _with_progress(label: str, work: Callable[[TerminalProgress | None], _T]) -> _T:
+    """Run ``work`` with a progress line on stderr when it is a terminal (erased after)."""
+    progress = terminal_progress(label, sys.stderr)
+    try:
+        return work(progress)
+    finally:
+        if progress is not None:
+            progress.close()
 
 
 def _verify(args: argparse.Namespace) -> int:
-    report = verify_log(args.logdir)
+    report = _with_progress(
+        "roomcast log verify", lambda progress: verify_log(args.logdir, on_progress=progress)
+    )
     if args.json:
         data = attrs.asdict(report)
         print(json.dumps(data, ensure_ascii=False, indent=1))
@@ -611,7 +641,9 @@ def _stats(args: argparse.Namespace) -> int:
     directory = Path(args.logdir)
     _check_log_directory(directory)
     try:
-        stats = log_stats(directory)
+        stats = _with_progress(
+            "roomcast log stats", lambda progress: log_stats(directory, on_progress=progress)
+        )
     except ValueError as exc:
         print(f"roomcast log stats: {exc}", file=sys.stderr)
         return 1
