@@ -31,6 +31,8 @@ from roomcast.engine.log.reader import (
 )
 from roomcast.engine.log.replay import ReplayStep, replay
 from roomcast.engine.log.segment import Corruption
+from roomcast.engine.log.timeline import BoundaryKind, MarkKind, Timeline, TimelineBuilder
+from roomcast.engine.log.timeline_svg import render_html, render_svg
 from roomcast.engine.progress import TerminalProgress, terminal_progress
 from roomcast.engine.recovery import RecoveryConfig
 from roomcast.engine.runtime import tune_gc
@@ -492,18 +494,33 @@ def _replay(args: argparse.Namespace) -> int:
     if (args.logdir is None) == (args.redis is None):
         print("roomcast replay: give a LOGDIR or --redis URL (one of them)", file=sys.stderr)
         return 2
+    timeline: TimelineBuilder | None = None
+    if args.timeline is not None:
+        if args.room is None:
+            raise CommandError("--timeline draws one room: give --room")
+        if args.app is not None or args.json:
+            raise CommandError("--timeline writes a picture: not with --app or --json")
+        if Path(args.timeline).suffix.lower() not in (".svg", ".html", ".htm"):
+            raise CommandError(f"--timeline {args.timeline}: the file must end in .svg or .html")
+        timeline = TimelineBuilder(namespace=args.namespace or "/", room=args.room)
     directory = Path(args.logdir) if args.logdir is not None else None
     if directory is not None:
         _check_log_directory(directory)
     damaged: list[object] = []
     # Records printed to a terminal show the progress themselves, and a status line
     # between them would be torn apart: the line is for output that goes elsewhere.
-    progress = None if sys.stdout.isatty() else terminal_progress("roomcast replay", sys.stderr)
+    progress = (
+        terminal_progress("roomcast replay", sys.stderr)
+        if timeline is not None or not sys.stdout.isatty()
+        else None
+    )
 
     def report(corruption: Corruption) -> None:
         damaged.append(corruption)
         if progress is not None:
             progress.interrupt()
+        if timeline is not None:
+            timeline.damage(corruption.describe())
         print(f"roomcast replay: damaged record: {corruption.describe()}", file=sys.stderr)
 
     def report_entry(detail: str) -> None:
@@ -525,10 +542,12 @@ def _replay(args: argparse.Namespace) -> int:
     until_offset = None if bounds["until_offset"] is None else int(bounds["until_offset"])
     records: Iterable[LogRecord]
     if directory is not None:
+        # A timeline needs the members' connects and disconnects and the server's own
+        # records too, not only the room's.
         records = iter_records(
             directory,
-            namespace=args.namespace,
-            room=args.room,
+            namespace=args.namespace if timeline is None else None,
+            room=args.room if timeline is None else None,
             since_offset=since_offset,
             until_offset=until_offset,
             since_time=bounds["since_time"],
@@ -556,21 +575,46 @@ def _replay(args: argparse.Namespace) -> int:
             print(f"roomcast replay: cannot read the shared log: {failure}", file=sys.stderr)
             return 2
         since_time, until_time = bounds["since_time"], bounds["until_time"]
+        everything = timeline is not None
         records = [
             r
             for r in shared
-            if (args.namespace is None or r.namespace == args.namespace)
-            and (args.room is None or r.room == args.room)
+            if (everything or args.namespace is None or r.namespace == args.namespace)
+            and (everything or args.room is None or r.room == args.room)
             and (since_time is None or r.time >= since_time)
             and (until_time is None or r.time <= until_time)
             and (args.epoch is None or r.epoch == args.epoch)
         ]
     try:
-        _print_records(records, args)
+        if timeline is None:
+            _print_records(records, args)
+        else:
+            for record in records:
+                timeline.add(record)
     finally:
         if progress is not None:
             progress.close()
+    if timeline is not None:
+        _write_timeline(timeline.build(), Path(args.timeline))
     return 1 if damaged else 0
+
+
+def _write_timeline(timeline: Timeline, path: Path) -> None:
+    if not timeline.records:
+        raise CommandError(
+            f"no record of room {timeline.room!r} in namespace {timeline.namespace!r} in this"
+            " window (--namespace names another namespace)"
+        )
+    html = path.suffix.lower() in (".html", ".htm")
+    path.write_text(render_html(timeline) if html else render_svg(timeline), encoding="utf-8")
+    crashes = sum(b.kind is BoundaryKind.CRASH for b in timeline.boundaries)
+    recoveries = sum(m.kind is MarkKind.RECOVERED for lane in timeline.lanes for m in lane.marks)
+    print(
+        f"{path}: room {timeline.room!r} ({timeline.namespace}) from {_iso(timeline.start)} to"
+        f" {_iso(timeline.end)}: {len(timeline.lanes)} member(s),"
+        f" {len(timeline.messages) + timeline.messages_not_drawn} message(s),"
+        f" {len(timeline.epochs)} epoch(s), {crashes} crash(es), {recoveries} recovery(ies)"
+    )
 
 
 def _print_records(records: Iterable[LogRecord], args: argparse.Namespace) -> None:
@@ -724,6 +768,14 @@ def build_parser() -> argparse.ArgumentParser:
     play.add_argument("--until", type=_parse_bound, help="up to this offset or time")
     play.add_argument("--epoch", help="only records of this epoch")
     play.add_argument("--json", action="store_true", help="one JSON object per line")
+    play.add_argument(
+        "--timeline",
+        metavar="FILE",
+        help="draw the --room over time into FILE (.svg, or .html: a page holding it): a lane"
+        " per member from join to leave, messages, disconnects with their reasons,"
+        " recoveries, crashes, epochs and the time the server was down (--namespace: /"
+        " unless given)",
+    )
     play.add_argument(
         "--app",
         help="MODULE:ATTR of the app's Server: re-drive the records against its handlers"
