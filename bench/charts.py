@@ -298,7 +298,8 @@ def draw_charts(report: JsonDict, out_dir: Path) -> list[Path]:
 def _reexec_in_venv() -> None:
     """Without matplotlib here, run again with the bench venv's Python (if it has one)."""
     venv_python = CHARTS_VENV / "bin" / "python"
-    if venv_python.exists() and Path(sys.executable).resolve() != venv_python.resolve():
+    # (Compare the prefixes: the venv's python is a symlink to this very interpreter.)
+    if venv_python.exists() and Path(sys.prefix).resolve() != CHARTS_VENV.resolve():
         os.execv(str(venv_python), [str(venv_python), __file__, *sys.argv[1:]])
     raise SystemExit(
         "bench/charts.py needs matplotlib: run `bash bench/run.sh` once (it makes"

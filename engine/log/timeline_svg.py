@@ -85,15 +85,16 @@ class _Scale:
         plot = WIDTH - LEFT - RIGHT - GAP_WIDTH * len(self.gaps)
         active = (self.end - self.start) - sum(g.end - g.start for g in self.gaps)
         self.per_second = plot / active if active > 0 else 0.0
-        self.fixed = plot if active <= 0 else 0.0  # all in gaps (or one instant)
+        # Everything at one instant (between the gaps): draw it in the middle.
+        self.lead = plot / 2 if active <= 0 else 0.0
 
     def x(self, time: float) -> float:
-        x = float(LEFT)
+        x = LEFT + self.lead
         cursor = self.start
         for gap in self.gaps:
             if time <= gap.start:
                 break
-            x += (gap.start - cursor) * self.per_second + self.fixed / 2
+            x += (gap.start - cursor) * self.per_second
             if time < gap.end:
                 return x + GAP_WIDTH * (time - gap.start) / (gap.end - gap.start)
             x += GAP_WIDTH
