@@ -9,7 +9,7 @@ Usage (from the repository root; ``bash bench/run.sh`` sets up and calls this)::
 Every server implements docs/bench-contract.md and runs alone on core 0 (``taskset``);
 the load generator (bench/node/loadgen.mjs, raw WebSocket frames over node:net) runs on
 core 1. Each scenario run gets a fresh server process. The result is a table on stdout
-and JSON (plus the same table as Markdown) in bench/results/.
+and JSON (plus the same table as Markdown and its charts, SVG) in bench/results/.
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ ROOT: Final = BENCH.parent
 NODE_DIR: Final = BENCH / "node"
 PSIO_VENV: Final = BENCH / ".venv-psio"
 PSIO_REQUIREMENTS: Final = BENCH / "requirements-psio.txt"
+CHARTS_VENV: Final = BENCH / ".venv-charts"
+CHARTS_REQUIREMENTS: Final = BENCH / "requirements-charts.txt"
 RESULTS: Final = BENCH / "results"
 LOADGEN: Final = NODE_DIR / "loadgen.mjs"
 
@@ -86,7 +88,8 @@ def _stamp_ok(stamp: Path, digest: str) -> bool:
 
 
 def setup() -> None:
-    """Install the Node peers (npm ci) and python-socketio's venv, when not up to date."""
+    """Install the Node peers (npm ci), python-socketio's venv and the charts' venv, when
+    not up to date."""
     if shutil.which("node") is None or shutil.which("npm") is None:
         raise SystemExit("the benchmark needs Node.js 20+ and npm")
     if shutil.which("taskset") is None:
@@ -100,15 +103,21 @@ def setup() -> None:
             ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=NODE_DIR, check=True
         )
         stamp.write_text(digest)
-    digest = hashlib.sha256(PSIO_REQUIREMENTS.read_bytes()).hexdigest()
-    stamp = PSIO_VENV / ".bench-stamp"
+    _venv(PSIO_VENV, PSIO_REQUIREMENTS, "python-socketio, aiohttp, uvicorn, uvloop")
+    _venv(CHARTS_VENV, CHARTS_REQUIREMENTS, "matplotlib, for the charts")
+
+
+def _venv(venv: Path, requirements: Path, what: str) -> None:
+    """A venv of the bench's own from pinned requirements, remade when they change."""
+    digest = hashlib.sha256(requirements.read_bytes()).hexdigest()
+    stamp = venv / ".bench-stamp"
     if not _stamp_ok(stamp, digest):
-        log("creating bench/.venv-psio (python-socketio, aiohttp, uvicorn, uvloop)")
+        log(f"creating {venv.relative_to(ROOT)} ({what})")
         base = getattr(sys, "_base_executable", sys.executable)
-        subprocess.run([base, "-m", "venv", "--clear", str(PSIO_VENV)], check=True)
-        pip = [str(PSIO_VENV / "bin" / "python"), "-m", "pip", "install", "-q"]
+        subprocess.run([base, "-m", "venv", "--clear", str(venv)], check=True)
+        pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
         subprocess.run([*pip, "--upgrade", "pip"], check=True)
-        subprocess.run([*pip, "-r", str(PSIO_REQUIREMENTS)], check=True)
+        subprocess.run([*pip, "-r", str(requirements)], check=True)
         stamp.write_text(digest)
 
 
@@ -882,6 +891,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.with_suffix(".md").write_text(table + "\n")
     print(table)
     print(f"\nJSON: {out.relative_to(ROOT)}  (logs: {run_dir.relative_to(ROOT)})")
+    draw_charts(out, RESULTS / f"charts-{stamp}")
     failed = [
         f"{scenario}/{name}"
         for scenario, per in summary.items()
@@ -892,6 +902,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"FAILED (loss, reordering, bad acks or drops): {', '.join(failed)}")
         return 1
     return 0
+
+
+def draw_charts(results: Path, out_dir: Path) -> None:
+    """The SVG charts of a results file (bench/charts.py in the charts' venv), into
+    ``out_dir``; a failure to draw is reported, and does not fail the run."""
+    python = CHARTS_VENV / "bin" / "python"
+    if not python.exists():
+        log("no bench/.venv-charts (--no-setup on a fresh checkout?): no charts")
+        return
+    drawn = subprocess.run(
+        [str(python), str(BENCH / "charts.py"), str(results), str(out_dir)], check=False
+    )
+    if drawn.returncode != 0:
+        log(f"drawing the charts failed (exit status {drawn.returncode})")
+        return
+    print(
+        f"Charts: {out_dir.relative_to(ROOT)}/ (to publish them with this table:"
+        f" python bench/charts.py {results.relative_to(ROOT)} docs/img)"
+    )
 
 
 def _one_line(scenario: str, result: JsonDict) -> str:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # roomcast's benchmark, one command: sets up what it needs, then runs every scenario for
-# roomcast, Node socket.io 4.8 and python-socketio and prints the table (see docs/benchmarks.md).
+# roomcast, Node socket.io 4.8 and python-socketio, prints the table and draws its charts
+# (see docs/benchmarks.md).
 #   bash bench/run.sh            # full: medians of 3 runs per scenario per server (~20 min)
 #   bash bench/run.sh --quick    # short runs, one each (~4 min)
 # Other options: --servers roomcast,node,psio --scenarios fanout,rooms,echo,idle,idle-max,heartbeat

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, NoReturn
+from typing import TYPE_CHECKING, Final, NoReturn, TypeVar
 
 import attrs
 import trio
@@ -33,6 +33,9 @@ from roomcast.engine.log.reader import (
 )
 from roomcast.engine.log.replay import ReplayStep, replay
 from roomcast.engine.log.segment import Corruption
+from roomcast.engine.log.timeline import BoundaryKind, MarkKind, Timeline, TimelineBuilder
+from roomcast.engine.log.timeline_svg import render_html, render_svg
+from roomcast.engine.progress import TerminalProgress, terminal_progress
 from roomcast.engine.recovery import RecoveryConfig
 from roomcast.engine.runtime import tune_gc
 from roomcast.engine.server import Server
@@ -58,6 +61,8 @@ __all__ = [
 logger = logging.getLogger("roomcast")
 
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+_T = TypeVar("_T")
 
 
 class CommandError(EngineError):
@@ -550,13 +555,33 @@ def _replay(args: argparse.Namespace) -> int:
     if (args.logdir is None) == (args.redis is None):
         print("roomcast replay: give a LOGDIR or --redis URL (one of them)", file=sys.stderr)
         return 2
+    timeline: TimelineBuilder | None = None
+    if args.timeline is not None:
+        if args.room is None:
+            raise CommandError("--timeline draws one room: give --room")
+        if args.app is not None or args.json:
+            raise CommandError("--timeline writes a picture: not with --app or --json")
+        if Path(args.timeline).suffix.lower() not in (".svg", ".html", ".htm"):
+            raise CommandError(f"--timeline {args.timeline}: the file must end in .svg or .html")
+        timeline = TimelineBuilder(namespace=args.namespace or "/", room=args.room)
     directory = Path(args.logdir) if args.logdir is not None else None
     if directory is not None:
         _check_log_directory(directory)
     damaged: list[object] = []
+    # Records printed to a terminal show the progress themselves, and a status line
+    # between them would be torn apart: the line is for output that goes elsewhere.
+    progress = (
+        terminal_progress("roomcast replay", sys.stderr)
+        if timeline is not None or not sys.stdout.isatty()
+        else None
+    )
 
     def report(corruption: Corruption) -> None:
         damaged.append(corruption)
+        if progress is not None:
+            progress.interrupt()
+        if timeline is not None:
+            timeline.damage(corruption.describe())
         print(f"roomcast replay: damaged record: {corruption.describe()}", file=sys.stderr)
 
     def report_entry(detail: str) -> None:
@@ -578,16 +603,19 @@ def _replay(args: argparse.Namespace) -> int:
     until_offset = None if bounds["until_offset"] is None else int(bounds["until_offset"])
     records: Iterable[LogRecord]
     if directory is not None:
+        # A timeline needs the members' connects and disconnects and the server's own
+        # records too, not only the room's.
         records = iter_records(
             directory,
-            namespace=args.namespace,
-            room=args.room,
+            namespace=args.namespace if timeline is None else None,
+            room=args.room if timeline is None else None,
             since_offset=since_offset,
             until_offset=until_offset,
             since_time=bounds["since_time"],
             until_time=bounds["until_time"],
             epoch=args.epoch,
             on_corrupt=report,
+            on_progress=progress,
         )
     else:
         import coredis.exceptions
@@ -608,15 +636,50 @@ def _replay(args: argparse.Namespace) -> int:
             print(f"roomcast replay: cannot read the shared log: {failure}", file=sys.stderr)
             return 2
         since_time, until_time = bounds["since_time"], bounds["until_time"]
+        everything = timeline is not None
         records = [
             r
             for r in shared
-            if (args.namespace is None or r.namespace == args.namespace)
-            and (args.room is None or r.room == args.room)
+            if (everything or args.namespace is None or r.namespace == args.namespace)
+            and (everything or args.room is None or r.room == args.room)
             and (since_time is None or r.time >= since_time)
             and (until_time is None or r.time <= until_time)
             and (args.epoch is None or r.epoch == args.epoch)
         ]
+    try:
+        if timeline is None:
+            _print_records(records, args)
+        else:
+            for record in records:
+                timeline.add(record)
+    finally:
+        if progress is not None:
+            progress.close()
+    if timeline is not None:
+        _write_timeline(timeline.build(), Path(args.timeline))
+    return 1 if damaged else 0
+
+
+def _write_timeline(timeline: Timeline, path: Path) -> None:
+    if not timeline.records:
+        raise CommandError(
+            f"no record of room {timeline.room!r} in namespace {timeline.namespace!r} in this"
+            " window (--namespace names another namespace)"
+        )
+    html = path.suffix.lower() in (".html", ".htm")
+    path.write_text(render_html(timeline) if html else render_svg(timeline), encoding="utf-8")
+    crashes = sum(b.kind is BoundaryKind.CRASH for b in timeline.boundaries)
+    recoveries = sum(m.kind is MarkKind.RECOVERED for lane in timeline.lanes for m in lane.marks)
+    print(
+        f"{path}: room {timeline.room!r} ({timeline.namespace}) from {_iso(timeline.start)} to"
+        f" {_iso(timeline.end)}: {len(timeline.lanes)} member(s),"
+        f" {len(timeline.messages) + timeline.messages_not_drawn} message(s),"
+        f" {len(timeline.epochs)} epoch(s), {crashes} crash(es), {recoveries} recovery(ies)"
+    )
+
+
+def _print_records(records: Iterable[LogRecord], args: argparse.Namespace) -> None:
+    """Print (or, with ``--app``, re-drive and print) the records ``replay`` selected."""
     if args.app is not None:
         server = load_server(args.app)
         trio.run(
@@ -624,7 +687,7 @@ def _replay(args: argparse.Namespace) -> int:
                 records, server, on_step=lambda step: _print_step(step, as_json=args.json)
             )
         )
-        return 1 if damaged else 0
+        return
     epoch: str | None = None
     for record in records:
         if args.json:
@@ -635,11 +698,22 @@ def _replay(args: argparse.Namespace) -> int:
             print(f"# epoch {epoch}")
         print(format_record(record))
     sys.stdout.flush()
-    return 1 if damaged else 0
+
+
+def _with_progress(label: str, work: Callable[[TerminalProgress | None], _T]) -> _T:
+    """Run ``work`` with a progress line on stderr when it is a terminal (erased after)."""
+    progress = terminal_progress(label, sys.stderr)
+    try:
+        return work(progress)
+    finally:
+        if progress is not None:
+            progress.close()
 
 
 def _verify(args: argparse.Namespace) -> int:
-    report = verify_log(args.logdir)
+    report = _with_progress(
+        "roomcast log verify", lambda progress: verify_log(args.logdir, on_progress=progress)
+    )
     if args.json:
         data = attrs.asdict(report)
         print(json.dumps(data, ensure_ascii=False, indent=1))
@@ -672,7 +746,9 @@ def _stats(args: argparse.Namespace) -> int:
     directory = Path(args.logdir)
     _check_log_directory(directory)
     try:
-        stats = log_stats(directory)
+        stats = _with_progress(
+            "roomcast log stats", lambda progress: log_stats(directory, on_progress=progress)
+        )
     except ValueError as exc:
         print(f"roomcast log stats: {exc}", file=sys.stderr)
         return 1
@@ -754,6 +830,14 @@ def build_parser() -> argparse.ArgumentParser:
     play.add_argument("--until", type=_parse_bound, help="up to this offset or time")
     play.add_argument("--epoch", help="only records of this epoch")
     play.add_argument("--json", action="store_true", help="one JSON object per line")
+    play.add_argument(
+        "--timeline",
+        metavar="FILE",
+        help="draw the --room over time into FILE (.svg, or .html: a page holding it): a lane"
+        " per member from join to leave, messages, disconnects with their reasons,"
+        " recoveries, crashes, epochs and the time the server was down (--namespace: /"
+        " unless given)",
+    )
     play.add_argument(
         "--app",
         help="MODULE:ATTR of the app's Server: re-drive the records against its handlers"

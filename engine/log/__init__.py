@@ -27,6 +27,7 @@ from roomcast.engine.log.errors import (
 from roomcast.engine.log.reader import (
     LogStats,
     Problem,
+    ReadProgress,
     VerifyReport,
     iter_records,
     log_stats,
@@ -56,6 +57,7 @@ __all__ = [
     "LogUnsupportedError",
     "LogWriteError",
     "Problem",
+    "ReadProgress",
     "ReplayAction",
     "ReplayStep",
     "RecoveryReport",

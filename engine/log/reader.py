@@ -19,7 +19,7 @@ import math
 import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TypeAlias
+from typing import Final, TypeAlias
 
 import attrs
 
@@ -43,7 +43,9 @@ from roomcast.protocol._log import DEFAULT_MAX_RECORD_BYTES, LogRecord, RecordKi
 __all__ = [
     "JsonRecord",
     "LogStats",
+    "OnProgress",
     "Problem",
+    "ReadProgress",
     "VerifyReport",
     "is_log_directory",
     "iter_records",
@@ -57,6 +59,79 @@ __all__ = [
 
 OnCorrupt: TypeAlias = Callable[[Corruption], None]
 JsonRecord: TypeAlias = dict[str, object]
+
+PROGRESS_STEP: Final = 1 << 20
+"""Bytes read between two progress reports within a segment."""
+
+
+@attrs.frozen(kw_only=True)
+class ReadProgress:
+    """How far a reader is through a log (what ``on_progress`` callbacks get).
+
+    Attributes:
+        bytes_done: Bytes of segments read or skipped (by their summary) so far.
+        bytes_total: The segments' size when reading began (a segment being appended to
+            may grow meanwhile: ``bytes_done`` never passes this).
+        segments_done: Segments finished.
+        segments_total: Segments to go through.
+    """
+
+    bytes_done: int
+    bytes_total: int
+    segments_done: int
+    segments_total: int
+
+
+OnProgress: TypeAlias = Callable[[ReadProgress], None]
+
+
+@attrs.define(eq=False)
+class _Meter:
+    """Reports a reader's progress: at the start, every `PROGRESS_STEP` bytes within a
+    segment, and at the end of each segment (read, skipped or gone)."""
+
+    _report: OnProgress
+    _sizes: dict[int, int]
+    _total: int
+    _done: int = 0
+    _segments_done: int = 0
+    next_at: int = PROGRESS_STEP
+    """The position in the current segment at which to report next (a plain comparison
+    per record: the reader's loop stays cheap)."""
+
+    @classmethod
+    def start(cls, report: OnProgress, directory: Path, numbers: list[int]) -> _Meter:
+        sizes = {}
+        for number in numbers:
+            try:
+                sizes[number] = segment_path(directory, number).stat().st_size
+            except FileNotFoundError:  # retention deleted it since the listing
+                sizes[number] = 0
+        meter = cls(report, sizes, sum(sizes.values()))
+        meter._send(0)
+        return meter
+
+    def at(self, position: int) -> None:
+        """Reached ``position`` in the current segment."""
+        self.next_at = position + PROGRESS_STEP
+        self._send(position)
+
+    def segment_done(self, number: int) -> None:
+        """Finished segment ``number``."""
+        self._done += self._sizes.get(number, 0)
+        self._segments_done += 1
+        self.next_at = PROGRESS_STEP
+        self._send(0)
+
+    def _send(self, within: int) -> None:
+        self._report(
+            ReadProgress(
+                bytes_done=min(self._done + within, self._total),
+                bytes_total=self._total,
+                segments_done=self._segments_done,
+                segments_total=len(self._sizes),
+            )
+        )
 
 
 def _raise(corruption: Corruption) -> None:
@@ -77,9 +152,11 @@ def _segment_records(
     on_corrupt: OnCorrupt,
     max_record_bytes: int,
     skip: Callable[[SegmentSummary], bool] | None = None,
+    meter: _Meter | None = None,
 ) -> Iterator[LogRecord]:
     """The records of one segment, damage reported to ``on_corrupt``; nothing if the
-    segment is gone (retention) or its summary says ``skip``."""
+    segment is gone (retention) or its summary says ``skip``. ``meter`` hears of the
+    positions reached (the caller reports the segment's end)."""
     try:
         file = segment_path(directory, number).open("rb")
     except FileNotFoundError:
@@ -95,6 +172,8 @@ def _segment_records(
                     return  # a write in progress, or a crash the next open repairs
                 on_corrupt(item)
             else:
+                if meter is not None and item[0] >= meter.next_at:
+                    meter.at(item[0])
                 yield item[1]
 
 
@@ -105,10 +184,13 @@ def _records(
     max_record_bytes: int,
     skip: Callable[[SegmentSummary], bool] | None = None,
     segments: Iterable[int] | None = None,
+    on_progress: OnProgress | None = None,
 ) -> Iterator[LogRecord]:
     numbers = list_segments(directory)
     newest = numbers[-1] if numbers else None
-    for number in numbers if segments is None else segments:
+    chosen = numbers if segments is None else list(segments)
+    meter = None if on_progress is None else _Meter.start(on_progress, directory, chosen)
+    for number in chosen:
         yield from _segment_records(
             directory,
             number,
@@ -116,7 +198,10 @@ def _records(
             on_corrupt=on_corrupt or _raise,
             max_record_bytes=max_record_bytes,
             skip=skip,
+            meter=meter,
         )
+        if meter is not None:
+            meter.segment_done(number)
 
 
 def iter_records(
@@ -131,12 +216,14 @@ def iter_records(
     epoch: str | None = None,
     on_corrupt: OnCorrupt | None = None,
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+    on_progress: OnProgress | None = None,
 ) -> Iterator[LogRecord]:
     """The records of the log in ``directory``, oldest first, filtered.
 
     Every bound is inclusive; None means unbounded. Offsets are per room, so an offset
     range is most useful with ``room``. Sealed segments whose summary shows nothing in
-    range are not read.
+    range are not read. ``on_progress``, if given, hears how far reading is (`ReadProgress`)
+    at the start, every MiB and at the end of each segment.
 
     Raises:
         LogCorruptError: A damaged record (only when ``on_corrupt`` is None).
@@ -166,7 +253,11 @@ def iter_records(
         )
 
     records = _records(
-        Path(directory), on_corrupt=on_corrupt, max_record_bytes=max_record_bytes, skip=skip
+        Path(directory),
+        on_corrupt=on_corrupt,
+        max_record_bytes=max_record_bytes,
+        skip=skip,
+        on_progress=on_progress,
     )
     return (record for record in records if wanted(record))
 
@@ -416,7 +507,10 @@ def _in_use(directory: Path) -> bool:
 
 
 def verify_log(
-    directory: str | os.PathLike[str], *, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+    directory: str | os.PathLike[str],
+    *,
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+    on_progress: OnProgress | None = None,
 ) -> VerifyReport:
     """Read every record of every segment and check the log's structure.
 
@@ -424,7 +518,7 @@ def verify_log(
     progress is torn, that segment numbers have no gaps and match ``epoch.json``, that a
     segment holds one epoch, that offsets never go back within a room and an epoch, that
     summaries match their segments, and that the newest records carry the epoch
-    ``epoch.json`` names. Never writes anything.
+    ``epoch.json`` names. Never writes anything. ``on_progress`` as for `iter_records`.
     """
     path = Path(directory)
     problems: list[Problem] = []
@@ -488,6 +582,7 @@ def verify_log(
     total_bytes = 0
     last_offsets: dict[tuple[str, str, str], int] = {}
     newest_epoch: str | None = None
+    meter = None if on_progress is None else _Meter.start(on_progress, path, numbers)
     for number in numbers:
         newest = number == numbers[-1]
         builder = SummaryBuilder()
@@ -505,6 +600,8 @@ def verify_log(
                     )
                     continue
                 position, record = item
+                if meter is not None and position >= meter.next_at:
+                    meter.at(position)
                 builder.add(record)
                 key = (record.epoch, record.namespace, record.room)
                 previous = last_offsets.get(key)
@@ -518,6 +615,8 @@ def verify_log(
                         )
                     )
                 last_offsets[key] = record.offset
+        if meter is not None:
+            meter.segment_done(number)
         total_bytes += size
         records += builder.records
         if len(builder.epochs) > 1:
@@ -564,6 +663,31 @@ def verify_log(
     )
 
 
+def _segment_stats(
+    path: Path, number: int, newest: int, max_record_bytes: int, meter: _Meter | None
+) -> SegmentSummary | None:
+    """A segment's summary: its own, if valid, or built by reading it (None: it is gone)."""
+    try:
+        size = segment_path(path, number).stat().st_size
+    except FileNotFoundError:
+        return None
+    summary = read_summary(path, number, size=size)
+    if summary is not None:
+        return summary
+    builder = SummaryBuilder()
+    damage: list[Corruption] = []
+    for record in _segment_records(
+        path,
+        number,
+        newest=number == newest,
+        on_corrupt=damage.append,
+        max_record_bytes=max_record_bytes,
+        meter=meter,
+    ):
+        builder.add(record)
+    return builder.build(number, size, tuple(damage))
+
+
 @attrs.frozen(kw_only=True)
 class LogStats:
     """A log's size and contents, by kind and by room.
@@ -600,9 +724,13 @@ class LogStats:
 
 
 def log_stats(
-    directory: str | os.PathLike[str], *, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+    directory: str | os.PathLike[str],
+    *,
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+    on_progress: OnProgress | None = None,
 ) -> LogStats:
     """Count the log's records by kind and room (from summaries where they are valid).
+    ``on_progress`` as for `iter_records` (a segment with a valid summary is done at once).
 
     Raises:
         ValueError: ``epoch.json`` is invalid.
@@ -611,25 +739,13 @@ def log_stats(
     state = read_state(path)
     numbers = list_segments(path)
     summaries: list[SegmentSummary] = []
+    meter = None if on_progress is None else _Meter.start(on_progress, path, numbers)
     for number in numbers:
-        try:
-            size = segment_path(path, number).stat().st_size
-        except FileNotFoundError:
-            continue
-        summary = read_summary(path, number, size=size)
-        if summary is None:
-            builder = SummaryBuilder()
-            damage: list[Corruption] = []
-            for record in _segment_records(
-                path,
-                number,
-                newest=number == numbers[-1],
-                on_corrupt=damage.append,
-                max_record_bytes=max_record_bytes,
-            ):
-                builder.add(record)
-            summary = builder.build(number, size, tuple(damage))
-        summaries.append(summary)
+        summary = _segment_stats(path, number, numbers[-1], max_record_bytes, meter)
+        if meter is not None:
+            meter.segment_done(number)
+        if summary is not None:
+            summaries.append(summary)
     kinds: dict[str, int] = {}
     rooms: dict[tuple[str, str], RoomSpan] = {}
     epochs: list[str] = []
