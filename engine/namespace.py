@@ -34,6 +34,7 @@ from roomcast.protocol._log import LogRecord, RecordKind
 from roomcast.protocol._sio import RESERVED_EVENTS, Event, JsonValue, SioPacket
 
 if TYPE_CHECKING:
+    from roomcast.engine.presence import Presence
     from roomcast.engine.server import Server
     from roomcast.engine.socket import Handshake, Socket
 
@@ -326,6 +327,8 @@ class Namespace:
     server_side_handlers: dict[str, ServerSideHandler] = attrs.field(factory=dict)
     _ack_ids: itertools.count[int] = attrs.field(factory=itertools.count)
     _leaving: dict[str, trio.Event] = attrs.field(factory=dict)
+    presence: Presence | None = None
+    """Who is in this namespace's rooms, when the app tracks it (``roomcast.engine.presence``)."""
 
     def __attrs_post_init__(self) -> None:
         self.adapter.bind(self)
@@ -758,6 +761,8 @@ class Namespace:
                     logger.exception("disconnecting handler failed for %s", socket.sid)
         finally:
             socket._rooms_left = socket.rooms
+            if self.presence is not None:
+                self.presence.gone(socket, reason)
             with trio.move_on_after(server.config.cleanup_timeout, shield=True):
                 await self.adapter.delete_all(socket.sid)
             if self._leaving.get(socket.sid) is leaving:

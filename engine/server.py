@@ -110,6 +110,7 @@ class Server:
     _prune: Periodic | None = attrs.field(default=None, init=False)
     _origin_log_after: float = attrs.field(default=-float("inf"), init=False)
     _origins_unlogged: int = attrs.field(default=0, init=False)
+    _services: list[Callable[..., Awaitable[None]]] = attrs.field(factory=list, init=False)
 
     def __attrs_post_init__(self) -> None:
         self.supervisor = Supervisor(
@@ -118,6 +119,12 @@ class Server:
         )
         self._set_recovery(self.recovery)
         self.of("/")
+
+    def add_service(self, service: Callable[..., Awaitable[None]]) -> None:
+        """Run ``service(task_status=...)`` while the server serves: started with
+        ``nursery.start`` once the log is open (before the first connection), cancelled
+        when the server stops (presence uses it)."""
+        self._services.append(service)
 
     def _set_recovery(self, recovery: RecoveryConfig | None) -> None:
         """Make the recovery store for ``recovery`` (None: recovery off), with its sweep."""
@@ -342,6 +349,8 @@ class Server:
                 send=send,
                 join=lambda: ns.adapter.add_all(socket.sid, session.rooms),
             )
+        if socket.recovered and ns.presence is not None:  # rooms taken back, not joined
+            ns.presence.joined(socket, socket.rooms - {socket.sid})
         for handler in ns.connect_handlers:
             await handler(socket, socket.handshake.auth)
 
@@ -492,6 +501,8 @@ class Server:
                 # Shut down in order: connections first (their cleanup leaves rooms and
                 # runs disconnect handlers), then the supervisor with the room actors.
                 system = await nursery.start(self._run_supervisor)
+                for service in self._services:
+                    await nursery.start(service)
                 try:
                     async with trio.open_nursery() as connections:
                         self._connections = connections
