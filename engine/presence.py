@@ -116,7 +116,6 @@ class Presence:
         on_join: Called when a key joins a room (on every node, for its own members).
         on_leave: Called when a key has left a room.
         debounce: Seconds a cut-off socket still counts.
-        cluster: The Redis cluster this node is part of, if any.
         sync_interval: Seconds between sending every count to the other nodes (repairs
             changes lost in a Redis outage).
     """
@@ -125,7 +124,6 @@ class Presence:
     on_join: PresenceCallback | None = None
     on_leave: PresenceCallback | None = None
     debounce: float = attrs.field(default=5.0, validator=attrs.validators.ge(0))
-    cluster: RedisCluster | None = None
     sync_interval: float = attrs.field(default=10.0, validator=attrs.validators.gt(0))
     _local: dict[str, dict[str, _Entry]] = attrs.field(factory=dict, init=False)
     _remote: dict[str, dict[tuple[str, str], tuple[dict[str, JsonValue], int]]] = attrs.field(
@@ -145,8 +143,7 @@ class Presence:
     def __attrs_post_init__(self) -> None:
         self.namespace.presence = self
         self.namespace.server.add_service(self.run)
-        if self.cluster is not None:
-            self.namespace.on_server_side(_SYNC_EVENT)(self._on_sync)
+        self.namespace.on_server_side(_SYNC_EVENT)(self._on_sync)
 
     # -- the app's side -------------------------------------------------------------------
 
@@ -249,10 +246,13 @@ class Presence:
         Cancellation: callbacks not yet run do not run.
         """
         self._restore()
+        # A Redis adapter (made by the cluster, maybe set by ``Server.reconfigure`` after
+        # this was created) names its cluster; the others have none.
+        cluster: RedisCluster | None = getattr(self.namespace.adapter, "cluster", None)
         async with trio.open_nursery() as nursery:
-            if self.cluster is not None:
-                nursery.start_soon(self._send_loop, self.cluster)
-                nursery.start_soon(self._watch_nodes, self.cluster)
+            if cluster is not None:
+                nursery.start_soon(self._send_loop, cluster)
+                nursery.start_soon(self._watch_nodes, cluster)
             task_status.started()
             while True:
                 self._changed = trio.Event()

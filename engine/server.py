@@ -110,7 +110,8 @@ class Server:
     _prune: Periodic | None = attrs.field(default=None, init=False)
     _origin_log_after: float = attrs.field(default=-float("inf"), init=False)
     _origins_unlogged: int = attrs.field(default=0, init=False)
-    _services: list[Callable[..., Awaitable[None]]] = attrs.field(factory=list, init=False)
+    services: list[Callable[..., Awaitable[None]]] = attrs.field(factory=list, init=False)
+    """What ``add_service`` added (``roomcast.engine.testing``'s harness runs them too)."""
 
     def __attrs_post_init__(self) -> None:
         self.supervisor = Supervisor(
@@ -124,7 +125,7 @@ class Server:
         """Run ``service(task_status=...)`` while the server serves: started with
         ``nursery.start`` once the log is open (before the first connection), cancelled
         when the server stops (presence uses it)."""
-        self._services.append(service)
+        self.services.append(service)
 
     def _set_recovery(self, recovery: RecoveryConfig | None) -> None:
         """Make the recovery store for ``recovery`` (None: recovery off), with its sweep."""
@@ -501,7 +502,7 @@ class Server:
                 # Shut down in order: connections first (their cleanup leaves rooms and
                 # runs disconnect handlers), then the supervisor with the room actors.
                 system = await nursery.start(self._run_supervisor)
-                for service in self._services:
+                for service in self.services:
                     await nursery.start(service)
                 try:
                     async with trio.open_nursery() as connections:
