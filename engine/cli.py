@@ -31,6 +31,7 @@ from roomcast.engine.log.reader import (
 )
 from roomcast.engine.log.replay import ReplayStep, replay
 from roomcast.engine.log.segment import Corruption
+from roomcast.engine.presence import presence_at
 from roomcast.engine.recovery import RecoveryConfig
 from roomcast.engine.runtime import tune_gc
 from roomcast.engine.server import Server
@@ -513,6 +514,18 @@ def _replay(args: argparse.Namespace) -> int:
         if bound is not None:
             what, value = bound
             bounds[f"{edge}_{what}"] = value
+    if args.presence is not None:
+        if args.at is None:
+            print("roomcast replay: --presence needs --at", file=sys.stderr)
+            return 2
+        # Every record up to the moment: joins, leaves, connects and the server's restarts.
+        what, value = args.at
+        bounds = dict.fromkeys(bounds)
+        bounds[f"until_{what}"] = value
+        args.namespace, args.room = None, None
+    elif args.at is not None:
+        print("roomcast replay: --at goes with --presence", file=sys.stderr)
+        return 2
     since_offset = None if bounds["since_offset"] is None else int(bounds["since_offset"])
     until_offset = None if bounds["until_offset"] is None else int(bounds["until_offset"])
     records: Iterable[LogRecord]
@@ -556,6 +569,9 @@ def _replay(args: argparse.Namespace) -> int:
             and (until_time is None or r.time <= until_time)
             and (args.epoch is None or r.epoch == args.epoch)
         ]
+    if args.presence is not None:
+        _print_presence(records, args.presence_namespace, args.presence, as_json=args.json)
+        return 1 if damaged else 0
     if args.app is not None:
         server = load_server(args.app)
         trio.run(
@@ -575,6 +591,22 @@ def _replay(args: argparse.Namespace) -> int:
         print(format_record(record))
     sys.stdout.flush()
     return 1 if damaged else 0
+
+
+def _print_presence(
+    records: Iterable[LogRecord], namespace: str, room: str, *, as_json: bool
+) -> None:
+    """``replay --presence``: who was in the room, one key a line (or one JSON object)."""
+    members = presence_at(records, namespace=namespace, room=room)
+    if as_json:
+        found = [{"key": m.key, "meta": m.meta, "connections": m.connections} for m in members]
+        print(json.dumps({"namespace": namespace, "room": room, "members": found}))
+    else:
+        print(f"# {len(members)} present in {room!r} ({namespace})")
+        for member in members:
+            meta = json.dumps(member.meta, ensure_ascii=False)
+            print(f"{member.key}\t{member.connections} connection(s)\t{meta}")
+    sys.stdout.flush()
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -692,6 +724,22 @@ def build_parser() -> argparse.ArgumentParser:
     play.add_argument("--until", type=_parse_bound, help="up to this offset or time")
     play.add_argument("--epoch", help="only records of this epoch")
     play.add_argument("--json", action="store_true", help="one JSON object per line")
+    play.add_argument(
+        "--presence",
+        metavar="ROOM",
+        help="print who was in ROOM at the moment --at names (by presence key, with their"
+        " connections), from the log alone",
+    )
+    play.add_argument(
+        "--at",
+        type=_parse_bound,
+        help="with --presence: the moment (an offset, @UNIX_SECONDS or an ISO 8601 time)",
+    )
+    play.add_argument(
+        "--presence-namespace",
+        default="/",
+        help="with --presence: the room's namespace (default /)",
+    )
     play.add_argument(
         "--app",
         help="MODULE:ATTR of the app's Server: re-drive the records against its handlers"

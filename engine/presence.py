@@ -35,6 +35,7 @@ import attrs
 import trio
 
 from roomcast.engine.recovery import RECOVERABLE_REASONS
+from roomcast.protocol._log import LogRecord, RecordKind
 from roomcast.protocol._sio import JsonValue
 
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
     from roomcast.engine.namespace import Namespace
     from roomcast.engine.socket import Socket
 
-__all__ = ["PRESENCE_FIELD", "Member", "Presence", "PresenceCallback"]
+__all__ = ["PRESENCE_FIELD", "Member", "Presence", "PresenceCallback", "presence_at"]
 
 logger = logging.getLogger(__name__)
 
@@ -395,3 +396,52 @@ class Presence:
                 counts.pop((room, key), None)
             self._dirty.add((room, key))
         self._changed.set()
+
+
+# -- from the log alone (``roomcast replay --presence``) -----------------------------------
+
+
+def presence_at(records: Iterable[LogRecord], *, namespace: str, room: str) -> list[Member]:
+    """Who was in ``room`` after ``records`` (oldest first; the caller stops them at the
+    moment asked for), by presence key, from the log alone.
+
+    A socket's key is the one in its CONNECT record's data (``Presence.track`` in
+    middleware); a socket with none counts under its sid. Sockets are in the room from
+    their JOIN (or a recovered CONNECT that lists the room) to their LEAVE or DISCONNECT;
+    nobody stays across a SERVER_START, SERVER_STOP or EPOCH. The debounce window is the
+    app's, not the log's: a socket cut off is gone from its DISCONNECT on.
+    """
+    keys: dict[str, tuple[str, dict[str, JsonValue]]] = {}
+    inside: set[str] = set()
+    resets = (RecordKind.SERVER_START, RecordKind.SERVER_STOP, RecordKind.EPOCH)
+    for record in records:
+        if record.namespace == "" and record.kind in resets:
+            inside.clear()
+            continue
+        sid = record.sender
+        if record.namespace != namespace or sid is None:
+            continue
+        match record.kind:
+            case RecordKind.CONNECT:
+                info = record.args[1] if len(record.args) > 1 else None
+                data = info.get("data") if isinstance(info, dict) else None
+                who = identity(data) if isinstance(data, dict) else None
+                keys[sid] = who if who is not None else (sid, {})
+                rooms = info.get("rooms") if isinstance(info, dict) else None
+                if isinstance(rooms, list) and room in rooms:  # recovered with its rooms
+                    inside.add(sid)
+            case RecordKind.JOIN if record.room == room:
+                inside.add(sid)
+            case RecordKind.LEAVE if record.room == room:
+                inside.discard(sid)
+            case RecordKind.DISCONNECT:
+                inside.discard(sid)
+            case _:
+                pass
+    members: dict[str, Member] = {}
+    for sid in inside:
+        key, meta = keys.get(sid, (sid, {}))
+        known = members.get(key)
+        count = known.connections + 1 if known is not None else 1
+        members[key] = Member(key=key, meta=meta, connections=count)
+    return [members[key] for key in sorted(members)]

@@ -12,6 +12,9 @@ event log), with npm ``socket.io-client`` clients (tests/js/cluster_driver.mjs):
 
 from __future__ import annotations
 
+import json
+import sys
+import time
 from collections import Counter
 from functools import partial
 from pathlib import Path
@@ -152,6 +155,19 @@ async def test_history_then_live_messages_nothing_missed_nothing_twice(
             server.terminate()
 
 
+async def replay_presence(log_dir: Path, at: float) -> list[object]:
+    """``roomcast replay LOGDIR --presence w --at @TIME --json``: its members."""
+    argv = [sys.executable, "-m", "roomcast.engine.cli", "replay", str(log_dir)]
+    result = await trio.run_process(
+        [*argv, "--presence", "w", "--at", f"@{at}", "--json"], capture_stdout=True
+    )
+    found = json.loads(result.stdout)
+    assert isinstance(found, dict)
+    members = found["members"]
+    assert isinstance(members, list)
+    return members
+
+
 async def test_presence_is_rebuilt_after_a_crash(js_peers: Path, tmp_path: Path) -> None:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
@@ -162,6 +178,7 @@ async def test_presence_is_rebuilt_after_a_crash(js_peers: Path, tmp_path: Path)
                 for name in ("ann", "bob"):
                     await driver.connect(name, url, auth={"name": name})
                     await driver.call(name, "join_workspace", "w")
+                before_kill = time.time()
                 first.kill()  # SIGKILL: no DISCONNECT records
                 await first.process.wait()
             for name in ("ann", "bob"):
@@ -186,4 +203,16 @@ async def test_presence_is_rebuilt_after_a_crash(js_peers: Path, tmp_path: Path)
                 ]
                 # cyd saw its own join, then bob leave; ann never flapped.
                 assert presence_events(driver, "cyd") == [("presence_join", "cyd")]
+                after_leave = time.time()
                 second.terminate()
+                await second.process.wait()
+    # The log alone tells who was there (connections as logged: no debounce there).
+    assert await replay_presence(log_dir, before_kill) == [
+        {"key": "ann", "meta": {"name": "ann"}, "connections": 1},
+        {"key": "bob", "meta": {"name": "bob"}, "connections": 1},
+    ]
+    assert await replay_presence(log_dir, after_leave) == [
+        {"key": "ann", "meta": {"name": "ann"}, "connections": 1},
+        {"key": "cyd", "meta": {"name": "cyd"}, "connections": 1},
+    ]
+    assert await replay_presence(log_dir, time.time()) == []  # after the clean stop
