@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeAlias
 import attrs
 import trio
 
+from roomcast.engine.adapters.cluster import ClusterError
 from roomcast.engine.recovery import RECOVERABLE_REASONS
 from roomcast.protocol._log import LogRecord, RecordKind
 from roomcast.protocol._sio import JsonValue
@@ -355,7 +356,11 @@ class Presence:
                 items = self._counts(self._outgoing)
                 self._outgoing.clear()
                 kind = "changed"
-            await self.namespace.server_side_emit(_SYNC_EVENT, node, kind, items)
+            try:
+                await self.namespace.server_side_emit(_SYNC_EVENT, node, kind, items)
+            except ClusterError as exc:  # no Redis now: everything again, once it is back
+                logger.debug("presence: counts not sent (%s)", exc)
+                self._send_all = True
 
     async def _watch_nodes(self, cluster: RedisCluster) -> None:
         """Drop the counts of nodes the cluster lost; send everything to new ones."""
