@@ -86,7 +86,9 @@ async def join_with_history(
     Cancellation: the socket may have joined; the history is lost.
 
     Raises:
-        LogError: There is no log (file or shared) to read, or it cannot be read.
+        LogError: There is no log (file or shared) to read, or it cannot be read; or the
+            server is a cluster node without the shared log (its own log lacks the other
+            nodes' broadcasts).
     """
     ns = socket.namespace
     shared = ns.adapter.shared_log
@@ -99,6 +101,9 @@ async def join_with_history(
     server = ns.server
     if server.log is None:
         raise LogError("the event log is off: there is no history")
+    if not ns.adapter.history_is_local:
+        # This node's log lacks what the other nodes broadcast.
+        raise LogError("a cluster has history only with its shared log")
     sequencer = server.sequencer
     turn = sequencer.take()
     try:

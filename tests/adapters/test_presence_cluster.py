@@ -69,6 +69,28 @@ async def test_members_on_other_nodes_are_present_and_a_killed_nodes_members_lea
                     {"name": "cyd", "connections": 1},
                 ],
             }
+            # History: with the shared log, what was said on any node; without it, none
+            # (a node's own log lacks the other nodes' broadcasts).
+            for text in ("one", "two"):
+                await driver.call(
+                    "ann", "dispatch_message", {"workspaceId": "w", "textMarker": text}
+                )
+            await driver.connect("dee", nodes[1].url, auth={"name": "dee"})
+            (joined,) = await driver.call("dee", "join_workspace", "w")
+            assert await presence(driver, "ann") == ("presence_join", "dee")
+            assert isinstance(joined, dict)
+            history = joined["history"]
+            assert isinstance(history, list)
+            assert [m["text"] for m in history] == (["one", "two"] if shared_log else [])
+            await driver.call(
+                "ann", "dispatch_message", {"workspaceId": "w", "textMarker": "three"}
+            )
+            (live, *_offset) = await driver.received("dee", "receive_message")
+            assert isinstance(live, dict)
+            assert live["text"] == "three"
+            await driver.proc.send({"cmd": "close", "id": "dee"})
+            await driver.proc.expect_event("closed", id="dee")
+            assert await presence(driver, "ann") == ("presence_leave", "dee")  # at once
             nodes[2].proc.kill()  # SIGKILL: no goodbye; bob keeps his tab on node 1
             killed = trio.current_time()
             bound = NODE_TIMEOUT + HEARTBEAT_INTERVAL
