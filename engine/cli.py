@@ -487,6 +487,10 @@ def _shared_records(
 
 
 def _replay(args: argparse.Namespace) -> int:
+    if (args.presence is None) != (args.at is None):
+        problem = "--presence needs --at" if args.at is None else "--at goes with --presence"
+        print(f"roomcast replay: {problem}", file=sys.stderr)
+        return 2
     if (args.logdir is None) == (args.redis is None):
         print("roomcast replay: give a LOGDIR or --redis URL (one of them)", file=sys.stderr)
         return 2
@@ -515,17 +519,11 @@ def _replay(args: argparse.Namespace) -> int:
             what, value = bound
             bounds[f"{edge}_{what}"] = value
     if args.presence is not None:
-        if args.at is None:
-            print("roomcast replay: --presence needs --at", file=sys.stderr)
-            return 2
         # Every record up to the moment: joins, leaves, connects and the server's restarts.
         what, value = args.at
         bounds = dict.fromkeys(bounds)
         bounds[f"until_{what}"] = value
         args.namespace, args.room = None, None
-    elif args.at is not None:
-        print("roomcast replay: --at goes with --presence", file=sys.stderr)
-        return 2
     since_offset = None if bounds["since_offset"] is None else int(bounds["since_offset"])
     until_offset = None if bounds["until_offset"] is None else int(bounds["until_offset"])
     records: Iterable[LogRecord]

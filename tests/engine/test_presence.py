@@ -1,16 +1,24 @@
 """Presence in one process (the chat example's server, in-memory harness, virtual time):
 join and leave events, two tabs of one name, a cut-off tab that comes back in time
 (no flapping) or does not (it leaves after the debounce window), an explicit disconnect
-(leaves at once), and the members listed by ``who_is_here``."""
+(leaves at once), and the members listed by ``who_is_here``; and presence from log records
+alone (``roomcast replay --presence``)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 import trio
 import trio.testing
 
 from examples.workspace_chat import PRESENCE_DEBOUNCE, build_server
-from roomcast.engine.presence import PRESENCE_FIELD, Member, Presence, identity
+from roomcast.engine.cli import main
+from roomcast.engine.presence import PRESENCE_FIELD, Member, Presence, identity, presence_at
 from roomcast.engine.testing import HarnessClient, open_harness
+from roomcast.protocol import LogRecord, LogValue, RecordKind
+
+from .log_helpers import record
 
 
 def presence_events(client: HarnessClient) -> list[tuple[str, str]]:
@@ -154,3 +162,54 @@ async def test_callbacks_see_members_and_bad_data_is_not_tracked(
             assert presence.members("r") == []
     assert identity({PRESENCE_FIELD: ["k", {}]}) == ("k", {})
     assert identity({PRESENCE_FIELD: "k"}) is None
+
+
+def test_presence_at_reads_keys_from_connects_and_follows_joins_leaves_and_restarts() -> None:
+    def connect(
+        offset: int, sid: str, key: str | None, rooms: list[str] | None = None
+    ) -> LogRecord:
+        data: dict[str, LogValue] = {} if key is None else {PRESENCE_FIELD: [key, {"n": key}]}
+        info: dict[str, LogValue] = {"pid": None, "recovered": rooms is not None, "data": data}
+        if rooms is not None:
+            info["rooms"] = list(rooms)
+        return record(offset, room="", kind=RecordKind.CONNECT, sender=sid, args=({}, info))
+
+    def kind(offset: int, what: RecordKind, sid: str, room: str = "w") -> LogRecord:
+        return record(offset, room=room, kind=what, sender=sid, args=())
+
+    log = [
+        connect(1, "a1", "ann"),
+        connect(2, "a2", "ann"),
+        connect(3, "x", None),
+        kind(4, RecordKind.JOIN, "a1"),
+        kind(5, RecordKind.JOIN, "a2"),
+        kind(6, RecordKind.JOIN, "x"),
+        kind(7, RecordKind.JOIN, "a1", room="elsewhere"),
+        kind(8, RecordKind.LEAVE, "a2"),
+        kind(9, RecordKind.DISCONNECT, "x", room=""),
+        connect(10, "x", None, rooms=["w"]),  # recovered with its rooms
+        record(11, namespace="", room="", kind=RecordKind.SERVER_START, sender=None, args=()),
+    ]
+
+    def at(offset: int) -> list[tuple[str, int]]:
+        upto = [r for r in log if r.offset <= offset]
+        return [(m.key, m.connections) for m in presence_at(upto, namespace="/", room="w")]
+
+    assert at(5) == [("ann", 2)]
+    assert at(6) == [("ann", 2), ("x", 1)]  # no key: its sid
+    assert at(8) == [("ann", 1), ("x", 1)]
+    assert at(9) == [("ann", 1)]
+    assert at(10) == [("ann", 1), ("x", 1)]
+    assert at(11) == []  # nobody stays across a restart
+    members = presence_at(log[:5], namespace="/", room="w")
+    assert members == [Member(key="ann", meta={"n": "ann"}, connections=2)]
+    assert presence_at(log[:5], namespace="/other", room="w") == []
+
+
+def test_replay_presence_needs_at_and_at_needs_presence(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["replay", str(tmp_path), "--presence", "w"]) == 2
+    assert "--presence needs --at" in capsys.readouterr().err
+    assert main(["replay", str(tmp_path), "--at", "5"]) == 2
+    assert "--at goes with --presence" in capsys.readouterr().err
