@@ -128,10 +128,12 @@ class Presence:
     debounce: float = attrs.field(default=5.0, validator=attrs.validators.ge(0))
     sync_interval: float = attrs.field(default=10.0, validator=attrs.validators.gt(0))
     _local: dict[str, dict[str, _Entry]] = attrs.field(factory=dict, init=False)
-    _remote: dict[str, dict[tuple[str, str], tuple[dict[str, JsonValue], int]]] = attrs.field(
+    _remote: dict[str, dict[str, dict[str, tuple[dict[str, JsonValue], int]]]] = attrs.field(
         factory=dict, init=False
     )
-    """Node -> (room, key) -> (meta, count): what the other nodes last told us."""
+    """Room -> key -> node -> (meta, count): what the other nodes last told us."""
+    _told: dict[str, set[tuple[str, str]]] = attrs.field(factory=dict, init=False)
+    """Node -> the (room, key) pairs of ``_remote`` it told us about."""
     _announced: dict[str, dict[str, dict[str, JsonValue]]] = attrs.field(factory=dict, init=False)
     """Room -> key -> meta: the keys ``on_join`` ran for (and ``on_leave`` not yet)."""
     _dirty: set[tuple[str, str]] = attrs.field(factory=set, init=False)
@@ -161,11 +163,10 @@ class Presence:
         counts: dict[str, tuple[dict[str, JsonValue], int]] = {}
         for key, entry in self._local.get(room, {}).items():
             counts[key] = (entry.meta, entry.count)
-        for node in self._remote.values():
-            for (r, key), (meta, count) in node.items():
-                if r == room and count > 0:
-                    known = counts.get(key)
-                    counts[key] = (known[0] if known else meta, count + (known[1] if known else 0))
+        for key, nodes in self._remote.get(room, {}).items():
+            for meta, count in nodes.values():
+                known = counts.get(key)
+                counts[key] = (known[0] if known else meta, count + (known[1] if known else 0))
         return [
             Member(key=key, meta=meta, connections=count)
             for key, (meta, count) in sorted(counts.items())
@@ -295,11 +296,9 @@ class Presence:
     def _total(self, room: str, key: str) -> tuple[dict[str, JsonValue] | None, int]:
         entry = self._local.get(room, {}).get(key)
         meta, count = (entry.meta, entry.count) if entry is not None else (None, 0)
-        for node in self._remote.values():
-            found = node.get((room, key))
-            if found is not None and found[1] > 0:
-                meta = meta if meta is not None else found[0]
-                count += found[1]
+        for found_meta, found in self._remote.get(room, {}).get(key, {}).values():
+            meta = meta if meta is not None else found_meta
+            count += found
         return meta, count
 
     async def _announce(self) -> None:
@@ -371,34 +370,54 @@ class Presence:
                 self._send_all = True
                 self._to_send.set()
             known = status.peers
-            for node in list(self._remote):
-                if node not in known:
-                    lost = self._remote.pop(node)
-                    logger.info(
-                        "presence: node %s is gone: %d of its entries leave", node, len(lost)
-                    )
-                    self._dirty.update(lost)
-                    self._changed.set()
+            for node in [node for node in self._told if node not in known]:
+                lost = self._forget(node)
+                logger.info("presence: node %s is gone: %d of its entries leave", node, len(lost))
+                self._dirty.update(lost)
+                self._changed.set()
+
+    def _set_remote(
+        self, node: str, room: str, key: str, meta: dict[str, JsonValue], count: int
+    ) -> None:
+        """What ``node`` says it has of ``key`` in ``room`` (``count`` 0: nothing)."""
+        told = self._told.setdefault(node, set())
+        if count > 0:
+            self._remote.setdefault(room, {}).setdefault(key, {})[node] = (meta, count)
+            told.add((room, key))
+            return
+        told.discard((room, key))
+        keys = self._remote.get(room)
+        nodes = keys.get(key) if keys is not None else None
+        if keys is None or nodes is None:
+            return
+        nodes.pop(node, None)
+        if not nodes:
+            del keys[key]
+            if not keys:
+                del self._remote[room]
+
+    def _forget(self, node: str) -> set[tuple[str, str]]:
+        """Drop everything ``node`` told us; the pairs it had."""
+        told = self._told.pop(node, set())
+        for room, key in list(told):
+            self._set_remote(node, room, key, {}, 0)
+        self._told.pop(node, None)
+        return told
 
     async def _on_sync(self, node: JsonValue, kind: JsonValue, items: JsonValue) -> None:
         """Counts from another node (``all``: replace what it said before)."""
         await trio.lowlevel.checkpoint()
         if not isinstance(node, str) or not isinstance(items, list):
             return
-        counts = self._remote.setdefault(node, {})
         if kind == "all":
-            self._dirty.update(counts)
-            counts.clear()
+            self._dirty.update(self._forget(node))
         for item in items:
             if not (isinstance(item, list) and len(item) == 4):
                 continue
             room, key, meta, count = item
             if not (isinstance(room, str) and isinstance(key, str) and isinstance(meta, dict)):
                 continue
-            if isinstance(count, int) and count > 0:
-                counts[room, key] = (meta, count)
-            else:
-                counts.pop((room, key), None)
+            self._set_remote(node, room, key, meta, count if isinstance(count, int) else 0)
             self._dirty.add((room, key))
         self._changed.set()
 

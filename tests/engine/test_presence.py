@@ -16,7 +16,7 @@ from examples.workspace_chat import PRESENCE_DEBOUNCE, build_server
 from roomcast.engine.cli import main
 from roomcast.engine.presence import PRESENCE_FIELD, Member, Presence, identity, presence_at
 from roomcast.engine.testing import HarnessClient, open_harness
-from roomcast.protocol import LogRecord, LogValue, RecordKind
+from roomcast.protocol import JsonValue, LogRecord, LogValue, RecordKind
 
 from .log_helpers import record
 
@@ -213,3 +213,40 @@ def test_replay_presence_needs_at_and_at_needs_presence(
     assert "--presence needs --at" in capsys.readouterr().err
     assert main(["replay", str(tmp_path), "--at", "5"]) == 2
     assert "--at goes with --presence" in capsys.readouterr().err
+
+
+async def test_counts_from_other_nodes_are_merged_and_replaced(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # (What a node does with the counts another node sends; the processes over Redis are
+    # in tests/adapters/test_presence_cluster.py.)
+    from roomcast.engine import Server
+
+    server = Server()
+    seen: list[tuple[str, str, int]] = []
+
+    async def joined(room: str, member: Member) -> None:
+        seen.append(("join", member.key, member.connections))
+
+    async def left(room: str, member: Member) -> None:
+        seen.append(("leave", member.key, member.connections))
+
+    presence = Presence(namespace=server.of("/"), on_join=joined, on_leave=left)
+    bob: dict[str, JsonValue] = {"name": "bob"}
+    with trio.fail_after(30):
+        async with open_harness(server) as harness:
+            await presence._on_sync("n2", "changed", [["w", "bob", bob, 2], ["x", "cyd", {}, 1]])
+            await presence._on_sync("n3", "changed", [["w", "bob", bob, 1], "junk", [1, 2]])
+            await harness.settle()
+            assert presence.members("w") == [Member(key="bob", meta=bob, connections=3)]
+            # One join for bob, whose tabs are on two other nodes (counted 2 or 3 then,
+            # depending on when the presence task looked).
+            assert [event for event, key, _ in seen if key == "bob"] == ["join"]
+            assert ("join", "cyd", 1) in seen
+            await presence._on_sync("n2", "all", [])  # n2 has nothing now
+            await presence._on_sync("n3", "changed", [["w", "bob", bob, 0]])
+            await harness.settle()
+            assert presence.members("w") == []
+            assert presence.members("x") == []
+            assert [event for event, key, _ in seen if key == "bob"] == ["join", "leave"]
+            assert ("leave", "cyd", 0) in seen
