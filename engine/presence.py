@@ -267,7 +267,8 @@ class Presence:
                     await self._changed.wait()
 
     def _restore(self) -> None:
-        """Count the sockets whose recovery sessions the log gave back, as cut off."""
+        """Count the sockets whose recovery sessions the log gave back, as cut off (and
+        as announced already)."""
         store = self.namespace.server.recovery_store
         if store is None:
             return
@@ -280,7 +281,10 @@ class Presence:
             for room in session.rooms - {session.sid}:
                 entry = self._local.setdefault(room, {}).setdefault(key, _Entry(meta=meta))
                 self._cut(entry, room, key, session.sid, until)
-                self._touch(room, key)
+                # Present before the restart, still present: no join is announced (the
+                # members knew), only a leave if it does not come back.
+                self._announced.setdefault(room, {})[key] = meta
+                self._outgoing.add((room, key))
 
     def _next_deadline(self) -> float:
         return self._deadlines[0][0] if self._deadlines else math.inf

@@ -202,7 +202,8 @@ async def test_presence_is_rebuilt_after_a_crash(js_peers: Path, tmp_path: Path)
                     {"name": "cyd", "connections": 1},
                 ]
                 # cyd saw its own join, then bob leave; ann never flapped.
-                assert presence_events(driver, "cyd") == [("presence_join", "cyd")]
+                events = presence_events(driver, "cyd")
+                assert events == [("presence_join", "cyd")], events
                 after_leave = time.time()
                 second.terminate()
                 await second.process.wait()
