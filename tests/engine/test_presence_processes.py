@@ -1,8 +1,8 @@
 """Presence and history of the workspace chat example in its own process (recovery on, the
 event log), with npm ``socket.io-client`` clients (tests/js/cluster_driver.mjs):
 
-- a client recovered after a short cut does not flap (no leave, no join); an explicit
-  disconnect leaves at once;
+- two tabs of one name are one presence; a client recovered after a short cut does not
+  flap (no leave, no join); an explicit disconnect leaves at once;
 - history followed by live messages while a publisher keeps publishing: nothing missed,
   nothing twice;
 - presence rebuilt after a crash (SIGKILL): the members of the last run are present, the
@@ -65,7 +65,7 @@ async def who(driver: Driver, client: str) -> object:
     return answer["members"]
 
 
-async def test_a_recovered_client_does_not_flap_and_a_closed_one_leaves_at_once(
+async def test_two_tabs_a_recovered_client_that_does_not_flap_and_one_that_leaves(
     js_peers: Path, tmp_path: Path
 ) -> None:
     port = _free_port()
@@ -78,6 +78,15 @@ async def test_a_recovered_client_does_not_flap_and_a_closed_one_leaves_at_once(
             for name in ("ann", "bob"):  # (the last argument: the offset recovery uses)
                 body, _offset = await driver.received("ann", "presence_join")
                 assert body == {"workspaceId": "w", "name": name}
+            # A second tab of ann: the same presence, two connections, no second join.
+            await driver.connect("ann2", url, auth={"name": "ann"})
+            await driver.call("ann2", "join_workspace", "w")
+            assert await who(driver, "bob") == [
+                {"name": "ann", "connections": 2},
+                {"name": "bob", "connections": 1},
+            ]
+            await driver.proc.send({"cmd": "close", "id": "ann2"})  # (counted below)
+            await driver.proc.expect_event("closed", id="ann2")
             await driver.drop("bob")
             _sid, recovered = await driver.reconnect("bob")
             assert recovered
