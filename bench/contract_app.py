@@ -24,6 +24,7 @@ import trio
 from roomcast.engine import Config, Server, Socket
 from roomcast.engine.cli import serve_until_signal
 from roomcast.engine.log import LogConfig
+from roomcast.engine.presence import Presence
 from roomcast.engine.runtime import tune_gc
 from roomcast.engine.server import AdapterFactory
 from roomcast.protocol import JsonValue
@@ -62,7 +63,21 @@ def build_server(
     async def echo(socket: Socket, value: JsonValue) -> tuple[JsonValue, ...]:
         return (value,)  # a tuple, so that even ``null`` is echoed as one argument
 
+    if os.environ.get("PRESENCE") == "1":
+        _track_presence(server)
     return server
+
+
+def _track_presence(server: Server) -> None:
+    """$PRESENCE=1: presence on (docs/presence.md), every socket its own key, to measure
+    its cost. No presence events are emitted: the contract's load generator takes any
+    event but ``message`` for an anomaly, so this measures the bookkeeping (hooks on
+    join and disconnect, the presence task) and not the extra fan-out."""
+    Presence(namespace=server.of("/"))
+
+    @server.use
+    async def keyed(socket: Socket, auth: JsonValue) -> None:
+        Presence.track(socket, socket.sid)
 
 
 def _env_seconds(name: str, default_ms: int) -> float:

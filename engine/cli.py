@@ -35,6 +35,7 @@ from roomcast.engine.log.replay import ReplayStep, replay
 from roomcast.engine.log.segment import Corruption
 from roomcast.engine.log.timeline import BoundaryKind, MarkKind, Timeline, TimelineBuilder
 from roomcast.engine.log.timeline_svg import render_html, render_svg
+from roomcast.engine.presence import presence_at
 from roomcast.engine.progress import TerminalProgress, terminal_progress
 from roomcast.engine.recovery import RecoveryConfig
 from roomcast.engine.runtime import tune_gc
@@ -552,6 +553,10 @@ def _shared_records(
 
 
 def _replay(args: argparse.Namespace) -> int:
+    if (args.presence is None) != (args.at is None):
+        problem = "--presence needs --at" if args.at is None else "--at goes with --presence"
+        print(f"roomcast replay: {problem}", file=sys.stderr)
+        return 2
     if (args.logdir is None) == (args.redis is None):
         print("roomcast replay: give a LOGDIR or --redis URL (one of them)", file=sys.stderr)
         return 2
@@ -599,6 +604,12 @@ def _replay(args: argparse.Namespace) -> int:
         if bound is not None:
             what, value = bound
             bounds[f"{edge}_{what}"] = value
+    if args.presence is not None:
+        # Every record up to the moment: joins, leaves, connects and the server's restarts.
+        what, value = args.at
+        bounds = dict.fromkeys(bounds)
+        bounds[f"until_{what}"] = value
+        args.namespace, args.room = None, None
     since_offset = None if bounds["since_offset"] is None else int(bounds["since_offset"])
     until_offset = None if bounds["until_offset"] is None else int(bounds["until_offset"])
     records: Iterable[LogRecord]
@@ -646,6 +657,13 @@ def _replay(args: argparse.Namespace) -> int:
             and (until_time is None or r.time <= until_time)
             and (args.epoch is None or r.epoch == args.epoch)
         ]
+    if args.presence is not None:
+        try:
+            _print_presence(records, args.presence_namespace, args.presence, as_json=args.json)
+        finally:
+            if progress is not None:
+                progress.close()
+        return 1 if damaged else 0
     try:
         if timeline is None:
             _print_records(records, args)
@@ -708,6 +726,22 @@ def _with_progress(label: str, work: Callable[[TerminalProgress | None], _T]) ->
     finally:
         if progress is not None:
             progress.close()
+
+
+def _print_presence(
+    records: Iterable[LogRecord], namespace: str, room: str, *, as_json: bool
+) -> None:
+    """``replay --presence``: who was in the room, one key a line (or one JSON object)."""
+    members = presence_at(records, namespace=namespace, room=room)
+    if as_json:
+        found = [{"key": m.key, "meta": m.meta, "connections": m.connections} for m in members]
+        print(json.dumps({"namespace": namespace, "room": room, "members": found}))
+    else:
+        print(f"# {len(members)} present in {room!r} ({namespace})")
+        for member in members:
+            meta = json.dumps(member.meta, ensure_ascii=False)
+            print(f"{member.key}\t{member.connections} connection(s)\t{meta}")
+    sys.stdout.flush()
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -837,6 +871,22 @@ def build_parser() -> argparse.ArgumentParser:
         " per member from join to leave, messages, disconnects with their reasons,"
         " recoveries, crashes, epochs and the time the server was down (--namespace: /"
         " unless given)",
+    )
+    play.add_argument(
+        "--presence",
+        metavar="ROOM",
+        help="print who was in ROOM at the moment --at names (by presence key, with their"
+        " connections), from the log alone",
+    )
+    play.add_argument(
+        "--at",
+        type=_parse_bound,
+        help="with --presence: the moment (an offset, @UNIX_SECONDS or an ISO 8601 time)",
+    )
+    play.add_argument(
+        "--presence-namespace",
+        default="/",
+        help="with --presence: the room's namespace (default /)",
     )
     play.add_argument(
         "--app",

@@ -43,6 +43,7 @@ from roomcast.protocol._log import LogRecord, RecordKind
 from roomcast.protocol._sio import RESERVED_EVENTS, Event, JsonValue, SioPacket
 
 if TYPE_CHECKING:
+    from roomcast.engine.presence import Presence
     from roomcast.engine.server import Server
     from roomcast.engine.socket import Handshake, Socket
 
@@ -364,6 +365,8 @@ class Namespace:
     _leaving: dict[str, trio.Event] = attrs.field(factory=dict)
     outgoing_sockets: int = 0
     """How many sockets of the namespace have outgoing listeners of their own."""
+    presence: Presence | None = None
+    """Who is in this namespace's rooms, when the app tracks it (``roomcast.engine.presence``)."""
 
     def __attrs_post_init__(self) -> None:
         self.adapter.bind(self)
@@ -862,6 +865,8 @@ class Namespace:
                     logger.exception("disconnecting handler failed for %s", socket.sid)
         finally:
             socket._rooms_left = socket.rooms
+            if self.presence is not None:
+                self.presence.gone(socket, reason)
             with trio.move_on_after(server.config.cleanup_timeout, shield=True):
                 await self.adapter.delete_all(socket.sid)
             if self._leaving.get(socket.sid) is leaving:

@@ -250,6 +250,10 @@ class RecoveryStore:
         """How many broadcast events are kept."""
         return len(self._events)
 
+    def sessions(self) -> list[SavedSession]:
+        """The disconnected sessions kept now, oldest disconnect first."""
+        return list(self._sessions.values())
+
     @property
     def sessions_kept(self) -> int:
         """How many disconnected sessions are kept."""

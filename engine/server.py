@@ -122,6 +122,8 @@ class Server:
     by default, when each hook costs one attribute test."""
     stats: ServerStats = attrs.field(factory=ServerStats, init=False)
     metrics: Metrics | None = attrs.field(default=None, init=False)
+    services: list[Callable[..., Awaitable[None]]] = attrs.field(factory=list, init=False)
+    """What ``add_service`` added (``roomcast.engine.testing``'s harness runs them too)."""
 
     def __attrs_post_init__(self) -> None:
         self.supervisor = Supervisor(
@@ -148,6 +150,12 @@ class Server:
                     "Config(metrics=True) needs prometheus-client: pip install 'roomcast[metrics]'"
                 ) from exc
             self.metrics = Metrics(server=self)
+
+    def add_service(self, service: Callable[..., Awaitable[None]]) -> None:
+        """Run ``service(task_status=...)`` while the server serves: started with
+        ``nursery.start`` once the log is open (before the first connection), cancelled
+        when the server stops (presence uses it)."""
+        self.services.append(service)
 
     def _set_recovery(self, recovery: RecoveryConfig | None) -> None:
         """Make the recovery store for ``recovery`` (None: recovery off), with its sweep."""
@@ -379,6 +387,8 @@ class Server:
             )
         if self.observer is not None:
             self.observer.socket_connected(socket)
+        if socket.recovered and ns.presence is not None:  # rooms taken back, not joined
+            ns.presence.joined(socket, socket.rooms - {socket.sid})
         for handler in ns.connect_handlers:
             await handler(socket, socket.handshake.auth)
 
@@ -564,7 +574,8 @@ class Server:
     @asynccontextmanager
     async def running(self) -> AsyncIterator[trio.Nursery]:
         """Run everything serving needs but a listener, for the block: the event log, the
-        supervisor (rooms, timers) and the nursery connections run in, which it yields.
+        supervisor (rooms, timers), the services (``add_service``) and the nursery
+        connections run in, which it yields.
         ``serve`` runs its listener in it; the ASGI front (``roomcast.engine.asgi``)
         opens it for an ASGI app's lifespan.
 
@@ -583,6 +594,8 @@ class Server:
             # Shut down in order: connections first (their cleanup leaves rooms and
             # runs disconnect handlers), then the supervisor with the room actors.
             system = await nursery.start(self._run_supervisor)
+            for service in self.services:
+                await nursery.start(service)
             try:
                 async with trio.open_nursery() as connections:
                     self._connections = connections
@@ -591,6 +604,7 @@ class Server:
             finally:
                 self._connections = None
                 system.cancel()
+                nursery.cancel_scope.cancel()  # the services (add_service)
 
     @asynccontextmanager
     async def _open_log(self) -> AsyncIterator[None]:

@@ -165,6 +165,8 @@ class Socket:
             return
         new = [room for room in rooms if room not in self.rooms]
         await self.namespace.adapter.add_all(self.sid, rooms)
+        if new and self.namespace.presence is not None:
+            self.namespace.presence.joined(self, new)
         if new:
             await self.namespace.session_changed(self)
         observer = self.namespace.server.observer
@@ -185,6 +187,8 @@ class Socket:
             return
         was_in = room in self.rooms
         await self.namespace.adapter.delete(self.sid, room)
+        if was_in and self.namespace.presence is not None:
+            self.namespace.presence.left(self, room)
         if was_in:
             if self.namespace.server.observer is not None:
                 self.namespace.server.observer.room_left(self, room)

@@ -1134,6 +1134,8 @@ async def open_harness(
             )
         else:
             await nursery.start(server.supervisor.run)
+            for service in server.services:
+                await nursery.start(service)
             harness = Harness(server=server, transport=transport, url=MEMORY_URL, nursery=nursery)
         for ns in list(server.namespaces.values()):
             harness._watch_server_namespace(ns.name)

@@ -6,6 +6,15 @@ everyone in that workspace, and nobody else, gets ``receive_message``
 the wire: ``JSON.stringify`` of a Date, an ISO 8601 UTC string with milliseconds and ``Z``
 (``"2026-12-05T05:11:39.588Z"``), so ``Date.parse(m.timestamp)`` works in a client.
 
+Presence and history (``docs/presence.md``): the connect ``auth`` may carry ``{name}`` (a
+socket without one is ``guest-`` and the start of its sid). The ack of ``join_workspace``
+carries ``history``: the workspace's last 50 ``receive_message`` payloads, oldest first,
+with every later message delivered live (none missed, none twice). Members of a workspace
+get ``presence_join`` and ``presence_leave`` {workspaceId, name} when a name's first tab
+joins it and when its last one has left (a tab cut off for less than ``PRESENCE_DEBOUNCE``
+seconds does not leave); ``who_is_here`` with a workspace id acks
+``{ok: true, members: [{name, connections}]}``.
+
 The seed's three console lines (a client connected, with its socket id; the socket joined a
 workspace; it disconnected) are INFO log records of this module's logger.
 
@@ -53,6 +62,9 @@ from roomcast.engine.cli import (
     run_server,
     tls_context,
 )
+from roomcast.engine.history import join_with_history
+from roomcast.engine.log import LogError
+from roomcast.engine.presence import Member, Presence
 from roomcast.engine.server import AdapterFactory
 from roomcast.protocol import JsonValue
 
@@ -61,6 +73,11 @@ logger = logging.getLogger(__name__)
 WEB_DIR: Final = Path(__file__).resolve().parent / "web"
 PAGE_DIR: Final = WEB_DIR / "public"
 """The chat page: index.html, app.js, style.css."""
+HISTORY_LENGTH: Final = 50
+"""How many past messages the ack of ``join_workspace`` carries."""
+PRESENCE_DEBOUNCE: Final = 5.0
+"""Seconds a cut-off tab still counts as present."""
+MAX_NAME_LENGTH: Final = 64
 CLIENT_BUNDLE_DIR: Final = WEB_DIR / "node_modules" / "socket.io-client" / "dist"
 """socket.io-client's browser bundles, as ``npm ci`` in examples/web installs them."""
 ADMIN_PAGE_DIR: Final = WEB_DIR / "admin"
@@ -117,6 +134,29 @@ def build_server(
             config=config, recovery=recovery, static_dirs=static, adapter_factory=adapter_factory
         )
 
+    async def joined(room: str, member: Member) -> None:
+        # Every node runs this for its own members: local, or they would get it twice.
+        await server.to(room).local.emit("presence_join", {"workspaceId": room, "name": member.key})
+
+    async def left(room: str, member: Member) -> None:
+        await server.to(room).local.emit(
+            "presence_leave", {"workspaceId": room, "name": member.key}
+        )
+
+    presence = Presence(
+        namespace=server.of("/"), on_join=joined, on_leave=left, debounce=PRESENCE_DEBOUNCE
+    )
+
+    @server.use
+    async def named(socket: Socket, auth: JsonValue) -> None:
+        # In middleware, so the name is in the CONNECT record (presence after a restart,
+        # and ``roomcast replay --presence``).
+        name = auth.get("name") if isinstance(auth, dict) else None
+        if not isinstance(name, str) or not name.strip():
+            name = f"guest-{socket.sid[:6]}"
+        name = name.strip()[:MAX_NAME_LENGTH]
+        Presence.track(socket, name, {"name": name})
+
     @server.on("connect")
     async def connected(socket: Socket, auth: JsonValue) -> None:
         logger.info("client connected: %s", socket.sid)
@@ -125,9 +165,25 @@ def build_server(
     async def join_workspace(socket: Socket, workspace_id: JsonValue) -> JsonValue:
         if not isinstance(workspace_id, str) or not workspace_id:
             return {"ok": False, "error": "workspaceId must be a non-empty string"}
-        await socket.join(workspace_id)
+        try:
+            past = await join_with_history(
+                socket, workspace_id, last=HISTORY_LENGTH, events=frozenset({"receive_message"})
+            )
+        except LogError:  # no event log (``--no-log``): no history
+            past = []
+            await socket.join(workspace_id)
         logger.info("socket %s joined workspace %s", socket.sid, workspace_id)
-        return {"ok": True, "workspaceId": workspace_id}
+        history: list[JsonValue] = [event.args[0] for event in past if event.args]
+        return {"ok": True, "workspaceId": workspace_id, "history": history}
+
+    @server.on("who_is_here")
+    async def who_is_here(socket: Socket, workspace_id: JsonValue) -> JsonValue:
+        if not isinstance(workspace_id, str) or not workspace_id:
+            return {"ok": False, "error": "workspaceId must be a non-empty string"}
+        members: list[JsonValue] = [
+            {"name": m.key, "connections": m.connections} for m in presence.members(workspace_id)
+        ]
+        return {"ok": True, "members": members}
 
     @server.on("dispatch_message")
     async def dispatch_message(socket: Socket, message: JsonValue) -> JsonValue:

@@ -52,7 +52,7 @@ import contextlib
 import itertools
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, Final
 
 import attrs
@@ -986,6 +986,17 @@ class SharedLog:
                 if event is not None and event.is_for(recovery.session.namespace, rooms):
                     send(event, f"{recovery.epoch}-{entry.offset}")
             await join()
+
+    @contextlib.asynccontextmanager
+    async def delivery_held(self) -> AsyncIterator[int]:
+        """Hold this node's delivery of the log (as ``finish_recovery`` does) and give the
+        last offset delivered: what a socket joins meanwhile it gets live from the next
+        offset on (``roomcast.engine.history``).
+
+        Cancellation: delivery resumes.
+        """
+        async with self._lock:
+            yield self.delivered
 
     # -- reading ------------------------------------------------------------------------------
 

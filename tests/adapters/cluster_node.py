@@ -2,7 +2,9 @@
 
 Configured by the environment: ``REDIS_URL``, ``CLUSTER_PREFIX``, ``HEARTBEAT_INTERVAL``,
 ``NODE_TIMEOUT`` (seconds), ``SHARED_LOG`` (``1``: the shared log on Redis Streams, with
-connection state recovery). Listens on 127.0.0.1 and a free port. Prints JSON lines:
+connection state recovery), ``APP`` (``chat``: the workspace chat example's server, with
+presence and history, instead of this module's test events). Listens on 127.0.0.1 and a
+free port. Prints JSON lines:
 ``{"event": "listening", "port", "node"}`` once serving, then one line per cluster event
 (``connected``, ``disconnected``, ``peer_joined``, ``peer_lost``, ``traffic_missed``,
 ``log_gap``). Its
@@ -19,6 +21,7 @@ import sys
 
 import trio
 
+from examples.workspace_chat import build_server as build_chat_server
 from roomcast.engine import Config, Server, Socket
 from roomcast.engine.adapters.cluster import ClusterError
 from roomcast.engine.adapters.redis import (
@@ -154,7 +157,13 @@ async def main() -> None:
         shared_log=os.environ.get("SHARED_LOG") == "1",
     )
     cluster = RedisCluster(settings=settings, on_event=report)
-    server = build(cluster)
+    if os.environ.get("APP") == "chat":
+        server = build_chat_server(
+            recovery=RecoveryConfig() if settings.shared_log else None,
+            adapter_factory=cluster.adapter_factory,
+        )
+    else:
+        server = build(cluster)
     async with trio.open_nursery() as nursery:
         await nursery.start(cluster.run)
         _host, port = await nursery.start(server.serve, "127.0.0.1", 0)

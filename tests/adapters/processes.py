@@ -153,9 +153,17 @@ class Driver:
     _tags: itertools.count[int] = attrs.field(factory=itertools.count)
 
     async def connect(
-        self, client: str, url: str, answers: Mapping[str, list[object]] | None = None
+        self,
+        client: str,
+        url: str,
+        answers: Mapping[str, list[object]] | None = None,
+        *,
+        auth: Mapping[str, object] | None = None,
     ) -> str:
-        await self.proc.send({"cmd": "connect", "id": client, "url": url, "answers": answers or {}})
+        command = {"cmd": "connect", "id": client, "url": url, "answers": answers or {}}
+        if auth is not None:
+            command["auth"] = dict(auth)
+        await self.proc.send(command)
         line = await self.proc.expect(
             lambda line: (
                 line.get("id") == client and line.get("event") in ("connected", "connect_error")

@@ -37,16 +37,24 @@ NODE_TIMEOUT: Final = 1.0
 
 @asynccontextmanager
 async def open_cluster(
-    redis_url: str, count: int, js_peers: Path, workdir: Path, *, shared_log: bool = False
+    redis_url: str,
+    count: int,
+    js_peers: Path,
+    workdir: Path,
+    *,
+    shared_log: bool = False,
+    app: str = "",
 ) -> AsyncIterator[tuple[list[NodeProcess], Driver]]:
     """``count`` nodes that all see each other, and a client driver. Each node runs in
-    its own directory under ``workdir`` (its event log lives there)."""
+    its own directory under ``workdir`` (its event log lives there). ``app="chat"``: the
+    nodes serve the workspace chat example (see tests/adapters/cluster_node.py)."""
     env = {
         "REDIS_URL": redis_url,
         "CLUSTER_PREFIX": unique_prefix(),
         "HEARTBEAT_INTERVAL": "0.2",
         "NODE_TIMEOUT": str(NODE_TIMEOUT),
         "SHARED_LOG": "1" if shared_log else "0",
+        "APP": app,
     }
     async with AsyncExitStack() as stack:
         procs = [

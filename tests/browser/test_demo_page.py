@@ -4,7 +4,8 @@ server running in this process, and against examples/asgi_app.py (the same chat 
 in Starlette) under hypercorn's Trio worker.
 
 Two pages in workspace "alpha" see each other's messages, a third page in "beta" sees
-none of them (then switches to "alpha" and sees only what comes after), and the server
+none of them (then switches to "alpha" and gets its history, then what comes after); each
+page shows who is online in its workspace (presence, by name), and the server
 confirms that every browser session began on HTTP long-polling and was upgraded to
 WebSocket (socket.io-client's default transports).
 """
@@ -22,7 +23,8 @@ import pytest
 import trio
 
 from examples.workspace_chat import build_server
-from roomcast.engine import Server
+from roomcast.engine import Config, Server
+from roomcast.engine.log import LogConfig
 from tests.asgi_server import HypercornProcess, run_hypercorn
 from tests.processes import PipedProcess, open_piped
 
@@ -112,7 +114,8 @@ async def test_two_pages_in_a_workspace_chat_and_a_third_sees_nothing(
 ) -> None:
     node = shutil.which("node")
     assert node is not None
-    server = build_server()
+    # (A fresh event log: the history cat gets is this test's.)
+    server = build_server(Config(log=LogConfig(directory=str(tmp_path / "log"))))
     script = js_peers / "polling_browser_chat.mjs"
     env = {**os.environ, "CHROMIUM": chromium}
     with trio.fail_after(BROWSER_TIMEOUT):

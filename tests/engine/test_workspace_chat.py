@@ -39,7 +39,7 @@ async def test_a_message_carries_a_js_date_and_the_seed_lines_are_logged(
             ann = await harness.connect()
             sid = ann.sid()
             assert await ann.call("join_workspace", "ws-1") == (
-                {"ok": True, "workspaceId": "ws-1"},
+                {"ok": True, "workspaceId": "ws-1", "history": []},
             )
             reply = await ann.call("dispatch_message", {"workspaceId": "ws-1", "textMarker": "hi"})
             assert reply == ({"ok": True, "delivered": 1},)

@@ -519,10 +519,11 @@ def js_date_seconds(value: object) -> float:
 def check_room_isolation(lines: Sequence[Line], started: float) -> None:
     """The seed example's rooms: exactly one message each, ws-1's to alice and bob, ws-2's
     to carol, bob's refused one to nobody, with sane timestamps."""
+    # (Nothing was said in the workspaces before: their histories are empty.)
     assert the(lines, "joins")["joins"] == {
-        "alice": {"ok": True, "workspaceId": "ws-1"},
-        "bob": {"ok": True, "workspaceId": "ws-1"},
-        "carol": {"ok": True, "workspaceId": "ws-2"},
+        "alice": {"ok": True, "workspaceId": "ws-1", "history": []},
+        "bob": {"ok": True, "workspaceId": "ws-1", "history": []},
+        "carol": {"ok": True, "workspaceId": "ws-2", "history": []},
     }
     assert the(lines, "dispatches")["dispatches"] == {
         "alice": {"ok": True, "delivered": 2},

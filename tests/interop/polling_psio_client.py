@@ -74,7 +74,7 @@ async def scenario(url: str, transports: list[str] | None) -> None:
         )
     for client, workspace in ((a, "alpha"), (c, "beta")):
         ack = await client.call("join_workspace", workspace)
-        assert ack == {"ok": True, "workspaceId": workspace}, ack
+        assert ack == {"ok": True, "workspaceId": workspace, "history": []}, ack
 
     sent = await a.call("dispatch_message", {"workspaceId": "alpha", "textMarker": "from psio"})
     assert isinstance(sent, dict), sent

@@ -1,7 +1,8 @@
 // Drives many npm `socket.io-client` clients for tests/adapters/test_cluster_processes.py.
 //
 // Usage: node cluster_driver.mjs   (commands on stdin, one JSON object per line)
-//   {"cmd": "connect", "id": "c1", "url": "http://127.0.0.1:PORT", "answers": {"poll": [1]}}
+//   {"cmd": "connect", "id": "c1", "url": "http://127.0.0.1:PORT", "answers": {"poll": [1]},
+//    "auth": {"name": "ann"}}   ("auth", optional: the CONNECT auth)
 //       -> {"event": "connected", "id", "sid"}
 //       "answers" maps an event name to the arguments this client acks it with; an event
 //       with an ack and no entry is left unanswered (and reported as "asked").
@@ -26,7 +27,9 @@ function out(value) {
 }
 
 function connect(cmd) {
-  const socket = io(cmd.url, { transports: ["websocket"], reconnection: false, forceNew: true });
+  const options = { transports: ["websocket"], reconnection: false, forceNew: true };
+  if (cmd.auth) options.auth = cmd.auth;
+  const socket = io(cmd.url, options);
   const answers = cmd.answers ?? {};
   clients.set(cmd.id, socket);
   socket.on("connect", () =>

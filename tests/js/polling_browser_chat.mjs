@@ -7,8 +7,10 @@
 //
 // Three pages, each in its own browser context (no shared storage): ann and bob join
 // workspace "alpha", cat joins "beta". ann and bob see each other's messages, cat sees
-// none; then cat switches to "alpha" and sees only what is said there from then on. The page's socket.io-client uses its default transports (polling, then the
-// upgrade to WebSocket). Prints JSON lines {"event": NAME, ...}; after "checkpoint" it
+// none; each page lists who is online in its workspace (by the name it joined with). Then cat
+// switches to "alpha": it gets alpha's history (ann's and bob's messages, above the new
+// ones), not beta's, and everyone in alpha sees cat online. The page's socket.io-client
+// uses its default transports (polling, then the upgrade to WebSocket). Prints JSON lines {"event": NAME, ...}; after "checkpoint" it
 // waits for one line on stdin (the test checks the server meanwhile), then closes the
 // browser and prints "done". Exit 0 after "done", 1 after "error", 3 on the watchdog.
 import { chromium } from "playwright-core";
@@ -67,6 +69,7 @@ async function openPage(name, workspace) {
   const response = await page.goto(url + "/");
   check(response && response.ok(), `${name}: GET / answered ${response && response.status()}`);
   await page.locator("#status[data-state=connected]").waitFor();
+  await page.fill("#name", name);
   await page.fill("#workspace", workspace);
   await page.click("#join");
   await page.locator("#current").filter({ hasText: workspace }).waitFor();
@@ -87,6 +90,16 @@ async function sees(member, text) {
 
 async function texts(member) {
   return member.page.locator("#messages .message .text").allTextContents();
+}
+
+async function online(member, names) {
+  // The list follows presence_join / presence_leave (each answered by who_is_here).
+  await member.page.waitForFunction(
+    (expected) =>
+      JSON.stringify([...document.querySelectorAll("#people li")].map((li) => li.dataset.name)) ===
+      JSON.stringify(expected),
+    names,
+  );
 }
 
 async function engineState(member) {
@@ -115,6 +128,10 @@ async function main() {
       () => window.chat.socket.io.engine.transport.name === "websocket",
     );
   }
+
+  await online(ann, ["ann", "bob"]);
+  await online(bob, ["ann", "bob"]);
+  await online(cat, ["cat"]);
 
   await say(ann, "hello from ann");
   await sees(bob, "hello from ann");
@@ -145,11 +162,18 @@ async function main() {
       window.chat.socket.io.engine.transport.name === "websocket",
     oldSid,
   );
+  for (const member of members) await online(member, ["ann", "bob", "cat"]);
+  // alpha's history came with the join (shown as history), beta's did not.
+  check(
+    JSON.stringify(await texts(cat)) === JSON.stringify(expectedAlpha),
+    `cat's history of alpha: ${await texts(cat)}`,
+  );
+  check((await cat.page.locator("#messages .message.history").count()) === 2, "history marked");
   await say(ann, "welcome to alpha, cat");
   await sees(cat, "welcome to alpha, cat");
   await sees(bob, "welcome to alpha, cat");
   check(
-    JSON.stringify(await texts(cat)) === JSON.stringify(["welcome to alpha, cat"]),
+    JSON.stringify(await texts(cat)) === JSON.stringify([...expectedAlpha, "welcome to alpha, cat"]),
     `cat after switching saw ${await texts(cat)}`,
   );
 

@@ -1,7 +1,13 @@
-// The workspace chat page: pick a workspace (a room), see its messages, send to it.
+// The workspace chat page: pick a name and a workspace (a room), see who is online, the
+// workspace's last messages and the new ones, send to it.
 //
 // Server events (examples/workspace_chat.py):
-//   join_workspace(workspaceId)                 ack {ok, workspaceId} or {ok: false, error}
+//   connect auth {name}                         the name others see (presence)
+//   join_workspace(workspaceId)                 ack {ok, workspaceId, history} or {ok: false,
+//     error}; history: the last 50 receive_message payloads, oldest first (every later
+//     one arrives live, maybe before this ack: history goes above them)
+//   who_is_here(workspaceId)                    ack {ok, members: [{name, connections}]}
+//   presence_join / presence_leave {workspaceId, name}   to the workspace's members
 //   dispatch_message({workspaceId, textMarker}) ack {ok, delivered} or {ok: false, error}
 //   receive_message {sender, text, timestamp}   to every member of the workspace
 //     (timestamp: an ISO 8601 string, as JSON.stringify(new Date()) writes it)
@@ -20,8 +26,10 @@
   const text = $("text");
   const send = $("send");
   const error = $("error");
+  const nameInput = $("name");
+  const people = $("people");
 
-  const socket = io({ autoConnect: false });
+  const socket = io({ autoConnect: false, auth: { name: nameInput.value.trim() } });
   let workspace = null; // the workspace this page has joined
   window.chat = { socket, workspace: () => workspace }; // for people and tests poking around
 
@@ -46,9 +54,9 @@
     error.textContent = message || "";
   }
 
-  function addMessage({ sender, text: body, timestamp }) {
+  function messageItem({ sender, text: body, timestamp }, extra) {
     const item = document.createElement("li");
-    item.className = "message" + (sender === socket.id ? " mine" : "");
+    item.className = "message" + (sender === socket.id ? " mine" : "") + extra;
     const meta = document.createElement("span");
     meta.className = "meta";
     const when = new Date(timestamp).toLocaleTimeString();
@@ -57,9 +65,39 @@
     content.className = "text";
     content.textContent = body; // never innerHTML: messages are untrusted
     item.append(meta, content);
-    messages.append(item);
+    return item;
+  }
+
+  function addMessage(message) {
+    messages.append(messageItem(message, ""));
     empty.hidden = true;
     messages.scrollTop = messages.scrollHeight;
+  }
+
+  function showHistory(history) {
+    // Older than anything received live since the join: above it.
+    messages.prepend(...history.map((message) => messageItem(message, " history")));
+    empty.hidden = messages.childElementCount > 0;
+    messages.scrollTop = messages.scrollHeight;
+  }
+
+  function showPeople(members) {
+    people.replaceChildren(
+      ...members.map(({ name, connections }) => {
+        const item = document.createElement("li");
+        item.textContent = connections > 1 ? `${name} (${connections} tabs)` : name;
+        item.dataset.name = name;
+        return item;
+      }),
+    );
+  }
+
+  function refreshPeople() {
+    if (!workspace) return showPeople([]);
+    const asked = workspace;
+    socket.timeout(5000).emit("who_is_here", asked, (err, ack) => {
+      if (!err && ack.ok && asked === workspace) showPeople(ack.members);
+    });
   }
 
   function join(id) {
@@ -68,16 +106,36 @@
       if (err) return showError("The server did not answer the join.");
       if (!ack.ok) return showError(ack.error);
       setJoined(ack.workspaceId);
+      showHistory(ack.history || []);
+      refreshPeople();
     });
+  }
+
+  function reconnectAs(name, id) {
+    // The name is in the connect auth, and a fresh connection leaves the old workspace
+    // behind, so only the chosen one's messages arrive.
+    messages.replaceChildren();
+    people.replaceChildren();
+    empty.hidden = false;
+    workspace = id;
+    socket.auth = { name };
+    socket.disconnect().connect();
   }
 
   socket.on("connect", () => {
     setStatus("connected", "connected");
     showTransport();
     socket.io.engine.once("upgrade", showTransport);
-    // A new connection is a new socket with no rooms: join the workspace again.
-    if (workspace) join(workspace);
-    else setJoined(null);
+    if (socket.recovered) {
+      // The same socket, its rooms and the messages it missed came back.
+      setJoined(workspace);
+      refreshPeople();
+    } else if (workspace) {
+      // A new socket with no rooms: join the workspace again (its history comes along).
+      messages.replaceChildren();
+      empty.hidden = false;
+      join(workspace);
+    } else setJoined(null);
   });
   socket.on("disconnect", (reason) => {
     setStatus("disconnected", `disconnected (${reason})`);
@@ -89,20 +147,16 @@
     showError(err.message);
   });
   socket.on("receive_message", addMessage);
+  socket.on("presence_join", ({ workspaceId }) => workspaceId === workspace && refreshPeople());
+  socket.on("presence_leave", ({ workspaceId }) => workspaceId === workspace && refreshPeople());
 
   $("join-form").addEventListener("submit", (event) => {
     event.preventDefault();
     const id = $("workspace").value.trim();
-    if (!id || id === workspace) return;
-    if (workspace) {
-      // The server keeps every room a socket joined; a fresh connection leaves the old
-      // workspace behind, so only the chosen one's messages arrive.
-      messages.replaceChildren();
-      empty.hidden = false;
-      workspace = id;
-      socket.disconnect().connect();
-      return;
-    }
+    const name = nameInput.value.trim();
+    const renamed = name !== (socket.auth.name || "");
+    if (!id || (id === workspace && !renamed)) return;
+    if (workspace || renamed) return reconnectAs(name, id);
     join(id);
   });
 
