@@ -26,8 +26,9 @@ Times are ISO 8601 strings (what ``JSON.stringify(new Date())`` sends).
 What this node shows is its own: the live feed and ``all_sockets`` list the sockets
 connected here (in a cluster, connect the UI to each node), while the actions act
 through the adapter, on every node. ``aggregatedEvents`` counts Engine.IO connections and
-disconnections (``rawConnection``, ``rawDisconnection`` by reason); packet and byte counts
-are not reported, so the UI's bytes chart stays empty.
+disconnections (``rawConnection``, ``rawDisconnection`` by reason), and the packets and
+bytes of every connection (``packetsIn``/``packetsOut``/``bytesIn``/``bytesOut``, from the
+server's traffic counters, summed per stats interval: the dashboard's bytes chart).
 
 Costs: with the Admin UI off nothing is installed (each hook is one test of
 ``Server.observer``, about 20 ns). Instrumented, every hook first tests whether an admin
@@ -124,6 +125,11 @@ def _same_login(auth: JsonValue, login: Credentials) -> bool:
     return same_user and same_password
 
 
+def _traffic_now(server: Server) -> tuple[int, int, int, int]:
+    traffic = server.stats.traffic
+    return (traffic.packets_in, traffic.packets_out, traffic.bytes_in, traffic.bytes_out)
+
+
 @attrs.define(eq=False)
 class AdminUI:
     """The Admin UI's side of a server: its namespace, its sessions, and the observer
@@ -138,6 +144,11 @@ class AdminUI:
     _started: float = attrs.field(factory=time.monotonic, init=False)
     _sessions: dict[str, float] = attrs.field(factory=dict, init=False)
     _aggregated: dict[tuple[int, str, str | None], int] = attrs.field(factory=dict, init=False)
+    _traffic_seen: tuple[int, int, int, int] = attrs.field(
+        default=attrs.Factory(lambda self: _traffic_now(self.server), takes_self=True),
+        init=False,
+    )
+    """The server's traffic counters when last reported (the next tick reports the rest)."""
     _polling: dict[Socket, None] = attrs.field(factory=dict, init=False)
     """Sockets last shown on polling: each tick tells the UI of those that upgraded."""
     development: bool = attrs.field(init=False)
@@ -186,6 +197,22 @@ class AdminUI:
 
     def _now(self) -> str:
         return js_time(self.server.wall_now())
+
+    def _count_traffic(self) -> None:
+        """Add the packets and bytes of every connection since the last tick (the
+        server's traffic counters) as ``packetsIn``/``packetsOut``/``bytesIn``/``bytesOut``
+        events: what the dashboard's bytes chart plots."""
+        now = _traffic_now(self.server)
+        seen, self._traffic_seen = self._traffic_seen, now
+        stamp = int(self.server.wall_now()) * 1000
+        for kind, count in zip(
+            ("packetsIn", "packetsOut", "bytesIn", "bytesOut"),
+            (a - b for a, b in zip(now, seen, strict=True)),
+            strict=True,
+        ):
+            if count:
+                key = (stamp, kind, None)
+                self._aggregated[key] = self._aggregated.get(key, 0) + count
 
     def _count(self, kind: str, sub_kind: str | None = None) -> None:
         key = (int(self.server.wall_now()) * 1000, kind, sub_kind)
@@ -264,6 +291,7 @@ class AdminUI:
     def tick(self) -> None:
         """Every ``STATS_INTERVAL``: ``server_stats``, and ``socket_updated`` for the
         sockets that upgraded to WebSocket since the last tick."""
+        self._count_traffic()
         if not self._admins:
             self._aggregated.clear()  # nobody to show them to: do not let them pile up
             return

@@ -133,6 +133,9 @@ async def test_config_all_sockets_and_stats_on_connect(roomcast_serve: ServeFact
         assert isinstance(stats["uptime"], float)
 
 
+TRAFFIC_KINDS = ("packetsIn", "packetsOut", "bytesIn", "bytesOut")
+
+
 async def test_server_stats_every_two_seconds_with_aggregated_events(
     roomcast_serve: ServeFactory, autojump_clock: trio.testing.MockClock
 ) -> None:
@@ -160,7 +163,12 @@ async def test_server_stats_every_two_seconds_with_aggregated_events(
             assert isinstance(count, int)
             counted[key] = counted.get(key, 0) + count
     # The admin's connection and the user's, and the user's close (the Engine.IO reason).
+    traffic = {kind: counted.pop((kind, None), 0) for kind in TRAFFIC_KINDS}
     assert counted == {("rawConnection", None): 2, ("rawDisconnection", "transport close"): 1}
+    # And the packets and bytes both ways since the first tick: the dashboard's bytes chart
+    # (the user's CONNECT and its answer at least, and what the admin was sent).
+    assert all(traffic[kind] > 0 for kind in TRAFFIC_KINDS), traffic
+    assert traffic["bytesOut"] > traffic["packetsOut"]
 
 
 async def test_live_feed_of_sockets_rooms_and_events(roomcast_serve: ServeFactory) -> None:
@@ -412,12 +420,12 @@ async def test_counts_do_not_pile_up_unwatched(
         admin = await connect_admin(harness)
         await next_admin(admin, "server_stats")  # at once, without the counts
         (stats,) = await next_admin(admin, "server_stats")  # the next tick
-    # Only the admin UI's own connection: the user's came before and was dropped.
+    # Only the admin UI's own connection: the user's came before and was dropped (and so was
+    # its traffic: the UI's own since the tick before is all that is counted).
     events = as_dict(stats)["aggregatedEvents"]
     assert isinstance(events, list)
-    (counted,) = events
-    assert as_dict(counted)["type"] == "rawConnection"
-    assert as_dict(counted)["count"] == 1
+    raw = [as_dict(e) for e in events if as_dict(e)["type"] not in TRAFFIC_KINDS]
+    assert [(e["type"], e["count"]) for e in raw] == [("rawConnection", 1)]
 
 
 async def test_login_checked_by_an_async_function(roomcast_serve: ServeFactory) -> None:
