@@ -72,7 +72,7 @@ class LogConfig:
             (None: no size limit). The segment being written is never deleted.
         retention_age: Segments whose newest record is older than this are deleted
             (None: no age limit).
-        max_batch: Most records written with one ``write`` (and one thread hop).
+        max_batch: Most records written with one ``write``.
         max_batch_bytes: Most bytes in one batch (a larger single record still goes).
         inbox_size: Records that may be queued for the writer; ``append`` waits and
             ``append_nowait`` raises ``trio.WouldBlock`` when it is full.

@@ -2,10 +2,10 @@
 
 ``open_event_log`` recovers the directory (in a thread), starts the writer task in a
 nursery it owns and yields an `EventLog`. Appends go through a bounded inbox; the
-writer takes everything queued (up to ``max_batch``), writes it with one ``write`` in
-one thread hop, and syncs by the fsync policy (group commit: one ``fsync`` covers every
-append that queued while the previous one ran). The guarantees are specified in
-``docs/event-log.md`` ("Durability").
+writer takes everything queued (up to ``max_batch``), writes it with one ``write`` (to the
+page cache, from the event loop), and syncs by the fsync policy in a thread (group commit:
+one ``fsync`` covers every append that queued while the previous one ran). The guarantees
+are specified in ``docs/event-log.md`` ("Durability").
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ class LogStatistics:
     Attributes:
         queued: Appends waiting in the inbox.
         records_written: Records written since the log was opened.
-        batches: Batches written (each one ``write`` and one thread hop).
+        batches: Batches written (each one ``write``).
         syncs: ``fsync`` calls on segments.
         segment: The segment being written.
         segment_bytes: Its size.
@@ -86,7 +86,8 @@ class LogStatistics:
 
 @attrs.define(eq=False)
 class _Files:
-    """The writer's files. Synchronous: only the writer task calls it, through threads."""
+    """The writer's files. Synchronous: only the writer task calls it, directly for a
+    plain write and through a thread for what can block long (sync, roll, close)."""
 
     directory: Path
     config: LogConfig
@@ -174,6 +175,13 @@ class _Files:
         if sync:
             self.io.fsync(self.fd)
             self.syncs += 1
+
+    def rolls_for(self, frames: list[bytes]) -> bool:
+        """Whether writing ``frames`` would roll a segment (which syncs and writes the
+        summary and ``epoch.json``: work for a thread, unlike a plain write)."""
+        if not self.size:
+            return False
+        return self.size + sum(map(len, frames)) > self.config.segment_bytes or self._too_old()
 
     def _write(self, data: bytes) -> None:
         view = memoryview(data)
@@ -558,12 +566,7 @@ class EventLog:
                     )
                     if records or (sync and (unsynced or flush)):
                         try:
-                            await trio.to_thread.run_sync(
-                                files.write_batch,
-                                [item.record for item in records if item.record is not None],
-                                [item.frame for item in records],
-                                sync,
-                            )
+                            await self._write(records, sync)
                         except OSError as exc:
                             await self._fail(exc, unsynced + batch)
                             unsynced, deadline = [], math.inf
@@ -595,6 +598,30 @@ class EventLog:
             if not files.closed:
                 files.close(clean=False)
             self._finished.set()
+
+    async def _write(self, items: list[_Item], sync: bool) -> None:
+        """Write a batch, then sync if ``sync``.
+
+        A plain write goes to the page cache from the event loop: a thread hop per batch
+        would cost more than the ``write`` (and on one core the writer thread and the
+        event loop would hand the GIL back and forth for every batch). What can block for
+        long runs in a thread: ``fsync`` (which holds no GIL while it runs), and a batch
+        that rolls a segment (a sync, the summary and ``epoch.json``).
+
+        Raises:
+            OSError: As ``_Files.write_batch``.
+        """
+        files = self._files
+        records = [item.record for item in items if item.record is not None]
+        frames = [item.frame for item in items]
+        if files.rolls_for(frames):
+            await trio.to_thread.run_sync(files.write_batch, records, frames, sync)
+            return
+        files.write_batch(records, frames, False)
+        if sync:
+            await trio.to_thread.run_sync(files.sync)
+        else:
+            await trio.lowlevel.checkpoint()
 
     def _close_files(self) -> None:
         try:

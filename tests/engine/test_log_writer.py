@@ -189,7 +189,7 @@ async def test_append_nowait_raises_would_block_when_the_inbox_is_full(tmp_path:
             config(tmp_path, inbox_size=3), io=io, record_start=False, record_stop=False
         ) as log:
             io.blocked = True
-            log.append_nowait(record(1))  # the writer takes it and blocks writing it
+            log.append_nowait(record(1))  # the writer takes it and blocks syncing it
             await trio.to_thread.run_sync(io.entered.wait)
             for offset in (2, 3, 4):
                 log.append_nowait(record(offset))
