@@ -913,16 +913,13 @@ class Namespace:
                 session = {"pid": saved.pid, "rooms": sorted(rooms), "data": saved.data}
         elif self.adapter.shared_log is not None and socket.pid is not None:
             await self.adapter.shared_log.close_session(socket.pid)  # not recoverable
-        recorded = await server.record_event(
-            RecordKind.DISCONNECT,
-            self.name,
-            sender=socket.sid,
-            args=(reason, session) if session is not None else (reason,),
-        )
-        if not recorded and session is not None:  # data msgpack cannot hold: keep the rest
-            session["data"] = None
+        if session is None:
             await server.record_event(
-                RecordKind.DISCONNECT, self.name, sender=socket.sid, args=(reason, session)
+                RecordKind.DISCONNECT, self.name, sender=socket.sid, args=(reason,)
+            )
+        else:
+            await server.record_session(
+                RecordKind.DISCONNECT, self.name, socket.sid, reason, session
             )
 
     async def wait_left(self, sid: str) -> None:

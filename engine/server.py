@@ -479,14 +479,27 @@ class Server:
         if restored is not None:
             rooms: list[LogValue] = [*sorted(restored.rooms)]
             info["rooms"] = rooms
-        auth = socket.handshake.auth
-        if not await self.record_event(
-            RecordKind.CONNECT, socket.namespace.name, sender=socket.sid, args=(auth, info)
-        ):
+        await self.record_session(
+            RecordKind.CONNECT, socket.namespace.name, socket.sid, socket.handshake.auth, info
+        )
+
+    async def record_session(
+        self,
+        kind: RecordKind,
+        namespace: str,
+        sid: str,
+        first: LogValue,
+        info: dict[str, LogValue],
+    ) -> None:
+        """Record a socket's CONNECT or DISCONNECT with its session ``info`` (pid, rooms,
+        ``data``): what recovery after a crash reads. When msgpack cannot hold the
+        ``data``, the record is written with ``data`` null rather than lost.
+
+        Cancellation: the record may or may not be queued.
+        """
+        if not await self.record_event(kind, namespace, sender=sid, args=(first, info)):
             info["data"] = None
-            await self.record_event(
-                RecordKind.CONNECT, socket.namespace.name, sender=socket.sid, args=(auth, info)
-            )
+            await self.record_event(kind, namespace, sender=sid, args=(first, info))
 
     def on_ack(
         self, conn: Connection, namespace: str, ack_id: int, args: tuple[JsonValue, ...]

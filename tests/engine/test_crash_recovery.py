@@ -9,7 +9,6 @@ event log with its default ``interval`` fsync) in its own process; the clients a
 
 from __future__ import annotations
 
-import socket
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -20,18 +19,12 @@ from typing import Final, cast
 import pytest
 import trio
 
+from tests.adapters.conftest import free_port
 from tests.adapters.processes import ROOT, Line, LineProcess, open_line_process
 
 pytestmark = pytest.mark.node
 
 CHAT: Final = ROOT / "examples" / "workspace_chat.py"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @asynccontextmanager
@@ -57,7 +50,7 @@ async def run_scenario(
     workspace "quiet" (one message goes there after the restart), and then
     ``dropped_before_kill`` clients close their transport, a few milliseconds before it.
     Returns the clients' report and their reconnections."""
-    port, log_dir = _free_port(), tmp_path / "log"
+    port, log_dir = free_port(), tmp_path / "log"
     url = f"http://127.0.0.1:{port}"
     argv = ["node", str(js_peers / "crash_clients.mjs"), url, str(clients), str(rooms), "20"]
     async with open_line_process("crash clients", argv) as driver:

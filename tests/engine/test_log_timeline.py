@@ -20,10 +20,10 @@ from roomcast.engine.log.timeline import (
     build_timeline,
 )
 from roomcast.protocol import LogRecord, RecordKind
+from tests.adapters.conftest import free_port
 from tests.adapters.processes import Line, open_line_process
 
 from .log_helpers import T0, record
-from .test_crash_recovery import _free_port as free_port
 from .test_crash_recovery import chat_server
 
 SVG: Final = "{http://www.w3.org/2000/svg}"

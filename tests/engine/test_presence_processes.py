@@ -24,8 +24,9 @@ import pytest
 import trio
 
 from examples.workspace_chat import HISTORY_LENGTH, PRESENCE_DEBOUNCE
+from tests.adapters.conftest import free_port
 from tests.adapters.processes import Driver, Line, open_driver
-from tests.engine.test_crash_recovery import _free_port, chat_server
+from tests.engine.test_crash_recovery import chat_server
 
 pytestmark = pytest.mark.node
 
@@ -68,7 +69,7 @@ async def who(driver: Driver, client: str) -> object:
 async def test_two_tabs_a_recovered_client_that_does_not_flap_and_one_that_leaves(
     js_peers: Path, tmp_path: Path
 ) -> None:
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     with trio.fail_after(TEST_TIMEOUT):
         async with chat_server(port, tmp_path / "log") as server, open_driver(js_peers) as driver:
@@ -106,7 +107,7 @@ async def test_two_tabs_a_recovered_client_that_does_not_flap_and_one_that_leave
 async def test_history_then_live_messages_nothing_missed_nothing_twice(
     js_peers: Path, tmp_path: Path
 ) -> None:
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     total, joiners = 400, 6
     with trio.fail_after(TEST_TIMEOUT):
@@ -178,7 +179,7 @@ async def replay_presence(log_dir: Path, at: float) -> list[object]:
 
 
 async def test_presence_is_rebuilt_after_a_crash(js_peers: Path, tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     log_dir = tmp_path / "log"
     with trio.fail_after(TEST_TIMEOUT):
