@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import logging
-import mimetypes
-import os
 import re
 import secrets
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import attrs
 import trio
@@ -24,7 +21,7 @@ from roomcast.engine.adapters.base import Adapter
 from roomcast.engine.adapters.memory import MemoryAdapter
 from roomcast.engine.adapters.shared import encode_records
 from roomcast.engine.config import Config
-from roomcast.engine.errors import ConnectRefusedError, TransportClosed
+from roomcast.engine.errors import ConnectRefusedError
 from roomcast.engine.listeners import admit_event
 from roomcast.engine.log import EventLog, FsyncPolicy, iter_records, open_event_log
 from roomcast.engine.namespace import (
@@ -46,7 +43,8 @@ from roomcast.engine.sequencer import Sequencer
 from roomcast.engine.socket import Handshake, Socket
 from roomcast.engine.stats import ServerStats
 from roomcast.engine.transport.base import HttpExchange, MessageTransport
-from roomcast.engine.transport.http import HttpConnection, HttpRequest, error_body
+from roomcast.engine.transport.front import Endpoint, EngineFront, Origins, host_of
+from roomcast.engine.transport.http import HttpRequest
 from roomcast.protocol import LocalProtocolError
 from roomcast.protocol._eio import EioServerSession
 from roomcast.protocol._log import LogRecord, LogValue, RecordKind
@@ -58,13 +56,6 @@ if TYPE_CHECKING:
 __all__ = ["AdapterFactory", "Server"]
 
 logger = logging.getLogger(__name__)
-
-CLOSE_PAYLOAD: Final = b"1"  # an Engine.IO CLOSE packet, as a polling body
-ORIGIN_LOG_INTERVAL: Final = 10.0
-"""Seconds between two log lines about refused Origins (a page hammering the server
-must not flood the log); the line after a quiet spell counts those left out."""
-_LINGER_TIMEOUT: Final = 1.0
-_LINGER_BYTES: Final = 65_536
 
 AdapterFactory = Callable[[str, Callable[..., None], Config], Adapter]
 
@@ -102,7 +93,7 @@ class Server:
     supervisor: Supervisor = attrs.field(init=False)
     namespaces: dict[str, Namespace] = attrs.field(factory=dict, init=False)
     _dynamic: list[tuple[NamespaceMatcher, Namespace]] = attrs.field(factory=list, init=False)
-    cors_allowed_origins: Sequence[str] | Literal["*"] | Callable[[str], bool] = ()
+    cors_allowed_origins: Origins = ()
     allow_request: Callable[[HttpRequest], Awaitable[bool]] | None = None
     static_dirs: dict[str, str] = attrs.field(factory=dict)
     recovery: RecoveryConfig | None = None
@@ -111,12 +102,11 @@ class Server:
     sequencer: Sequencer = attrs.field(factory=Sequencer, init=False)
     _wall_base: float | None = attrs.field(default=None, init=False)
     connections: dict[str, Connection] = attrs.field(factory=dict, init=False)
-    _engines: dict[str, EngineLayer] = attrs.field(factory=dict, init=False)
     _per_address: dict[str, int] = attrs.field(factory=dict, init=False)
     _connections: trio.Nursery | None = attrs.field(default=None, init=False)
     _prune: Periodic | None = attrs.field(default=None, init=False)
-    _origin_log_after: float = attrs.field(default=-float("inf"), init=False)
-    _origins_unlogged: int = attrs.field(default=0, init=False)
+    front: EngineFront = attrs.field(init=False)
+    """The HTTP/Engine.IO front: routes each request (``transport/front.py``)."""
     observer: Observer | None = attrs.field(default=None, init=False)
     """Told of sockets, rooms and events (the Admin UI, ``roomcast.engine.admin``); None
     by default, when each hook costs one attribute test."""
@@ -132,6 +122,7 @@ class Server:
         )
         self._set_recovery(self.recovery)
         self._set_metrics()
+        self.front = EngineFront(host=self)
         self.of("/")
 
     def _set_metrics(self) -> None:
@@ -535,10 +526,7 @@ class Server:
 
         ``layer.on_message(conn, data)`` gets every message; ``conn.send_message`` answers.
         """
-        self._engines[_normal_path(path)] = layer
-
-    async def on_message(self, conn: Connection, data: str | bytes) -> None:
-        """Unused: the Socket.IO endpoint decodes messages itself."""
+        self.front.mount(path, layer)
 
     # -- serving ---------------------------------------------------------------------------
 
@@ -577,7 +565,7 @@ class Server:
                 logger.info("roomcast listening on %s://%s:%d", scheme, sockname[0], sockname[1])
                 task_status.started((sockname[0], sockname[1]))
                 await trio.serve_listeners(
-                    self.serve_stream, listeners, handler_nursery=connections
+                    self.front.serve_stream, listeners, handler_nursery=connections
                 )
         finally:
             for listener in listeners:
@@ -824,253 +812,40 @@ class Server:
 
     async def serve_stream(self, stream: trio.abc.Stream) -> None:
         """Serve one client's HTTP connection on any Trio stream (a socket or an in-memory
-        pair): requests one after another, or a WebSocket.
+        pair): requests one after another, or a WebSocket (``EngineFront.serve_stream``).
 
         Needs ``supervisor.run`` to be running (``serve`` starts it).
 
         Cancellation: a WebSocket connection is closed as in a server shutdown.
         """
-        config = self.config
-        http = HttpConnection(
-            stream=stream,
-            max_head_bytes=config.max_request_header_bytes,
-            remote=_remote_address(stream),
-        )
-        try:
-            while True:
-                try:
-                    with trio.fail_after(config.request_header_timeout):
-                        request = await http.next_request()
-                except trio.TooSlowError:
-                    if http.received_in_cycle:  # an idle keep-alive just ends quietly
-                        await http.respond(408, error_body(3, "request head timeout"), close=True)
-                    return
-                if request is None:
-                    return
-                if not await self.handle_request(http, request) or not http.reusable:
-                    return
-        except TransportClosed:
-            await _linger(stream)
-        except Exception:
-            # The per-connection boundary: a bug in handling one client's requests is
-            # logged and ends that client's connection, never the server.
-            logger.exception("request handling failed for %s", http.remote)
-        finally:
-            await trio.aclose_forcefully(stream)
-
-    def _origin_allowed(self, request: HttpRequest) -> bool:
-        origin = request.headers.get("origin")
-        if origin is None:
-            return True  # not a browser: the Origin check protects browsers' users
-        allowed = self.cors_allowed_origins
-        if allowed == "*":
-            return True
-        if callable(allowed):
-            if allowed(origin):
-                return True
-            self._log_refused_origin(origin, "the cors_allowed_origins predicate refused it")
-            return False
-        if origin in allowed:
-            return True
-        # Same origin: the page was served by this host.
-        host = request.headers.get("host")
-        if urlsplit(origin).netloc == host:
-            return True
-        listed = "is not in cors_allowed_origins" if allowed else "cors_allowed_origins is empty"
-        self._log_refused_origin(origin, f"{listed} and it is not this server's (Host {host})")
-        return False
-
-    def _log_refused_origin(self, origin: str, rule: str) -> None:
-        """A warning with the refused Origin and the rule that refused it, at most one
-        per ORIGIN_LOG_INTERVAL."""
-        now = trio.current_time()
-        if now < self._origin_log_after:
-            self._origins_unlogged += 1
-            return
-        left_out = self._origins_unlogged
-        more = f" ({left_out} more refused since the last such line)" if left_out else ""
-        logger.warning("refused Origin %r: %s%s", origin, rule, more)
-        self._origin_log_after = now + ORIGIN_LOG_INTERVAL
-        self._origins_unlogged = 0
-
-    def _cors_headers(self, request: HttpRequest) -> tuple[tuple[str, str], ...]:
-        origin = request.headers.get("origin")
-        if origin is None:
-            return ()
-        return (
-            ("Access-Control-Allow-Origin", origin),
-            ("Access-Control-Allow-Credentials", "true"),
-            ("Vary", "Origin"),
-        )
+        await self.front.serve_stream(stream)
 
     async def handle_request(self, http: HttpExchange, request: HttpRequest) -> bool:
-        """Answer one request: Engine.IO polling or a WebSocket (served until it closes),
-        ``/healthz``, static files. The built-in front and the ASGI one
-        (``roomcast.engine.asgi``) both route through here, so both answer alike.
-
-        Returns False when the stream was taken over or must close.
+        """Answer one request (``EngineFront.handle_request``): what the built-in front
+        and the ASGI one (``roomcast.engine.asgi``) both route through, so both answer
+        alike. Returns False when the stream was taken over or must close.
 
         Cancellation: a held polling GET is answered CLOSE (within ``close_grace``); a
         WebSocket connection closes as in a server shutdown.
         """
-        path = _normal_path(request.path)
-        if request.path == "/healthz":
-            await http.respond(200, b"ok")
-            return True
-        if request.path == "/metrics" and self.metrics is not None:
-            from roomcast.engine.metrics import CONTENT_TYPE  # (an optional extra)
+        return await self.front.handle_request(http, request)
 
-            body = self.metrics.render()
-            await http.respond(200, body, content_type=CONTENT_TYPE)
-            return True
-        layer: EngineLayer
-        if path == _normal_path(self.config.path):
-            layer, parser = self, self.parser
-        elif path in self._engines:
-            layer, parser = self._engines[path], None
-        else:
-            return await self._static(http, request)
-        cors = self._cors_headers(request)
-        if not self._origin_allowed(request):
-            await http.respond(403, error_body(4, "Forbidden"), close=True)
-            return False
-        if request.method == "OPTIONS":
-            requested = request.headers.get("access-control-request-headers", "")
-            headers = (
-                *cors,
-                ("Access-Control-Allow-Methods", "GET, POST, OPTIONS"),
-                ("Access-Control-Allow-Headers", requested),
-                ("Access-Control-Max-Age", "86400"),
-            )
-            await http.respond(204, headers=headers)
-            return True
-        if self.allow_request is not None and not await self.allow_request(request):
-            await http.respond(403, error_body(4, "Forbidden"), headers=cors, close=True)
-            return False
-        query = request.query
-        if "sid" not in query and not self._admit(request):
-            await http.respond(503, error_body(3, "Too many connections"), headers=cors)
-            return True
-        if query.get("EIO") != "4":
-            await http.respond(400, error_body(5, "Unsupported protocol version"), headers=cors)
-            return True
-        transport = query.get("transport")
-        sid = query.get("sid")
-        if transport == "websocket":
-            if not request.is_websocket:
-                await http.respond(400, error_body(3, "Bad request"), headers=cors)
-                return True
-            if sid is None:
-                await self._new_websocket(http, request, layer, parser, path)
-                return False
-            conn = self.connections.get(sid)
-            if conn is None or conn.endpoint != path:
-                await http.respond(400, error_body(1, "Session ID unknown"), headers=cors)
-                return True
-            ws = await self._accept_websocket(http, request)
-            if ws is not None:
-                await conn.upgrade(ws)
-            return False
-        if transport != "polling":
-            await http.respond(400, error_body(0, "Transport unknown"), headers=cors)
-            return True
-        if sid is None:
-            if request.method != "GET":
-                await http.respond(400, error_body(2, "Bad handshake method"), headers=cors)
-                return True
-            conn = self._new_connection(request, layer, parser, path, transport="polling")
-            if self._connections is not None:
-                await self._connections.start(self._run_connection, conn)
-            else:  # served without serve() (in-memory streams): the supervisor hosts it
-                await self.supervisor.start_connection(partial(self._run_connection, conn))
-            handshake = "0" + str(conn.session.handshake().data)
-            await http.respond(200, handshake.encode(), headers=cors)
-            return True
-        conn = self.connections.get(sid)
-        if conn is None or conn.endpoint != path or conn.closed or conn.transport_name != "polling":
-            await http.respond(400, error_body(1, "Session ID unknown"), headers=cors)
-            return True
-        if request.method == "GET":
-            result: tuple[int, str] | None = None
-            try:
-                result = await self._poll(http, conn)
-            finally:
-                # The answer is written even when the server is shutting down (then it
-                # is CLOSE), within close_grace.
-                status, body = (
-                    (200, CLOSE_PAYLOAD)
-                    if result is None
-                    else (
-                        result[0],
-                        result[1].encode(),
-                    )
-                )
-                self.stats.traffic.bytes_out += len(body)
-                with trio.move_on_after(self.config.close_grace, shield=True):
-                    await http.respond(status, body, headers=cors, close=result is None)
-            return status == 200
-        if request.method == "POST":
-            try:
-                with trio.fail_after(self.config.request_body_timeout):
-                    body = await http.read_body(self.config.limits.max_payload_bytes)
-            except trio.TooSlowError:
-                conn.close("transport error")
-                await http.respond(408, error_body(3, "request body timeout"), close=True)
-                return False
-            except TransportClosed:
-                conn.close("transport error")
-                raise
-            self.stats.traffic.bytes_in += len(body)
-            if await conn.receive_payload(body):
-                await http.respond(200, b"ok", headers=cors)
-                return True
-            await http.respond(400, error_body(3, "Bad request"), headers=cors)
-            return True
-        await http.respond(400, error_body(3, "Bad request"), headers=cors)
-        return True
+    # -- the connection registry (the front's host, transport/front.py) -------------------
 
-    def _admit(self, request: HttpRequest) -> bool:
-        """Whether a new session fits under the connection limits."""
-        config = self.config
-        if len(self.connections) >= config.max_connections:
-            logger.warning("refusing a session: %d connections", len(self.connections))
-            return False
-        per_address = config.max_connections_per_address
-        if per_address is not None and request.remote is not None:
-            host = _host_of(request.remote)
-            if self._per_address.get(host, 0) >= per_address:
-                logger.warning("refusing a session from %s: %d connections", host, per_address)
-                return False
-        return True
+    def sessions_from(self, host: str) -> int:
+        """How many open connections came from the address ``host``."""
+        return self._per_address.get(host, 0)
 
-    async def _poll(self, http: HttpExchange, conn: Connection) -> tuple[int, str]:
-        """Hold a polling GET; if the client goes away meanwhile, close the session."""
-        result: tuple[int, str] = (400, "")
-
-        async def poll(cancel: trio.CancelScope) -> None:
-            nonlocal result
-            result = await conn.poll()
-            cancel.cancel()
-
-        async def watch(cancel: trio.CancelScope) -> None:
-            await http.wait_closed()
-            conn.client_gone()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(poll, nursery.cancel_scope)
-            nursery.start_soon(watch, nursery.cancel_scope)
-        return result
-
-    def _new_connection(
+    def open_connection(
         self,
         request: HttpRequest,
-        layer: EngineLayer,
-        parser: Parser | None,
-        path: str,
+        endpoint: Endpoint,
         *,
         transport: str,
         ws: MessageTransport | None = None,
     ) -> Connection:
+        """Make a new session's connection on ``endpoint`` (over ``ws`` when it starts on
+        WebSocket) and register it; ``run_connection`` runs it."""
         config = self.config
         sid = _new_id()
         session = EioServerSession(
@@ -1084,21 +859,45 @@ class Server:
         conn = Connection(
             config=config,
             session=session,
-            layer=layer,
+            layer=endpoint.layer,
             scheduler=self.supervisor.scheduler,
-            parser=parser,
+            parser=endpoint.parser,
             transport=ws,
             request=attrs.evolve(request, raw_headers=()),  # (only the handshake needs it)
-            endpoint=path,
+            endpoint=endpoint.path,
             traffic=self.stats.traffic,
         )
         self.connections[sid] = conn
-        if self.observer is not None and layer is self:
+        if self.observer is not None and endpoint.layer is self:
             self.observer.connection_opened(conn)
         if request.remote is not None:
-            host = _host_of(request.remote)
+            host = host_of(request.remote)
             self._per_address[host] = self._per_address.get(host, 0) + 1
         return conn
+
+    async def start_connection(self, conn: Connection) -> None:
+        """Start a polling session's actor, which no request task owns: in the
+        connections' nursery (``running``), or the supervisor's when served without it
+        (in-memory streams). Returns once it runs.
+
+        Cancellation: the actor may or may not have started.
+        """
+        if self._connections is not None:
+            await self._connections.start(self.run_connection, conn)
+        else:
+            await self.supervisor.start_connection(partial(self.run_connection, conn))
+
+    async def run_connection(  # noqa: ASYNC128 - conn.run calls task_status.started()
+        self, conn: Connection, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run a connection's actor until it ends, then forget the connection.
+
+        Cancellation: the connection closes as in a server shutdown.
+        """
+        try:
+            await conn.run(task_status=task_status)
+        finally:
+            self._forget(conn)
 
     def _forget(self, conn: Connection) -> None:
         if self.connections.get(conn.eio_sid) is conn:
@@ -1106,107 +905,9 @@ class Server:
             self.stats.closed(conn.close_reason or "server shutting down")
             request = conn.request
             if request is not None and request.remote is not None:
-                host = _host_of(request.remote)
+                host = host_of(request.remote)
                 left = self._per_address.get(host, 0) - 1
                 if left > 0:
                     self._per_address[host] = left
                 else:
                     self._per_address.pop(host, None)
-
-    async def _accept_websocket(
-        self, http: HttpExchange, request: HttpRequest
-    ) -> MessageTransport | None:
-        try:
-            with trio.fail_after(self.config.websocket_handshake_timeout):
-                return await http.accept_websocket(
-                    request,
-                    max_message_bytes=self.config.limits.max_payload_bytes,
-                    compression=self.config.websocket_compression,
-                )
-        except (TransportClosed, trio.TooSlowError):
-            return None
-
-    async def _new_websocket(
-        self,
-        http: HttpExchange,
-        request: HttpRequest,
-        layer: EngineLayer,
-        parser: Parser | None,
-        path: str,
-    ) -> None:
-        ws = await self._accept_websocket(http, request)
-        if ws is None:
-            return
-        conn = self._new_connection(request, layer, parser, path, transport="websocket", ws=ws)
-        await self._run_connection(conn)
-
-    async def _run_connection(  # noqa: ASYNC128 - conn.run calls task_status.started()
-        self, conn: Connection, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        try:
-            await conn.run(task_status=task_status)
-        finally:
-            self._forget(conn)
-
-    async def _static(self, http: HttpExchange, request: HttpRequest) -> bool:
-        for prefix, directory in self.static_dirs.items():
-            if not request.path.startswith(prefix):
-                continue
-            relative = request.path[len(prefix) :].lstrip("/") or "index.html"
-            target = await trio.to_thread.run_sync(_static_file, directory, relative)
-            if request.method in ("GET", "HEAD") and target is not None:
-                content = await trio.Path(target).read_bytes()
-                kind = mimetypes.guess_type(target)[0] or "application/octet-stream"
-                await http.respond(
-                    200, content, content_type=kind, head_only=request.method == "HEAD"
-                )
-                return True
-        await http.respond(404, b"not found")
-        return True
-
-
-def _host_of(remote: str) -> str:
-    return remote.rpartition(":")[0] or remote
-
-
-def _static_file(directory: str, relative: str) -> str | None:
-    """The file ``relative`` names under ``directory``, or None (never outside it)."""
-    root = os.path.realpath(directory)
-    target = os.path.realpath(os.path.join(root, relative))
-    if target.startswith(root + os.sep) and os.path.isfile(target):
-        return target
-    return None
-
-
-def _normal_path(path: str) -> str:
-    return path.rstrip("/") + "/"
-
-
-async def _linger(stream: trio.abc.Stream) -> None:
-    """After an error answer, read (bounded) what the peer still sends before closing, so
-    the kernel does not reset the connection before the peer has read the answer."""
-    with trio.move_on_after(_LINGER_TIMEOUT):
-        received = 0
-        try:
-            if isinstance(stream, trio.abc.HalfCloseableStream):
-                await stream.send_eof()
-            while received < _LINGER_BYTES:
-                data = await stream.receive_some(16_384)
-                if not data:
-                    break
-                received += len(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-
-
-def _remote_address(stream: trio.abc.Stream) -> str | None:
-    if isinstance(stream, trio.SSLStream):
-        stream = stream.transport_stream
-    socket = getattr(stream, "socket", None)
-    if socket is None:
-        return None
-    try:
-        host, port = socket.getpeername()[:2]
-    except OSError:
-        return None
-    return f"{host}:{port}"

@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     from roomcast.engine.transport.http import HttpRequest
     from roomcast.protocol._sio import Parser
 
-__all__ = ["Connection", "EngineLayer", "RawMessage", "SocketLayer"]
+__all__ = ["Connection", "ConnectionLayer", "EngineLayer", "RawMessage", "SocketLayer"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,17 +86,21 @@ class NamespaceMember(Protocol):
         """The socket's Socket.IO id (not the connection's Engine.IO id)."""
 
 
-class EngineLayer(Protocol):
-    """What a connection reports to: an Engine.IO app (messages) or a Socket.IO server."""
-
-    async def on_message(self, conn: Connection, data: str | bytes) -> None:
-        """An Engine.IO message arrived (endpoints without the Socket.IO layer)."""
+class ConnectionLayer(Protocol):
+    """What every connection reports to: an ``EngineLayer`` or a ``SocketLayer``."""
 
     async def on_close(self, conn: Connection, reason: str) -> None:
         """The connection is over: clean up everything that refers to it."""
 
 
-class SocketLayer(EngineLayer, Protocol):
+class EngineLayer(ConnectionLayer, Protocol):
+    """The app of a bare Engine.IO endpoint (no Socket.IO layer): it gets the messages."""
+
+    async def on_message(self, conn: Connection, data: str | bytes) -> None:
+        """An Engine.IO message arrived."""
+
+
+class SocketLayer(ConnectionLayer, Protocol):
     """The Socket.IO application layer (the server implements it)."""
 
     async def on_connect(self, conn: Connection, namespace: str, auth: JsonValue) -> None:
@@ -139,12 +143,13 @@ class Connection:
 
     Only the actor's own tasks touch its protocol state. ``send_packet`` and
     ``send_frames`` may be called from any task: they only queue into the outbox.
-    ``parser`` is None for an endpoint without the Socket.IO layer.
+    ``parser`` is None for an endpoint without the Socket.IO layer, whose ``layer`` is
+    then an ``EngineLayer``; with a parser it is a ``SocketLayer``.
     """
 
     config: Config
     session: EioServerSession
-    layer: EngineLayer
+    layer: EngineLayer | SocketLayer
     scheduler: DeadlineScheduler
     parser: Parser | None = None
     transport: MessageTransport | None = None
@@ -501,7 +506,7 @@ class Connection:
                     self, event.namespace, event.name, event.args, event.ack_id
                 )
             elif isinstance(event, RawMessage):
-                await layer.on_message(self, event.data)
+                await cast("EngineLayer", layer).on_message(self, event.data)
             elif isinstance(event, ConnectRequested):
                 await cast("SocketLayer", layer).on_connect(self, event.namespace, event.auth)
                 self._reschedule()

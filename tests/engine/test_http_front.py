@@ -18,7 +18,7 @@ import trio
 import trio.testing
 
 from roomcast.engine import Config, Server, Socket
-from roomcast.engine.server import ORIGIN_LOG_INTERVAL
+from roomcast.engine.transport.front import ORIGIN_LOG_INTERVAL
 from roomcast.engine.transport.http import HttpRequest
 from roomcast.protocol import JsonValue, Limits
 
@@ -123,7 +123,9 @@ async def test_a_refused_origin_is_logged_with_its_rule_at_most_once_per_interva
         return value.endswith(".trusted.example")
 
     def refusals() -> list[str]:
-        lines = [r.getMessage() for r in caplog.records if r.name == "roomcast.engine.server"]
+        lines = [
+            r.getMessage() for r in caplog.records if r.name == "roomcast.engine.transport.front"
+        ]
         return [line for line in lines if line.startswith("refused Origin")]
 
     listed = Server(cors_allowed_origins=["https://app.example"])

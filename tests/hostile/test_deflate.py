@@ -18,7 +18,8 @@ import trio.testing
 from wsproto.events import TextMessage
 
 from examples.ws_echo import serve_ws_echo
-from roomcast.engine import Config, Server
+from roomcast.engine import Config
+from roomcast.engine.transport.front import EngineFront
 from roomcast.engine.transport.websocket import DEFLATE_THRESHOLD, accept_websocket
 
 from .conftest import Live, build_server, hostile_config, peak_rss_bytes, serve_live
@@ -244,10 +245,10 @@ async def test_the_engine_does_not_compress_by_default(live: Live) -> None:
     await ws.aclose()
 
 
-_WIRED = "compression" in inspect.getsource(Server._accept_websocket)
+_WIRED = "compression" in inspect.getsource(EngineFront._accept_websocket)
 
 
-@pytest.mark.skipif(not _WIRED, reason="server.py does not pass websocket_compression yet")
+@pytest.mark.skipif(not _WIRED, reason="the front does not pass websocket_compression yet")
 async def test_the_engine_with_compression_refuses_a_bomb() -> None:
     config = hostile_config(websocket_compression=True)
     async with serve_live(build_server(config)) as live:
