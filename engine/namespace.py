@@ -39,6 +39,7 @@ from roomcast.engine.recovery import (
     SavedSession,
     broadcast_records,
 )
+from roomcast.protocol import encode_message
 from roomcast.protocol._log import LogRecord, RecordKind
 from roomcast.protocol._sio import RESERVED_EVENTS, Event, JsonValue, SioPacket
 
@@ -608,10 +609,7 @@ class Namespace:
 
     def encode(self, packet: SioPacket) -> tuple[SharedFrame, ...]:
         """Encode ``packet`` once as shared Engine.IO frames for many recipients."""
-        return tuple(
-            SharedFrame(eio="4" + p if isinstance(p, str) else p)
-            for p in self.server.parser.encode(packet)
-        )
+        return tuple(SharedFrame(eio=encode_message(p)) for p in self.server.parser.encode(packet))
 
     async def broadcast_packet(
         self,

@@ -49,10 +49,13 @@ __all__ = [
     "SendPacket",
     "UpgradeStarted",
     "Upgraded",
+    "check_payload_frame",
     "decode_handshake",
     "decode_payload",
     "decode_ws_frame",
+    "encode_frames_payload",
     "encode_handshake",
+    "encode_message",
     "encode_payload",
     "encode_ws_frame",
 ]
@@ -101,6 +104,7 @@ _TYPE_BY_CHAR: Final[Mapping[str, EioPacketType]] = {str(int(t)): t for t in Eio
 # and a binary packet is "b" followed by its base64 encoding.
 _SEPARATOR: Final = "\x1e"
 _BINARY_PREFIX: Final = "b"
+_MESSAGE_CHAR: Final = _TYPE_CHAR[EioPacketType.MESSAGE]
 
 
 def _utf8_length_over(text: str, limit: int) -> bool:
@@ -170,15 +174,47 @@ def decode_ws_frame(frame: str | bytes | bytearray, limits: Limits = DEFAULT_LIM
     return EioPacket(type=EioPacketType.MESSAGE, data=bytes(frame))
 
 
-def _encode_payload_part(packet: EioPacket) -> str:
-    data = packet.data
-    if isinstance(data, bytes):
-        _check_encodable(packet)
-        return _BINARY_PREFIX + binascii.b2a_base64(data, newline=False).decode("ascii")
-    if _SEPARATOR in data:
-        # The separator cannot be escaped in a v4 payload: the packet would be split in two.
+def encode_message(data: str | bytes) -> str | bytes:
+    """Encode one MESSAGE packet as one WebSocket message: ``"4"`` + text, or binary
+    data as it is.
+
+    What ``encode_ws_frame`` makes of ``EioPacket(type=MESSAGE, data=data)``, without
+    building the packet (the engine's send path). The result is also what
+    ``encode_frames_payload`` takes for a polling body.
+    """
+    return _MESSAGE_CHAR + data if isinstance(data, str) else data
+
+
+def check_payload_frame(frame: str | bytes) -> None:
+    r"""Refuse a packet in its WebSocket form (``encode_ws_frame``, ``encode_message``)
+    that no HTTP long-polling body can carry: text containing ``"\x1e"``.
+
+    The record separator cannot be escaped in an Engine.IO v4 payload, so such a packet
+    would reach the peer split in two (the tail read as packets of its own); Node's
+    engine.io sends it so. It can go over WebSocket as it is, and binary data always can.
+
+    Raises:
+        LocalProtocolError: ``frame`` is text containing ``"\x1e"``.
+    """
+    if isinstance(frame, str) and _SEPARATOR in frame:
         raise LocalProtocolError("text packet containing \\x1e cannot go in a polling payload")
-    return _TYPE_CHAR[packet.type] + data
+
+
+def _payload_part(frame: str | bytes) -> str:
+    if isinstance(frame, bytes):
+        return _BINARY_PREFIX + binascii.b2a_base64(frame, newline=False).decode("ascii")
+    check_payload_frame(frame)
+    return frame
+
+
+def encode_frames_payload(frames: Iterable[str | bytes]) -> str:
+    r"""Encode packets already in their WebSocket form (``encode_ws_frame``,
+    ``encode_message``) as one HTTP long-polling body, as ``encode_payload`` does.
+
+    Raises:
+        LocalProtocolError: A text frame contains ``"\x1e"`` (``check_payload_frame``).
+    """
+    return _SEPARATOR.join([_payload_part(frame) for frame in frames])
 
 
 def encode_payload(packets: Iterable[EioPacket]) -> str:
@@ -191,7 +227,7 @@ def encode_payload(packets: Iterable[EioPacket]) -> str:
         LocalProtocolError: A packet carries bytes but is not a MESSAGE, or its text
             contains ``"\x1e"``.
     """
-    return _SEPARATOR.join([_encode_payload_part(p) for p in packets])
+    return encode_frames_payload([encode_ws_frame(p) for p in packets])
 
 
 def _decode_payload_part(part: str) -> EioPacket:

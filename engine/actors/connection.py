@@ -15,7 +15,6 @@ held GETs are answered with NOOP, and on ``5`` the WebSocket becomes the only tr
 
 from __future__ import annotations
 
-import base64
 import logging
 import math
 from typing import TYPE_CHECKING, Final, Protocol, cast
@@ -26,7 +25,13 @@ import trio
 from roomcast.engine.actors.outbox import Offer, Outbox, OutFrame, SharedFrame
 from roomcast.engine.errors import TransportClosed
 from roomcast.engine.stats import UNCOUNTED, Traffic
-from roomcast.protocol import RemoteProtocolError
+from roomcast.protocol import (
+    LocalProtocolError,
+    RemoteProtocolError,
+    check_payload_frame,
+    encode_frames_payload,
+    encode_message,
+)
 from roomcast.protocol._eio import (
     Closed,
     EioEvent,
@@ -128,15 +133,6 @@ class SocketLayer(ConnectionLayer, Protocol):
         """The connection started closing: fail whatever waits on the client (at once)."""
 
 
-def polling_part(frame: OutFrame) -> str:
-    """One outbox frame in the polling payload form (binary as ``b`` + base64)."""
-    if isinstance(frame, SharedFrame):
-        frame = frame.eio
-    if isinstance(frame, str):
-        return frame
-    return "b" + base64.b64encode(frame).decode("ascii")
-
-
 @attrs.define(eq=False)
 class Connection:
     """One Engine.IO connection and the Socket.IO namespaces on it.
@@ -211,18 +207,35 @@ class Connection:
     # -- sending (any task) -------------------------------------------------------------
 
     def send_packet(self, packet: SioPacket) -> bool:
-        """Encode and queue one Socket.IO packet; False if it could not be queued."""
+        """Encode and queue one Socket.IO packet; False if it could not be queued.
+
+        Raises:
+            LocalProtocolError: The session is on long-polling and the encoded packet is
+                text containing ``"\\x1e"``, which no polling payload can carry
+                (``check_payload_frame``; the JSON parser escapes it in arguments, so
+                only a namespace name could); nothing is queued.
+        """
         assert self.parser is not None, "not a Socket.IO endpoint"
-        return self.send_frames(
-            tuple(
-                "4" + payload if isinstance(payload, str) else payload
-                for payload in self.parser.encode(packet)
-            )
-        )
+        frames = tuple(map(encode_message, self.parser.encode(packet)))
+        if self.session.transport == "polling":
+            for frame in frames:
+                check_payload_frame(frame)
+        return self.send_frames(frames)
 
     def send_message(self, data: str | bytes) -> bool:
-        """Queue one Engine.IO message (endpoints without the Socket.IO layer)."""
-        return self.send_frames(("4" + data if isinstance(data, str) else data,))
+        """Queue one Engine.IO message (endpoints without the Socket.IO layer); False if
+        it could not be queued.
+
+        Raises:
+            LocalProtocolError: The session is on long-polling (not upgraded) and
+                ``data`` is text containing ``"\\x1e"``, which no polling payload can
+                carry (``check_payload_frame``); nothing is queued. Over WebSocket it goes
+                as it is.
+        """
+        frame = encode_message(data)
+        if self.session.transport == "polling":
+            check_payload_frame(frame)
+        return self.send_frames((frame,))
 
     def send_frames(self, frames: tuple[OutFrame, ...], *, volatile: bool = False) -> bool:
         """Queue already-encoded Engine.IO frames; False if dropped.
@@ -552,16 +565,31 @@ class Connection:
                     await trio.lowlevel.checkpoint()
                     return 200, NOOP
                 frames = outbox.take(limit)
-                if self.close_reason is not None:
-                    parts = [*map(polling_part, frames), self._poll_close_body]
-                    self.traffic.packets_out += len(parts)
-                    return 200, "\x1e".join(parts)
-                if frames:
-                    self.traffic.packets_out += len(frames)
-                    return 200, "\x1e".join(map(polling_part, frames))
+                if frames or self.close_reason is not None:
+                    return 200, self._payload(frames)
                 await outbox.wait()
         finally:
             self._poll_active = False
+
+    def _payload(self, frames: list[OutFrame]) -> str:
+        """The polling body for ``frames``, with CLOSE (or NOOP) once closing.
+
+        A frame no payload can carry (text with ``"\\x1e"`` that no send refused: a
+        broadcast from a parser that writes it raw) closes the connection, and the body
+        is then only CLOSE.
+        """
+        parts = [frame.eio if isinstance(frame, SharedFrame) else frame for frame in frames]
+        if self.close_reason is not None:
+            parts.append(self._poll_close_body)
+        try:
+            body = encode_frames_payload(parts)
+        except LocalProtocolError as exc:
+            logger.error("connection %s: %s; closing it", self.eio_sid, exc)
+            self._poll_close_body = CLOSE
+            self.close("transport error")
+            parts, body = [CLOSE], CLOSE
+        self.traffic.packets_out += len(parts)
+        return body
 
     def _upgrading_done(self) -> bool:
         return self.session.transport == "websocket"

@@ -43,7 +43,7 @@ import trio
 from roomcast.engine.actors.outbox import Outbox, OutFrame, SharedFrame
 from roomcast.engine.errors import ConnectionLostError
 from roomcast.engine.socket import Handshake, Socket
-from roomcast.protocol import RemoteProtocolError
+from roomcast.protocol import RemoteProtocolError, encode_message
 from roomcast.protocol._log import LogRecord, RecordKind
 from roomcast.protocol._sio import Ack, Connect, Event, JsonValue, Parser, SioPacket
 from roomcast.protocol._sio_state import SioServerConnection
@@ -144,10 +144,7 @@ class _ReplayConnection:
             waiter = self.socket.acks.pop(packet.ack_id, None)
             if waiter is not None:
                 waiter.fail(self.sid, ConnectionLostError("replay has no client to answer"))
-        frames = tuple(
-            "4" + payload if isinstance(payload, str) else payload
-            for payload in self.parser.encode(packet)
-        )
+        frames = tuple(map(encode_message, self.parser.encode(packet)))
         return self.send_frames(frames)
 
     def send_frames(self, frames: tuple[OutFrame, ...], *, volatile: bool = False) -> bool:

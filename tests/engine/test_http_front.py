@@ -1,5 +1,6 @@
 """The HTTP front: Origin checks and CORS, the allow_request hook, request-head limits and
-deadline (slowloris), bodies, static files and /healthz.
+deadline (slowloris), bodies, static files and /healthz, and what a polling payload
+cannot carry.
 
 Clients are in-memory streams served by ``Server.serve_stream``, so the deadlines run on
 the autojump clock; one test uses a real socket for the remote address.
@@ -16,11 +17,24 @@ import attrs
 import pytest
 import trio
 import trio.testing
+import trio_websocket
 
 from roomcast.engine import Config, Server, Socket
+from roomcast.engine.actors.connection import Connection
 from roomcast.engine.transport.front import ORIGIN_LOG_INTERVAL
 from roomcast.engine.transport.http import HttpRequest
-from roomcast.protocol import JsonValue, Limits
+from roomcast.protocol import (
+    DEFAULT_LIMITS,
+    JSON_PARSER,
+    Decoder,
+    EioPacket,
+    EioPacketType,
+    JsonValue,
+    Limits,
+    LocalProtocolError,
+    SioPacket,
+    decode_payload,
+)
 
 from ..conformance.wire import WS_UPGRADE_HEADERS, Endpoint, HttpClient, Response, eio_target
 from .conftest import MemoryServer, open_memory_server
@@ -559,3 +573,139 @@ async def test_disconnect_and_close_in_one_polling_payload_run_the_disconnect_ha
             assert server.connections == {}
             assert server.of("/").adapter.rooms() == frozenset()
     assert reasons == ["client namespace disconnect"]
+
+
+# --------------------------------------------------------------------------- the record separator
+# A polling payload joins packets with "\x1e" and cannot escape it: a text message holding
+# it would reach the client split in two, its tail read as packets of their own ("1" is a
+# CLOSE). Such a send is refused on a polling session; over WebSocket it goes as it is.
+
+
+@attrs.define(eq=False)
+class SeparatorEngine:
+    """A bare Engine.IO app that answers any message with text holding the record
+    separator (which would be a CLOSE after the split), then ``after``."""
+
+    refused: list[LocalProtocolError] = attrs.field(factory=list)
+
+    async def on_message(self, conn: Connection, data: str | bytes) -> None:
+        try:
+            conn.send_message("a\x1e1")
+        except LocalProtocolError as exc:
+            self.refused.append(exc)
+        conn.send_message("after")
+        await trio.lowlevel.checkpoint()
+
+    async def on_close(self, conn: Connection, reason: str) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+def message(data: str) -> EioPacket:
+    return EioPacket(type=EioPacketType.MESSAGE, data=data)
+
+
+async def test_a_bare_engine_message_with_the_separator_is_refused_over_polling() -> None:
+    server = Server()
+    app = SeparatorEngine()
+    server.mount_engine("/engine.io/", app)
+    with trio.fail_after(10):
+        async with open_front(server) as front:
+            handshake = await front.get(eio_target("/engine.io/"))
+            target = eio_target("/engine.io/", sid=json.loads(handshake.text[1:])["sid"])
+            assert (await front.request("POST", target, "4go")).body == b"ok"
+            assert decode_payload((await front.get(target)).body) == (message("after"),)
+            assert [str(exc) for exc in app.refused] == [
+                "text packet containing \\x1e cannot go in a polling payload"
+            ]
+            assert len(server.connections) == 1  # the session goes on
+
+            # Over WebSocket the same message goes as it is, in one frame.
+            stream = await front.memory.harness.open_stream()
+            async with trio.open_nursery() as nursery:
+                ws = await trio_websocket.wrap_client_stream(
+                    nursery,
+                    stream,  # type: ignore[arg-type]
+                    "localhost",
+                    eio_target("/engine.io/", transport="websocket"),
+                )
+                assert str(await ws.get_message()).startswith("0")
+                await ws.send_message("4go")
+                assert await ws.get_message() == "4a\x1e1"
+                assert await ws.get_message() == "4after"
+                await ws.aclose()
+            assert len(app.refused) == 1
+
+
+@attrs.frozen
+class RawControlParser:
+    """The JSON format with ``"\x1e"`` left raw in strings, as a hand-written text format
+    might write it: the record separator reaches the Engine.IO layer."""
+
+    name: str = "raw-separator-json"
+
+    def encode(self, packet: SioPacket) -> tuple[str | bytes, ...]:
+        return tuple(
+            p.replace("\\u001e", "\x1e") if isinstance(p, str) else p
+            for p in JSON_PARSER.encode(packet)
+        )
+
+    def decoder(self, limits: Limits = DEFAULT_LIMITS) -> Decoder:
+        return JSON_PARSER.decoder(limits)
+
+
+async def polling_socket(front: Front) -> str:
+    """A polling session connected to ``/``: its request target."""
+    handshake = await front.get(POLLING)
+    target = eio_target("/socket.io/", sid=json.loads(handshake.text[1:])["sid"])
+    assert (await front.request("POST", target, "40")).body == b"ok"
+    assert (await front.get(target)).text.startswith('40{"sid":')
+    return target
+
+
+async def test_socketio_json_escapes_the_separator_so_it_polls_intact() -> None:
+    server = Server()
+
+    @server.on("echo")
+    async def echo(socket: Socket, text: JsonValue) -> JsonValue:
+        await socket.emit("echoed", text)
+        return text
+
+    with trio.fail_after(10):
+        async with open_front(server) as front:
+            target = await polling_socket(front)
+            sent = '420["echo","a\\u001e1"]'
+            assert (await front.request("POST", target, sent)).body == b"ok"
+            assert decode_payload((await front.get(target)).body) == (
+                message('2["echoed","a\\u001e1"]'),
+                message('30["a\\u001e1"]'),
+            )
+
+
+async def test_a_socketio_packet_with_a_raw_separator_is_refused_over_polling() -> None:
+    server = Server(parser=RawControlParser())
+    refused: list[str] = []
+
+    @server.on("echo")
+    async def echo(socket: Socket, text: JsonValue) -> JsonValue:
+        try:
+            await socket.emit("echoed", text)
+        except LocalProtocolError as exc:
+            refused.append(str(exc))
+        return "refused"
+
+    with trio.fail_after(10):
+        async with open_front(server) as front, front.memory.client() as ws:
+            target = await polling_socket(front)
+            sent = '420["echo","a\\u001e1"]'
+            assert (await front.request("POST", target, sent)).body == b"ok"
+            assert decode_payload((await front.get(target)).body) == (message('30["refused"]'),)
+            assert refused == ["text packet containing \\x1e cannot go in a polling payload"]
+
+            # A broadcast is encoded once for all: a WebSocket member gets it as it is,
+            # and the polling session, which cannot be sent it, is closed.
+            await ws.connect()
+            await server.emit("news", "a\x1e1")
+            assert await ws.recv() == '42["news","a\x1e1"]'
+            assert (await front.get(target)).text == "1"
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(server.connections) == 1  # the WebSocket only

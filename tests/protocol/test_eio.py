@@ -12,10 +12,13 @@ from roomcast.protocol._eio import (
     EioPacket,
     EioPacketType,
     Handshake,
+    check_payload_frame,
     decode_handshake,
     decode_payload,
     decode_ws_frame,
+    encode_frames_payload,
     encode_handshake,
+    encode_message,
     encode_payload,
     encode_ws_frame,
 )
@@ -157,6 +160,26 @@ def test_encode_payload_accepts_no_packets() -> None:
 def test_text_containing_the_record_separator_cannot_be_polled() -> None:
     with pytest.raises(LocalProtocolError):
         encode_payload([msg("a\x1eb")])
+    with pytest.raises(LocalProtocolError, match="polling payload"):
+        encode_frames_payload(["4a", "4b\x1ec"])
+    with pytest.raises(LocalProtocolError, match="polling payload"):
+        check_payload_frame("4a\x1e1")
+    check_payload_frame(b"a\x1eb")  # binary goes as base64
+    check_payload_frame("4ab")
+
+
+@pytest.mark.parametrize("data", ["", "hello", "é\x1e", b"", b"\x00\x1e4"])
+def test_encode_message_is_the_ws_frame_of_a_message(data: str | bytes) -> None:
+    assert encode_message(data) == encode_ws_frame(msg(data))
+
+
+def test_frames_payload_is_the_payload_of_their_packets() -> None:
+    packets = (msg("hello"), msg(b"\x01\x02"), EioPacket(type=T.PING, data="probe"), msg(""))
+    frames = [encode_ws_frame(p) for p in packets]
+    assert (
+        encode_frames_payload(frames) == encode_payload(packets) == "4hello\x1ebAQI=\x1e2probe\x1e4"
+    )
+    assert encode_frames_payload([]) == ""
 
 
 @pytest.mark.parametrize(
