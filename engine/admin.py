@@ -55,8 +55,7 @@ import attrs
 import trio
 
 from roomcast.engine.errors import ConnectRefusedError
-from roomcast.protocol import LocalProtocolError
-from roomcast.protocol._sio import Event, JsonValue
+from roomcast.protocol import Event, JsonValue, LocalProtocolError
 
 if TYPE_CHECKING:
     from roomcast.engine.actors.connection import Connection

@@ -40,8 +40,7 @@ from roomcast.engine.progress import TerminalProgress, terminal_progress
 from roomcast.engine.recovery import RecoveryConfig
 from roomcast.engine.runtime import tune_gc
 from roomcast.engine.server import Server
-from roomcast.protocol._log import LogRecord, LogValue
-from roomcast.protocol._sio import SioPacket
+from roomcast.protocol import LogRecord, LogValue, SioPacket
 
 if TYPE_CHECKING:
     from roomcast.engine.adapters.redis import RedisCluster

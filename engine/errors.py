@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from roomcast.protocol._sio import JsonValue
+    from roomcast.protocol import JsonValue
 
 __all__ = [
     "AckError",

@@ -25,8 +25,7 @@ import attrs
 
 from roomcast.engine.adapters.cluster import ClusterError
 from roomcast.engine.log import LogError
-from roomcast.protocol._log import LogRecord, RecordKind
-from roomcast.protocol._sio import JsonValue
+from roomcast.protocol import JsonValue, LogRecord, RecordKind
 
 if TYPE_CHECKING:
     from roomcast.engine.socket import Socket

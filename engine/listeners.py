@@ -35,7 +35,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from roomcast.protocol._sio import Event, JsonValue, SioPacket
+from roomcast.protocol import Event, JsonValue, SioPacket
 
 if TYPE_CHECKING:
     from roomcast.engine.namespace import Namespace

@@ -39,9 +39,15 @@ from roomcast.engine.recovery import (
     SavedSession,
     broadcast_records,
 )
-from roomcast.protocol import encode_message
-from roomcast.protocol._log import LogRecord, RecordKind
-from roomcast.protocol._sio import RESERVED_EVENTS, Event, JsonValue, SioPacket
+from roomcast.protocol import (
+    RESERVED_EVENTS,
+    Event,
+    JsonValue,
+    LogRecord,
+    RecordKind,
+    SioPacket,
+    encode_message,
+)
 
 if TYPE_CHECKING:
     from roomcast.engine.presence import Presence

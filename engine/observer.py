@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from roomcast.engine.adapters.base import BroadcastOptions
     from roomcast.engine.namespace import Namespace
     from roomcast.engine.socket import Socket
-    from roomcast.protocol._sio import JsonValue
+    from roomcast.protocol import JsonValue
 
 __all__ = ["Observer"]
 

@@ -36,8 +36,7 @@ import trio
 
 from roomcast.engine.adapters.cluster import ClusterError
 from roomcast.engine.recovery import RECOVERABLE_REASONS
-from roomcast.protocol._log import LogRecord, RecordKind
-from roomcast.protocol._sio import JsonValue
+from roomcast.protocol import JsonValue, LogRecord, RecordKind
 
 if TYPE_CHECKING:
     from roomcast.engine.adapters.redis import ClusterStatus, RedisCluster

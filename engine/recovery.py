@@ -25,8 +25,7 @@ from typing import Any, Final
 import attrs
 import msgpack
 
-from roomcast.protocol._log import LogRecord, RecordKind
-from roomcast.protocol._sio import JsonValue
+from roomcast.protocol import JsonValue, LogRecord, RecordKind
 
 __all__ = [
     "RECOVERABLE_REASONS",

@@ -45,10 +45,18 @@ from roomcast.engine.stats import ServerStats
 from roomcast.engine.transport.base import HttpExchange, MessageTransport
 from roomcast.engine.transport.front import Endpoint, EngineFront, Origins, host_of
 from roomcast.engine.transport.http import HttpRequest
-from roomcast.protocol import LocalProtocolError
-from roomcast.protocol._eio import EioServerSession
-from roomcast.protocol._log import LogRecord, LogValue, RecordKind
-from roomcast.protocol._sio import JSON_PARSER, Ack, Event, JsonValue, Parser
+from roomcast.protocol import (
+    JSON_PARSER,
+    Ack,
+    EioServerSession,
+    Event,
+    JsonValue,
+    LocalProtocolError,
+    LogRecord,
+    LogValue,
+    Parser,
+    RecordKind,
+)
 
 if TYPE_CHECKING:
     from roomcast.engine.metrics import Metrics

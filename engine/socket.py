@@ -16,8 +16,7 @@ from roomcast.engine.listeners import (
     PacketMiddleware,
     notify_outgoing,
 )
-from roomcast.protocol._log import RecordKind
-from roomcast.protocol._sio import Event, JsonValue
+from roomcast.protocol import Event, JsonValue, RecordKind
 
 if TYPE_CHECKING:
     from roomcast.engine.actors.connection import Connection

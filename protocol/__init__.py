@@ -41,6 +41,7 @@ from roomcast.protocol._limits import (
 )
 from roomcast.protocol._log import (
     DEFAULT_MAX_RECORD_BYTES,
+    HEADER_BYTES,
     SCHEMA_VERSION,
     CorruptRecordError,
     LogRecord,
@@ -106,6 +107,7 @@ __all__ = [
     "EioState",
     "Event",
     "EventReceived",
+    "HEADER_BYTES",
     "Handshake",
     "JSON_PARSER",
     "JsonValue",

@@ -26,33 +26,30 @@ from roomcast.engine.actors.outbox import Offer, Outbox, OutFrame, SharedFrame
 from roomcast.engine.errors import TransportClosed
 from roomcast.engine.stats import UNCOUNTED, Traffic
 from roomcast.protocol import (
-    LocalProtocolError,
-    RemoteProtocolError,
-    check_payload_frame,
-    encode_frames_payload,
-    encode_message,
-)
-from roomcast.protocol._eio import (
+    AckReceived,
     Closed,
+    ConnectRequested,
+    DisconnectRequested,
     EioEvent,
     EioPacket,
     EioServerSession,
     EioState,
+    EventReceived,
+    JsonValue,
+    LocalProtocolError,
     MessageReceived,
+    RemoteProtocolError,
     SendPacket,
+    SioPacket,
+    SioServerConnection,
     Upgraded,
     UpgradeStarted,
+    check_payload_frame,
     decode_payload,
     decode_ws_frame,
+    encode_frames_payload,
+    encode_message,
     encode_ws_frame,
-)
-from roomcast.protocol._sio import JsonValue, SioPacket
-from roomcast.protocol._sio_state import (
-    AckReceived,
-    ConnectRequested,
-    DisconnectRequested,
-    EventReceived,
-    SioServerConnection,
 )
 
 if TYPE_CHECKING:
@@ -60,7 +57,7 @@ if TYPE_CHECKING:
     from roomcast.engine.config import Config
     from roomcast.engine.transport.base import MessageTransport
     from roomcast.engine.transport.http import HttpRequest
-    from roomcast.protocol._sio import Parser
+    from roomcast.protocol import Parser
 
 __all__ = ["Connection", "ConnectionLayer", "EngineLayer", "RawMessage", "SocketLayer"]
 

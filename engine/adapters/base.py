@@ -22,7 +22,7 @@ import trio
 
 from roomcast.engine.actors.outbox import Outbox, OutFrame
 from roomcast.engine.socket import Handshake
-from roomcast.protocol._sio import JsonValue
+from roomcast.protocol import JsonValue
 
 if TYPE_CHECKING:
     from roomcast.engine.adapters.redis_log import SharedLog

@@ -91,8 +91,7 @@ from roomcast.engine.adapters.redis_log import (
     SharedLogResetError,
 )
 from roomcast.engine.config import Config
-from roomcast.protocol import RemoteProtocolError
-from roomcast.protocol._json import JsonValue
+from roomcast.protocol import JsonValue, RemoteProtocolError
 
 if TYPE_CHECKING:
     from collections.abc import Iterable

@@ -65,11 +65,11 @@ from coredis.response.types import StreamEntry
 from roomcast.engine.adapters.cluster import ClusterError
 from roomcast.engine.adapters.shared import AppendOutcome
 from roomcast.engine.recovery import MissedEvent, SavedSession
-from roomcast.protocol import RemoteProtocolError
-from roomcast.protocol._log import (
+from roomcast.protocol import (
     DEFAULT_MAX_RECORD_BYTES,
     LogRecord,
     RecordReader,
+    RemoteProtocolError,
 )
 
 __all__ = [

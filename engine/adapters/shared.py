@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 import attrs
 
-from roomcast.protocol._log import LogRecord, encode_record
+from roomcast.protocol import LogRecord, encode_record
 
 __all__ = ["AppendOutcome", "encode_records"]
 

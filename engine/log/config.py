@@ -7,7 +7,7 @@ import os
 
 import attrs
 
-from roomcast.protocol._log import DEFAULT_MAX_RECORD_BYTES
+from roomcast.protocol import DEFAULT_MAX_RECORD_BYTES
 
 __all__ = ["FsyncPolicy", "LogConfig"]
 

@@ -38,7 +38,7 @@ from roomcast.engine.log.segment import (
     segment_name,
     segment_path,
 )
-from roomcast.protocol._log import DEFAULT_MAX_RECORD_BYTES, LogRecord, RecordKind
+from roomcast.protocol import DEFAULT_MAX_RECORD_BYTES, LogRecord, RecordKind
 
 __all__ = [
     "JsonRecord",

@@ -43,16 +43,25 @@ import trio
 from roomcast.engine.actors.outbox import Outbox, OutFrame, SharedFrame
 from roomcast.engine.errors import ConnectionLostError
 from roomcast.engine.socket import Handshake, Socket
-from roomcast.protocol import RemoteProtocolError, encode_message
-from roomcast.protocol._log import LogRecord, RecordKind
-from roomcast.protocol._sio import Ack, Connect, Event, JsonValue, Parser, SioPacket
-from roomcast.protocol._sio_state import SioServerConnection
+from roomcast.protocol import (
+    Ack,
+    Connect,
+    Event,
+    JsonValue,
+    LogRecord,
+    Parser,
+    RecordKind,
+    RemoteProtocolError,
+    SioPacket,
+    SioServerConnection,
+    encode_message,
+)
 
 if TYPE_CHECKING:
     from roomcast.engine.actors.connection import Connection
     from roomcast.engine.namespace import Namespace
     from roomcast.engine.server import Server
-    from roomcast.protocol._sio import Decoder
+    from roomcast.protocol import Decoder
 
 __all__ = ["Delivery", "ReplayAction", "ReplayStep", "replay"]
 

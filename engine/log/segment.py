@@ -27,7 +27,7 @@ from typing import IO, Final, Literal, TypeAlias
 
 import attrs
 
-from roomcast.protocol._log import (
+from roomcast.protocol import (
     HEADER_BYTES,
     CorruptRecordError,
     LogRecord,

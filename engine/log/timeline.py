@@ -19,7 +19,7 @@ from typing import Final
 
 import attrs
 
-from roomcast.protocol._log import LogRecord, RecordKind
+from roomcast.protocol import LogRecord, RecordKind
 
 __all__ = [
     "MAX_LANES",

@@ -37,7 +37,7 @@ from roomcast.engine.log.segment import (
     write_state,
     write_summary,
 )
-from roomcast.protocol._log import LogRecord, LogValue, RecordKind, encode_record
+from roomcast.protocol import LogRecord, LogValue, RecordKind, encode_record
 
 __all__ = ["EventLog", "LogIO", "LogStatistics", "open_event_log"]
 

@@ -41,8 +41,7 @@ from roomcast.engine.adapters.cluster import (
     sender_of,
 )
 from roomcast.engine.socket import Handshake
-from roomcast.protocol import RemoteProtocolError
-from roomcast.protocol._json import JsonValue
+from roomcast.protocol import JsonValue, RemoteProtocolError
 
 CLUSTER = "rc"
 MAX = 1 << 20

@@ -24,8 +24,7 @@ from roomcast.engine.adapters.redis_log import read_shared_log
 from roomcast.engine.cli import main
 from roomcast.engine.log import replay
 from roomcast.engine.recovery import RecoveryConfig
-from roomcast.protocol import JsonValue
-from roomcast.protocol._log import RecordKind
+from roomcast.protocol import JsonValue, RecordKind
 from tests.adapters.conftest import (
     FAILED_CONNECT_LEAK,
     Deployment,

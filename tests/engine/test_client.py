@@ -32,8 +32,7 @@ from roomcast.engine.errors import (
     HandlerError,
     NamespaceDisconnected,
 )
-from roomcast.protocol import LocalProtocolError
-from roomcast.protocol._sio import JsonValue
+from roomcast.protocol import JsonValue, LocalProtocolError
 
 pytestmark = pytest.mark.node
 

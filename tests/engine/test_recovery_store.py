@@ -12,8 +12,7 @@ import trio.testing
 
 from roomcast.engine import Server
 from roomcast.engine.recovery import RecoveryConfig, RecoveryStore, SavedSession
-from roomcast.protocol import JsonValue
-from roomcast.protocol._log import LogRecord, LogValue, RecordKind
+from roomcast.protocol import JsonValue, LogRecord, LogValue, RecordKind
 
 from .conftest import open_memory_server
 from .test_recovery import connect_raw, event
