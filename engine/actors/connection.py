@@ -32,6 +32,7 @@ from roomcast.protocol import (
     DisconnectRequested,
     EioEvent,
     EioPacket,
+    EioPacketType,
     EioServerSession,
     EioState,
     EventReceived,
@@ -49,6 +50,7 @@ from roomcast.protocol import (
     decode_ws_frame,
     encode_frames_payload,
     encode_message,
+    encode_payload,
     encode_ws_frame,
 )
 
@@ -76,8 +78,9 @@ Work = ConnectRequested | EventReceived | DisconnectRequested | RawMessage
 
 # WebSocket close codes (RFC 6455 §7.4.1) by disconnect reason.
 _CLOSE_CODES: Final = {"slow consumer": 1008, "parse error": 1002, "server shutting down": 1001}
-NOOP: Final = "6"
-CLOSE: Final = "1"
+# A held GET's answers: one NOOP or one CLOSE, as a polling body.
+NOOP: Final = encode_payload([EioPacket(type=EioPacketType.NOOP)])
+CLOSE: Final = encode_payload([EioPacket(type=EioPacketType.CLOSE)])
 
 
 class NamespaceMember(Protocol):

@@ -32,7 +32,7 @@ import trio
 from roomcast.engine.actors.connection import SocketLayer
 from roomcast.engine.errors import TransportClosed
 from roomcast.engine.transport.http import HttpConnection, HttpRequest, error_body
-from roomcast.protocol import encode_payload
+from roomcast.protocol import EioPacket, EioPacketType, encode_payload
 
 if TYPE_CHECKING:
     from roomcast.engine.actors.connection import Connection, EngineLayer
@@ -54,7 +54,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-CLOSE_PAYLOAD: Final = b"1"  # an Engine.IO CLOSE packet, as a polling body
+CLOSE_PAYLOAD: Final = encode_payload([EioPacket(type=EioPacketType.CLOSE)]).encode()
+"""A polling body of one CLOSE packet: the answer to a GET held through a shutdown."""
 ORIGIN_LOG_INTERVAL: Final = 10.0
 """Seconds between two log lines about refused Origins (a page hammering the server
 must not flood the log); the line after a quiet spell counts those left out."""
