@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, ClassVar, Final
 
 import attrs
 from prometheus_client import CollectorRegistry, generate_latest
@@ -68,6 +68,8 @@ class Metrics:
     server: Server
     log_io: TimedLogIO = attrs.field(factory=TimedLogIO)
     registry: CollectorRegistry = attrs.field(init=False)
+    content_type: ClassVar[str] = CONTENT_TYPE
+    """The content type of ``render``'s page."""
 
     def __attrs_post_init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=False)

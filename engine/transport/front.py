@@ -73,6 +73,10 @@ next phase, else it answered it, and the value is ``handle_request``'s."""
 class MetricsPage(Protocol):
     """The ``/metrics`` page (``roomcast.engine.metrics.Metrics``)."""
 
+    @property
+    def content_type(self) -> str:
+        """The page's content type."""
+
     def render(self) -> bytes:
         """The page, in the Prometheus text format."""
 
@@ -210,9 +214,7 @@ class EngineFront:
             return True
         metrics = host.metrics
         if request.path == "/metrics" and metrics is not None:
-            from roomcast.engine.metrics import CONTENT_TYPE  # (an optional extra)
-
-            await http.respond(200, metrics.render(), content_type=CONTENT_TYPE)
+            await http.respond(200, metrics.render(), content_type=metrics.content_type)
             return True
         endpoint = self._endpoint(normal_path(request.path))
         if endpoint is None:
