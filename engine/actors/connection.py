@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Final, Protocol, cast
 import attrs
 import trio
 
+from roomcast.engine.actors.inbox import Inbox
 from roomcast.engine.actors.outbox import Offer, Outbox, OutFrame, SharedFrame
 from roomcast.engine.errors import TransportClosed
 from roomcast.engine.stats import UNCOUNTED, Traffic
@@ -168,13 +169,11 @@ class Connection:
     _read_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope, init=False)
     _handler_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope, init=False)
     _nursery: trio.Nursery | None = attrs.field(default=None, init=False)
-    _work_send: trio.MemorySendChannel[Work] = attrs.field(init=False)
-    _work_receive: trio.MemoryReceiveChannel[Work] = attrs.field(init=False)
+    _inbox: Inbox[Work] = attrs.field(init=False)
     _poll_active: bool = attrs.field(default=False, init=False)
     _post_active: bool = attrs.field(default=False, init=False)
     _upgrading: bool = attrs.field(default=False, init=False)
     _poll_close_body: str = attrs.field(default=CLOSE, init=False)
-    _overflow: list[Work] = attrs.field(factory=list, init=False)
     _work_room: trio.Event | None = attrs.field(default=None, init=False)
     # Set while the reactor serves the connection (see _serve_by_reactor).
     _nonblocking: NonBlockingTransport | None = attrs.field(default=None, init=False)
@@ -192,9 +191,7 @@ class Connection:
         self.sio = SioServerConnection(self.config.limits)
         if self.parser is not None:
             self._decoder = self.parser.decoder(self.config.limits)
-        self._work_send, self._work_receive = trio.open_memory_channel[Work](
-            self.config.handler_queue_size
-        )
+        self._inbox = Inbox(max_items=self.config.handler_queue_size, on_room=self._on_work_room)
         self._tokens = float(self.config.max_events_burst)
 
     @property
@@ -326,7 +323,7 @@ class Connection:
                 # the app's disconnect handlers), within close_grace. Pending acks fail
                 # first, so a handler waiting on this client cannot stall the close.
                 self._read_scope.cancel()
-                self._work_send.close()
+                self._inbox.close()
                 if self.parser is not None:
                     cast("SocketLayer", self.layer).on_closing(self, self.close_reason or "")
                 with trio.move_on_after(config.close_grace):
@@ -342,8 +339,7 @@ class Connection:
                 self._leave_reactor(self._nonblocking)
             self.scheduler.cancel(self)
             self.outbox.close()
-            self._work_send.close()
-            self._work_receive.close()
+            self._inbox.close()
             reason = self.close_reason or "server shutting down"
             with trio.move_on_after(config.cleanup_timeout, shield=True) as cleanup:
                 try:
@@ -480,46 +476,29 @@ class Connection:
     def _hand_over(self, work: Work) -> bool:
         """Queue app work for the handler runner; False once the connection is closing.
 
-        When the runner's queue is full, the work waits in ``_overflow`` (with all work
-        after it, so the order holds), and the connection reads no more until the runner
-        has taken it all (``_refill``): the backpressure on a client that sends faster
-        than its handlers run. The queue's bound is exceeded by at most one read.
+        The inbox takes all the work of one read, in order; once it is full the
+        connection reads no more until the runner has taken it back under its bound
+        (``_on_work_room``): the backpressure on a client that sends faster than its
+        handlers run.
         """
-        if self._overflow:
-            self._overflow.append(work)
-            return True
         try:
-            self._work_send.send_nowait(work)
-        except trio.WouldBlock:
-            self._overflow.append(work)
-            self._stop_reading()
+            if not self._inbox.put(work):
+                self._stop_reading()
         except trio.ClosedResourceError:
             return False
         return True
 
     async def _wait_for_work_room(self) -> None:
-        """Wait until the handler runner has taken the overflow (a reader task's
-        backpressure); at once when there is none.
+        """Wait until the handler runner took the inbox back under its bound (a reader
+        task's backpressure); at once when it is not full.
 
-        Cancellation: the overflow stays queued.
+        Cancellation: nothing is lost.
         """
-        if self._overflow:
+        if len(self._inbox) >= self.config.handler_queue_size:
             room = self._work_room = trio.Event()
             await room.wait()
 
-    def _refill(self) -> None:
-        """Move overflowing work into the runner's queue while it has room; once all of
-        it is in, reading resumes."""
-        overflow = self._overflow
-        while overflow:
-            try:
-                self._work_send.send_nowait(overflow[0])
-            except trio.WouldBlock:
-                return
-            except trio.ClosedResourceError:
-                overflow.clear()
-                break
-            del overflow[0]
+    def _on_work_room(self) -> None:
         room = self._work_room
         if room is not None:
             self._work_room = None
@@ -567,8 +546,7 @@ class Connection:
         received within ``close_grace`` (as ``run`` does for the reader and writer
         tasks)."""
         self._stop_reading()
-        self._overflow.clear()
-        self._work_send.close()
+        self._inbox.close()
         if self.parser is not None:
             cast("SocketLayer", self.layer).on_closing(self, self.close_reason or "")
         self._handler_scope.deadline = trio.current_time() + self.config.close_grace
@@ -654,25 +632,25 @@ class Connection:
             self._writer_done.set()
 
     async def _handler_loop(self) -> None:
-        work, outbox = self._work_receive, self.outbox
+        inbox, outbox = self._inbox, self.outbox
         with self._handler_scope:
-            async for event in work:
+            while True:
+                try:
+                    event = await inbox.get()
+                except trio.EndOfChannel:
+                    break
                 # The work of one read arrives together. While more of it waits, what the
                 # handlers send this client (acks above all) is queued for the writer
                 # rather than written one frame at a time: the writer runs once this task
                 # lets it (at the end of the batch, or when a handler waits), and writes
                 # it all at once.
-                if self._overflow:
-                    self._refill()
-                outbox.hold(work.statistics().current_buffer_used > 0)
+                outbox.hold(len(inbox) > 0)
                 await self._handle(event)
                 while True:
                     try:
-                        event = work.receive_nowait()
+                        event = inbox.get_nowait()
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
-                    if self._overflow:
-                        self._refill()
                     await self._handle(event)
                 outbox.hold(False)
         self._handlers_done.set()
