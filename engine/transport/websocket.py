@@ -51,6 +51,7 @@ from wsproto.events import (
 from wsproto.extensions import Extension
 from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opcode, RsvBits
 from wsproto.utilities import RemoteProtocolError as WsRemoteProtocolError
+from wsproto.utilities import generate_accept_token
 
 from roomcast.engine.actors.outbox import OutFrame, SharedFrame
 from roomcast.engine.errors import TransportClosed
@@ -60,6 +61,7 @@ __all__ = [
     "DEFLATE_THRESHOLD",
     "BoundedDeflate",
     "WebSocketTransport",
+    "accept_plain_websocket",
     "accept_websocket",
     "encode_frame",
 ]
@@ -90,6 +92,10 @@ DEFLATE_THRESHOLD: Final = 1024
 ``threshold``): compressing them costs more CPU than the bytes it saves."""
 _BAD_HANDSHAKE: Final = (
     b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+)
+_SWITCHING_PROTOCOLS: Final = (
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Accept: "
 )
 _MAX_PENDING_PONGS: Final = 16
 _DEFLATE_LEVEL: Final = 6
@@ -356,6 +362,33 @@ async def accept_websocket(
         stream=stream, ws=connection, max_message_bytes=max_message_bytes, deflate=deflate
     )
     transport.fast = deflate is None and not head.partition(b"\r\n\r\n")[2]
+    return transport
+
+
+async def accept_plain_websocket(
+    stream: trio.abc.Stream, key: bytes, *, max_message_bytes: int
+) -> WebSocketTransport:
+    """Answer a WebSocket handshake that the HTTP front already found plain (see
+    ``transport.http.plain_websocket_key``: no extension to agree, nothing to refuse, no
+    byte after the head), without parsing its head a second time as ``accept_websocket``
+    does; the answer and the connection are the ones wsproto would make.
+
+    Cancellation: the stream is left in an undefined state; the caller closes it.
+
+    Raises:
+        TransportClosed: The peer left.
+    """
+    response = b"".join((_SWITCHING_PROTOCOLS, generate_accept_token(key), b"\r\n\r\n"))
+    try:
+        await stream.send_all(response)
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        raise TransportClosed("peer left during the WebSocket handshake") from exc
+    transport = WebSocketTransport(
+        stream=stream,
+        ws=WsConnection(ConnectionType.SERVER),
+        max_message_bytes=max_message_bytes,
+    )
+    transport.fast = True
     return transport
 
 
