@@ -874,6 +874,7 @@ class Server:
             request=attrs.evolve(request, raw_headers=()),  # (only the handshake needs it)
             endpoint=endpoint.path,
             traffic=self.stats.traffic,
+            reactor=self.supervisor.reactor,
         )
         self.connections[sid] = conn
         if self.observer is not None and endpoint.layer is self:

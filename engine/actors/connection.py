@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Final, Protocol, cast
 import attrs
 import trio
 
+from roomcast.engine.actors.inbox import Inbox
 from roomcast.engine.actors.outbox import Offer, Outbox, OutFrame, SharedFrame
 from roomcast.engine.errors import TransportClosed
 from roomcast.engine.stats import UNCOUNTED, Traffic
@@ -57,8 +58,9 @@ from roomcast.protocol import (
 if TYPE_CHECKING:
     from roomcast.engine.actors.supervisor import DeadlineScheduler
     from roomcast.engine.config import Config
-    from roomcast.engine.transport.base import MessageTransport
+    from roomcast.engine.transport.base import MessageTransport, NonBlockingTransport
     from roomcast.engine.transport.http import HttpRequest
+    from roomcast.engine.transport.reactor import Reactor
     from roomcast.protocol import Parser
 
 __all__ = ["Connection", "ConnectionLayer", "EngineLayer", "RawMessage", "SocketLayer"]
@@ -152,6 +154,7 @@ class Connection:
     request: HttpRequest | None = None
     endpoint: str = "/socket.io/"
     traffic: Traffic = UNCOUNTED
+    reactor: Reactor | None = None
     outbox: Outbox = attrs.field(init=False)
     sio: SioServerConnection = attrs.field(init=False)
     close_reason: str | None = attrs.field(default=None, init=False)
@@ -167,12 +170,17 @@ class Connection:
     _read_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope, init=False)
     _handler_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope, init=False)
     _nursery: trio.Nursery | None = attrs.field(default=None, init=False)
-    _work_send: trio.MemorySendChannel[Work] = attrs.field(init=False)
-    _work_receive: trio.MemoryReceiveChannel[Work] = attrs.field(init=False)
+    _inbox: Inbox[Work] = attrs.field(init=False)
     _poll_active: bool = attrs.field(default=False, init=False)
     _post_active: bool = attrs.field(default=False, init=False)
     _upgrading: bool = attrs.field(default=False, init=False)
     _poll_close_body: str = attrs.field(default=CLOSE, init=False)
+    _work_room: trio.Event | None = attrs.field(default=None, init=False)
+    # Set while the reactor serves the connection (see _serve_by_reactor).
+    _nonblocking: NonBlockingTransport | None = attrs.field(default=None, init=False)
+    _reading: bool = attrs.field(default=True, init=False)
+    _flush_asked: bool = attrs.field(default=False, init=False)
+    _write_failed: bool = attrs.field(default=False, init=False)
     _tokens: float = attrs.field(default=0.0, init=False)
     _tokens_at: float = attrs.field(default=0.0, init=False)
     attachments_deadline: float = attrs.field(default=math.inf, init=False)
@@ -184,9 +192,7 @@ class Connection:
         self.sio = SioServerConnection(self.config.limits)
         if self.parser is not None:
             self._decoder = self.parser.decoder(self.config.limits)
-        self._work_send, self._work_receive = trio.open_memory_channel[Work](
-            self.config.handler_queue_size
-        )
+        self._inbox = Inbox(max_items=self.config.handler_queue_size, on_room=self._on_work_room)
         self._tokens = float(self.config.max_events_burst)
 
     @property
@@ -253,6 +259,8 @@ class Connection:
         if self.close_reason is None:
             self.close_reason = reason
             self._closed.set()
+            if self._nonblocking is not None:
+                self._begin_close()
             self.outbox.kick()  # a held polling GET answers now
 
     def evict(self, reason: str) -> None:
@@ -303,13 +311,21 @@ class Connection:
         leaves, the close frame) still runs, within ``close_grace``.
         """
         config = self.config
-        if self.transport is not None:
-            self.transport.on_control = self.outbox.kick  # pongs go out at once
-            self.transport.traffic = self.traffic
+        transport = self.transport
+        nonblocking = None
+        if transport is not None:
+            transport.on_control = self.outbox.kick  # pongs go out at once
+            transport.traffic = self.traffic
+            if self.reactor is not None and self.reactor.running:
+                nonblocking = transport.nonblocking()
             self.outbox.send_control(encode_ws_frame(self.session.handshake()))
         self.connect_deadline = trio.current_time() + config.connect_timeout
         self._reschedule()
         try:
+            if nonblocking is not None:
+                task_status.started()
+                await self._serve_by_reactor(nonblocking)
+                return
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._handler_loop)
@@ -325,7 +341,7 @@ class Connection:
                 # the app's disconnect handlers), within close_grace. Pending acks fail
                 # first, so a handler waiting on this client cannot stall the close.
                 self._read_scope.cancel()
-                self._work_send.close()
+                self._inbox.close()
                 if self.parser is not None:
                     cast("SocketLayer", self.layer).on_closing(self, self.close_reason or "")
                 with trio.move_on_after(config.close_grace):
@@ -337,10 +353,11 @@ class Connection:
                 nursery.cancel_scope.cancel()
         finally:
             self.close("server shutting down")
+            if self._nonblocking is not None:
+                self._leave_reactor(self._nonblocking)
             self.scheduler.cancel(self)
             self.outbox.close()
-            self._work_send.close()
-            self._work_receive.close()
+            self._inbox.close()
             reason = self.close_reason or "server shutting down"
             with trio.move_on_after(config.cleanup_timeout, shield=True) as cleanup:
                 try:
@@ -376,7 +393,6 @@ class Connection:
             self._writer_done.set()
 
     async def _read_loop(self, transport: MessageTransport) -> None:
-        limits = self.config.limits
         with self._read_scope:
             try:
                 while True:
@@ -385,27 +401,35 @@ class Connection:
                     messages = await transport.receive_messages()
                     if transport.control:
                         self.outbox.kick()
-                    for data in messages:
-                        try:
-                            packet = decode_ws_frame(data, limits)
-                        except RemoteProtocolError as exc:
-                            logger.debug("connection %s: %s", self.eio_sid, exc)
-                            self.close("parse error")
-                            return
-                        if not await self._receive_packet(packet):
-                            return
+                    if not self._take_messages(messages):
+                        return
+                    await self._wait_for_work_room()
             except TransportClosed as exc:
                 if transport.control:
                     self.outbox.kick()
                 self.close(exc.reason)
 
-    async def _receive_packet(self, packet: EioPacket) -> bool:
+    def _take_messages(self, messages: list[str | bytes]) -> bool:
+        """Handle the messages of one read, in order; False once closing."""
+        limits = self.config.limits
+        for data in messages:
+            try:
+                packet = decode_ws_frame(data, limits)
+            except RemoteProtocolError as exc:
+                logger.debug("connection %s: %s", self.eio_sid, exc)
+                self.close("parse error")
+                return False
+            if not self._receive_packet(packet):
+                return False
+        return True
+
+    def _receive_packet(self, packet: EioPacket) -> bool:
         """Handle one Engine.IO packet from the active transport; False once closing."""
         self.traffic.packets_in += 1
         session = self.session
         for event in session.receive(packet, trio.current_time()):
             if isinstance(event, MessageReceived):
-                if not await self._on_message(event.data):
+                if not self._on_message(event.data):
                     return False
             elif isinstance(event, SendPacket):
                 self.outbox.send_control(encode_ws_frame(event.packet))
@@ -434,7 +458,7 @@ class Connection:
         self._tokens = tokens - 1.0
         return False
 
-    async def _on_message(self, data: str | bytes) -> bool:
+    def _on_message(self, data: str | bytes) -> bool:
         if self._over_rate():
             logger.warning(
                 "connection %s: over %s messages/s", self.eio_sid, self.config.max_events_per_second
@@ -442,7 +466,7 @@ class Connection:
             self.close("rate limit exceeded")
             return False
         if self.parser is None:
-            return await self._hand_over(RawMessage(data))
+            return self._hand_over(RawMessage(data))
         try:
             packet = self._decoder.receive(data)  # type: ignore[attr-defined]
             if packet is None:
@@ -463,44 +487,186 @@ class Connection:
                 cast("SocketLayer", self.layer).on_ack(
                     self, event.namespace, event.ack_id, event.args
                 )
-            elif isinstance(event, _WORK) and not await self._hand_over(event):
+            elif isinstance(event, _WORK) and not self._hand_over(event):
                 return False  # the connection is closing
         return True
 
-    async def _hand_over(self, work: Work) -> bool:
+    def _hand_over(self, work: Work) -> bool:
         """Queue app work for the handler runner; False once the connection is closing.
 
-        It waits only when the runner's queue is full (the backpressure on a client that
-        sends faster than its handlers run); otherwise the reader goes on with the rest
-        of the read without a checkpoint, and the runner wakes once for all of it.
-
-        Cancellation: the work is not queued.
+        The inbox takes all the work of one read, in order; once it is full the
+        connection reads no more until the runner has taken it back under its bound
+        (``_on_work_room``): the backpressure on a client that sends faster than its
+        handlers run.
         """
         try:
-            self._work_send.send_nowait(work)
-        except trio.WouldBlock:
-            try:
-                await self._work_send.send(work)
-            except trio.ClosedResourceError:
-                return False
+            if not self._inbox.put(work):
+                self._stop_reading()
         except trio.ClosedResourceError:
             return False
         return True
 
+    async def _wait_for_work_room(self) -> None:
+        """Wait until the handler runner took the inbox back under its bound (a reader
+        task's backpressure); at once when it is not full.
+
+        Cancellation: nothing is lost.
+        """
+        if len(self._inbox) >= self.config.handler_queue_size:
+            room = self._work_room = trio.Event()
+            await room.wait()
+
+    def _on_work_room(self) -> None:
+        room = self._work_room
+        if room is not None:
+            self._work_room = None
+            room.set()
+        if self._nonblocking is not None and self.close_reason is None:
+            self._reading = True
+            self._want(self._nonblocking)
+
+    # -- served by the reactor ------------------------------------------------------------
+
+    async def _serve_by_reactor(self, transport: NonBlockingTransport) -> None:
+        """Serve a WebSocket the reactor reads and writes for: this task only runs the
+        handlers, in order; then, at the close, it lets the last frames go out.
+
+        The reactor calls ``on_readable`` (a read, decoded and handled as the reader
+        task would) and ``on_writable``; frames are written without blocking as they
+        are queued (``Outbox.flush``), and what the kernel does not take waits for the
+        socket to be writable.
+        """
+        reactor = self.reactor
+        assert reactor is not None
+        outbox = self.outbox
+        self._nonblocking = transport
+        outbox.direct = transport.send_now
+        outbox.flush = self._flush
+        reactor.register(transport.fileno(), self)
+        if self.close_reason is not None:
+            self._begin_close()
+        self._flush()  # the handshake
+        await self._handler_loop()
+        outbox.close()  # (writes what is left)
+        with trio.move_on_after(self.config.close_grace):
+            await self._writer_done.wait()
+
+    def _leave_reactor(self, transport: NonBlockingTransport) -> None:
+        assert self.reactor is not None
+        self.reactor.unregister(transport.fileno())
+        self._nonblocking = None
+        self.outbox.direct = None
+        self.outbox.flush = None
+
+    def _begin_close(self) -> None:
+        """Closing starts (a connection the reactor serves): stop reading, fail what
+        waits on the client at once, and let the handler runner finish the work already
+        received within ``close_grace`` (as ``run`` does for the reader and writer
+        tasks)."""
+        self._stop_reading()
+        self._inbox.close()
+        if self.parser is not None:
+            cast("SocketLayer", self.layer).on_closing(self, self.close_reason or "")
+        self._handler_scope.deadline = trio.current_time() + self.config.close_grace
+
+    def _stop_reading(self) -> None:
+        transport = self._nonblocking
+        if transport is not None:
+            self._reading = False
+            self._want(transport)
+
+    def _want(self, transport: NonBlockingTransport) -> None:
+        assert self.reactor is not None
+        self.reactor.want(transport.fileno(), read=self._reading, write=transport.write_blocked)
+
+    def on_readable(self) -> None:
+        """The reactor saw the socket ready: read once and handle what came."""
+        transport = self._nonblocking
+        if transport is None or not self._reading:
+            return
+        try:
+            messages = transport.receive_nowait()
+        except TransportClosed as exc:
+            self.close(exc.reason)
+            return
+        if messages and not self._take_messages(messages):
+            return
+        closed = transport.peer_closed
+        if closed is not None:
+            self.close(closed.reason)
+
+    def on_writable(self) -> None:
+        """The socket takes bytes again: write what waits."""
+        transport = self._nonblocking
+        if transport is not None:
+            self._write(transport)
+
+    def flush_held(self) -> None:
+        """Write what the outbox held while the handler runner had more work (the
+        reactor's flusher calls it once the runner yielded)."""
+        self._flush_asked = False
+        transport = self._nonblocking
+        if transport is not None and not transport.write_blocked:
+            self._write(transport)
+
+    def on_reactor_error(self) -> None:
+        """Serving this connection raised (logged by the reactor): close it."""
+        self.close("transport error")
+
+    def _flush(self) -> None:
+        """The outbox's writer: write at once, unless held (then soon) or the kernel
+        pushed back (then when the socket is writable)."""
+        transport = self._nonblocking
+        if transport is None:
+            return
+        if self.outbox.held:
+            if not self._flush_asked:
+                self._flush_asked = True
+                assert self.reactor is not None
+                self.reactor.flush_soon(self)
+            return
+        if not transport.write_blocked:
+            self._write(transport)
+
+    def _write(self, transport: NonBlockingTransport) -> None:
+        if self._write_failed:
+            return
+        outbox, limit = self.outbox, self.config.max_write_batch
+        try:
+            while True:
+                frames = [] if transport.write_blocked else outbox.take(limit)
+                if not transport.write_nowait(frames):
+                    self._want(transport)  # wait until writable
+                    return
+                if not len(outbox):
+                    break
+        except TransportClosed as exc:
+            self._write_failed = True
+            self.close(exc.reason)
+            self._writer_done.set()
+            return
+        self._want(transport)
+        if outbox.closed:
+            self._writer_done.set()
+
     async def _handler_loop(self) -> None:
-        work, outbox = self._work_receive, self.outbox
+        inbox, outbox = self._inbox, self.outbox
         with self._handler_scope:
-            async for event in work:
+            while True:
+                try:
+                    event = await inbox.get()
+                except trio.EndOfChannel:
+                    break
                 # The work of one read arrives together. While more of it waits, what the
                 # handlers send this client (acks above all) is queued for the writer
                 # rather than written one frame at a time: the writer runs once this task
                 # lets it (at the end of the batch, or when a handler waits), and writes
                 # it all at once.
-                outbox.hold(work.statistics().current_buffer_used > 0)
+                outbox.hold(len(inbox) > 0)
                 await self._handle(event)
                 while True:
                     try:
-                        event = work.receive_nowait()
+                        event = inbox.get_nowait()
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
                     await self._handle(event)
@@ -613,8 +779,11 @@ class Connection:
                 await trio.lowlevel.checkpoint()
                 return False
             for packet in packets:
-                if not await self._receive_packet(packet):
+                if not self._receive_packet(packet):
+                    await trio.lowlevel.checkpoint()
                     return self.close_reason in ("transport close", None)
+            await self._wait_for_work_room()
+            await trio.lowlevel.checkpoint()
             return True
         finally:
             self._post_active = False

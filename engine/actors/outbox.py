@@ -54,6 +54,11 @@ class Outbox:
     and the writer is parked, so most deliveries cost one system call and no task
     switch. It returns None when it could not try (the frames are then queued), else
     the bytes it could not write yet, which go first in the queue.
+
+    The writer is either a task (``receive_batch``, parked while nothing is queued) or,
+    for a connection the reactor serves, ``flush``: a synchronous call, made whenever a
+    parked writer task would be woken, that writes what it can without blocking (and
+    leaves the rest to the reactor, which calls it again once the socket is writable).
     """
 
     max_frames: int
@@ -66,6 +71,7 @@ class Outbox:
     direct: Callable[[tuple[OutFrame, ...]], bytes | None] | None = attrs.field(
         default=None, init=False
     )
+    flush: Callable[[], None] | None = attrs.field(default=None, init=False)
 
     def __len__(self) -> int:
         return len(self._frames)
@@ -87,8 +93,30 @@ class Outbox:
         if len(self._frames) >= self.max_frames:
             raise trio.WouldBlock
         self._frames.append(frame)
-        if self._lot:
+        self._wake()
+
+    def _wake(self) -> None:
+        flush = self.flush
+        if flush is not None:
+            flush()
+        elif self._lot:
             self._lot.unpark()
+
+    @property
+    def held(self) -> bool:
+        """Whether direct writes are off (``hold``)."""
+        return self._held
+
+    @property
+    def writer_idle(self) -> bool:
+        """Whether a direct write cannot overtake anything: nothing queued, not held,
+        and the writer waiting for frames (not for the socket)."""
+        return (
+            (self.flush is not None or bool(self._lot))
+            and not self._frames
+            and not self._held
+            and not self._closed
+        )
 
     def takes_volatile(self) -> bool:
         """Whether a volatile frame should be queued now (fewer than ``volatile_backlog`` wait)."""
@@ -104,19 +132,13 @@ class Outbox:
         if volatile and not self.takes_volatile():
             return Offer.DROPPED
         direct = self.direct
-        if (
-            direct is not None
-            and self._lot
-            and not self._frames
-            and not self._held
-            and not self._closed
-        ):
-            # The writer is parked with nothing to do: nothing queued can be overtaken.
+        if direct is not None and self.writer_idle:
+            # The writer is idle with nothing to do: nothing queued can be overtaken.
             rest = direct(frames)
             if rest is not None:
                 if rest:
                     self._frames.append(SharedFrame.wire_only(rest))
-                    self._lot.unpark()
+                    self._wake()
                 return Offer.QUEUED
         try:
             for frame in frames:
@@ -133,17 +155,19 @@ class Outbox:
         While held, ``offer`` queues frames and wakes the writer, which writes them when
         it next runs, together with whatever else is queued by then: frames one batch of
         work produces go out in one write instead of one each. Nothing waits on the
-        hold itself, so it cannot delay a frame past the holder's next checkpoint.
+        hold itself, so it cannot delay a frame past the holder's next checkpoint. (A
+        ``flush`` writer is called when the hold ends.)
         """
-        self._held = held
+        was_held, self._held = self._held, held
+        if was_held and not held and self._frames and self.flush is not None:
+            self.flush()
 
     def send_control(self, frame: OutFrame) -> None:
         """Queue a control frame regardless of the bound (ignored once closed)."""
         if self._closed:
             return
         self._frames.append(frame)
-        if self._lot:
-            self._lot.unpark()
+        self._wake()
 
     async def wait(self) -> None:
         """Wait until a frame is queued, ``kick`` is called, or the outbox is closed.
@@ -180,9 +204,15 @@ class Outbox:
 
     def kick(self) -> None:
         """Wake the writer with nothing queued (the transport has its own bytes to write)."""
-        self._lot.unpark_all()
+        if self.flush is not None:
+            self.flush()
+        else:
+            self._lot.unpark_all()
 
     def close(self) -> None:
         """Refuse further frames; the writer still drains what is queued, then ends."""
         self._closed = True
-        self._lot.unpark_all()
+        if self.flush is not None:
+            self.flush()
+        else:
+            self._lot.unpark_all()

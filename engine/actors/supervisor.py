@@ -16,6 +16,7 @@ import trio
 
 from roomcast.engine.actors.room import RoomActor
 from roomcast.engine.errors import EngineError
+from roomcast.engine.transport.reactor import Reactor
 
 __all__ = ["DeadlineScheduler", "Periodic", "RoomCrashLoopError", "Supervisor", "Timed"]
 
@@ -131,8 +132,9 @@ class Periodic:
 
 @attrs.define(eq=False)
 class Supervisor:
-    """Owns the deadline scheduler, periodic jobs and the room actors (with OTP-style
-    restarts).
+    """Owns the deadline scheduler, periodic jobs, the reactor that reads and writes for
+    WebSocket connections (where the platform has epoll), and the room actors (with
+    OTP-style restarts).
 
     ``run`` is started in the server's nursery; it opens the nursery that room actors run
     in. A room actor that raises is restarted with its state; more than ``max_restarts``
@@ -142,6 +144,9 @@ class Supervisor:
     max_restarts: int = 5
     restart_window: float = 10.0
     scheduler: DeadlineScheduler = attrs.field(factory=DeadlineScheduler)
+    reactor: Reactor | None = attrs.field(
+        factory=lambda: Reactor() if Reactor.available() else None
+    )
     _nursery: trio.Nursery | None = None
     _crashes: deque[float] = attrs.field(factory=deque)
     _periodic: list[Periodic] = attrs.field(factory=list)
@@ -165,13 +170,15 @@ class Supervisor:
     async def run(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> NoReturn:
-        """Run the scheduler and host room actors until cancelled.
+        """Run the scheduler and the reactor, and host room actors, until cancelled.
 
         Cancellation: every room actor is cancelled with it.
         """
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(self.scheduler.run)
+            if self.reactor is not None:
+                await nursery.start(self.reactor.run)
             now = trio.current_time()
             for periodic in self._periodic:
                 self.scheduler.schedule(periodic, now + periodic.interval)

@@ -330,6 +330,10 @@ class AsgiWebSocket:
         except OSError as exc:
             raise TransportClosed("transport error", code=1006) from exc
 
+    def nonblocking(self) -> None:
+        """None: the ASGI server owns the socket (no reactor can serve it)."""
+        return None
+
     async def aclose(self, code: int = 1000, reason: str = "") -> None:
         """Close with ``code`` (or the code a refused message called for), unless the
         client is gone already.

@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from roomcast.engine.actors.outbox import OutFrame
+    from roomcast.engine.errors import TransportClosed
     from roomcast.engine.stats import Traffic
     from roomcast.engine.transport.http import HttpRequest
 
-__all__ = ["HttpExchange", "MessageTransport"]
+__all__ = ["HttpExchange", "MessageTransport", "NonBlockingTransport"]
 
 
 class MessageTransport(Protocol):
@@ -69,6 +70,40 @@ class MessageTransport(Protocol):
         """Close with ``code`` and ``reason`` (RFC 6455 §7.4.1), if not closed already.
 
         Cancellation: the transport is closed forcefully.
+        """
+
+    def nonblocking(self) -> NonBlockingTransport | None:
+        """This transport, if a reactor can serve it (a plain socket), else None."""
+
+
+class NonBlockingTransport(MessageTransport, Protocol):
+    """A WebSocket on a plain socket, read and written without blocking by the reactor
+    (``transport.reactor``) instead of by the connection's own reader and writer tasks."""
+
+    def fileno(self) -> int:
+        """The socket's file descriptor (to register with the reactor)."""
+
+    def receive_nowait(self) -> list[str | bytes]:
+        """Read once without blocking; the whole messages that read completed.
+
+        Raises:
+            TransportClosed: As ``receive_message``.
+        """
+
+    @property
+    def peer_closed(self) -> TransportClosed | None:
+        """What the next read raises once the peer's close frame arrived, else None."""
+
+    @property
+    def write_blocked(self) -> bool:
+        """Whether ``write_nowait`` left bytes unsent."""
+
+    def write_nowait(self, frames: list[OutFrame]) -> bool:
+        """Write what is left, control frames and ``frames`` without blocking; True when
+        all went (else wait until the socket is writable and call again, with no frames).
+
+        Raises:
+            TransportClosed: The peer is gone.
         """
 
 

@@ -17,7 +17,11 @@ import h11
 import trio
 
 from roomcast.engine.errors import TransportClosed
-from roomcast.engine.transport.websocket import WebSocketTransport, accept_websocket
+from roomcast.engine.transport.websocket import (
+    WebSocketTransport,
+    accept_plain_websocket,
+    accept_websocket,
+)
 
 __all__ = ["BodyTooLarge", "HttpConnection", "HttpRequest", "error_body"]
 
@@ -82,6 +86,53 @@ class HttpRequest:
         lines.extend(b"%s: %s\r\n" % (k, v) for k, v in self.raw_headers)
         lines.append(b"\r\n")
         return b"".join(lines)
+
+
+_HANDSHAKE_HEADERS: Final = frozenset(
+    (b"connection", b"upgrade", b"sec-websocket-version", b"sec-websocket-key", b"host")
+)
+
+
+def plain_websocket_key(request: HttpRequest, *, compression: bool) -> bytes | None:
+    """The ``Sec-WebSocket-Key`` of a WebSocket handshake with nothing for wsproto to
+    judge, or None.
+
+    Plain means: a GET; ``Connection`` has the ``upgrade`` token; ``Upgrade:
+    websocket``; version 13; a key; an ASCII host; each of those headers once; no
+    extension to negotiate (none offered, or compression off and the offers ASCII) and
+    no subprotocol. That
+    is what wsproto checks before it accepts (RFC 6455 §4.2.1); anything else goes
+    through wsproto, which answers exactly what is wrong.
+    """
+    if request.method != "GET":
+        return None
+    seen: set[bytes] = set()
+    key: bytes | None = None
+    for name, value in request.raw_headers:
+        name = name.lower()
+        if name in _HANDSHAKE_HEADERS:
+            if name in seen:
+                return None
+            seen.add(name)
+            if name == b"sec-websocket-key":
+                key = value
+        elif name == b"sec-websocket-protocol":
+            return None
+        elif name == b"sec-websocket-extensions" and (compression or not value.isascii()):
+            return None  # (offers are ignored with compression off, once read as ASCII)
+    if len(seen) != len(_HANDSHAKE_HEADERS) or key is None:
+        return None
+    headers = request.headers
+    tokens = headers["connection"].split(",")
+    if (
+        not any(token.strip().lower() == "upgrade" for token in tokens)
+        or headers["upgrade"].lower() != "websocket"
+        or headers["sec-websocket-version"] != "13"
+        or not headers["host"].isascii()
+        or not all(value.isascii() for value in (headers["connection"], headers["upgrade"]))
+    ):
+        return None
+    return key
 
 
 @attrs.define(eq=False)
@@ -201,6 +252,12 @@ class HttpConnection:
         Raises:
             TransportClosed: Not a valid WebSocket handshake, or the peer left.
         """
+        key = plain_websocket_key(request, compression=compression)
+        if key is not None and not self._conn.trailing_data[0]:
+            del self._conn  # (as upgrade_bytes does: it serves no more requests)
+            return await accept_plain_websocket(
+                self.stream, key, max_message_bytes=max_message_bytes
+            )
         return await accept_websocket(
             self.stream,
             self.upgrade_bytes(request),

@@ -51,6 +51,7 @@ from wsproto.events import (
 from wsproto.extensions import Extension
 from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opcode, RsvBits
 from wsproto.utilities import RemoteProtocolError as WsRemoteProtocolError
+from wsproto.utilities import generate_accept_token
 
 from roomcast.engine.actors.outbox import OutFrame, SharedFrame
 from roomcast.engine.errors import TransportClosed
@@ -60,6 +61,7 @@ __all__ = [
     "DEFLATE_THRESHOLD",
     "BoundedDeflate",
     "WebSocketTransport",
+    "accept_plain_websocket",
     "accept_websocket",
     "encode_frame",
 ]
@@ -90,6 +92,10 @@ DEFLATE_THRESHOLD: Final = 1024
 ``threshold``): compressing them costs more CPU than the bytes it saves."""
 _BAD_HANDSHAKE: Final = (
     b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+)
+_SWITCHING_PROTOCOLS: Final = (
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Accept: "
 )
 _MAX_PENDING_PONGS: Final = 16
 _DEFLATE_LEVEL: Final = 6
@@ -359,6 +365,33 @@ async def accept_websocket(
     return transport
 
 
+async def accept_plain_websocket(
+    stream: trio.abc.Stream, key: bytes, *, max_message_bytes: int
+) -> WebSocketTransport:
+    """Answer a WebSocket handshake that the HTTP front already found plain (see
+    ``transport.http.plain_websocket_key``: no extension to agree, nothing to refuse, no
+    byte after the head), without parsing its head a second time as ``accept_websocket``
+    does; the answer and the connection are the ones wsproto would make.
+
+    Cancellation: the stream is left in an undefined state; the caller closes it.
+
+    Raises:
+        TransportClosed: The peer left.
+    """
+    response = b"".join((_SWITCHING_PROTOCOLS, generate_accept_token(key), b"\r\n\r\n"))
+    try:
+        await stream.send_all(response)
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        raise TransportClosed("peer left during the WebSocket handshake") from exc
+    transport = WebSocketTransport(
+        stream=stream,
+        ws=WsConnection(ConnectionType.SERVER),
+        max_message_bytes=max_message_bytes,
+    )
+    transport.fast = True
+    return transport
+
+
 async def _send_quietly(stream: trio.abc.Stream, data: bytes) -> None:
     with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
         await stream.send_all(data)
@@ -459,6 +492,7 @@ class WebSocketTransport:
     _pongs: int = attrs.field(default=0, init=False)
     _pong_at: int = attrs.field(default=0, init=False)
     _write_interrupted: bool = attrs.field(default=False, init=False)
+    _unsent: bytes = attrs.field(default=b"", init=False)  # (write_nowait's rest)
     _close_written: bool = attrs.field(default=False, init=False)
 
     async def receive_message(self) -> str | bytes:
@@ -499,6 +533,42 @@ class WebSocketTransport:
             raise TransportClosed("transport error", code=1006) from exc
         if not data:
             raise TransportClosed("transport close", code=1006)
+        self.feed(data)
+
+    def receive_nowait(self) -> list[str | bytes]:
+        """Read once from the socket without blocking (for a reactor that saw it ready);
+        return the whole messages that read completed (maybe none).
+
+        Raises:
+            TransportClosed: As ``receive_message``: the peer closed (after the messages
+                that came before its close frame were returned), broke the protocol, or
+                went away.
+        """
+        if self._peer_closed is not None:
+            raise self._peer_closed
+        stream = self.stream
+        assert isinstance(stream, trio.SocketStream), "reads without blocking on a socket only"
+        try:
+            data = os.read(stream.socket.fileno(), _RECEIVE_BYTES)
+        except BlockingIOError:
+            return []
+        except OSError as exc:
+            raise TransportClosed("transport error", code=1006) from exc
+        if not data:
+            raise TransportClosed("transport close", code=1006)
+        self.feed(data)
+        pending = self._pending
+        self._pending = []
+        return pending
+
+    def feed(self, data: bytes) -> None:
+        """Parse bytes read from the peer: whole messages go to ``_pending``, pongs and
+        close answers to ``control`` (``on_control`` is called when one is queued).
+
+        Raises:
+            TransportClosed: The peer broke the protocol (the close frame to send is
+                queued in ``control``).
+        """
         self.traffic.bytes_in += len(data)
         if self.fast:
             if self.ws.state is ConnectionState.OPEN:
@@ -718,6 +788,77 @@ class WebSocketTransport:
             return data[sent:]
         return b""
 
+    def _assemble(self, frames: list[OutFrame]) -> bytes:
+        """The bytes of queued control frames and ``frames``, in the order they may go:
+        pongs first; once a close frame is queued (ours, or the answer to the peer's),
+        the data frames before it, and after it is written none at all (RFC 6455 §5.5.1:
+        nothing follows a close frame)."""
+        wire = [] if self._close_written else list(map(self._wire, frames))
+        if self.control:
+            if self.ws.state is ConnectionState.OPEN:  # pongs: they may go first
+                parts = [*self._take_control(), *wire]
+            else:  # the control frames end with a close
+                parts = [*wire, *self._take_control()]
+                self._close_written = True
+        else:
+            parts = wire
+        if not parts:
+            return b""
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def nonblocking(self) -> WebSocketTransport | None:
+        """This transport, if the reactor can serve it: a plain TCP socket."""
+        return self if isinstance(self.stream, trio.SocketStream) else None
+
+    def fileno(self) -> int:
+        """The socket's file descriptor (a plain socket only: see ``nonblocking``)."""
+        stream = self.stream
+        assert isinstance(stream, trio.SocketStream)
+        return stream.socket.fileno()
+
+    @property
+    def peer_closed(self) -> TransportClosed | None:
+        """What the next read raises once the peer's close frame arrived, else None."""
+        return self._peer_closed
+
+    @property
+    def write_blocked(self) -> bool:
+        """Whether ``write_nowait`` left bytes unsent (the kernel pushed back)."""
+        return bool(self._unsent)
+
+    def write_nowait(self, frames: list[OutFrame]) -> bool:
+        """Write without blocking: first what an earlier call left unsent, then queued
+        control frames and ``frames`` (ordered as ``send`` orders them).
+
+        Returns True when everything went. Otherwise the rest is kept, and the caller
+        waits until the socket is writable and calls again, with no new frames until a
+        call returns True.
+
+        Raises:
+            TransportClosed: The peer is gone.
+        """
+        stream = self.stream
+        assert isinstance(stream, trio.SocketStream), "writes without blocking on a socket only"
+        data = self._unsent
+        if frames or self.control:
+            data += self._assemble(frames)
+        if not data:
+            return True
+        try:
+            sent = os.write(stream.socket.fileno(), data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            raise TransportClosed("transport error", code=1006) from exc
+        traffic = self.traffic
+        traffic.packets_out += len(frames)
+        traffic.bytes_out += sent
+        # A frame partly written: nothing else may be written before its rest (send_now
+        # waits too), and after a close no close frame can follow it.
+        self._unsent = data[sent:] if sent < len(data) else b""
+        self._write_interrupted = bool(self._unsent)
+        return not self._unsent
+
     async def send(self, frames: list[OutFrame]) -> None:
         """Write queued control frames and then ``frames`` with one ``send_all``.
 
@@ -730,16 +871,7 @@ class WebSocketTransport:
         Raises:
             TransportClosed: The peer is gone.
         """
-        wire = [] if self._close_written else list(map(self._wire, frames))
-        if self.control:
-            if self.ws.state is ConnectionState.OPEN:  # pongs: they may go first
-                parts = [*self._take_control(), *wire]
-            else:  # the control frames end with a close
-                parts = [*wire, *self._take_control()]
-                self._close_written = True
-        else:
-            parts = wire
-        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        data = self._assemble(frames)
         # Until send_all returns, a cancel leaves a frame half-written: nothing more may
         # be written to this stream after that (not even the close frame).
         self._write_interrupted = True

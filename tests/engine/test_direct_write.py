@@ -214,6 +214,7 @@ async def test_the_acks_of_one_read_go_out_in_one_write(monkeypatch: pytest.Monk
 
     acks_per_write: list[int] = []
     send_now, send = WebSocketTransport.send_now, WebSocketTransport.send
+    write_nowait = WebSocketTransport.write_nowait
 
     def acks(frames: Iterable[OutFrame]) -> int:
         return sum(isinstance(f, str) and f.startswith("43") for f in frames)
@@ -226,8 +227,14 @@ async def test_the_acks_of_one_read_go_out_in_one_write(monkeypatch: pytest.Monk
         acks_per_write.append(acks(frames))
         await send(self, frames)
 
+    def spy_write_nowait(self: WebSocketTransport, frames: list[OutFrame]) -> bool:
+        acks_per_write.append(acks(frames))
+        return write_nowait(self, frames)
+
+    # (The writer task sends with ``send``; the reactor's writes are ``write_nowait``.)
     monkeypatch.setattr(WebSocketTransport, "send_now", spy_send_now)
     monkeypatch.setattr(WebSocketTransport, "send", spy_send)
+    monkeypatch.setattr(WebSocketTransport, "write_nowait", spy_write_nowait)
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             host, port = await nursery.start(server.serve, "127.0.0.1", 0)

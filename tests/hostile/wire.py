@@ -137,6 +137,8 @@ class RawWebSocket:
             await self.stream.send_all(data)
 
     async def _next_event(self) -> Event | None:
+        # Frames that came with the handshake's response are in wsproto already.
+        self._events.extend(self.ws.events())
         while not self._events:
             try:
                 data = await self.stream.receive_some(65_536)

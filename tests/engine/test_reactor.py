@@ -1,0 +1,192 @@
+"""WebSockets on plain TCP sockets are served by the supervisor's epoll reactor.
+
+One task reads and writes for all of them; each connection keeps one task of its own,
+its handler runner. These tests drive the reactor path through real sockets: its task
+count, the backpressure on a client that sends faster than its handlers run, a client
+that does not read (the kernel pushes back on writes), and a failure confined to one
+connection.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import trio
+import trio.testing
+from wsproto.events import TextMessage
+
+from roomcast.engine import Config, Server, Socket
+from roomcast.engine.actors.connection import Connection
+from roomcast.engine.transport.reactor import Reactor
+from roomcast.protocol import JsonValue
+from tests.hostile.conftest import task_count
+from tests.hostile.wire import RawWebSocket, open_socketio
+
+pytestmark = pytest.mark.skipif(not Reactor.available(), reason="epoll only (Linux)")
+
+
+async def _serve(server: Server, nursery: trio.Nursery) -> tuple[str, int]:
+    host, port = await nursery.start(server.serve, "127.0.0.1", 0)
+    return host, port
+
+
+def _only_connection(server: Server) -> Connection:
+    (conn,) = server.connections.values()
+    return conn
+
+
+async def test_each_websocket_costs_one_task_and_the_reactor_serves_it() -> None:
+    server = Server(config=Config())
+
+    @server.on("echo")
+    async def echo(socket: Socket, value: JsonValue) -> tuple[JsonValue, ...]:
+        return (value,)
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            host, port = await _serve(server, nursery)
+            await trio.testing.wait_all_tasks_blocked()
+            before = task_count()
+            clients: list[RawWebSocket] = [await open_socketio(host, port) for _ in range(20)]
+            await trio.testing.wait_all_tasks_blocked()
+            assert task_count() - before == 20  # one task per connection
+            reactor = server.supervisor.reactor
+            assert reactor is not None
+            assert len(reactor) == 20
+            for n, client in enumerate(clients):
+                await client.send(f'42{n}["echo",{n}]')
+            for n, client in enumerate(clients):
+                assert await client.receive_message() == f"43{n}[{n}]"
+            for client in clients:
+                await client.aclose()
+            for conn in list(server.connections.values()):
+                await conn.finished.wait()
+            assert len(reactor) == 0  # every socket left the reactor before it closed
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_client_faster_than_its_handlers_is_paused_and_loses_nothing() -> None:
+    server = Server(config=Config(handler_queue_size=2, max_events_per_second=0))
+    release = trio.Event()
+    seen: list[int] = []
+    counted = {50: trio.Event(), 51: trio.Event()}
+
+    @server.on("work")
+    async def work(socket: Socket, n: int) -> None:
+        await release.wait()
+        seen.append(n)
+        if len(seen) in counted:
+            counted[len(seen)].set()
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            host, port = await _serve(server, nursery)
+            client = await open_socketio(host, port)
+            # 50 events in one write: 1 runs, 2 wait in the queue, the rest overflow.
+            await client.send_raw(
+                b"".join(client.ws.send(TextMessage(data=f'42["work",{n}]')) for n in range(50))
+            )
+            await trio.testing.wait_all_tasks_blocked()
+            conn = _only_connection(server)
+            reactor = server.supervisor.reactor
+            assert reactor is not None
+            fd = conn.transport.nonblocking().fileno()  # type: ignore[union-attr]
+            assert reactor._masks[fd] == 0  # not reading while work overflows
+            release.set()
+            await counted[50].wait()
+            assert seen == list(range(50))
+            assert reactor._masks[fd] != 0  # reading again
+            await client.send('421["work",50]')
+            await counted[51].wait()
+            await client.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_client_that_does_not_read_gets_every_frame_in_order_when_it_does() -> None:
+    server = Server(config=Config(outbox_size=100_000))
+    payload = "x" * 60_000
+
+    @server.on("flood")
+    async def flood(socket: Socket, count: int) -> None:
+        for n in range(count):
+            await socket.emit("chunk", n, payload)
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            host, port = await _serve(server, nursery)
+            client = await open_socketio(host, port)
+            await client.send('42["flood",300]')  # 18 MB: far more than socket buffers
+            conn = _only_connection(server)
+            transport = conn.transport.nonblocking()  # type: ignore[union-attr]
+            assert transport is not None
+            await trio.testing.wait_all_tasks_blocked()
+            assert transport.write_blocked
+            assert len(conn.outbox) > 0  # the rest waits under the outbox's bound
+            for n in range(300):
+                message = await client.receive_message()
+                assert isinstance(message, str)
+                assert json.loads(message[2:]) == ["chunk", n, payload]
+            await client.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_slow_consumer_is_evicted_by_the_outbox_bound() -> None:
+    server = Server(config=Config(outbox_size=16))
+    reasons: list[str] = []
+    payload = "x" * 60_000
+
+    @server.on("flood")
+    async def flood(socket: Socket, count: int) -> None:
+        for n in range(count):
+            await socket.emit("chunk", n, payload)
+
+    @server.on("disconnect")
+    async def gone(socket: Socket, reason: str) -> None:
+        reasons.append(reason)
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            host, port = await _serve(server, nursery)
+            client = await open_socketio(host, port)
+            await client.send('42["flood",1000]')
+            conn = _only_connection(server)
+            await conn.finished.wait()
+            assert conn.close_reason == "slow consumer"
+            assert reasons == ["slow consumer"]
+            await client.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_failure_while_serving_one_connection_closes_only_that_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server = Server(config=Config())
+
+    @server.on("echo")
+    async def echo(socket: Socket, value: JsonValue) -> tuple[JsonValue, ...]:
+        return (value,)
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            host, port = await _serve(server, nursery)
+            doomed = await open_socketio(host, port)
+            (victim,) = server.connections.values()
+            healthy = await open_socketio(host, port)
+
+            on_readable = Connection.on_readable
+
+            def broken(conn: Connection) -> None:
+                if conn is victim:
+                    raise RuntimeError("a bug in reading")
+                on_readable(conn)
+
+            monkeypatch.setattr(Connection, "on_readable", broken)
+            await doomed.send('421["echo",1]')
+            await victim.finished.wait()
+            assert victim.close_reason == "transport error"
+            await healthy.send('422["echo",2]')
+            assert await healthy.receive_message() == "432[2]"
+            await doomed.aclose()
+            await healthy.aclose()
+            nursery.cancel_scope.cancel()
