@@ -17,10 +17,11 @@ from roomcast.engine.errors import (
     SlowConsumerError,
     TransportClosed,
 )
+from roomcast.engine.handshake import Handshake
 from roomcast.engine.namespace import BroadcastAckResult, BroadcastOperator, Namespace
 from roomcast.engine.recovery import RecoveryConfig
 from roomcast.engine.server import Server
-from roomcast.engine.socket import Handshake, Socket
+from roomcast.engine.socket import Socket
 
 __all__ = [
     "AckError",

@@ -31,13 +31,13 @@ from roomcast.engine.log.reader import (
     record_to_json,
     verify_log,
 )
-from roomcast.engine.log.replay import ReplayStep, replay
 from roomcast.engine.log.segment import Corruption
 from roomcast.engine.log.timeline import BoundaryKind, MarkKind, Timeline, TimelineBuilder
 from roomcast.engine.log.timeline_svg import render_html, render_svg
 from roomcast.engine.presence import presence_at
 from roomcast.engine.progress import TerminalProgress, terminal_progress
 from roomcast.engine.recovery import RecoveryConfig
+from roomcast.engine.replay import ReplayStep, replay
 from roomcast.engine.runtime import tune_gc
 from roomcast.engine.server import Server
 from roomcast.protocol._log import LogRecord, LogValue

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 import attrs
 import trio
 
-from roomcast.engine.actors.outbox import SharedFrame
 from roomcast.engine.adapters.base import (
     AckAnswer,
     Adapter,
@@ -39,13 +38,15 @@ from roomcast.engine.recovery import (
     SavedSession,
     broadcast_records,
 )
+from roomcast.engine.transport.frames import SharedFrame
 from roomcast.protocol._log import LogRecord, RecordKind
 from roomcast.protocol._sio import RESERVED_EVENTS, Event, JsonValue, SioPacket
 
 if TYPE_CHECKING:
+    from roomcast.engine.handshake import Handshake
     from roomcast.engine.presence import Presence
     from roomcast.engine.server import Server
-    from roomcast.engine.socket import Handshake, Socket
+    from roomcast.engine.socket import Socket
 
 __all__ = [
     "BroadcastAckResult",

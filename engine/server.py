@@ -25,6 +25,7 @@ from roomcast.engine.adapters.memory import MemoryAdapter
 from roomcast.engine.adapters.shared import encode_records
 from roomcast.engine.config import Config
 from roomcast.engine.errors import ConnectRefusedError, TransportClosed
+from roomcast.engine.handshake import Handshake
 from roomcast.engine.listeners import admit_event
 from roomcast.engine.log import EventLog, FsyncPolicy, iter_records, open_event_log
 from roomcast.engine.namespace import (
@@ -43,7 +44,7 @@ from roomcast.engine.recovery import (
     broadcast_records,
 )
 from roomcast.engine.sequencer import Sequencer
-from roomcast.engine.socket import Handshake, Socket
+from roomcast.engine.socket import Socket
 from roomcast.engine.stats import ServerStats
 from roomcast.engine.transport.base import HttpExchange, MessageTransport
 from roomcast.engine.transport.http import HttpConnection, HttpRequest, error_body
@@ -248,7 +249,13 @@ class Server:
             middlewares=parent.middlewares,
         )
 
-    def _resolve(self, name: str, auth: JsonValue) -> Namespace | None:
+    def resolve_namespace(self, name: str, auth: JsonValue) -> Namespace | None:
+        """The namespace a client's CONNECT to ``name`` (with ``auth``) reaches, or None.
+
+        A name no namespace has yet is matched against the dynamic namespaces
+        (``of(pattern)``) in the order they were added: the first that matches gets a
+        child namespace for it, created here, as a client's CONNECT would create it.
+        """
         ns = self.namespaces.get(name)
         if ns is not None:
             return ns
@@ -290,7 +297,7 @@ class Server:
     # -- the Socket.IO layer (called by connection actors) ----------------------------------
 
     async def on_connect(self, conn: Connection, namespace: str, auth: JsonValue) -> None:
-        ns = self._resolve(namespace, auth)
+        ns = self.resolve_namespace(namespace, auth)
         if ns is None:
             conn.send_packet(conn.sio.refuse(namespace, {"message": "Invalid namespace"}))
             return
@@ -379,8 +386,7 @@ class Server:
                 args = (*event.args, offset)
                 conn.send_packet(Event(name=event.name, args=args, namespace=namespace))
 
-            await shared.finish_recovery(
-                shared_recovery,
+            await shared_recovery.finish(
                 rooms=session.rooms | {socket.sid},
                 send=send,
                 join=lambda: ns.adapter.add_all(socket.sid, session.rooms),

@@ -10,6 +10,7 @@ import trio
 
 from roomcast.engine.actors.outbox import Outbox
 from roomcast.engine.errors import ConnectionLostError
+from roomcast.engine.handshake import Handshake
 from roomcast.engine.listeners import (
     AnyListener,
     OutgoingListener,
@@ -23,26 +24,7 @@ if TYPE_CHECKING:
     from roomcast.engine.actors.connection import Connection
     from roomcast.engine.namespace import BroadcastOperator, Namespace
 
-__all__ = ["AckWaiter", "Handshake", "Socket"]
-
-
-@attrs.frozen(kw_only=True)
-class Handshake:
-    """What the client sent when it connected to the namespace.
-
-    Attributes:
-        auth: The CONNECT packet's auth payload (``{}`` when none was sent).
-        headers: The HTTP request headers, names lower-cased.
-        query: The query parameters of the Engine.IO request.
-        address: The peer's address, when known.
-        time: Trio time of the connection.
-    """
-
-    auth: JsonValue
-    headers: dict[str, str]
-    query: dict[str, str]
-    address: str | None
-    time: float
+__all__ = ["AckWaiter", "Socket"]
 
 
 @attrs.define(eq=False)

@@ -44,7 +44,7 @@ __all__ = [
     "EioPacketType",
     "EioServerSession",
     "EioState",
-    "Handshake",
+    "SessionParams",
     "MessageReceived",
     "SendPacket",
     "UpgradeStarted",
@@ -239,8 +239,8 @@ def _upgrades(value: Iterable[str]) -> tuple[str, ...]:
 
 
 @attrs.frozen(kw_only=True)
-class Handshake:
-    """The data of the OPEN packet (Engine.IO v4, "Protocol > Handshake").
+class SessionParams:
+    """The session parameters the OPEN packet carries (Engine.IO v4, "Protocol > Handshake").
 
     Attributes:
         sid: The session id (the Engine.IO ``eio_sid``, not a Socket.IO ``sid``).
@@ -257,7 +257,7 @@ class Handshake:
     max_payload: int
 
 
-def encode_handshake(h: Handshake) -> EioPacket:
+def encode_handshake(h: SessionParams) -> EioPacket:
     """Build the OPEN packet for a handshake.
 
     The JSON is compact and has exactly the keys ``sid``, ``upgrades``, ``pingInterval``,
@@ -290,7 +290,7 @@ def _positive_int(data: Mapping[str, object], key: str, maximum: int) -> int:
     return value
 
 
-def decode_handshake(packet: EioPacket) -> Handshake:
+def decode_handshake(packet: EioPacket) -> SessionParams:
     """Read the handshake from a server's OPEN packet (client side).
 
     Unknown keys are ignored. A missing ``maxPayload`` (servers older than Node engine.io
@@ -318,7 +318,7 @@ def decode_handshake(packet: EioPacket) -> Handshake:
         max_payload = _positive_int(data, "maxPayload", _MAX_PAYLOAD)
     else:
         max_payload = DEFAULT_LIMITS.max_payload_bytes
-    return Handshake(
+    return SessionParams(
         sid=sid,
         upgrades=upgrades,
         ping_interval=_positive_int(data, "pingInterval", _MAX_DURATION_MS) / 1000,
@@ -499,7 +499,7 @@ class EioServerSession:
     def handshake(self) -> EioPacket:
         """Return the OPEN packet; ``upgrades`` is empty for a WebSocket session."""
         return encode_handshake(
-            Handshake(
+            SessionParams(
                 sid=self._sid,
                 upgrades=() if self._transport == "websocket" else self._upgrades,
                 ping_interval=self._ping_interval,
@@ -608,7 +608,7 @@ class EioClientSession:
     """
 
     _state: EioState
-    _handshake: Handshake | None
+    _handshake: SessionParams | None
     # Engine.IO v4 heartbeat, client side: close if no PING arrives within
     # pingInterval + pingTimeout of the previous one (or of the handshake).
     _ping_deadline: float
@@ -629,7 +629,7 @@ class EioClientSession:
         return self._state
 
     @property
-    def handshake(self) -> Handshake | None:
+    def handshake(self) -> SessionParams | None:
         """The server's handshake, once its OPEN packet has arrived."""
         return self._handshake
 
@@ -638,7 +638,7 @@ class EioClientSession:
         self._ping_deadline = math.inf
         return [Closed(reason=reason)]
 
-    def _expect_ping(self, now: float, handshake: Handshake) -> None:
+    def _expect_ping(self, now: float, handshake: SessionParams) -> None:
         self._ping_deadline = now + handshake.ping_interval + handshake.ping_timeout
 
     def receive(self, packet: EioPacket, now: float) -> list[EioEvent]:

@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING, Final, Protocol, cast
 import attrs
 import trio
 
-from roomcast.engine.actors.outbox import Offer, Outbox, OutFrame, SharedFrame
+from roomcast.engine.actors.outbox import Offer, Outbox
 from roomcast.engine.errors import TransportClosed
 from roomcast.engine.stats import UNCOUNTED, Traffic
+from roomcast.engine.transport.frames import OutFrame, SharedFrame
 from roomcast.protocol import RemoteProtocolError
 from roomcast.protocol._eio import (
     Closed,

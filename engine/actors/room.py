@@ -9,7 +9,8 @@ from typing import TypeAlias
 import attrs
 import trio
 
-from roomcast.engine.actors.outbox import Offer, Outbox, OutFrame
+from roomcast.engine.actors.outbox import Offer, Outbox
+from roomcast.engine.transport.frames import OutFrame
 
 __all__ = [
     "Broadcast",

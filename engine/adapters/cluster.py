@@ -22,7 +22,7 @@ import msgpack
 
 from roomcast.engine.adapters.base import BroadcastOptions, SocketInfo
 from roomcast.engine.errors import EngineError
-from roomcast.engine.socket import Handshake
+from roomcast.engine.handshake import Handshake
 from roomcast.protocol import RemoteProtocolError
 from roomcast.protocol._json import JsonValue
 

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 import attrs
 import trio
 
-from roomcast.engine.actors.outbox import Offer, OutFrame
+from roomcast.engine.actors.outbox import Offer
 from roomcast.engine.actors.room import (
     Broadcast,
     Crash,
@@ -21,6 +21,7 @@ from roomcast.engine.actors.room import (
     Stop,
 )
 from roomcast.engine.adapters.base import Adapter, BroadcastOptions, LocalSocket
+from roomcast.engine.transport.frames import OutFrame
 
 __all__ = ["MemoryAdapter"]
 

@@ -40,7 +40,6 @@ import trio
 from coredis.patterns.pubsub import PubSub
 from coredis.retry import NoRetryPolicy
 
-from roomcast.engine.actors.outbox import OutFrame, SharedFrame
 from roomcast.engine.adapters.base import (
     Adapter,
     AdapterHost,
@@ -91,6 +90,7 @@ from roomcast.engine.adapters.redis_log import (
     SharedLogResetError,
 )
 from roomcast.engine.config import Config
+from roomcast.engine.transport.frames import OutFrame, SharedFrame
 from roomcast.protocol import RemoteProtocolError
 from roomcast.protocol._json import JsonValue
 

@@ -378,11 +378,24 @@ async def _scan(
 
 @attrs.define(eq=False)
 class _Recovery:
+    """A session ``SharedLog.prepare_recovery`` took over (a ``PreparedRecovery``)."""
+
+    log: SharedLog
     session: SavedSession
     after: int
     entries: list[SharedEntry]
     read_up_to: int
     epoch: str
+
+    async def finish(
+        self,
+        *,
+        rooms: frozenset[str],
+        send: Callable[[MissedEvent, str], None],
+        join: Callable[[], Awaitable[None]],
+    ) -> None:
+        """See ``PreparedRecovery.finish``."""
+        await self.log._finish_recovery(self, rooms=rooms, send=send, join=join)
 
 
 @attrs.define(eq=False)
@@ -880,7 +893,12 @@ class SharedLog:
             return None
         read_up_to = entries[-1].offset if entries else after
         return _Recovery(
-            session=session, after=after, entries=entries, read_up_to=read_up_to, epoch=epoch
+            log=self,
+            session=session,
+            after=after,
+            entries=entries,
+            read_up_to=read_up_to,
+            epoch=epoch,
         )
 
     async def _disconnected(
@@ -951,7 +969,7 @@ class SharedLog:
                 self._live.pop(pid, None)
         return taken
 
-    async def finish_recovery(
+    async def _finish_recovery(
         self,
         recovery: _Recovery,
         *,
@@ -959,11 +977,7 @@ class SharedLog:
         send: Callable[[MissedEvent, str], None],
         join: Callable[[], Awaitable[None]],
     ) -> None:
-        """Send a recovered socket the events it missed, then join its rooms, with this
-        node's delivery held, so it gets every later event live, and none twice.
-
-        ``rooms`` are the socket's rooms (its own id included), to filter events by;
-        ``send`` gets each missed event with its offset.
+        """``PreparedRecovery.finish`` of ``recovery``, a session this log took over.
 
         Cancellation: some events may be sent; the rooms may not be joined.
         """
@@ -989,7 +1003,7 @@ class SharedLog:
 
     @contextlib.asynccontextmanager
     async def delivery_held(self) -> AsyncIterator[int]:
-        """Hold this node's delivery of the log (as ``finish_recovery`` does) and give the
+        """Hold this node's delivery of the log (as a recovery's ``finish`` does) and give the
         last offset delivered: what a socket joins meanwhile it gets live from the next
         offset on (``roomcast.engine.history``).
 

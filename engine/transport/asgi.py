@@ -18,9 +18,9 @@ from urllib.parse import parse_qsl
 import attrs
 import trio
 
-from roomcast.engine.actors.outbox import OutFrame, SharedFrame
 from roomcast.engine.errors import TransportClosed
 from roomcast.engine.stats import UNCOUNTED, Traffic
+from roomcast.engine.transport.frames import OutFrame, SharedFrame
 from roomcast.engine.transport.http import BodyTooLarge, HttpRequest, error_body
 
 __all__ = [

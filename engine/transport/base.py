@@ -12,8 +12,8 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from roomcast.engine.actors.outbox import OutFrame
     from roomcast.engine.stats import Traffic
+    from roomcast.engine.transport.frames import OutFrame
     from roomcast.engine.transport.http import HttpRequest
 
 __all__ = ["HttpExchange", "MessageTransport"]

@@ -20,9 +20,9 @@ from roomcast.protocol._eio import (
     EioPacketType,
     EioServerSession,
     EioState,
-    Handshake,
     MessageReceived,
     SendPacket,
+    SessionParams,
     Upgraded,
     UpgradeStarted,
     _transition,
@@ -368,7 +368,7 @@ def test_illegal_transitions_we_ask_for_raise_local_errors(
 # --------------------------------------------------------------------------- client
 
 
-HANDSHAKE = Handshake(
+HANDSHAKE = SessionParams(
     sid="sid1", upgrades=(), ping_interval=0.3, ping_timeout=0.2, max_payload=1_000_000
 )
 

@@ -1,6 +1,7 @@
 """Re-drive recorded records against an app's handlers, for debugging.
 
-`replay` takes records (from `iter_records`, usually one room's) and a fresh `Server`
+`replay` takes records (from the event log's `iter_records`, usually one room's, or a
+cluster's shared log) and a fresh `Server`
 with the app's handlers registered, and plays the records in order through the real
 engine: namespaces, the adapter, room actors and broadcasts. Each recorded socket is
 stood in for by a socket whose connection captures what the app sends it, so the sids
@@ -40,9 +41,11 @@ from typing import TYPE_CHECKING, Final, cast
 import attrs
 import trio
 
-from roomcast.engine.actors.outbox import Outbox, OutFrame, SharedFrame
+from roomcast.engine.actors.outbox import Outbox
 from roomcast.engine.errors import ConnectionLostError
-from roomcast.engine.socket import Handshake, Socket
+from roomcast.engine.handshake import Handshake
+from roomcast.engine.socket import Socket
+from roomcast.engine.transport.frames import OutFrame, SharedFrame
 from roomcast.protocol import RemoteProtocolError
 from roomcast.protocol._log import LogRecord, RecordKind
 from roomcast.protocol._sio import Ack, Connect, Event, JsonValue, Parser, SioPacket
@@ -191,7 +194,7 @@ class _Replayer:
 
     def _namespace(self, name: str, auth: JsonValue) -> Namespace | None:
         # Resolving may create a dynamic namespace, exactly as a client's CONNECT would.
-        return self.server._resolve(name, auth)
+        return self.server.resolve_namespace(name, auth)
 
     def _socket(self, namespace: str, sid: str, auth: JsonValue) -> Socket | None:
         conn = self.connections.get((namespace, sid))
@@ -351,7 +354,7 @@ async def replay(
     Raises:
         RuntimeError: ``server`` is running.
     """
-    if server.supervisor._nursery is not None:
+    if server.supervisor.running:
         raise RuntimeError("replay needs a Server that is not running")
     replayer = _Replayer(server=server, apply_membership=apply_membership)
     steps: list[ReplayStep] = []
