@@ -14,7 +14,6 @@ from roomcast.engine.errors import (
     EventOverrunError,
     HandlerError,
     NamespaceDisconnected,
-    SlowConsumerError,
     TransportClosed,
 )
 from roomcast.engine.handshake import Handshake
@@ -42,7 +41,6 @@ __all__ = [
     "RecoveryConfig",
     "Server",
     "Socket",
-    "SlowConsumerError",
     "TransportClosed",
     "open_client",
 ]

@@ -669,7 +669,9 @@ class Namespace:
         sequencer = server.sequencer
         seq = sequencer.take()
         try:
-            args = store.with_offset(seq, packet.args) if store is not None else packet.args
+            args = (
+                store.with_recovery_offset(seq, packet.args) if store is not None else packet.args
+            )
             exclude = opts.except_rooms | opts.except_sids
             await server.record_broadcast(self.name, seq, opts.rooms, exclude, packet.name, args)
             if not sequencer.is_turn(seq):  # (the usual case needs no further checkpoint)
@@ -723,10 +725,12 @@ class Namespace:
             return await self.adapter.broadcast(self.encode(packet), local, on_member=on_member)
         return count
 
-    async def deliver_shared(self, event: MissedEvent, offset: str) -> int:
+    async def deliver_shared(self, event: MissedEvent, recovery_offset: str) -> int:
         """Deliver a broadcast read from the cluster's shared log to this node's sockets
-        (with its offset appended when recovery is on)."""
-        args = (*event.args, offset) if self.server.recovery_store is not None else event.args
+        (with its recovery offset appended when recovery is on)."""
+        args = (
+            (*event.args, recovery_offset) if self.server.recovery_store is not None else event.args
+        )
         packet = Event(name=event.name, args=args, namespace=self.name)
         opts = BroadcastOptions(rooms=event.rooms, except_rooms=event.exclude, local=True)
         on_member = None

@@ -305,16 +305,16 @@ class Server:
         store = self.recovery_store
         shared = ns.adapter.shared_log
         restored: SavedSession | None = None
-        local_after: int | None = None  # a local recovery: the client's offset
+        local_after: int | None = None  # a local recovery: the client's event seq
         shared_recovery = None
         if store is not None and isinstance(auth, dict):
-            pid, offset = auth.get("pid"), auth.get("offset")
-            if isinstance(pid, str) and isinstance(offset, str):
+            pid, recovery_offset = auth.get("pid"), auth.get("offset")
+            if isinstance(pid, str) and isinstance(recovery_offset, str):
                 if shared is not None:  # the cluster's log and sessions, in Redis
                     shared_recovery = await shared.prepare_recovery(
                         namespace,
                         pid,
-                        offset,
+                        recovery_offset,
                         now=self.wall_now(),
                         max_age=store.config.max_disconnection_duration,
                         max_events=store.config.max_events,
@@ -325,7 +325,7 @@ class Server:
                     # (A multi-node adapter's broadcasts from other nodes never reach
                     # this node's store without a shared log: recovering from it could
                     # hide events, so it is not tried.)
-                    taken = store.restore(namespace, pid, offset, self.wall_now())
+                    taken = store.restore(namespace, pid, recovery_offset, self.wall_now())
                     if taken is not None:
                         restored, local_after = taken
         socket = Socket(
@@ -370,7 +370,7 @@ class Server:
                 ns.socket_session(socket) if shared is not None and not socket.recovered else None
             )
             if shared is not None and live is not None and store is not None:
-                # Live in Redis before anybody can send it an offset: if this node is
+                # Live in Redis before anybody can send it a recovery offset: if this node is
                 # killed, another one can recover it.
                 await shared.open_session(live, store.config.max_disconnection_duration)
             if conn.closed:
@@ -382,8 +382,8 @@ class Server:
         if shared_recovery is not None and shared is not None:
             session = shared_recovery.session
 
-            def send(event: MissedEvent, offset: str) -> None:
-                args = (*event.args, offset)
+            def send(event: MissedEvent, recovery_offset: str) -> None:
+                args = (*event.args, recovery_offset)
                 conn.send_packet(Event(name=event.name, args=args, namespace=namespace))
 
             await shared_recovery.finish(
@@ -407,7 +407,7 @@ class Server:
         conn.send_packet(conn.sio.accept(ns.name, socket.sid, pid=socket.pid))
 
     async def _recover_locally(self, socket: Socket, session: SavedSession, after: int) -> bool:
-        """Accept a recovered socket, send it the events it missed after offset ``after``
+        """Accept a recovered socket, send it the events it missed after event seq ``after``
         and join its rooms, all in one turn of the broadcast sequence: every earlier
         broadcast is then kept in the store and queued to its rooms, and no later one is,
         so the socket gets each event once (replayed or live) and in order. False when
@@ -796,7 +796,7 @@ class Server:
         assert store is not None
         store.epoch = log.epoch
         store.seq = log.max_offset()
-        crashed = log.recovery.clean_shutdown is False
+        crashed = log.repair_report.clean_shutdown is False
         now = self.wall_now()
         since = None if crashed else now - store.config.max_disconnection_duration
         since = None if since is None else since - store.delivery_bound

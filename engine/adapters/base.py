@@ -163,8 +163,9 @@ class AdapterHost(Protocol):
         """Run this node's server-side handler for ``event``; its answer, or None if no
         handler took it."""
 
-    async def deliver_shared(self, event: MissedEvent, offset: str) -> int:
-        """Deliver a broadcast read from the cluster's shared log (its offset ``offset``)
+    async def deliver_shared(self, event: MissedEvent, recovery_offset: str) -> int:
+        """Deliver a broadcast read from the cluster's shared log (``recovery_offset`` is
+        what clients see for it)
         to the matching local sockets; how many it reached."""
 
 

@@ -879,7 +879,9 @@ class RedisCluster:
         if event is None or adapter is None or self.shared_log is None:
             await trio.lowlevel.checkpoint()
             return 0
-        return await adapter.host.deliver_shared(event, self.shared_log.offset_text(entry.offset))
+        return await adapter.host.deliver_shared(
+            event, self.shared_log.recovery_offset(entry.offset)
+        )
 
     async def _probe_owner(self, node: str, namespace: str, pid: str) -> float | None:
         """Whether ``node`` still holds the socket of session ``pid``: None if it does

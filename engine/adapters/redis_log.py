@@ -471,9 +471,9 @@ class SharedLog:
     def session_key(self, pid: str) -> bytes:
         return f"{self.prefix}#~session#{pid}".encode()
 
-    def offset_text(self, offset: int) -> str:
-        """The offset string clients hold for entry ``offset`` of the current epoch."""
-        return f"{self.epoch}-{offset}"
+    def recovery_offset(self, seq: int) -> str:
+        """The recovery offset clients hold for entry ``seq`` of the current epoch."""
+        return f"{self.epoch}-{seq}"
 
     # -- running on a connection ------------------------------------------------------------
 
@@ -846,9 +846,16 @@ class SharedLog:
         return item.written
 
     async def prepare_recovery(
-        self, namespace: str, pid: str, offset: str, *, now: float, max_age: float, max_events: int
+        self,
+        namespace: str,
+        pid: str,
+        recovery_offset: str,
+        *,
+        now: float,
+        max_age: float,
+        max_events: int,
     ) -> _Recovery | None:
-        """Check that session ``pid`` can be recovered from ``offset`` and take it over
+        """Check that session ``pid`` can be recovered from ``recovery_offset`` and take it over
         (it is then live on this node).
 
         A saved session counts from its disconnect; a live one of another node is asked
@@ -863,7 +870,7 @@ class SharedLog:
         live on this node, not held, and takes it).
         """
         client, epoch = self._client, self.epoch
-        name, _, seq_text = offset.rpartition("-")
+        name, _, seq_text = recovery_offset.rpartition("-")
         if client is None or epoch is None or name != epoch or not seq_text.isdigit():
             await trio.lowlevel.checkpoint()
             return None

@@ -110,10 +110,17 @@ class ClusterLog(Protocol):
         ...
 
     async def prepare_recovery(
-        self, namespace: str, pid: str, offset: str, *, now: float, max_age: float, max_events: int
+        self,
+        namespace: str,
+        pid: str,
+        recovery_offset: str,
+        *,
+        now: float,
+        max_age: float,
+        max_events: int,
     ) -> PreparedRecovery | None:
-        """Take over session ``pid`` to recover it from recovery offset ``offset``; None
-        when it cannot be recovered."""
+        """Take over session ``pid`` to recover it from ``recovery_offset`` (what the
+        client sent); None when it cannot be recovered."""
         ...
 
     def delivery_held(self) -> AbstractAsyncContextManager[int]:

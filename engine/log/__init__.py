@@ -1,5 +1,5 @@
-"""The event log: append-only segment files, a group-commit writer, recovery and
-readers. Specified in ``docs/event-log.md``; re-driving records against an app is
+"""The event log: append-only segment files, a group-commit writer, tail repair on
+opening, and readers. Specified in ``docs/event-log.md``; re-driving records against an app is
 ``roomcast.engine.replay``, which sits above the log.
 
 Writing (Trio)::
@@ -37,7 +37,7 @@ from roomcast.engine.log.reader import (
     room_history,
     verify_log,
 )
-from roomcast.engine.log.recovery import RecoveryReport, TailRepair
+from roomcast.engine.log.repair import RepairReport, TailRepair
 from roomcast.engine.log.segment import Corruption, RoomSpan
 from roomcast.engine.log.writer import EventLog, LogIO, LogStatistics, open_event_log
 
@@ -57,7 +57,7 @@ __all__ = [
     "LogWriteError",
     "Problem",
     "ReadProgress",
-    "RecoveryReport",
+    "RepairReport",
     "RoomSpan",
     "TailRepair",
     "VerifyReport",

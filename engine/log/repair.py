@@ -1,7 +1,7 @@
 """Opening a log directory: lock it, check continuity, repair a torn tail, pick the epoch.
 
-`recover` is synchronous (the writer runs it in a thread). What it checks and decides is
-specified in ``docs/event-log.md`` ("Opening and recovery"). In short:
+`repair_log` is synchronous (the writer runs it in a thread). What it checks and decides is
+specified in ``docs/event-log.md`` ("Opening and repair"). In short:
 
 * A torn or corrupt **last** record (nothing readable after it, up to the end of the
   newest segment) is cut off, and reported with its segment, byte position and cause.
@@ -52,12 +52,12 @@ from roomcast.engine.log.segment import (
 )
 
 __all__ = [
-    "Recovered",
-    "RecoveryReport",
+    "RepairReport",
+    "RepairedLog",
     "TailRepair",
     "lock_directory",
     "new_epoch_id",
-    "recover",
+    "repair_log",
     "summarise_segment",
 ]
 
@@ -96,7 +96,7 @@ class TailRepair:
 
 
 @attrs.frozen(kw_only=True)
-class RecoveryReport:
+class RepairReport:
     """What opening the log found and did.
 
     Attributes:
@@ -126,10 +126,10 @@ class RecoveryReport:
 
 
 @attrs.define(eq=False)
-class Recovered:
-    """The state `recover` hands to the writer."""
+class RepairedLog:
+    """The state `repair_log` hands to the writer."""
 
-    report: RecoveryReport
+    report: RepairReport
     state: LogState
     sealed: list[SegmentSummary]
     active: int
@@ -214,7 +214,7 @@ def _check_unsupported(damage: tuple[Corruption, ...] | list[Corruption]) -> Non
             )
 
 
-def recover(directory: Path, *, config: LogConfig, now: float) -> Recovered:
+def repair_log(directory: Path, *, config: LogConfig, now: float) -> RepairedLog:
     """Check and repair the log in ``directory`` (locked by the caller); pick the epoch.
 
     Creates the first segment of a new log, cuts off a damaged last record, starts a new
@@ -396,7 +396,7 @@ def recover(directory: Path, *, config: LogConfig, now: float) -> Recovered:
             (directory / FAILED_MARKER).unlink()
         fsync_directory(directory)
 
-    report = RecoveryReport(
+    report = RepairReport(
         directory=str(directory),
         epoch=epoch,
         previous_epoch=previous if epoch_changed else None,
@@ -408,7 +408,7 @@ def recover(directory: Path, *, config: LogConfig, now: float) -> Recovered:
         removed_segments=tuple(removed),
         segments=len(sealed) + 1,
     )
-    return Recovered(
+    return RepairedLog(
         report=report,
         state=new_state,
         sealed=sealed,
