@@ -67,6 +67,7 @@ from roomcast.engine.errors import (
     NamespaceDisconnected,
     TransportClosed,
 )
+from roomcast.engine.handlers import require_async
 from roomcast.engine.transport.eio_client import (
     EngineTransport,
     EngineUrl,
@@ -211,7 +212,16 @@ class _AckSlot:
 
 @attrs.define(eq=False)
 class _Connection:
-    """One Engine.IO session over one transport, and the state of its reader and writer."""
+    """One Engine.IO session over one transport, and the state of its reader and writer.
+
+    Its outbox is a bounded Trio memory channel of frame lists (None wakes the writer for
+    ``control`` frames), not the server's ``actors.outbox.Outbox``, on purpose: the
+    client's producers are the app's own tasks (``emit``, ``call``), which should wait
+    while the outbox is full (backpressure), whereas the server's producers (room actors,
+    other connections) must never wait on one client and evict a slow consumer instead;
+    the server's outbox also carries shared broadcast frames and direct writes, which a
+    client does not have.
+    """
 
     transport: EngineTransport
     session: EioClientSession
@@ -434,7 +444,7 @@ class Client:
             raise ValueError(f"{event!r} is not a reconnection event")
 
         def register(handler: _H) -> _H:
-            _check_handler(handler)
+            require_async(handler, repr(event))
             self._handlers[_MANAGER, event] = handler
             return handler
 
@@ -460,7 +470,7 @@ class Client:
         _check_namespace(namespace, self._options.config.limits)
 
         def register(handler: _H) -> _H:
-            _check_handler(handler)
+            require_async(handler, repr(event))
             self._handlers[namespace, event] = handler
             return handler
 
@@ -475,7 +485,7 @@ class Client:
             TypeError: The handler is not an ``async def`` function.
             ValueError: ``namespace`` is not a namespace name.
         """
-        _check_handler(handler)
+        require_async(handler, "on_any")
         _check_namespace(namespace, self._options.config.limits)
         self._any_handlers[namespace] = handler
         return handler
@@ -1254,12 +1264,6 @@ def _holds_cancelled(exc: BaseException) -> bool:
     return isinstance(exc, BaseExceptionGroup) and any(
         _holds_cancelled(inner) for inner in exc.exceptions
     )
-
-
-def _check_handler(handler: Handler) -> None:
-    # A handler is checked once, at registration, never by calling it and retrying.
-    if not inspect.iscoroutinefunction(handler):
-        raise TypeError(f"handler {handler!r} must be an async def function")
 
 
 def _check_event_name(event: str) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import logging
 import re
@@ -23,6 +22,7 @@ from roomcast.engine.adapters.base import (
 )
 from roomcast.engine.adapters.cluster import ClusterError
 from roomcast.engine.adapters.shared import AppendOutcome, encode_records
+from roomcast.engine.handlers import require_async
 from roomcast.engine.listeners import (
     AnyListener,
     OutgoingListener,
@@ -72,13 +72,6 @@ _LIFECYCLE_EVENTS: frozenset[str] = frozenset({"connect", "disconnecting", "disc
 """Reserved names a namespace handler may be registered for; the other reserved names
 (``connect_error``, ``newListener``, ...) never reach a server, so a handler for one
 would never run."""
-
-
-def _check_handler(handler: Callable[..., Any], what: str) -> None:
-    # Signatures are checked once, here, never sniffed at call time: a wrong one fails at
-    # registration, not on the first event.
-    if not inspect.iscoroutinefunction(handler):
-        raise TypeError(f"{what} handler {handler!r} must be an async function")
 
 
 def _remove(handlers: list[Any], handler: object | None) -> None:
@@ -384,7 +377,7 @@ class Namespace:
             raise ValueError(f"{event!r} is a reserved event name")
 
         def register(handler: H) -> H:
-            _check_handler(handler, repr(event))
+            require_async(handler, repr(event))
             if event == "connect":
                 self.connect_handlers.append(handler)
             elif event == "disconnecting":
@@ -416,7 +409,7 @@ class Namespace:
         event before its middleware and handler (Node's ``socket.onAny``); its return
         value is ignored. (``on_any`` used to be the catch-all for unhandled events: that
         is ``on_unhandled`` now.)"""
-        _check_handler(listener, "on_any")
+        require_async(listener, "on_any")
         self.any_handlers.append(listener)
         return listener
 
@@ -427,7 +420,7 @@ class Namespace:
     def on_unhandled(self, handler: H) -> H:
         """Register a catch-all ``(socket, event, *args)`` for events with no handler; its
         return value answers the client's ack (with several, the last one's)."""
-        _check_handler(handler, "catch-all")
+        require_async(handler, "catch-all")
         self.unhandled_handlers.append(handler)
         return handler
 
@@ -437,7 +430,7 @@ class Namespace:
 
     def use(self, middleware: Middleware) -> Middleware:
         """Add connection middleware ``(socket, auth)``; raise ConnectRefusedError to refuse."""
-        _check_handler(middleware, "middleware")
+        require_async(middleware, "middleware")
         self.middlewares.append(middleware)
         return middleware
 
@@ -445,14 +438,14 @@ class Namespace:
         """Add per-packet middleware ``async def middleware(socket, event, args)`` for every
         socket of the namespace (before each socket's own, ``Socket.use``); it refuses
         the event by raising (see ``roomcast.engine.listeners``)."""
-        _check_handler(middleware, "packet middleware")
+        require_async(middleware, "packet middleware")
         self.packet_middlewares.append(middleware)
         return middleware
 
     def on_error(self, handler: RefusalHandler) -> RefusalHandler:
         """Register ``async def handler(socket, event, error)``, called when per-packet
         middleware refused ``event`` with ``error`` (Node's ``socket.on("error")``)."""
-        _check_handler(handler, "on_error")
+        require_async(handler, "on_error")
         self.error_handlers.append(handler)
         return handler
 
@@ -471,7 +464,7 @@ class Namespace:
         ``server_side_emit`` / ``server_side_call`` (its return value answers the call)."""
 
         def register(handler: H) -> H:
-            _check_handler(handler, f"server-side {event!r}")
+            require_async(handler, f"server-side {event!r}")
             self.server_side_handlers[event] = handler
             return handler
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -10,6 +9,7 @@ import trio
 
 from roomcast.engine.actors.outbox import Outbox
 from roomcast.engine.errors import ConnectionLostError
+from roomcast.engine.handlers import require_async
 from roomcast.engine.handshake import Handshake
 from roomcast.engine.listeners import (
     AnyListener,
@@ -87,14 +87,14 @@ class Socket:
     def use(self, middleware: PacketMiddleware) -> PacketMiddleware:
         """Add per-packet middleware ``async def middleware(socket, event, args)`` for this
         socket's incoming events (Node's ``socket.use``); raise to refuse the event."""
-        _check_async(middleware, "packet middleware")
+        require_async(middleware, "packet middleware")
         self.packet_middlewares = (*self.packet_middlewares, middleware)
         return middleware
 
     def on_any(self, listener: AnyListener) -> AnyListener:
         """Register ``async def listener(socket, event, *args)`` for every event this socket
         receives (Node's ``socket.onAny``), after the namespace's ``on_any`` listeners."""
-        _check_async(listener, "on_any")
+        require_async(listener, "on_any")
         self.any_listeners = (*self.any_listeners, listener)
         return listener
 
@@ -261,11 +261,6 @@ class Socket:
         for ack_id, waiter in list(self.acks.items()):
             waiter.fail(self.sid, error)
             del self.acks[ack_id]
-
-
-def _check_async(handler: object, what: str) -> None:
-    if not inspect.iscoroutinefunction(handler):
-        raise TypeError(f"{what} handler {handler!r} must be an async function")
 
 
 def _without(listeners: tuple[Any, ...], listener: object | None) -> tuple[Any, ...]:
