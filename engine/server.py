@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn
+from typing import TYPE_CHECKING, Final, Literal, NoReturn
 from urllib.parse import urlsplit
 
 import attrs
@@ -31,6 +31,7 @@ from roomcast.engine.log import EventLog, FsyncPolicy, iter_records, open_event_
 from roomcast.engine.namespace import (
     BroadcastOperator,
     H,
+    Middleware,
     Namespace,
     NamespaceMatcher,
     ack_args,
@@ -287,7 +288,7 @@ class Server:
         """Register a handler on a namespace (the main one by default); see Namespace.on."""
         return self.of(namespace).on(event)
 
-    def use(self, middleware: Any, *, namespace: str = "/") -> Any:
+    def use(self, middleware: Middleware, *, namespace: str = "/") -> Middleware:
         """Add connection middleware to a namespace; see Namespace.use."""
         return self.of(namespace).use(middleware)
 

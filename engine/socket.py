@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 import trio
@@ -24,7 +24,18 @@ if TYPE_CHECKING:
     from roomcast.engine.actors.connection import Connection
     from roomcast.engine.namespace import BroadcastOperator, Namespace
 
-__all__ = ["AckWaiter", "Socket"]
+__all__ = ["AckReceiver", "AckWaiter", "Socket"]
+
+
+class AckReceiver(Protocol):
+    """What takes a client's answer to one ack id: an ``AckWaiter`` (``Socket.call``), or
+    the collector of a broadcast with ack, which one ack id serves for many sockets."""
+
+    def resolve(self, sid: str, args: tuple[JsonValue, ...]) -> None:
+        """Socket ``sid`` answered with ``args``."""
+
+    def fail(self, sid: str, error: Exception) -> None:
+        """Socket ``sid`` will never answer (its connection or namespace went away)."""
 
 
 @attrs.define(eq=False)
@@ -77,7 +88,7 @@ class Socket:
     pid: str | None = None
     recovered: bool = False
     connected: bool = True
-    acks: dict[int, AckWaiter | Any] = attrs.field(factory=dict, repr=False)
+    acks: dict[int, AckReceiver] = attrs.field(factory=dict, repr=False)
     _rooms_left: frozenset[str] | None = attrs.field(default=None, init=False, repr=False)
     # Tuples, replaced on change: a socket with no hooks shares the empty tuple.
     packet_middlewares: tuple[PacketMiddleware, ...] = attrs.field(default=(), repr=False)
