@@ -77,7 +77,7 @@ def test_ws_frame_round_trip(packet: EioPacket, frame: str | bytes) -> None:
 
 
 def test_ws_binary_message_is_raw_bytes_without_prefix() -> None:
-    # CONFORMANCE §2.3: binary 01 02 03 04 goes out as exactly those bytes.
+    # docs/conformance.md §2.3: binary 01 02 03 04 goes out as exactly those bytes.
     assert encode_ws_frame(msg(b"\x01\x02\x03\x04")) == b"\x01\x02\x03\x04"
 
 
@@ -128,7 +128,8 @@ def test_ws_decoder_copies_a_bytearray_into_bytes() -> None:
 @pytest.mark.parametrize(
     ("body", "packets"),
     [
-        # CONFORMANCE §2.2, the echo examples: the GET body is the POST body, byte-identical.
+        # docs/conformance.md §2.2, the echo examples: the GET body is the POST body,
+        # byte-identical.
         ("4hello", (msg("hello"),)),
         ("4test1\x1e4test2\x1e4test3", (msg("test1"), msg("test2"), msg("test3"))),
         ("4hello\x1ebAQIDBA==", (msg("hello"), msg(b"\x01\x02\x03\x04"))),
