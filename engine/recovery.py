@@ -27,6 +27,7 @@ from typing import Any, Final
 import attrs
 import msgpack
 
+from roomcast.protocol import DisconnectReason
 from roomcast.protocol._log import LogRecord, RecordKind
 from roomcast.protocol._sio import JsonValue
 
@@ -43,7 +44,13 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 RECOVERABLE_REASONS: Final = frozenset(
-    {"transport error", "transport close", "forced close", "ping timeout", "server shutting down"}
+    {
+        DisconnectReason.TRANSPORT_ERROR,
+        DisconnectReason.TRANSPORT_CLOSE,
+        DisconnectReason.FORCED_CLOSE,
+        DisconnectReason.PING_TIMEOUT,
+        DisconnectReason.SERVER_SHUTTING_DOWN,
+    }
 )
 """Disconnect reasons after which a socket's state is kept (Node's list)."""
 

@@ -46,7 +46,7 @@ from roomcast.engine.errors import ConnectionLostError
 from roomcast.engine.handshake import Handshake
 from roomcast.engine.socket import Socket
 from roomcast.engine.transport.frames import OutFrame, SharedFrame
-from roomcast.protocol import RemoteProtocolError
+from roomcast.protocol import DisconnectReason, RemoteProtocolError
 from roomcast.protocol._log import LogRecord, RecordKind
 from roomcast.protocol._sio import Ack, Connect, Event, JsonValue, Parser, SioPacket
 from roomcast.protocol._sio_state import SioServerConnection
@@ -243,7 +243,9 @@ class _Replayer:
         if kind in (RecordKind.SERVER_START, RecordKind.SERVER_STOP, RecordKind.EPOCH):
             for conn in list(self.connections.values()):
                 if conn.socket is not None:
-                    await conn.socket.namespace.remove_socket(conn.socket, "server shutting down")
+                    await conn.socket.namespace.remove_socket(
+                        conn.socket, DisconnectReason.SERVER_SHUTTING_DOWN
+                    )
             step = attrs.evolve(step, action=ReplayAction.RESET)
         elif sid is None:
             step = attrs.evolve(step, note="no sender: nothing to re-drive")
@@ -281,7 +283,7 @@ class _Replayer:
             else:
                 reason = record.args[0] if record.args else None
                 await socket.namespace.remove_socket(
-                    socket, reason if isinstance(reason, str) else "transport close"
+                    socket, reason if isinstance(reason, str) else DisconnectReason.TRANSPORT_CLOSE
                 )
                 step = attrs.evolve(step, action=ReplayAction.DISCONNECT)
         return attrs.evolve(step, deliveries=await self._deliveries())

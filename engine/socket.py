@@ -17,6 +17,7 @@ from roomcast.engine.listeners import (
     PacketMiddleware,
     notify_outgoing,
 )
+from roomcast.protocol import DisconnectReason
 from roomcast.protocol._log import RecordKind
 from roomcast.protocol._sio import Event, JsonValue
 
@@ -263,9 +264,9 @@ class Socket:
         conn = self.connection
         if not conn.closed:
             conn.send_packet(conn.sio.disconnect(self.namespace.name))
-        await self.namespace.remove_socket(self, "server namespace disconnect")
+        await self.namespace.remove_socket(self, DisconnectReason.SERVER_NAMESPACE_DISCONNECT)
         if close:
-            conn.close("server namespace disconnect")
+            conn.close(DisconnectReason.SERVER_NAMESPACE_DISCONNECT)
 
     def _fail_acks(self, reason: str) -> None:
         error = ConnectionLostError(reason)

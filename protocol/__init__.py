@@ -51,6 +51,7 @@ from roomcast.protocol._log import (
     encode_record,
     scan,
 )
+from roomcast.protocol._reasons import DisconnectReason
 from roomcast.protocol._sio import (
     JSON_PARSER,
     MSGPACK_PARSER,
@@ -94,6 +95,7 @@ __all__ = [
     "DEFAULT_MAX_RECORD_BYTES",
     "Decoder",
     "Disconnect",
+    "DisconnectReason",
     "DisconnectRequested",
     "EioClientSession",
     "EioEvent",
@@ -103,7 +105,6 @@ __all__ = [
     "EioState",
     "Event",
     "EventReceived",
-    "SessionParams",
     "JSON_PARSER",
     "JsonValue",
     "Limits",
@@ -123,6 +124,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "ScanResult",
     "SendPacket",
+    "SessionParams",
     "SioClientConnection",
     "SioEvent",
     "SioPacket",

@@ -35,6 +35,7 @@ import attrs
 
 from roomcast.protocol._errors import LocalProtocolError, RemoteProtocolError
 from roomcast.protocol._limits import DEFAULT_LIMITS, Limits
+from roomcast.protocol._reasons import DisconnectReason
 
 __all__ = [
     "Closed",
@@ -528,12 +529,12 @@ class EioServerSession:
         if packet_type is EioPacketType.NOOP:
             return []
         if packet_type is EioPacketType.CLOSE:
-            return self._close("transport close")
+            return self._close(DisconnectReason.TRANSPORT_CLOSE)
         if packet_type is EioPacketType.PING:
             # v4: only the server pings; Node closes with "invalid heartbeat direction".
-            return self._close("transport error")
+            return self._close(DisconnectReason.TRANSPORT_ERROR)
         # OPEN is never sent by a client, UPGRADE only on the probing WebSocket.
-        return self._close("parse error")
+        return self._close(DisconnectReason.PARSE_ERROR)
 
     def receive_probe(self, packet: EioPacket, now: float) -> list[EioEvent]:
         """Handle a packet that arrived on the probing WebSocket of a polling session.
@@ -558,10 +559,10 @@ class EioServerSession:
         elif packet.type is EioPacketType.UPGRADE:
             trigger = _Trigger.UPGRADE
         else:
-            return self._close("parse error")
+            return self._close(DisconnectReason.PARSE_ERROR)
         new_state = _TRANSITIONS.get((self._state, trigger))
         if new_state is None:  # a second probe, or UPGRADE before the probe
-            return self._close("parse error")
+            return self._close(DisconnectReason.PARSE_ERROR)
         self._state = new_state
         if trigger is _Trigger.PROBE:
             return [_PROBE_ANSWER, UpgradeStarted()]
@@ -582,7 +583,7 @@ class EioServerSession:
             return []
         if self._pong_deadline is not None:
             if now >= self._pong_deadline:
-                return self._close("ping timeout")
+                return self._close(DisconnectReason.PING_TIMEOUT)
             return []
         if now >= self._next_ping_at:
             # Measured from when the PING was due, not from when this tick ran: a late
@@ -591,7 +592,7 @@ class EioServerSession:
             return [SendPacket(packet=_PING)]
         return []
 
-    def close(self, reason: str = "forced close") -> list[EioEvent]:
+    def close(self, reason: str = DisconnectReason.FORCED_CLOSE) -> list[EioEvent]:
         """Close the session from our side: send CLOSE; ``[]`` if already closed."""
         if self._state is EioState.CLOSED:
             return []
@@ -649,11 +650,11 @@ class EioClientSession:
         packet_type = packet.type
         if handshake is None:
             if packet_type is not EioPacketType.OPEN:
-                return self._close("parse error")
+                return self._close(DisconnectReason.PARSE_ERROR)
             try:
                 handshake = decode_handshake(packet)
             except RemoteProtocolError:
-                return self._close("parse error")
+                return self._close(DisconnectReason.PARSE_ERROR)
             self._handshake = handshake
             self._expect_ping(now, handshake)
             return []
@@ -665,9 +666,9 @@ class EioClientSession:
         if packet_type is EioPacketType.NOOP:
             return []
         if packet_type is EioPacketType.CLOSE:
-            return self._close("transport close")
+            return self._close(DisconnectReason.TRANSPORT_CLOSE)
         # A second OPEN, a PONG or an UPGRADE: a v4 server sends none of these here.
-        return self._close("parse error")
+        return self._close(DisconnectReason.PARSE_ERROR)
 
     def next_deadline(self) -> float:
         """When ``tick`` next has something to do; ``math.inf`` before the handshake."""
@@ -677,9 +678,9 @@ class EioClientSession:
         """Close with ``"ping timeout"`` if the server has stopped pinging."""
         if self._state is EioState.CLOSED or now < self._ping_deadline:
             return []
-        return self._close("ping timeout")
+        return self._close(DisconnectReason.PING_TIMEOUT)
 
-    def close(self, reason: str = "forced close") -> list[EioEvent]:
+    def close(self, reason: str = DisconnectReason.FORCED_CLOSE) -> list[EioEvent]:
         """Close the session from our side: send CLOSE; ``[]`` if already closed."""
         if self._state is EioState.CLOSED:
             return []

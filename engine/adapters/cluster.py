@@ -23,7 +23,7 @@ import msgpack
 from roomcast.engine.adapters.base import BroadcastOptions, SocketInfo
 from roomcast.engine.errors import EngineError
 from roomcast.engine.handshake import Handshake
-from roomcast.protocol import RemoteProtocolError
+from roomcast.protocol import DisconnectReason, RemoteProtocolError
 from roomcast.protocol._json import JsonValue
 
 __all__ = [
@@ -449,7 +449,7 @@ def encode_envelope(cluster: str, envelope: Envelope) -> bytes:
 
 
 def _fail(what: str) -> RemoteProtocolError:
-    return RemoteProtocolError(f"bad cluster message: {what}", reason="parse error")
+    return RemoteProtocolError(f"bad cluster message: {what}", reason=DisconnectReason.PARSE_ERROR)
 
 
 def _list(value: object, what: str, length: int | None = None) -> list[object]:

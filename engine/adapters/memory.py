@@ -22,6 +22,7 @@ from roomcast.engine.actors.room import (
 )
 from roomcast.engine.adapters.base import Adapter, BroadcastOptions, LocalSocket
 from roomcast.engine.transport.frames import OutFrame
+from roomcast.protocol import DisconnectReason
 
 __all__ = ["MemoryAdapter"]
 
@@ -204,7 +205,7 @@ class MemoryAdapter(Adapter):
                 on_member(sid)
         for socket in evicted:
             logger.warning("evicting slow consumer %s", socket.sid)
-            socket.evict("slow consumer")
+            socket.evict(DisconnectReason.SLOW_CONSUMER)
         return delivered
 
     def sockets(self, opts: BroadcastOptions) -> set[str]:

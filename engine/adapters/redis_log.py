@@ -65,7 +65,7 @@ from coredis.response.types import StreamEntry
 from roomcast.engine.adapters.cluster import ClusterError
 from roomcast.engine.adapters.shared import AppendOutcome
 from roomcast.engine.recovery import MissedEvent, SavedSession
-from roomcast.protocol import RemoteProtocolError
+from roomcast.protocol import DisconnectReason, RemoteProtocolError
 from roomcast.protocol._log import (
     DEFAULT_MAX_RECORD_BYTES,
     LogRecord,
@@ -235,7 +235,9 @@ def _text(value: object) -> str:
 def _entry_offset(identifier: object) -> int:
     ms, _, seq = _text(identifier).partition("-")
     if ms != "0" or not seq.isdigit():
-        raise RemoteProtocolError(f"bad shared log entry id {identifier!r}", reason="parse error")
+        raise RemoteProtocolError(
+            f"bad shared log entry id {identifier!r}", reason=DisconnectReason.PARSE_ERROR
+        )
     return int(seq)
 
 
@@ -251,10 +253,14 @@ def decode_entry(
     values = {_text(k): v for k, v in fields.items()}
     node, token, data = values.get("n"), values.get("t"), values.get("r")
     if not isinstance(data, bytes) or node is None or token is None:
-        raise RemoteProtocolError(f"shared log entry {offset} lacks fields", reason="parse error")
+        raise RemoteProtocolError(
+            f"shared log entry {offset} lacks fields", reason=DisconnectReason.PARSE_ERROR
+        )
     token_text = _text(token)
     if not token_text.isdigit():
-        raise RemoteProtocolError(f"shared log entry {offset}: bad token", reason="parse error")
+        raise RemoteProtocolError(
+            f"shared log entry {offset}: bad token", reason=DisconnectReason.PARSE_ERROR
+        )
     reader = RecordReader(max_record_bytes=max_record_bytes)
     reader.feed(data)
     records: list[LogRecord] = []
