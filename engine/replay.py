@@ -36,7 +36,7 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Final, cast
+from typing import TYPE_CHECKING, Final
 
 import attrs
 import trio
@@ -52,9 +52,10 @@ from roomcast.protocol._sio import Ack, Connect, Event, JsonValue, Parser, SioPa
 from roomcast.protocol._sio_state import SioServerConnection
 
 if TYPE_CHECKING:
-    from roomcast.engine.actors.connection import Connection
+    from roomcast.engine.actors.connection import NamespaceMember
     from roomcast.engine.namespace import Namespace
     from roomcast.engine.server import Server
+    from roomcast.engine.transport.http import HttpRequest
     from roomcast.protocol._sio import Decoder
 
 __all__ = ["Delivery", "ReplayAction", "ReplayStep", "replay"]
@@ -117,15 +118,16 @@ class ReplayStep:
 
 @attrs.define(eq=False)
 class _ReplayConnection:
-    """Stands in for a `Connection`: what the engine sends to the socket is queued in
-    its outbox and decoded back after each step."""
+    """Stands in for a `Connection` (a ``SocketConnection``): what the engine sends to the
+    socket is queued in its outbox and decoded back after each step."""
 
     sid: str
     parser: Parser
     socket: Socket | None = None
     outbox: Outbox = attrs.field(factory=lambda: Outbox(max_frames=_OUTBOX_FRAMES))
     sio: SioServerConnection = attrs.field(factory=SioServerConnection)
-    namespaces: dict[str, object] = attrs.field(factory=dict)
+    namespaces: dict[str, NamespaceMember] = attrs.field(factory=dict)
+    request: HttpRequest | None = None
     close_reason: str | None = None
     held: list[SioPacket] = attrs.field(factory=list)
     decoder: Decoder = attrs.field(init=False)
@@ -140,6 +142,10 @@ class _ReplayConnection:
     @property
     def closed(self) -> bool:
         return self.close_reason is not None
+
+    @property
+    def transport_name(self) -> str:
+        return "replay"
 
     def send_packet(self, packet: SioPacket) -> bool:
         if isinstance(packet, Event) and packet.ack_id is not None and self.socket is not None:
@@ -209,7 +215,7 @@ class _Replayer:
         socket = Socket(
             sid=sid,
             namespace=ns,
-            connection=cast("Connection", conn),
+            connection=conn,
             handshake=Handshake(
                 auth=auth if auth is not None else {},
                 headers={},
@@ -306,7 +312,7 @@ class _Replayer:
         step = attrs.evolve(step, action=ReplayAction.EVENT)
         try:
             await self.server.on_event(
-                cast("Connection", conn),
+                conn,
                 record.namespace,
                 record.event,
                 tuple(record.args),

@@ -45,7 +45,7 @@ from roomcast.engine.recovery import (
     broadcast_records,
 )
 from roomcast.engine.sequencer import Sequencer
-from roomcast.engine.socket import Socket
+from roomcast.engine.socket import Socket, SocketConnection
 from roomcast.engine.stats import ServerStats
 from roomcast.engine.transport.base import HttpExchange, MessageTransport
 from roomcast.engine.transport.http import HttpConnection, HttpRequest, error_body
@@ -504,7 +504,7 @@ class Server:
 
     async def on_event(
         self,
-        conn: Connection,
+        conn: SocketConnection,
         namespace: str,
         name: str,
         args: tuple[JsonValue, ...],

@@ -22,10 +22,69 @@ from roomcast.protocol._log import RecordKind
 from roomcast.protocol._sio import Event, JsonValue
 
 if TYPE_CHECKING:
-    from roomcast.engine.actors.connection import Connection
+    from roomcast.engine.actors.connection import NamespaceMember
     from roomcast.engine.namespace import BroadcastOperator, Namespace
+    from roomcast.engine.transport.frames import OutFrame
+    from roomcast.engine.transport.http import HttpRequest
+    from roomcast.protocol._sio import SioPacket
+    from roomcast.protocol._sio_state import SioServerConnection
 
-__all__ = ["AckReceiver", "AckWaiter", "Socket"]
+__all__ = ["AckReceiver", "AckWaiter", "Socket", "SocketConnection"]
+
+
+class SocketConnection(Protocol):
+    """What a socket, and the namespace and server acting on it, need of the connection it
+    is on: ``actors.connection.Connection`` serves clients; replay stands one in that
+    captures what the app sends (``roomcast.engine.replay``)."""
+
+    @property
+    def eio_sid(self) -> str:
+        """The Engine.IO session id."""
+        ...
+
+    @property
+    def outbox(self) -> Outbox:
+        """Where frames for the client wait for the writer."""
+        ...
+
+    @property
+    def sio(self) -> SioServerConnection:
+        """The Socket.IO state of the connection (namespaces, ack ids)."""
+        ...
+
+    @property
+    def namespaces(self) -> dict[str, NamespaceMember]:
+        """The sockets it carries, by namespace."""
+        ...
+
+    @property
+    def request(self) -> HttpRequest | None:
+        """The HTTP request that opened it, when there was one."""
+        ...
+
+    @property
+    def transport_name(self) -> str:
+        """``"polling"`` or ``"websocket"``."""
+        ...
+
+    @property
+    def closed(self) -> bool:
+        """Whether it is closing or closed."""
+        ...
+
+    def send_packet(self, packet: SioPacket) -> bool:
+        """Queue one Socket.IO packet; False if it could not be queued."""
+        ...
+
+    def send_frames(self, frames: tuple[OutFrame, ...], *, volatile: bool = False) -> bool:
+        """Queue encoded Engine.IO frames; False if dropped."""
+        ...
+
+    def close(self, reason: str) -> None:
+        """Start closing it with a disconnect reason (the first one wins)."""
+
+    def evict(self, reason: str) -> None:
+        """Close it because it cannot keep up (never blocks)."""
 
 
 class AckReceiver(Protocol):
@@ -83,7 +142,7 @@ class Socket:
 
     sid: str
     namespace: Namespace
-    connection: Connection
+    connection: SocketConnection
     handshake: Handshake
     data: dict[str, Any] = attrs.field(factory=dict)
     pid: str | None = None
