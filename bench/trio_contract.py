@@ -1,6 +1,6 @@
 """Bare Trio contract servers: the bench's "Trio ceiling" rows.
 
-The bench contract (shared/BENCH_CONTRACT.md) with no Socket.IO library: a WebSocket frame
+The bench contract (docs/bench-contract.md) with no Socket.IO library: a WebSocket frame
 parser that handles only what the load generator sends (masked, unfragmented text frames),
 the stdlib ``json`` module, pre-encoded broadcast frames, non-blocking writes. Each one
 shows what Trio itself allows for one way of waiting on many sockets, so every bench run

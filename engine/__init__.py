@@ -14,13 +14,13 @@ from roomcast.engine.errors import (
     EventOverrunError,
     HandlerError,
     NamespaceDisconnected,
-    SlowConsumerError,
     TransportClosed,
 )
+from roomcast.engine.handshake import Handshake
 from roomcast.engine.namespace import BroadcastAckResult, BroadcastOperator, Namespace
 from roomcast.engine.recovery import RecoveryConfig
 from roomcast.engine.server import Server
-from roomcast.engine.socket import Handshake, Socket
+from roomcast.engine.socket import Socket
 
 __all__ = [
     "AckError",
@@ -41,7 +41,6 @@ __all__ = [
     "RecoveryConfig",
     "Server",
     "Socket",
-    "SlowConsumerError",
     "TransportClosed",
     "open_client",
 ]

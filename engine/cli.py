@@ -31,13 +31,13 @@ from roomcast.engine.log.reader import (
     record_to_json,
     verify_log,
 )
-from roomcast.engine.log.replay import ReplayStep, replay
 from roomcast.engine.log.segment import Corruption
 from roomcast.engine.log.timeline import BoundaryKind, MarkKind, Timeline, TimelineBuilder
 from roomcast.engine.log.timeline_svg import render_html, render_svg
 from roomcast.engine.presence import presence_at
 from roomcast.engine.progress import TerminalProgress, terminal_progress
 from roomcast.engine.recovery import RecoveryConfig
+from roomcast.engine.replay import ReplayStep, replay
 from roomcast.engine.runtime import tune_gc
 from roomcast.engine.server import Server
 from roomcast.protocol import LogRecord, LogValue, SioPacket
@@ -552,26 +552,14 @@ def _shared_records(
 
 
 def _replay(args: argparse.Namespace) -> int:
-    if (args.presence is None) != (args.at is None):
-        problem = "--presence needs --at" if args.at is None else "--at goes with --presence"
+    problem = _replay_usage_problem(args)
+    if problem is not None:
         print(f"roomcast replay: {problem}", file=sys.stderr)
         return 2
-    if (args.logdir is None) == (args.redis is None):
-        print("roomcast replay: give a LOGDIR or --redis URL (one of them)", file=sys.stderr)
-        return 2
-    timeline: TimelineBuilder | None = None
-    if args.timeline is not None:
-        if args.room is None:
-            raise CommandError("--timeline draws one room: give --room")
-        if args.app is not None or args.json:
-            raise CommandError("--timeline writes a picture: not with --app or --json")
-        if Path(args.timeline).suffix.lower() not in (".svg", ".html", ".htm"):
-            raise CommandError(f"--timeline {args.timeline}: the file must end in .svg or .html")
-        timeline = TimelineBuilder(namespace=args.namespace or "/", room=args.room)
+    timeline = _replay_timeline(args)
     directory = Path(args.logdir) if args.logdir is not None else None
     if directory is not None:
         _check_log_directory(directory)
-    damaged: list[object] = []
     # Records printed to a terminal show the progress themselves, and a status line
     # between them would be torn apart: the line is for output that goes elsewhere.
     progress = (
@@ -579,38 +567,10 @@ def _replay(args: argparse.Namespace) -> int:
         if timeline is not None or not sys.stdout.isatty()
         else None
     )
-
-    def report(corruption: Corruption) -> None:
-        damaged.append(corruption)
-        if progress is not None:
-            progress.interrupt()
-        if timeline is not None:
-            timeline.damage(corruption.describe())
-        print(f"roomcast replay: damaged record: {corruption.describe()}", file=sys.stderr)
-
-    def report_entry(detail: str) -> None:
-        damaged.append(detail)
-        print(f"roomcast replay: damaged entry: {detail}", file=sys.stderr)
-
-    bounds: dict[str, float | None] = {
-        "since_offset": None,
-        "until_offset": None,
-        "since_time": None,
-        "until_time": None,
-    }
-    for edge in ("since", "until"):
-        bound = getattr(args, edge)
-        if bound is not None:
-            what, value = bound
-            bounds[f"{edge}_{what}"] = value
-    if args.presence is not None:
-        # Every record up to the moment: joins, leaves, connects and the server's restarts.
-        what, value = args.at
-        bounds = dict.fromkeys(bounds)
-        bounds[f"until_{what}"] = value
+    damage = _DamageReport(progress=progress, timeline=timeline)
+    bounds = _ReplayBounds.of(args)
+    if args.presence is not None:  # who was where: every namespace and room
         args.namespace, args.room = None, None
-    since_offset = None if bounds["since_offset"] is None else int(bounds["since_offset"])
-    until_offset = None if bounds["until_offset"] is None else int(bounds["until_offset"])
     records: Iterable[LogRecord]
     if directory is not None:
         # A timeline needs the members' connects and disconnects and the server's own
@@ -619,52 +579,23 @@ def _replay(args: argparse.Namespace) -> int:
             directory,
             namespace=args.namespace if timeline is None else None,
             room=args.room if timeline is None else None,
-            since_offset=since_offset,
-            until_offset=until_offset,
-            since_time=bounds["since_time"],
-            until_time=bounds["until_time"],
+            since_offset=bounds.since_offset,
+            until_offset=bounds.until_offset,
+            since_time=bounds.since_time,
+            until_time=bounds.until_time,
             epoch=args.epoch,
-            on_corrupt=report,
+            on_corrupt=damage.record,
             on_progress=progress,
         )
     else:
-        import coredis.exceptions
-
-        failure: str | None = None
-        shared: list[LogRecord] = []
-        try:
-            shared = _shared_records(
-                args.redis,
-                args.prefix,
-                since_offset=since_offset,
-                until_offset=until_offset,
-                on_damaged=report_entry,
-            )
-        except* (coredis.exceptions.RedisError, OSError, TimeoutError) as group:
-            failure = "; ".join(repr(exc) for exc in group.exceptions)
-        if failure is not None:
-            print(f"roomcast replay: cannot read the shared log: {failure}", file=sys.stderr)
+        shared = _read_shared_for_replay(args, bounds, damage)
+        if shared is None:
             return 2
-        since_time, until_time = bounds["since_time"], bounds["until_time"]
-        everything = timeline is not None
-        records = [
-            r
-            for r in shared
-            if (everything or args.namespace is None or r.namespace == args.namespace)
-            and (everything or args.room is None or r.room == args.room)
-            and (since_time is None or r.time >= since_time)
-            and (until_time is None or r.time <= until_time)
-            and (args.epoch is None or r.epoch == args.epoch)
-        ]
-    if args.presence is not None:
-        try:
-            _print_presence(records, args.presence_namespace, args.presence, as_json=args.json)
-        finally:
-            if progress is not None:
-                progress.close()
-        return 1 if damaged else 0
+        records = shared
     try:
-        if timeline is None:
+        if args.presence is not None:
+            _print_presence(records, args.presence_namespace, args.presence, as_json=args.json)
+        elif timeline is None:
             _print_records(records, args)
         else:
             for record in records:
@@ -672,9 +603,127 @@ def _replay(args: argparse.Namespace) -> int:
     finally:
         if progress is not None:
             progress.close()
-    if timeline is not None:
+    if timeline is not None and args.presence is None:
         _write_timeline(timeline.build(), Path(args.timeline))
-    return 1 if damaged else 0
+    return 1 if damage.found else 0
+
+
+def _replay_usage_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with how ``roomcast replay`` was called (exit status 2), if anything."""
+    if (args.presence is None) != (args.at is None):
+        return "--presence needs --at" if args.at is None else "--at goes with --presence"
+    if (args.logdir is None) == (args.redis is None):
+        return "give a LOGDIR or --redis URL (one of them)"
+    return None
+
+
+def _replay_timeline(args: argparse.Namespace) -> TimelineBuilder | None:
+    """The timeline ``--timeline`` asks for, or None.
+
+    Raises:
+        CommandError: ``--timeline`` is given without ``--room``, with ``--app`` or
+            ``--json``, or with a file that is neither SVG nor HTML.
+    """
+    if args.timeline is None:
+        return None
+    if args.room is None:
+        raise CommandError("--timeline draws one room: give --room")
+    if args.app is not None or args.json:
+        raise CommandError("--timeline writes a picture: not with --app or --json")
+    if Path(args.timeline).suffix.lower() not in (".svg", ".html", ".htm"):
+        raise CommandError(f"--timeline {args.timeline}: the file must end in .svg or .html")
+    return TimelineBuilder(namespace=args.namespace or "/", room=args.room)
+
+
+@attrs.define(eq=False)
+class _DamageReport:
+    """Reports each damaged record or entry ``roomcast replay`` meets on stderr (and on
+    the timeline), and remembers that there was some (exit status 1)."""
+
+    progress: TerminalProgress | None
+    timeline: TimelineBuilder | None
+    found: int = 0
+
+    def record(self, corruption: Corruption) -> None:
+        """A damaged record of an event-log directory."""
+        self.found += 1
+        if self.progress is not None:
+            self.progress.interrupt()
+        if self.timeline is not None:
+            self.timeline.damage(corruption.describe())
+        print(f"roomcast replay: damaged record: {corruption.describe()}", file=sys.stderr)
+
+    def entry(self, detail: str) -> None:
+        """A damaged entry of a cluster's shared log."""
+        self.found += 1
+        print(f"roomcast replay: damaged entry: {detail}", file=sys.stderr)
+
+
+@attrs.frozen(kw_only=True)
+class _ReplayBounds:
+    """The records ``roomcast replay`` reads: inclusive bounds, None for unbounded."""
+
+    since_offset: int | None = None
+    until_offset: int | None = None
+    since_time: float | None = None
+    until_time: float | None = None
+
+    @classmethod
+    def of(cls, args: argparse.Namespace) -> _ReplayBounds:
+        """The bounds ``--since`` and ``--until`` give; with ``--presence``, every record
+        up to ``--at`` (joins, leaves, connects and the server's restarts)."""
+        if args.presence is not None:
+            edges = {"until": args.at}
+        else:
+            edges = {"since": args.since, "until": args.until}
+        found: dict[str, float] = {}
+        for edge, bound in edges.items():
+            if bound is not None:
+                what, value = bound
+                found[f"{edge}_{what}"] = value
+        since_offset, until_offset = found.get("since_offset"), found.get("until_offset")
+        return cls(
+            since_offset=None if since_offset is None else int(since_offset),
+            until_offset=None if until_offset is None else int(until_offset),
+            since_time=found.get("since_time"),
+            until_time=found.get("until_time"),
+        )
+
+
+def _read_shared_for_replay(
+    args: argparse.Namespace, bounds: _ReplayBounds, damage: _DamageReport
+) -> list[LogRecord] | None:
+    """The records of the cluster's shared log at ``--redis`` that ``roomcast replay``
+    shows (all of them for a timeline, else those of ``--namespace`` and ``--room``),
+    or None when Redis cannot be read (said on stderr)."""
+    import coredis.exceptions
+
+    failure: str | None = None
+    shared: list[LogRecord] = []
+    try:
+        shared = _shared_records(
+            args.redis,
+            args.prefix,
+            since_offset=bounds.since_offset,
+            until_offset=bounds.until_offset,
+            on_damaged=damage.entry,
+        )
+    except* (coredis.exceptions.RedisError, OSError, TimeoutError) as group:
+        failure = "; ".join(repr(exc) for exc in group.exceptions)
+    if failure is not None:
+        print(f"roomcast replay: cannot read the shared log: {failure}", file=sys.stderr)
+        return None
+    since_time, until_time = bounds.since_time, bounds.until_time
+    everything = args.timeline is not None
+    return [
+        r
+        for r in shared
+        if (everything or args.namespace is None or r.namespace == args.namespace)
+        and (everything or args.room is None or r.room == args.room)
+        and (since_time is None or r.time >= since_time)
+        and (until_time is None or r.time <= until_time)
+        and (args.epoch is None or r.epoch == args.epoch)
+    ]
 
 
 def _write_timeline(timeline: Timeline, path: Path) -> None:

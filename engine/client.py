@@ -67,6 +67,7 @@ from roomcast.engine.errors import (
     NamespaceDisconnected,
     TransportClosed,
 )
+from roomcast.engine.handlers import require_async
 from roomcast.engine.transport.eio_client import (
     EngineTransport,
     EngineUrl,
@@ -82,6 +83,7 @@ from roomcast.protocol import (
     ConnectAccepted,
     ConnectRefused,
     Decoder,
+    DisconnectReason,
     DisconnectRequested,
     EioClientSession,
     EioEvent,
@@ -133,9 +135,9 @@ _H = TypeVar("_H", bound=Handler)
 
 _LIFECYCLE_EVENTS: Final = frozenset({"connect", "disconnect"})
 """Reserved names a handler may be registered for: ``connect()`` and ``disconnect(reason)``."""
-_CLIENT_DISCONNECT: Final = "io client disconnect"
-_SERVER_DISCONNECT: Final = "io server disconnect"
-_DELIBERATE: Final = frozenset({_CLIENT_DISCONNECT, _SERVER_DISCONNECT})
+_DELIBERATE: Final = frozenset(
+    {DisconnectReason.IO_CLIENT_DISCONNECT, DisconnectReason.IO_SERVER_DISCONNECT}
+)
 _MANAGER: Final = ""
 """The handler-table key of manager events (not a namespace: those start with "/")."""
 _MAX_WRITE_BATCH: Final = 256
@@ -211,7 +213,16 @@ class _AckSlot:
 
 @attrs.define(eq=False)
 class _Connection:
-    """One Engine.IO session over one transport, and the state of its reader and writer."""
+    """One Engine.IO session over one transport, and the state of its reader and writer.
+
+    Its outbox is a bounded Trio memory channel of frame lists (None wakes the writer for
+    ``control`` frames), not the server's ``actors.outbox.Outbox``, on purpose: the
+    client's producers are the app's own tasks (``emit``, ``call``), which should wait
+    while the outbox is full (backpressure), whereas the server's producers (room actors,
+    other connections) must never wait on one client and evict a slow consumer instead;
+    the server's outbox also carries shared broadcast frames and direct writes, which a
+    client does not have.
+    """
 
     transport: EngineTransport
     session: EioClientSession
@@ -434,7 +445,7 @@ class Client:
             raise ValueError(f"{event!r} is not a reconnection event")
 
         def register(handler: _H) -> _H:
-            _check_handler(handler)
+            require_async(handler, repr(event))
             self._handlers[_MANAGER, event] = handler
             return handler
 
@@ -460,7 +471,7 @@ class Client:
         _check_namespace(namespace, self._options.config.limits)
 
         def register(handler: _H) -> _H:
-            _check_handler(handler)
+            require_async(handler, repr(event))
             self._handlers[namespace, event] = handler
             return handler
 
@@ -475,7 +486,7 @@ class Client:
             TypeError: The handler is not an ``async def`` function.
             ValueError: ``namespace`` is not a namespace name.
         """
-        _check_handler(handler)
+        require_async(handler, "on_any")
         _check_namespace(namespace, self._options.config.limits)
         self._any_handlers[namespace] = handler
         return handler
@@ -561,7 +572,9 @@ class Client:
         try:
             return await ns.inbox_recv.receive()
         except trio.EndOfChannel:
-            raise NamespaceDisconnected(namespace, ns.end_reason or _CLIENT_DISCONNECT) from None
+            raise NamespaceDisconnected(
+                namespace, ns.end_reason or DisconnectReason.IO_CLIENT_DISCONNECT
+            ) from None
 
     async def connect_namespace(self, namespace: str, *, auth: Auth = None) -> str:
         """Connect another namespace on this client's connection; return its ``sid``.
@@ -581,7 +594,7 @@ class Client:
         if current is not None and current.state is not _NsState.ENDED:
             raise ValueError(f"namespace {namespace!r} is already connected or connecting")
         if self._closing.is_set():
-            raise NamespaceDisconnected(namespace, _CLIENT_DISCONNECT)
+            raise NamespaceDisconnected(namespace, DisconnectReason.IO_CLIENT_DISCONNECT)
         ns = self._add_namespace(namespace, auth)
         conn = self._connection
         if conn is not None and conn.usable:
@@ -607,22 +620,22 @@ class Client:
         conn = self._connection
         if namespace is None:
             if conn is not None:
-                self._close_connection(conn, _CLIENT_DISCONNECT)
+                self._close_connection(conn, DisconnectReason.IO_CLIENT_DISCONNECT)
             for ns in list(self._namespaces.values()):
-                self._ns_end(ns, _CLIENT_DISCONNECT)
+                self._ns_end(ns, DisconnectReason.IO_CLIENT_DISCONNECT)
             return
         target = self._namespaces.get(namespace)
         if target is None or target.state is _NsState.ENDED:
             return
         bound = target.conn
         was_connected = target.state is _NsState.CONNECTED
-        self._ns_end(target, _CLIENT_DISCONNECT)
+        self._ns_end(target, DisconnectReason.IO_CLIENT_DISCONNECT)
         # A namespace still connecting is left when the server's answer comes (_on_sio).
         if bound is not None and bound.usable and was_connected:
             # After whatever is queued, so that events emitted before still count.
             with suppress(trio.ClosedResourceError, trio.BrokenResourceError):
                 await bound.outbox_send.send(self._encode(bound.sio.disconnect(namespace)))
-            self._close_if_unused(bound, _CLIENT_DISCONNECT)
+            self._close_if_unused(bound, DisconnectReason.IO_CLIENT_DISCONNECT)
 
     # ------------------------------------------------------------------ internals: API
 
@@ -763,10 +776,14 @@ class Client:
                         if config.reconnection:
                             self._dispatch(_Lifecycle(namespace=_MANAGER, name="reconnect_failed"))
                         self._end_pending(
-                            "reconnect failed" if config.reconnection else attempt.reason
+                            DisconnectReason.RECONNECT_FAILED
+                            if config.reconnection
+                            else attempt.reason
                         )
                         failures = 0
-                        attempt = _Attempt(opened=False, reason=_CLIENT_DISCONNECT)
+                        attempt = _Attempt(
+                            opened=False, reason=DisconnectReason.IO_CLIENT_DISCONNECT
+                        )
                         continue
                     delay = backoff_delay(
                         failures,
@@ -793,7 +810,7 @@ class Client:
                         )
                     )
         finally:
-            self._end_pending(_CLIENT_DISCONNECT)
+            self._end_pending(DisconnectReason.IO_CLIENT_DISCONNECT)
             self._ready.set()
             self._done.set()
 
@@ -841,7 +858,7 @@ class Client:
             finally:
                 self._attempt_scope = None
         # Cancelled by _aclose before the connection was usable.
-        return _Attempt(opened=False, reason=_CLIENT_DISCONNECT)
+        return _Attempt(opened=False, reason=DisconnectReason.IO_CLIENT_DISCONNECT)
 
     async def _run_connection(self, *, initial: bool, reconnect_attempt: int) -> _Attempt:
         """Open one connection and serve it until it ends.
@@ -864,10 +881,10 @@ class Client:
                     stream_factory=options.stream_factory,
                 )
             except ConnectionFailedError as exc:
-                return _Attempt(opened=False, reason="transport error", error=exc)
+                return _Attempt(opened=False, reason=DisconnectReason.TRANSPORT_ERROR, error=exc)
         if transport is None:
             timeout = ConnectionFailedError(f"no connection within {config.timeout} s")
-            return _Attempt(opened=False, reason="transport error", error=timeout)
+            return _Attempt(opened=False, reason=DisconnectReason.TRANSPORT_ERROR, error=timeout)
         send, recv = trio.open_memory_channel[_OutItem](config.outbox_size)
         conn = _Connection(
             transport=transport,
@@ -899,7 +916,9 @@ class Client:
         finally:
             if self._connection is conn:
                 self._connection = None
-            self._end(conn, "transport close")  # a no-op unless cancelled from outside
+            self._end(
+                conn, DisconnectReason.TRANSPORT_CLOSE
+            )  # a no-op unless cancelled from outside
             with trio.move_on_after(config.close_timeout, shield=True):
                 await transport.aclose()
         return _Attempt(opened=error is None, reason=conn.close_reason or "", error=error)
@@ -944,14 +963,14 @@ class Client:
         if not conn.opened.is_set() or any(
             ns.conn is conn and ns.state is _NsState.PENDING for ns in self._namespaces.values()
         ):
-            self._end(conn, "connect timeout")
+            self._end(conn, DisconnectReason.CONNECT_TIMEOUT)
             return ConnectionFailedError(f"not connected within {self._options.config.timeout} s")
         if initial:
             for ns in self._namespaces.values():
                 if ns.refused is not None:
                     return ns.refused
         conn.ready = True
-        self._close_if_unused(conn, _CLIENT_DISCONNECT)
+        self._close_if_unused(conn, DisconnectReason.IO_CLIENT_DISCONNECT)
         return None
 
     async def _send_connect(self, conn: _Connection, ns: _Namespace) -> None:
@@ -1025,7 +1044,7 @@ class Client:
         self._closing.set()
         conn = self._connection
         if conn is not None and conn.usable:
-            self._close_connection(conn, _CLIENT_DISCONNECT)
+            self._close_connection(conn, DisconnectReason.IO_CLIENT_DISCONNECT)
         elif self._attempt_scope is not None:
             self._attempt_scope.cancel()
         self._notify()
@@ -1039,7 +1058,7 @@ class Client:
             ns.inbox_send.close()
             if ns.state is not _NsState.ENDED:  # pragma: no cover - the supervisor ends them
                 ns.state = _NsState.ENDED
-                ns.end_reason = _CLIENT_DISCONNECT
+                ns.end_reason = DisconnectReason.IO_CLIENT_DISCONNECT
 
     # ------------------------------------------------------------------ reader
 
@@ -1069,7 +1088,7 @@ class Client:
             self._end(conn, exc.reason)
         except RemoteProtocolError as exc:
             logger.debug("closing: the server broke the protocol: %s", exc)
-            self._end(conn, "parse error")
+            self._end(conn, DisconnectReason.PARSE_ERROR)
 
     def _on_eio(self, conn: _Connection, events: Iterable[EioEvent]) -> None:
         for event in events:
@@ -1130,13 +1149,13 @@ class Client:
                 ns = self._namespaces.get(event.namespace)
                 if ns is not None and ns.conn is conn and ns.state is _NsState.PENDING:
                     error = _refused_error(event.namespace, event.data)
-                    self._ns_end(ns, "connect refused", refused=error)
-                    self._close_if_unused(conn, _CLIENT_DISCONNECT)
+                    self._ns_end(ns, DisconnectReason.CONNECT_REFUSED, refused=error)
+                    self._close_if_unused(conn, DisconnectReason.IO_CLIENT_DISCONNECT)
             elif isinstance(event, DisconnectRequested):
                 ns = self._namespaces.get(event.namespace)
                 if ns is not None and ns.conn is conn:
-                    self._ns_end(ns, _SERVER_DISCONNECT)
-                    self._close_if_unused(conn, _SERVER_DISCONNECT)
+                    self._ns_end(ns, DisconnectReason.IO_SERVER_DISCONNECT)
+                    self._close_if_unused(conn, DisconnectReason.IO_SERVER_DISCONNECT)
 
     # ------------------------------------------------------------------ writer
 
@@ -1161,7 +1180,7 @@ class Client:
             # A clean close: everything queued went out; now the goodbyes.
             await transport.send([*conn.take_control(), *conn.final])
             await transport.aclose()
-            self._end(conn, conn.closing_reason or _CLIENT_DISCONNECT)
+            self._end(conn, conn.closing_reason or DisconnectReason.IO_CLIENT_DISCONNECT)
         except TransportClosed as exc:
             self._end(conn, exc.reason)
 
@@ -1254,12 +1273,6 @@ def _holds_cancelled(exc: BaseException) -> bool:
     return isinstance(exc, BaseExceptionGroup) and any(
         _holds_cancelled(inner) for inner in exc.exceptions
     )
-
-
-def _check_handler(handler: Handler) -> None:
-    # A handler is checked once, at registration, never by calling it and retrying.
-    if not inspect.iscoroutinefunction(handler):
-        raise TypeError(f"handler {handler!r} must be an async def function")
 
 
 def _check_event_name(event: str) -> None:

@@ -16,7 +16,6 @@ __all__ = [
     "EventOverrunError",
     "HandlerError",
     "NamespaceDisconnected",
-    "SlowConsumerError",
     "TransportClosed",
 ]
 
@@ -74,10 +73,6 @@ class ConnectionLostError(AckError):
     def __init__(self, reason: str) -> None:
         super().__init__(f"connection lost: {reason}")
         self.reason = reason
-
-
-class SlowConsumerError(EngineError):
-    """A connection could not keep up with what was sent to it and was disconnected."""
 
 
 # --------------------------------------------------------------------------- client

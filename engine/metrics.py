@@ -26,6 +26,7 @@ from prometheus_client.metrics_core import (
 
 from roomcast.engine.log import LogIO
 from roomcast.engine.stats import LatencyHistogram
+from roomcast.protocol import DisconnectReason
 
 if TYPE_CHECKING:
     from roomcast.engine.adapters.redis import RedisCluster
@@ -168,14 +169,14 @@ class _Collector:
                 "roomcast_slow_consumer_evictions",
                 "Connections closed because their outbox was full.",
             ),
-            stats.disconnects.get("slow consumer", 0),
+            stats.disconnects.get(DisconnectReason.SLOW_CONSUMER, 0),
         )
         yield f.one(
             f.counter(
                 "roomcast_rate_limit_disconnects",
                 "Connections closed for sending over max_events_per_second.",
             ),
-            stats.disconnects.get("rate limit exceeded", 0),
+            stats.disconnects.get(DisconnectReason.RATE_LIMIT_EXCEEDED, 0),
         )
         yield f.histogram(
             "roomcast_broadcast_seconds",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import logging
 import re
@@ -13,7 +12,6 @@ from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 import attrs
 import trio
 
-from roomcast.engine.actors.outbox import SharedFrame
 from roomcast.engine.adapters.base import (
     AckAnswer,
     Adapter,
@@ -24,6 +22,7 @@ from roomcast.engine.adapters.base import (
 )
 from roomcast.engine.adapters.cluster import ClusterError
 from roomcast.engine.adapters.shared import AppendOutcome, encode_records
+from roomcast.engine.handlers import require_async
 from roomcast.engine.listeners import (
     AnyListener,
     OutgoingListener,
@@ -39,6 +38,7 @@ from roomcast.engine.recovery import (
     SavedSession,
     broadcast_records,
 )
+from roomcast.engine.transport.frames import SharedFrame
 from roomcast.protocol import (
     RESERVED_EVENTS,
     Event,
@@ -50,9 +50,10 @@ from roomcast.protocol import (
 )
 
 if TYPE_CHECKING:
+    from roomcast.engine.handshake import Handshake
     from roomcast.engine.presence import Presence
     from roomcast.engine.server import Server
-    from roomcast.engine.socket import Handshake, Socket
+    from roomcast.engine.socket import Socket
 
 __all__ = [
     "BroadcastAckResult",
@@ -78,13 +79,6 @@ _LIFECYCLE_EVENTS: frozenset[str] = frozenset({"connect", "disconnecting", "disc
 """Reserved names a namespace handler may be registered for; the other reserved names
 (``connect_error``, ``newListener``, ...) never reach a server, so a handler for one
 would never run."""
-
-
-def _check_handler(handler: Callable[..., Any], what: str) -> None:
-    # Signatures are checked once, here, never sniffed at call time: a wrong one fails at
-    # registration, not on the first event.
-    if not inspect.iscoroutinefunction(handler):
-        raise TypeError(f"{what} handler {handler!r} must be an async function")
 
 
 def _remove(handlers: list[Any], handler: object | None) -> None:
@@ -390,7 +384,7 @@ class Namespace:
             raise ValueError(f"{event!r} is a reserved event name")
 
         def register(handler: H) -> H:
-            _check_handler(handler, repr(event))
+            require_async(handler, repr(event))
             if event == "connect":
                 self.connect_handlers.append(handler)
             elif event == "disconnecting":
@@ -422,7 +416,7 @@ class Namespace:
         event before its middleware and handler (Node's ``socket.onAny``); its return
         value is ignored. (``on_any`` used to be the catch-all for unhandled events: that
         is ``on_unhandled`` now.)"""
-        _check_handler(listener, "on_any")
+        require_async(listener, "on_any")
         self.any_handlers.append(listener)
         return listener
 
@@ -433,7 +427,7 @@ class Namespace:
     def on_unhandled(self, handler: H) -> H:
         """Register a catch-all ``(socket, event, *args)`` for events with no handler; its
         return value answers the client's ack (with several, the last one's)."""
-        _check_handler(handler, "catch-all")
+        require_async(handler, "catch-all")
         self.unhandled_handlers.append(handler)
         return handler
 
@@ -443,7 +437,7 @@ class Namespace:
 
     def use(self, middleware: Middleware) -> Middleware:
         """Add connection middleware ``(socket, auth)``; raise ConnectRefusedError to refuse."""
-        _check_handler(middleware, "middleware")
+        require_async(middleware, "middleware")
         self.middlewares.append(middleware)
         return middleware
 
@@ -451,14 +445,14 @@ class Namespace:
         """Add per-packet middleware ``async def middleware(socket, event, args)`` for every
         socket of the namespace (before each socket's own, ``Socket.use``); it refuses
         the event by raising (see ``roomcast.engine.listeners``)."""
-        _check_handler(middleware, "packet middleware")
+        require_async(middleware, "packet middleware")
         self.packet_middlewares.append(middleware)
         return middleware
 
     def on_error(self, handler: RefusalHandler) -> RefusalHandler:
         """Register ``async def handler(socket, event, error)``, called when per-packet
         middleware refused ``event`` with ``error`` (Node's ``socket.on("error")``)."""
-        _check_handler(handler, "on_error")
+        require_async(handler, "on_error")
         self.error_handlers.append(handler)
         return handler
 
@@ -477,7 +471,7 @@ class Namespace:
         ``server_side_emit`` / ``server_side_call`` (its return value answers the call)."""
 
         def register(handler: H) -> H:
-            _check_handler(handler, f"server-side {event!r}")
+            require_async(handler, f"server-side {event!r}")
             self.server_side_handlers[event] = handler
             return handler
 
@@ -672,7 +666,9 @@ class Namespace:
         sequencer = server.sequencer
         seq = sequencer.take()
         try:
-            args = store.with_offset(seq, packet.args) if store is not None else packet.args
+            args = (
+                store.with_recovery_offset(seq, packet.args) if store is not None else packet.args
+            )
             exclude = opts.except_rooms | opts.except_sids
             await server.record_broadcast(self.name, seq, opts.rooms, exclude, packet.name, args)
             if not sequencer.is_turn(seq):  # (the usual case needs no further checkpoint)
@@ -726,10 +722,12 @@ class Namespace:
             return await self.adapter.broadcast(self.encode(packet), local, on_member=on_member)
         return count
 
-    async def deliver_shared(self, event: MissedEvent, offset: str) -> int:
+    async def deliver_shared(self, event: MissedEvent, recovery_offset: str) -> int:
         """Deliver a broadcast read from the cluster's shared log to this node's sockets
-        (with its offset appended when recovery is on)."""
-        args = (*event.args, offset) if self.server.recovery_store is not None else event.args
+        (with its recovery offset appended when recovery is on)."""
+        args = (
+            (*event.args, recovery_offset) if self.server.recovery_store is not None else event.args
+        )
         packet = Event(name=event.name, args=args, namespace=self.name)
         opts = BroadcastOptions(rooms=event.rooms, except_rooms=event.exclude, local=True)
         on_member = None

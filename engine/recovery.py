@@ -1,13 +1,15 @@
 """Connection state recovery, compatible with Socket.IO's ``connectionStateRecovery``.
 
-With recovery on, every broadcast event without an ack and not volatile gets an offset,
-appended as its last argument (as Node's session-aware adapter does: the client keeps
-the last one it saw). A socket that disconnects for a recoverable reason is saved under
-its private id (``pid``); a client that reconnects within ``max_disconnection_duration``
-with ``{pid, offset}`` in its CONNECT auth gets its id, rooms and data back, and every
-event it missed, in order. When that cannot be done (unknown or expired session, an
-offset we no longer hold, another epoch) the client is told it was not recovered: it
-gets a new id, and nothing is invented or skipped silently.
+With recovery on, every broadcast event without an ack and not volatile gets a sequence
+number (``seq``: the ``offset`` of its log records) and, appended as its last argument, a
+*recovery offset*: the string ``"<epoch>-<seq>"`` (as Node's session-aware adapter does:
+the client keeps the last one it saw). A socket that disconnects for a recoverable reason
+is saved under its private id (``pid``); a client that reconnects within
+``max_disconnection_duration`` with ``{pid, offset}`` (its recovery offset) in its CONNECT
+auth gets its id, rooms and data back, and every event it missed, in order. When that
+cannot be done (unknown or expired session, a recovery offset we no longer hold, another
+epoch) the client is told it was not recovered: it gets a new id, and nothing is invented
+or skipped silently.
 
 The store here is in memory and bounded; the event log, when on, is its durable copy,
 so recovery also survives a restart (see ``docs/event-log.md``).
@@ -25,7 +27,7 @@ from typing import Any, Final
 import attrs
 import msgpack
 
-from roomcast.protocol import JsonValue, LogRecord, RecordKind
+from roomcast.protocol import DisconnectReason, JsonValue, LogRecord, RecordKind
 
 __all__ = [
     "RECOVERABLE_REASONS",
@@ -40,7 +42,13 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 RECOVERABLE_REASONS: Final = frozenset(
-    {"transport error", "transport close", "forced close", "ping timeout", "server shutting down"}
+    {
+        DisconnectReason.TRANSPORT_ERROR,
+        DisconnectReason.TRANSPORT_CLOSE,
+        DisconnectReason.FORCED_CLOSE,
+        DisconnectReason.PING_TIMEOUT,
+        DisconnectReason.SERVER_SHUTTING_DOWN,
+    }
 )
 """Disconnect reasons after which a socket's state is kept (Node's list)."""
 
@@ -100,7 +108,7 @@ class MissedEvent:
         rooms: The rooms it went to (empty: the whole namespace).
         exclude: Rooms (socket ids are rooms too) whose members it was not for.
         name: The event name.
-        args: Its arguments, the offset last.
+        args: Its arguments, the recovery offset last.
         time: When it was emitted (wall-clock seconds).
         size: About how many bytes keeping it costs (its encoded size).
     """
@@ -155,8 +163,8 @@ def broadcast_records(
     time: float,
 ) -> list[LogRecord]:
     """The log records of one broadcast: one per target room (``""`` for the whole
-    namespace), all with the same offset; ``RecoveryStore.load`` reads them back as one
-    event."""
+    namespace), all with the same sequence number (``offset``); ``RecoveryStore.load``
+    reads them back as one event."""
     return [
         LogRecord(
             offset=offset,
@@ -217,7 +225,8 @@ class RecoveryStore:
     seq: int = 0
     complete_after: int = 0
     """Every broadcast event numbered above this is held, or was dropped only because no
-    session could still ask for it (older ones may be gone: an older offset is a gap)."""
+    session could still ask for it (older ones may be gone: an older recovery offset is a
+    gap)."""
     keep_since: float | None = None
     """While sessions of a crashed run are kept: the time of that run's last record (events
     from ``delivery_bound`` before it on are kept for them), until ``keep_until``."""
@@ -229,20 +238,21 @@ class RecoveryStore:
     _session_sizes: dict[str, int] = attrs.field(factory=dict)
     _session_bytes: int = 0
 
-    def offset(self, seq: int) -> str:
-        """The offset string clients see for event ``seq``."""
+    def recovery_offset(self, seq: int) -> str:
+        """The recovery offset clients see for event ``seq``."""
         return f"{self.epoch}-{seq}"
 
-    def parse_offset(self, offset: str) -> int | None:
-        """The sequence number of an offset of this epoch, or None."""
-        epoch, _, seq = offset.rpartition("-")
+    def parse_recovery_offset(self, recovery_offset: str) -> int | None:
+        """The sequence number a recovery offset of this epoch names, or None."""
+        epoch, _, seq = recovery_offset.rpartition("-")
         if epoch != self.epoch or not seq.isdigit():
             return None
         return int(seq)
 
-    def with_offset(self, seq: int, args: tuple[JsonValue, ...]) -> tuple[JsonValue, ...]:
-        """``args`` with the offset of event ``seq`` appended (what clients receive)."""
-        return (*args, self.offset(seq))
+    def with_recovery_offset(self, seq: int, args: tuple[JsonValue, ...]) -> tuple[JsonValue, ...]:
+        """``args`` with the recovery offset of event ``seq`` appended (what clients
+        receive)."""
+        return (*args, self.recovery_offset(seq))
 
     @property
     def events_kept(self) -> int:
@@ -307,18 +317,19 @@ class RecoveryStore:
         """Refill the store from event-log records of its epoch (after a restart), in one
         pass, holding only what it may keep.
 
-        Broadcast ``MESSAGE`` records (no sender) become events again, one per offset with
-        the union of their rooms (only those ``prune`` would keep). ``DISCONNECT`` records
-        that carry a session (``args[1]`` with ``pid``) become saved sessions, unless a
-        later ``CONNECT`` took that ``pid`` back. With ``crashed`` (the previous run did
-        not close the log), every socket still connected at the end of the records (its
-        ``CONNECT`` carries its ``pid`` and ``data``, its rooms are its ``JOIN`` and
-        ``LEAVE`` records) is saved too, as disconnected ``now``: the log cannot tell the
-        moment of a crash, and no client could reconnect while the server was down. Events
-        before the first record read are unknown: an offset older than that is a gap.
+        Broadcast ``MESSAGE`` records (no sender) become events again, one per sequence
+        number (the records' ``offset``) with the union of their rooms (only those ``prune``
+        would keep). ``DISCONNECT`` records that carry a session (``args[1]`` with ``pid``)
+        become saved sessions, unless a later ``CONNECT`` took that ``pid`` back. With
+        ``crashed`` (the previous run did not close the log), every socket still connected
+        at the end of the records (its ``CONNECT`` carries its ``pid`` and ``data``, its
+        rooms are its ``JOIN`` and ``LEAVE`` records) is saved too, as disconnected ``now``:
+        the log cannot tell the moment of a crash, and no client could reconnect while the
+        server was down. Events before the first record read are unknown: a recovery offset
+        older than that is a gap.
         """
         window = self.config.max_disconnection_duration
-        by_offset: dict[int, list[LogRecord]] = {}  # in order of first appearance
+        by_seq: dict[int, list[LogRecord]] = {}  # in order of first appearance
         sessions: dict[str, SavedSession] = {}
         live: dict[tuple[str, str], _Live] = {}  # (namespace, sid) -> state
         first: int | None = None
@@ -329,7 +340,7 @@ class RecoveryStore:
             if count % 4096 == 4095:
                 # Events older than any horizon ``prune`` can end up with go now, so that
                 # a long log is read in bounded memory.
-                self._drop_loaded(by_offset, min(now - window, last_time))
+                self._drop_loaded(by_seq, min(now - window, last_time))
             if record.namespace == "":
                 continue  # the writer's own records
             if first is None:
@@ -339,7 +350,7 @@ class RecoveryStore:
             kind = record.kind
             if kind is RecordKind.MESSAGE:
                 if record.sender is None and record.event:
-                    by_offset.setdefault(record.offset, []).append(record)
+                    by_seq.setdefault(record.offset, []).append(record)
                 continue
             sender = record.sender
             if sender is None:
@@ -389,15 +400,15 @@ class RecoveryStore:
                 self.keep_since = last_time
                 self.keep_until = now + window
         self._drop_loaded(
-            by_offset, now - window if self.keep_since is None else min(now - window, last_time)
+            by_seq, now - window if self.keep_since is None else min(now - window, last_time)
         )
         self._events.clear()
         self._event_bytes = 0
         self.complete_after = max(
             self.complete_after, (first - 1) if first is not None else self.seq
         )
-        for offset in sorted(by_offset):
-            event = MissedEvent.of_broadcast(by_offset[offset])
+        for seq in sorted(by_seq):
+            event = MissedEvent.of_broadcast(by_seq[seq])
             if event is not None:
                 self._keep(attrs.evolve(event, size=approximate_size(event.args)))
         self._sessions.clear()
@@ -407,18 +418,18 @@ class RecoveryStore:
             self.save(session)
         self.prune(now)
 
-    def _drop_loaded(self, by_offset: dict[int, list[LogRecord]], since: float) -> None:
+    def _drop_loaded(self, by_seq: dict[int, list[LogRecord]], since: float) -> None:
         """Drop loaded broadcasts emitted before ``since - delivery_bound`` (no session can
         ask for them, as in ``prune``), and the oldest past twice ``max_events`` (a gap)."""
         horizon = since - self.delivery_bound
-        while by_offset:
-            offset, parts = next(iter(by_offset.items()))
-            too_many = len(by_offset) > 2 * self.config.max_events
+        while by_seq:
+            seq, parts = next(iter(by_seq.items()))
+            too_many = len(by_seq) > 2 * self.config.max_events
             if not too_many and parts[0].time >= horizon:
                 break
-            del by_offset[offset]
+            del by_seq[seq]
             if too_many:
-                self.complete_after = max(self.complete_after, offset)
+                self.complete_after = max(self.complete_after, seq)
 
     def new_pid(self) -> str:
         """A fresh private session id."""
@@ -482,13 +493,13 @@ class RecoveryStore:
             self._event_bytes -= events.popleft().size
 
     def restore(
-        self, namespace: str, pid: str, offset: str, now: float
+        self, namespace: str, pid: str, recovery_offset: str, now: float
     ) -> tuple[SavedSession, int] | None:
-        """Take the session ``pid`` back, with the sequence number of the client's
-        ``offset`` (``missed`` then gives what followed).
+        """Take the session ``pid`` back, with the sequence number the client's
+        ``recovery_offset`` names (``missed`` then gives what followed).
 
         Returns None (the client is told it was not recovered) when the session is
-        unknown, for another namespace or expired, or when the offset is of another
+        unknown, for another namespace or expired, or when the recovery offset is of another
         epoch or older than the oldest event kept (a gap we cannot fill).
         """
         self.prune(now)
@@ -497,11 +508,11 @@ class RecoveryStore:
             return None
         if now - session.disconnected_at > self.config.max_disconnection_duration:
             return None
-        seq = self.parse_offset(offset)
+        seq = self.parse_recovery_offset(recovery_offset)
         if seq is None or seq > self.seq:
             return None
         if seq < self.complete_after:
-            return None  # events after the client's offset may have been dropped: a gap
+            return None  # events after the client's one may have been dropped: a gap
         self._forget(pid)
         return session, seq
 
@@ -512,7 +523,7 @@ class RecoveryStore:
             logger.warning(
                 "recovery: events after %s were dropped (the store's bounds) while a client "
                 "recovered; it may miss some",
-                self.offset(after),
+                self.recovery_offset(after),
             )
         return [e for e in self._events if e.seq > after and e.is_for(namespace, rooms)]
 

@@ -10,7 +10,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import attrs
 import trio
@@ -19,14 +19,16 @@ from roomcast.engine.actors.connection import Connection, EngineLayer
 from roomcast.engine.actors.supervisor import Periodic, Supervisor
 from roomcast.engine.adapters.base import Adapter
 from roomcast.engine.adapters.memory import MemoryAdapter
-from roomcast.engine.adapters.shared import encode_records
+from roomcast.engine.adapters.shared import PreparedRecovery, encode_records
 from roomcast.engine.config import Config
 from roomcast.engine.errors import ConnectRefusedError
+from roomcast.engine.handshake import Handshake
 from roomcast.engine.listeners import admit_event
 from roomcast.engine.log import EventLog, FsyncPolicy, iter_records, open_event_log
 from roomcast.engine.namespace import (
     BroadcastOperator,
     H,
+    Middleware,
     Namespace,
     NamespaceMatcher,
     ack_args,
@@ -40,7 +42,7 @@ from roomcast.engine.recovery import (
     broadcast_records,
 )
 from roomcast.engine.sequencer import Sequencer
-from roomcast.engine.socket import Handshake, Socket
+from roomcast.engine.socket import Socket, SocketConnection
 from roomcast.engine.stats import ServerStats
 from roomcast.engine.transport.base import HttpExchange, MessageTransport
 from roomcast.engine.transport.front import Endpoint, EngineFront, Origins, host_of
@@ -72,6 +74,17 @@ def _memory_adapter(name: str, spawn_room: Callable[..., None], config: Config) 
     return MemoryAdapter(
         namespace=name, spawn_room=spawn_room, room_inbox_size=config.room_inbox_size
     )
+
+
+@attrs.frozen(kw_only=True)
+class _Restoring:
+    """A session a CONNECT asked to recover, taken over: from this node's recovery store
+    (``after``: the sequence number of the client's recovery offset), or from the
+    cluster's shared log (``shared``)."""
+
+    session: SavedSession
+    after: int | None = None
+    shared: PreparedRecovery | None = None
 
 
 def _new_id() -> str:
@@ -247,7 +260,13 @@ class Server:
             middlewares=parent.middlewares,
         )
 
-    def _resolve(self, name: str, auth: JsonValue) -> Namespace | None:
+    def resolve_namespace(self, name: str, auth: JsonValue) -> Namespace | None:
+        """The namespace a client's CONNECT to ``name`` (with ``auth``) reaches, or None.
+
+        A name no namespace has yet is matched against the dynamic namespaces
+        (``of(pattern)``) in the order they were added: the first that matches gets a
+        child namespace for it, created here, as a client's CONNECT would create it.
+        """
         ns = self.namespaces.get(name)
         if ns is not None:
             return ns
@@ -268,7 +287,7 @@ class Server:
         """Register a handler on a namespace (the main one by default); see Namespace.on."""
         return self.of(namespace).on(event)
 
-    def use(self, middleware: Any, *, namespace: str = "/") -> Any:
+    def use(self, middleware: Middleware, *, namespace: str = "/") -> Middleware:
         """Add connection middleware to a namespace; see Namespace.use."""
         return self.of(namespace).use(middleware)
 
@@ -289,38 +308,74 @@ class Server:
     # -- the Socket.IO layer (called by connection actors) ----------------------------------
 
     async def on_connect(self, conn: Connection, namespace: str, auth: JsonValue) -> None:
-        ns = self._resolve(namespace, auth)
+        """Answer a client's CONNECT to ``namespace``: recover its session if it asks to
+        and can be, run the namespace's middleware, register and record the socket, send
+        a recovered one what it missed, then run the connect handlers.
+
+        Cancellation: the socket may be registered without its connect handlers run.
+
+        Raises:
+            Exception: Whatever a connect handler or a non-refusing middleware raises.
+        """
+        ns = self.resolve_namespace(namespace, auth)
         if ns is None:
             conn.send_packet(conn.sio.refuse(namespace, {"message": "Invalid namespace"}))
             return
-        request = conn.request
+        restoring = await self._take_session(ns, auth)
+        socket = self._new_socket(ns, conn, auth, restoring)
+        if not await self._pass_middlewares(socket, restoring):
+            return
+        if not await self._register(socket, restoring):
+            return
+        if restoring is not None and restoring.shared is not None:
+            await self._send_shared_missed(socket, restoring.shared)
+        if self.observer is not None:
+            self.observer.socket_connected(socket)
+        if socket.recovered and ns.presence is not None:  # rooms taken back, not joined
+            ns.presence.joined(socket, socket.rooms - {socket.sid})
+        for handler in ns.connect_handlers:
+            await handler(socket, socket.handshake.auth)
+
+    async def _take_session(self, ns: Namespace, auth: JsonValue) -> _Restoring | None:
+        """The session a CONNECT's auth (``{pid, offset}``) asks to recover, taken over,
+        or None (recovery off, not asked for, or not possible: the socket is then new).
+
+        Cancellation: a shared-log session may have been taken over.
+        """
         store = self.recovery_store
+        if store is None or not isinstance(auth, dict):
+            return None
+        pid, recovery_offset = auth.get("pid"), auth.get("offset")
+        if not isinstance(pid, str) or not isinstance(recovery_offset, str):
+            return None
         shared = ns.adapter.shared_log
-        restored: SavedSession | None = None
-        local_after: int | None = None  # a local recovery: the client's offset
-        shared_recovery = None
-        if store is not None and isinstance(auth, dict):
-            pid, offset = auth.get("pid"), auth.get("offset")
-            if isinstance(pid, str) and isinstance(offset, str):
-                if shared is not None:  # the cluster's log and sessions, in Redis
-                    shared_recovery = await shared.prepare_recovery(
-                        namespace,
-                        pid,
-                        offset,
-                        now=self.wall_now(),
-                        max_age=store.config.max_disconnection_duration,
-                        max_events=store.config.max_events,
-                    )
-                    if shared_recovery is not None:
-                        restored = shared_recovery.session
-                elif ns.adapter.history_is_local:
-                    # (A multi-node adapter's broadcasts from other nodes never reach
-                    # this node's store without a shared log: recovering from it could
-                    # hide events, so it is not tried.)
-                    taken = store.restore(namespace, pid, offset, self.wall_now())
-                    if taken is not None:
-                        restored, local_after = taken
-        socket = Socket(
+        if shared is not None:  # the cluster's log and sessions, in Redis
+            prepared = await shared.prepare_recovery(
+                ns.name,
+                pid,
+                recovery_offset,
+                now=self.wall_now(),
+                max_age=store.config.max_disconnection_duration,
+                max_events=store.config.max_events,
+            )
+            return (
+                None if prepared is None else _Restoring(session=prepared.session, shared=prepared)
+            )
+        if not ns.adapter.history_is_local:
+            # A multi-node adapter's broadcasts from other nodes never reach this node's
+            # store without a shared log: recovering from it could hide events.
+            return None
+        taken = store.restore(ns.name, pid, recovery_offset, self.wall_now())
+        return None if taken is None else _Restoring(session=taken[0], after=taken[1])
+
+    def _new_socket(
+        self, ns: Namespace, conn: Connection, auth: JsonValue, restoring: _Restoring | None
+    ) -> Socket:
+        """The socket a CONNECT makes: new, or with a recovered session's sid, pid and data."""
+        request = conn.request
+        restored = restoring.session if restoring is not None else None
+        store = self.recovery_store
+        return Socket(
             sid=restored.sid if restored is not None else _new_id(),
             namespace=ns,
             connection=conn,
@@ -337,7 +392,18 @@ class Server:
             else None,
             recovered=restored is not None,
         )
-        skip = restored is not None and store is not None and store.config.skip_middlewares
+
+    async def _pass_middlewares(self, socket: Socket, restoring: _Restoring | None) -> bool:
+        """Run the namespace's connection middleware (skipped for a recovered socket when
+        ``skip_middlewares``); False when one refused, the CONNECT then answered so (and
+        a shared-log session taken over is let go).
+
+        Raises:
+            Exception: Whatever a middleware raises other than ``ConnectRefusedError``.
+        """
+        ns, conn = socket.namespace, socket.connection
+        store = self.recovery_store
+        skip = restoring is not None and store is not None and store.config.skip_middlewares
         try:
             if not skip:
                 for middleware in ns.middlewares:
@@ -346,50 +412,58 @@ class Server:
             data: dict[str, JsonValue] = {"message": exc.message}
             if exc.data is not None:
                 data["data"] = exc.data
-            conn.send_packet(conn.sio.refuse(namespace, data))
-            if shared is not None and shared_recovery is not None:
-                await shared.close_session(shared_recovery.session.pid)  # taken, refused
-            return
-        if restored is not None:
+            conn.send_packet(conn.sio.refuse(ns.name, data))
+            shared = ns.adapter.shared_log
+            if shared is not None and restoring is not None and restoring.shared is not None:
+                await shared.close_session(restoring.session.pid)  # taken, refused
+            return False
+        return True
+
+    async def _register(self, socket: Socket, restoring: _Restoring | None) -> bool:
+        """Register the socket, answer its CONNECT and record it (a local recovery does
+        all that with its missed events, in one turn of the broadcast sequence); False
+        when its connection closed first.
+
+        Cancellation: the socket may be registered without its record.
+        """
+        ns = socket.namespace
+        if restoring is not None:
             # The same sid may still be leaving its rooms on this node (its disconnecting
             # handlers running): it must finish before this socket takes the rooms back.
             await ns.wait_left(socket.sid)
-        if restored is not None and local_after is not None:
-            if not await self._recover_locally(socket, restored, local_after):
-                return
-        else:
-            live = (
-                ns.socket_session(socket) if shared is not None and not socket.recovered else None
-            )
-            if shared is not None and live is not None and store is not None:
-                # Live in Redis before anybody can send it an offset: if this node is
-                # killed, another one can recover it.
-                await shared.open_session(live, store.config.max_disconnection_duration)
-            if conn.closed:
-                if shared is not None and socket.pid is not None:
-                    await shared.close_session(socket.pid)
-                return
-            self._accept(socket)
-            await self._record_connect(socket, restored)
-        if shared_recovery is not None and shared is not None:
-            session = shared_recovery.session
+            if restoring.after is not None:
+                return await self._recover_locally(socket, restoring.session, restoring.after)
+        store, shared = self.recovery_store, ns.adapter.shared_log
+        live = ns.socket_session(socket) if shared is not None and not socket.recovered else None
+        if shared is not None and live is not None and store is not None:
+            # Live in Redis before anybody can send it a recovery offset: if this node is
+            # killed, another one can recover it.
+            await shared.open_session(live, store.config.max_disconnection_duration)
+        if socket.connection.closed:
+            if shared is not None and socket.pid is not None:
+                await shared.close_session(socket.pid)
+            return False
+        self._accept(socket)
+        await self._record_connect(socket, restoring.session if restoring is not None else None)
+        return True
 
-            def send(event: MissedEvent, offset: str) -> None:
-                args = (*event.args, offset)
-                conn.send_packet(Event(name=event.name, args=args, namespace=namespace))
+    async def _send_shared_missed(self, socket: Socket, prepared: PreparedRecovery) -> None:
+        """Send a socket recovered from the cluster's shared log what it missed, then
+        join its rooms (see ``PreparedRecovery.finish``).
 
-            await shared.finish_recovery(
-                shared_recovery,
-                rooms=session.rooms | {socket.sid},
-                send=send,
-                join=lambda: ns.adapter.add_all(socket.sid, session.rooms),
-            )
-        if self.observer is not None:
-            self.observer.socket_connected(socket)
-        if socket.recovered and ns.presence is not None:  # rooms taken back, not joined
-            ns.presence.joined(socket, socket.rooms - {socket.sid})
-        for handler in ns.connect_handlers:
-            await handler(socket, socket.handshake.auth)
+        Cancellation: some events may be sent; the rooms may not be joined.
+        """
+        ns, conn, session = socket.namespace, socket.connection, prepared.session
+
+        def send(event: MissedEvent, recovery_offset: str) -> None:
+            args = (*event.args, recovery_offset)
+            conn.send_packet(Event(name=event.name, args=args, namespace=ns.name))
+
+        await prepared.finish(
+            rooms=session.rooms | {socket.sid},
+            send=send,
+            join=lambda: ns.adapter.add_all(socket.sid, session.rooms),
+        )
 
     def _accept(self, socket: Socket) -> None:
         """Register a socket that passed the middleware and answer its CONNECT."""
@@ -400,7 +474,7 @@ class Server:
         conn.send_packet(conn.sio.accept(ns.name, socket.sid, pid=socket.pid))
 
     async def _recover_locally(self, socket: Socket, session: SavedSession, after: int) -> bool:
-        """Accept a recovered socket, send it the events it missed after offset ``after``
+        """Accept a recovered socket, send it the events it missed after event seq ``after``
         and join its rooms, all in one turn of the broadcast sequence: every earlier
         broadcast is then kept in the store and queued to its rooms, and no later one is,
         so the socket gets each event once (replayed or live) and in order. False when
@@ -429,7 +503,7 @@ class Server:
 
     async def on_event(
         self,
-        conn: Connection,
+        conn: SocketConnection,
         namespace: str,
         name: str,
         args: tuple[JsonValue, ...],
@@ -786,7 +860,7 @@ class Server:
         assert store is not None
         store.epoch = log.epoch
         store.seq = log.max_offset()
-        crashed = log.recovery.clean_shutdown is False
+        crashed = log.repair_report.clean_shutdown is False
         now = self.wall_now()
         since = None if crashed else now - store.config.max_disconnection_duration
         since = None if since is None else since - store.delivery_bound

@@ -2,46 +2,97 @@
 
 from __future__ import annotations
 
-import inspect
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 import trio
 
 from roomcast.engine.actors.outbox import Outbox
 from roomcast.engine.errors import ConnectionLostError
+from roomcast.engine.handlers import require_async
+from roomcast.engine.handshake import Handshake
 from roomcast.engine.listeners import (
     AnyListener,
     OutgoingListener,
     PacketMiddleware,
     notify_outgoing,
 )
-from roomcast.protocol import Event, JsonValue, RecordKind
+from roomcast.protocol import DisconnectReason, Event, JsonValue, RecordKind
 
 if TYPE_CHECKING:
-    from roomcast.engine.actors.connection import Connection
+    from roomcast.engine.actors.connection import NamespaceMember
     from roomcast.engine.namespace import BroadcastOperator, Namespace
+    from roomcast.engine.transport.frames import OutFrame
+    from roomcast.engine.transport.http import HttpRequest
+    from roomcast.protocol import SioPacket, SioServerConnection
 
-__all__ = ["AckWaiter", "Handshake", "Socket"]
+__all__ = ["AckReceiver", "AckWaiter", "Socket", "SocketConnection"]
 
 
-@attrs.frozen(kw_only=True)
-class Handshake:
-    """What the client sent when it connected to the namespace.
+class SocketConnection(Protocol):
+    """What a socket, and the namespace and server acting on it, need of the connection it
+    is on: ``actors.connection.Connection`` serves clients; replay stands one in that
+    captures what the app sends (``roomcast.engine.replay``)."""
 
-    Attributes:
-        auth: The CONNECT packet's auth payload (``{}`` when none was sent).
-        headers: The HTTP request headers, names lower-cased.
-        query: The query parameters of the Engine.IO request.
-        address: The peer's address, when known.
-        time: Trio time of the connection.
-    """
+    @property
+    def eio_sid(self) -> str:
+        """The Engine.IO session id."""
+        ...
 
-    auth: JsonValue
-    headers: dict[str, str]
-    query: dict[str, str]
-    address: str | None
-    time: float
+    @property
+    def outbox(self) -> Outbox:
+        """Where frames for the client wait for the writer."""
+        ...
+
+    @property
+    def sio(self) -> SioServerConnection:
+        """The Socket.IO state of the connection (namespaces, ack ids)."""
+        ...
+
+    @property
+    def namespaces(self) -> dict[str, NamespaceMember]:
+        """The sockets it carries, by namespace."""
+        ...
+
+    @property
+    def request(self) -> HttpRequest | None:
+        """The HTTP request that opened it, when there was one."""
+        ...
+
+    @property
+    def transport_name(self) -> str:
+        """``"polling"`` or ``"websocket"``."""
+        ...
+
+    @property
+    def closed(self) -> bool:
+        """Whether it is closing or closed."""
+        ...
+
+    def send_packet(self, packet: SioPacket) -> bool:
+        """Queue one Socket.IO packet; False if it could not be queued."""
+        ...
+
+    def send_frames(self, frames: tuple[OutFrame, ...], *, volatile: bool = False) -> bool:
+        """Queue encoded Engine.IO frames; False if dropped."""
+        ...
+
+    def close(self, reason: str) -> None:
+        """Start closing it with a disconnect reason (the first one wins)."""
+
+    def evict(self, reason: str) -> None:
+        """Close it because it cannot keep up (never blocks)."""
+
+
+class AckReceiver(Protocol):
+    """What takes a client's answer to one ack id: an ``AckWaiter`` (``Socket.call``), or
+    the collector of a broadcast with ack, which one ack id serves for many sockets."""
+
+    def resolve(self, sid: str, args: tuple[JsonValue, ...]) -> None:
+        """Socket ``sid`` answered with ``args``."""
+
+    def fail(self, sid: str, error: Exception) -> None:
+        """Socket ``sid`` will never answer (its connection or namespace went away)."""
 
 
 @attrs.define(eq=False)
@@ -88,13 +139,13 @@ class Socket:
 
     sid: str
     namespace: Namespace
-    connection: Connection
+    connection: SocketConnection
     handshake: Handshake
     data: dict[str, Any] = attrs.field(factory=dict)
     pid: str | None = None
     recovered: bool = False
     connected: bool = True
-    acks: dict[int, AckWaiter | Any] = attrs.field(factory=dict, repr=False)
+    acks: dict[int, AckReceiver] = attrs.field(factory=dict, repr=False)
     _rooms_left: frozenset[str] | None = attrs.field(default=None, init=False, repr=False)
     # Tuples, replaced on change: a socket with no hooks shares the empty tuple.
     packet_middlewares: tuple[PacketMiddleware, ...] = attrs.field(default=(), repr=False)
@@ -104,14 +155,14 @@ class Socket:
     def use(self, middleware: PacketMiddleware) -> PacketMiddleware:
         """Add per-packet middleware ``async def middleware(socket, event, args)`` for this
         socket's incoming events (Node's ``socket.use``); raise to refuse the event."""
-        _check_async(middleware, "packet middleware")
+        require_async(middleware, "packet middleware")
         self.packet_middlewares = (*self.packet_middlewares, middleware)
         return middleware
 
     def on_any(self, listener: AnyListener) -> AnyListener:
         """Register ``async def listener(socket, event, *args)`` for every event this socket
         receives (Node's ``socket.onAny``), after the namespace's ``on_any`` listeners."""
-        _check_async(listener, "on_any")
+        require_async(listener, "on_any")
         self.any_listeners = (*self.any_listeners, listener)
         return listener
 
@@ -269,20 +320,15 @@ class Socket:
         conn = self.connection
         if not conn.closed:
             conn.send_packet(conn.sio.disconnect(self.namespace.name))
-        await self.namespace.remove_socket(self, "server namespace disconnect")
+        await self.namespace.remove_socket(self, DisconnectReason.SERVER_NAMESPACE_DISCONNECT)
         if close:
-            conn.close("server namespace disconnect")
+            conn.close(DisconnectReason.SERVER_NAMESPACE_DISCONNECT)
 
     def _fail_acks(self, reason: str) -> None:
         error = ConnectionLostError(reason)
         for ack_id, waiter in list(self.acks.items()):
             waiter.fail(self.sid, error)
             del self.acks[ack_id]
-
-
-def _check_async(handler: object, what: str) -> None:
-    if not inspect.iscoroutinefunction(handler):
-        raise TypeError(f"{what} handler {handler!r} must be an async function")
 
 
 def _without(listeners: tuple[Any, ...], listener: object | None) -> tuple[Any, ...]:

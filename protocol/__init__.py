@@ -14,9 +14,9 @@ from roomcast.protocol._eio import (
     EioPacketType,
     EioServerSession,
     EioState,
-    Handshake,
     MessageReceived,
     SendPacket,
+    SessionParams,
     Upgraded,
     UpgradeStarted,
     check_payload_frame,
@@ -55,6 +55,7 @@ from roomcast.protocol._log import (
     encode_record,
     scan,
 )
+from roomcast.protocol._reasons import DisconnectReason
 from roomcast.protocol._sio import (
     JSON_PARSER,
     MSGPACK_PARSER,
@@ -98,6 +99,7 @@ __all__ = [
     "DEFAULT_MAX_RECORD_BYTES",
     "Decoder",
     "Disconnect",
+    "DisconnectReason",
     "DisconnectRequested",
     "EioClientSession",
     "EioEvent",
@@ -108,7 +110,6 @@ __all__ = [
     "Event",
     "EventReceived",
     "HEADER_BYTES",
-    "Handshake",
     "JSON_PARSER",
     "JsonValue",
     "Limits",
@@ -128,6 +129,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "ScanResult",
     "SendPacket",
+    "SessionParams",
     "SioClientConnection",
     "SioEvent",
     "SioPacket",

@@ -35,6 +35,7 @@ import attrs
 
 from roomcast.protocol._errors import LocalProtocolError, RemoteProtocolError
 from roomcast.protocol._limits import DEFAULT_LIMITS, Limits
+from roomcast.protocol._reasons import DisconnectReason
 
 __all__ = [
     "Closed",
@@ -44,7 +45,7 @@ __all__ = [
     "EioPacketType",
     "EioServerSession",
     "EioState",
-    "Handshake",
+    "SessionParams",
     "MessageReceived",
     "SendPacket",
     "UpgradeStarted",
@@ -275,8 +276,8 @@ def _upgrades(value: Iterable[str]) -> tuple[str, ...]:
 
 
 @attrs.frozen(kw_only=True)
-class Handshake:
-    """The data of the OPEN packet (Engine.IO v4, "Protocol > Handshake").
+class SessionParams:
+    """The session parameters the OPEN packet carries (Engine.IO v4, "Protocol > Handshake").
 
     Attributes:
         sid: The session id (the Engine.IO ``eio_sid``, not a Socket.IO ``sid``).
@@ -293,7 +294,7 @@ class Handshake:
     max_payload: int
 
 
-def encode_handshake(h: Handshake) -> EioPacket:
+def encode_handshake(h: SessionParams) -> EioPacket:
     """Build the OPEN packet for a handshake.
 
     The JSON is compact and has exactly the keys ``sid``, ``upgrades``, ``pingInterval``,
@@ -326,7 +327,7 @@ def _positive_int(data: Mapping[str, object], key: str, maximum: int) -> int:
     return value
 
 
-def decode_handshake(packet: EioPacket) -> Handshake:
+def decode_handshake(packet: EioPacket) -> SessionParams:
     """Read the handshake from a server's OPEN packet (client side).
 
     Unknown keys are ignored. A missing ``maxPayload`` (servers older than Node engine.io
@@ -354,7 +355,7 @@ def decode_handshake(packet: EioPacket) -> Handshake:
         max_payload = _positive_int(data, "maxPayload", _MAX_PAYLOAD)
     else:
         max_payload = DEFAULT_LIMITS.max_payload_bytes
-    return Handshake(
+    return SessionParams(
         sid=sid,
         upgrades=upgrades,
         ping_interval=_positive_int(data, "pingInterval", _MAX_DURATION_MS) / 1000,
@@ -535,7 +536,7 @@ class EioServerSession:
     def handshake(self) -> EioPacket:
         """Return the OPEN packet; ``upgrades`` is empty for a WebSocket session."""
         return encode_handshake(
-            Handshake(
+            SessionParams(
                 sid=self._sid,
                 upgrades=() if self._transport == "websocket" else self._upgrades,
                 ping_interval=self._ping_interval,
@@ -564,12 +565,12 @@ class EioServerSession:
         if packet_type is EioPacketType.NOOP:
             return []
         if packet_type is EioPacketType.CLOSE:
-            return self._close("transport close")
+            return self._close(DisconnectReason.TRANSPORT_CLOSE)
         if packet_type is EioPacketType.PING:
             # v4: only the server pings; Node closes with "invalid heartbeat direction".
-            return self._close("transport error")
+            return self._close(DisconnectReason.TRANSPORT_ERROR)
         # OPEN is never sent by a client, UPGRADE only on the probing WebSocket.
-        return self._close("parse error")
+        return self._close(DisconnectReason.PARSE_ERROR)
 
     def receive_probe(self, packet: EioPacket, now: float) -> list[EioEvent]:
         """Handle a packet that arrived on the probing WebSocket of a polling session.
@@ -594,10 +595,10 @@ class EioServerSession:
         elif packet.type is EioPacketType.UPGRADE:
             trigger = _Trigger.UPGRADE
         else:
-            return self._close("parse error")
+            return self._close(DisconnectReason.PARSE_ERROR)
         new_state = _TRANSITIONS.get((self._state, trigger))
         if new_state is None:  # a second probe, or UPGRADE before the probe
-            return self._close("parse error")
+            return self._close(DisconnectReason.PARSE_ERROR)
         self._state = new_state
         if trigger is _Trigger.PROBE:
             return [_PROBE_ANSWER, UpgradeStarted()]
@@ -618,7 +619,7 @@ class EioServerSession:
             return []
         if self._pong_deadline is not None:
             if now >= self._pong_deadline:
-                return self._close("ping timeout")
+                return self._close(DisconnectReason.PING_TIMEOUT)
             return []
         if now >= self._next_ping_at:
             # Measured from when the PING was due, not from when this tick ran: a late
@@ -627,7 +628,7 @@ class EioServerSession:
             return [SendPacket(packet=_PING)]
         return []
 
-    def close(self, reason: str = "forced close") -> list[EioEvent]:
+    def close(self, reason: str = DisconnectReason.FORCED_CLOSE) -> list[EioEvent]:
         """Close the session from our side: send CLOSE; ``[]`` if already closed."""
         if self._state is EioState.CLOSED:
             return []
@@ -644,7 +645,7 @@ class EioClientSession:
     """
 
     _state: EioState
-    _handshake: Handshake | None
+    _handshake: SessionParams | None
     # Engine.IO v4 heartbeat, client side: close if no PING arrives within
     # pingInterval + pingTimeout of the previous one (or of the handshake).
     _ping_deadline: float
@@ -665,7 +666,7 @@ class EioClientSession:
         return self._state
 
     @property
-    def handshake(self) -> Handshake | None:
+    def handshake(self) -> SessionParams | None:
         """The server's handshake, once its OPEN packet has arrived."""
         return self._handshake
 
@@ -674,7 +675,7 @@ class EioClientSession:
         self._ping_deadline = math.inf
         return [Closed(reason=reason)]
 
-    def _expect_ping(self, now: float, handshake: Handshake) -> None:
+    def _expect_ping(self, now: float, handshake: SessionParams) -> None:
         self._ping_deadline = now + handshake.ping_interval + handshake.ping_timeout
 
     def receive(self, packet: EioPacket, now: float) -> list[EioEvent]:
@@ -685,11 +686,11 @@ class EioClientSession:
         packet_type = packet.type
         if handshake is None:
             if packet_type is not EioPacketType.OPEN:
-                return self._close("parse error")
+                return self._close(DisconnectReason.PARSE_ERROR)
             try:
                 handshake = decode_handshake(packet)
             except RemoteProtocolError:
-                return self._close("parse error")
+                return self._close(DisconnectReason.PARSE_ERROR)
             self._handshake = handshake
             self._expect_ping(now, handshake)
             return []
@@ -701,9 +702,9 @@ class EioClientSession:
         if packet_type is EioPacketType.NOOP:
             return []
         if packet_type is EioPacketType.CLOSE:
-            return self._close("transport close")
+            return self._close(DisconnectReason.TRANSPORT_CLOSE)
         # A second OPEN, a PONG or an UPGRADE: a v4 server sends none of these here.
-        return self._close("parse error")
+        return self._close(DisconnectReason.PARSE_ERROR)
 
     def next_deadline(self) -> float:
         """When ``tick`` next has something to do; ``math.inf`` before the handshake."""
@@ -713,9 +714,9 @@ class EioClientSession:
         """Close with ``"ping timeout"`` if the server has stopped pinging."""
         if self._state is EioState.CLOSED or now < self._ping_deadline:
             return []
-        return self._close("ping timeout")
+        return self._close(DisconnectReason.PING_TIMEOUT)
 
-    def close(self, reason: str = "forced close") -> list[EioEvent]:
+    def close(self, reason: str = DisconnectReason.FORCED_CLOSE) -> list[EioEvent]:
         """Close the session from our side: send CLOSE; ``[]`` if already closed."""
         if self._state is EioState.CLOSED:
             return []

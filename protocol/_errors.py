@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from roomcast.protocol._reasons import DisconnectReason
+
 __all__ = ["LocalProtocolError", "ProtocolError", "RemoteProtocolError"]
 
 
@@ -14,7 +16,7 @@ class ProtocolError(Exception):
             (``"parse error"`` for anything a peer sent that we cannot accept).
     """
 
-    def __init__(self, message: str, *, reason: str = "parse error") -> None:
+    def __init__(self, message: str, *, reason: str = DisconnectReason.PARSE_ERROR) -> None:
         super().__init__(message)
         self.reason = reason
 

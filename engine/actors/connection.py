@@ -23,9 +23,10 @@ import attrs
 import trio
 
 from roomcast.engine.actors.inbox import Inbox
-from roomcast.engine.actors.outbox import Offer, Outbox, OutFrame, SharedFrame
+from roomcast.engine.actors.outbox import Offer, Outbox
 from roomcast.engine.errors import TransportClosed
 from roomcast.engine.stats import UNCOUNTED, Traffic
+from roomcast.engine.transport.frames import OutFrame, SharedFrame
 from roomcast.protocol import (
     AckReceived,
     Closed,

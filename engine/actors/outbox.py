@@ -4,33 +4,13 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from typing import TypeAlias
 
 import attrs
 import trio
 
-__all__ = ["Offer", "OutFrame", "Outbox", "SharedFrame"]
+from roomcast.engine.transport.frames import OutFrame, SharedFrame
 
-
-@attrs.define(eq=False, slots=True)
-class SharedFrame:
-    """One Engine.IO frame sent to many connections, encoded once for all of them.
-
-    The first WebSocket writer that sends it caches the finished WebSocket frame in
-    ``wire``; every other recipient writes those same bytes (server frames are unmasked,
-    RFC 6455 §5.1, so the bytes are identical for every peer).
-    """
-
-    eio: str | bytes
-    wire: bytes | None = None
-
-    @classmethod
-    def wire_only(cls, wire: bytes) -> SharedFrame:
-        """Bytes already in wire form: the rest of a frame a direct write left unsent."""
-        return cls(eio=b"", wire=wire)
-
-
-OutFrame: TypeAlias = str | bytes | SharedFrame
+__all__ = ["Offer", "Outbox"]
 
 
 class Offer(enum.Enum):

@@ -9,7 +9,9 @@ from typing import TypeAlias
 import attrs
 import trio
 
-from roomcast.engine.actors.outbox import Offer, Outbox, OutFrame
+from roomcast.engine.actors.outbox import Offer, Outbox
+from roomcast.engine.transport.frames import OutFrame
+from roomcast.protocol import DisconnectReason
 
 __all__ = [
     "Broadcast",
@@ -175,4 +177,4 @@ class RoomActor:
         command.delivered.append(delivered)
         for member in evicted:
             logger.warning("evicting slow consumer %s from room %r", member.sid, self.name)
-            member.evict("slow consumer")
+            member.evict(DisconnectReason.SLOW_CONSUMER)

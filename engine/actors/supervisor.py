@@ -152,6 +152,11 @@ class Supervisor:
     _periodic: list[Periodic] = attrs.field(factory=list)
     rooms_running: int = 0
 
+    @property
+    def running(self) -> bool:
+        """Whether ``run`` is running (room actors and connections can be started)."""
+        return self._nursery is not None
+
     def every(self, interval: float, job: Callable[[], None]) -> Periodic:
         """Run the synchronous ``job`` every ``interval`` seconds (on the scheduler, so
         it costs no task), from now if the supervisor runs, else from its ``run``; a job
@@ -174,16 +179,19 @@ class Supervisor:
 
         Cancellation: every room actor is cancelled with it.
         """
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            await nursery.start(self.scheduler.run)
-            if self.reactor is not None:
-                await nursery.start(self.reactor.run)
-            now = trio.current_time()
-            for periodic in self._periodic:
-                self.scheduler.schedule(periodic, now + periodic.interval)
-            task_status.started()
-            await trio.sleep_forever()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await nursery.start(self.scheduler.run)
+                if self.reactor is not None:
+                    await nursery.start(self.reactor.run)
+                now = trio.current_time()
+                for periodic in self._periodic:
+                    self.scheduler.schedule(periodic, now + periodic.interval)
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def start_connection(self, run: Callable[..., Awaitable[None]]) -> None:

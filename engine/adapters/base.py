@@ -20,12 +20,13 @@ from typing import TYPE_CHECKING, Protocol
 import attrs
 import trio
 
-from roomcast.engine.actors.outbox import Outbox, OutFrame
-from roomcast.engine.socket import Handshake
+from roomcast.engine.actors.outbox import Outbox
+from roomcast.engine.adapters.shared import ClusterLog
+from roomcast.engine.handshake import Handshake
+from roomcast.engine.transport.frames import OutFrame
 from roomcast.protocol import JsonValue
 
 if TYPE_CHECKING:
-    from roomcast.engine.adapters.redis_log import SharedLog
     from roomcast.engine.recovery import MissedEvent
 
 __all__ = [
@@ -162,8 +163,9 @@ class AdapterHost(Protocol):
         """Run this node's server-side handler for ``event``; its answer, or None if no
         handler took it."""
 
-    async def deliver_shared(self, event: MissedEvent, offset: str) -> int:
-        """Deliver a broadcast read from the cluster's shared log (its offset ``offset``)
+    async def deliver_shared(self, event: MissedEvent, recovery_offset: str) -> int:
+        """Deliver a broadcast read from the cluster's shared log (``recovery_offset`` is
+        what clients see for it)
         to the matching local sockets; how many it reached."""
 
 
@@ -250,7 +252,7 @@ class Adapter(abc.ABC):
         return True
 
     @property
-    def shared_log(self) -> SharedLog | None:
+    def shared_log(self) -> ClusterLog | None:
         """The cluster's shared ordered log, when the adapter has one: recorded
         broadcasts then go through it (``Namespace`` does this), and recovery, history
         and replay read it instead of this node's own store."""

@@ -22,8 +22,8 @@ import msgpack
 
 from roomcast.engine.adapters.base import BroadcastOptions, SocketInfo
 from roomcast.engine.errors import EngineError
-from roomcast.engine.socket import Handshake
-from roomcast.protocol import JsonValue, RemoteProtocolError
+from roomcast.engine.handshake import Handshake
+from roomcast.protocol import DisconnectReason, JsonValue, RemoteProtocolError
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -448,7 +448,7 @@ def encode_envelope(cluster: str, envelope: Envelope) -> bytes:
 
 
 def _fail(what: str) -> RemoteProtocolError:
-    return RemoteProtocolError(f"bad cluster message: {what}", reason="parse error")
+    return RemoteProtocolError(f"bad cluster message: {what}", reason=DisconnectReason.PARSE_ERROR)
 
 
 def _list(value: object, what: str, length: int | None = None) -> list[object]:

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 import attrs
 import trio
 
-from roomcast.engine.actors.outbox import Offer, OutFrame
+from roomcast.engine.actors.outbox import Offer
 from roomcast.engine.actors.room import (
     Broadcast,
     Crash,
@@ -21,6 +21,8 @@ from roomcast.engine.actors.room import (
     Stop,
 )
 from roomcast.engine.adapters.base import Adapter, BroadcastOptions, LocalSocket
+from roomcast.engine.transport.frames import OutFrame
+from roomcast.protocol import DisconnectReason
 
 __all__ = ["MemoryAdapter"]
 
@@ -203,7 +205,7 @@ class MemoryAdapter(Adapter):
                 on_member(sid)
         for socket in evicted:
             logger.warning("evicting slow consumer %s", socket.sid)
-            socket.evict("slow consumer")
+            socket.evict(DisconnectReason.SLOW_CONSUMER)
         return delivered
 
     def sockets(self, opts: BroadcastOptions) -> set[str]:

@@ -40,7 +40,6 @@ import trio
 from coredis.patterns.pubsub import PubSub
 from coredis.retry import NoRetryPolicy
 
-from roomcast.engine.actors.outbox import OutFrame, SharedFrame
 from roomcast.engine.adapters.base import (
     Adapter,
     AdapterHost,
@@ -91,6 +90,7 @@ from roomcast.engine.adapters.redis_log import (
     SharedLogResetError,
 )
 from roomcast.engine.config import Config
+from roomcast.engine.transport.frames import OutFrame, SharedFrame
 from roomcast.protocol import JsonValue, RemoteProtocolError
 
 if TYPE_CHECKING:
@@ -878,7 +878,9 @@ class RedisCluster:
         if event is None or adapter is None or self.shared_log is None:
             await trio.lowlevel.checkpoint()
             return 0
-        return await adapter.host.deliver_shared(event, self.shared_log.offset_text(entry.offset))
+        return await adapter.host.deliver_shared(
+            event, self.shared_log.recovery_offset(entry.offset)
+        )
 
     async def _probe_owner(self, node: str, namespace: str, pid: str) -> float | None:
         """Whether ``node`` still holds the socket of session ``pid``: None if it does

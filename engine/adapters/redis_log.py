@@ -67,6 +67,7 @@ from roomcast.engine.adapters.shared import AppendOutcome
 from roomcast.engine.recovery import MissedEvent, SavedSession
 from roomcast.protocol import (
     DEFAULT_MAX_RECORD_BYTES,
+    DisconnectReason,
     LogRecord,
     RecordReader,
     RemoteProtocolError,
@@ -235,7 +236,9 @@ def _text(value: object) -> str:
 def _entry_offset(identifier: object) -> int:
     ms, _, seq = _text(identifier).partition("-")
     if ms != "0" or not seq.isdigit():
-        raise RemoteProtocolError(f"bad shared log entry id {identifier!r}", reason="parse error")
+        raise RemoteProtocolError(
+            f"bad shared log entry id {identifier!r}", reason=DisconnectReason.PARSE_ERROR
+        )
     return int(seq)
 
 
@@ -251,10 +254,14 @@ def decode_entry(
     values = {_text(k): v for k, v in fields.items()}
     node, token, data = values.get("n"), values.get("t"), values.get("r")
     if not isinstance(data, bytes) or node is None or token is None:
-        raise RemoteProtocolError(f"shared log entry {offset} lacks fields", reason="parse error")
+        raise RemoteProtocolError(
+            f"shared log entry {offset} lacks fields", reason=DisconnectReason.PARSE_ERROR
+        )
     token_text = _text(token)
     if not token_text.isdigit():
-        raise RemoteProtocolError(f"shared log entry {offset}: bad token", reason="parse error")
+        raise RemoteProtocolError(
+            f"shared log entry {offset}: bad token", reason=DisconnectReason.PARSE_ERROR
+        )
     reader = RecordReader(max_record_bytes=max_record_bytes)
     reader.feed(data)
     records: list[LogRecord] = []
@@ -378,11 +385,24 @@ async def _scan(
 
 @attrs.define(eq=False)
 class _Recovery:
+    """A session ``SharedLog.prepare_recovery`` took over (a ``PreparedRecovery``)."""
+
+    log: SharedLog
     session: SavedSession
     after: int
     entries: list[SharedEntry]
     read_up_to: int
     epoch: str
+
+    async def finish(
+        self,
+        *,
+        rooms: frozenset[str],
+        send: Callable[[MissedEvent, str], None],
+        join: Callable[[], Awaitable[None]],
+    ) -> None:
+        """See ``PreparedRecovery.finish``."""
+        await self.log._finish_recovery(self, rooms=rooms, send=send, join=join)
 
 
 @attrs.define(eq=False)
@@ -458,9 +478,9 @@ class SharedLog:
     def session_key(self, pid: str) -> bytes:
         return f"{self.prefix}#~session#{pid}".encode()
 
-    def offset_text(self, offset: int) -> str:
-        """The offset string clients hold for entry ``offset`` of the current epoch."""
-        return f"{self.epoch}-{offset}"
+    def recovery_offset(self, seq: int) -> str:
+        """The recovery offset clients hold for entry ``seq`` of the current epoch."""
+        return f"{self.epoch}-{seq}"
 
     # -- running on a connection ------------------------------------------------------------
 
@@ -833,9 +853,16 @@ class SharedLog:
         return item.written
 
     async def prepare_recovery(
-        self, namespace: str, pid: str, offset: str, *, now: float, max_age: float, max_events: int
+        self,
+        namespace: str,
+        pid: str,
+        recovery_offset: str,
+        *,
+        now: float,
+        max_age: float,
+        max_events: int,
     ) -> _Recovery | None:
-        """Check that session ``pid`` can be recovered from ``offset`` and take it over
+        """Check that session ``pid`` can be recovered from ``recovery_offset`` and take it over
         (it is then live on this node).
 
         A saved session counts from its disconnect; a live one of another node is asked
@@ -850,7 +877,7 @@ class SharedLog:
         live on this node, not held, and takes it).
         """
         client, epoch = self._client, self.epoch
-        name, _, seq_text = offset.rpartition("-")
+        name, _, seq_text = recovery_offset.rpartition("-")
         if client is None or epoch is None or name != epoch or not seq_text.isdigit():
             await trio.lowlevel.checkpoint()
             return None
@@ -880,7 +907,12 @@ class SharedLog:
             return None
         read_up_to = entries[-1].offset if entries else after
         return _Recovery(
-            session=session, after=after, entries=entries, read_up_to=read_up_to, epoch=epoch
+            log=self,
+            session=session,
+            after=after,
+            entries=entries,
+            read_up_to=read_up_to,
+            epoch=epoch,
         )
 
     async def _disconnected(
@@ -951,7 +983,7 @@ class SharedLog:
                 self._live.pop(pid, None)
         return taken
 
-    async def finish_recovery(
+    async def _finish_recovery(
         self,
         recovery: _Recovery,
         *,
@@ -959,11 +991,7 @@ class SharedLog:
         send: Callable[[MissedEvent, str], None],
         join: Callable[[], Awaitable[None]],
     ) -> None:
-        """Send a recovered socket the events it missed, then join its rooms, with this
-        node's delivery held, so it gets every later event live, and none twice.
-
-        ``rooms`` are the socket's rooms (its own id included), to filter events by;
-        ``send`` gets each missed event with its offset.
+        """``PreparedRecovery.finish`` of ``recovery``, a session this log took over.
 
         Cancellation: some events may be sent; the rooms may not be joined.
         """
@@ -989,7 +1017,7 @@ class SharedLog:
 
     @contextlib.asynccontextmanager
     async def delivery_held(self) -> AsyncIterator[int]:
-        """Hold this node's delivery of the log (as ``finish_recovery`` does) and give the
+        """Hold this node's delivery of the log (as a recovery's ``finish`` does) and give the
         last offset delivered: what a socket joins meanwhile it gets live from the next
         offset on (``roomcast.engine.history``).
 

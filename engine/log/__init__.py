@@ -1,5 +1,6 @@
-"""The event log: append-only segment files, a group-commit writer, recovery, readers
-and replay. Specified in ``docs/event-log.md``.
+"""The event log: append-only segment files, a group-commit writer, tail repair on
+opening, and readers. Specified in ``docs/event-log.md``; re-driving records against an app is
+``roomcast.engine.replay``, which sits above the log.
 
 Writing (Trio)::
 
@@ -36,14 +37,12 @@ from roomcast.engine.log.reader import (
     room_history,
     verify_log,
 )
-from roomcast.engine.log.recovery import RecoveryReport, TailRepair
-from roomcast.engine.log.replay import Delivery, ReplayAction, ReplayStep, replay
+from roomcast.engine.log.repair import RepairReport, TailRepair
 from roomcast.engine.log.segment import Corruption, RoomSpan
 from roomcast.engine.log.writer import EventLog, LogIO, LogStatistics, open_event_log
 
 __all__ = [
     "Corruption",
-    "Delivery",
     "EventLog",
     "FsyncPolicy",
     "LogClosedError",
@@ -58,9 +57,7 @@ __all__ = [
     "LogWriteError",
     "Problem",
     "ReadProgress",
-    "ReplayAction",
-    "ReplayStep",
-    "RecoveryReport",
+    "RepairReport",
     "RoomSpan",
     "TailRepair",
     "VerifyReport",
@@ -69,7 +66,6 @@ __all__ = [
     "membership_at",
     "open_event_log",
     "record_to_json",
-    "replay",
     "room_history",
     "verify_log",
 ]

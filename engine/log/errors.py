@@ -45,7 +45,7 @@ class LogCorruptError(LogError):
 
     Attributes:
         segment: The segment number.
-        position: Byte offset in the segment file where the bad record starts.
+        position: Byte position in the segment file where the bad record starts.
         detail: What is wrong, for humans.
         resumes_at: Where the next readable record starts, or None if nothing after it in
             the segment could be read.

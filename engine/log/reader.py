@@ -28,6 +28,7 @@ from roomcast.engine.log.segment import (
     EPOCH_FILE,
     LOCK_FILE,
     Corruption,
+    LogState,
     RoomSpan,
     SegmentSummary,
     SummaryBuilder,
@@ -521,8 +522,6 @@ def verify_log(
     ``epoch.json`` names. Never writes anything. ``on_progress`` as for `iter_records`.
     """
     path = Path(directory)
-    problems: list[Problem] = []
-    notes: list[str] = []
     if not path.is_dir():
         return VerifyReport(
             directory=str(path),
@@ -535,29 +534,58 @@ def verify_log(
             problems=(Problem(message="not a directory"),),
             notes=(),
         )
-    in_use = _in_use(path)
-    if in_use:
-        notes.append("a writer has the log open: its newest record may still be in flight")
-    numbers = list_segments(path)
-    try:
-        state = read_state(path)
-    except ValueError as exc:
-        state = None
-        problems.append(Problem(message=str(exc)))
-    else:
-        if state is None:
-            problems.append(Problem(message=f"{EPOCH_FILE} is missing"))
-    if not numbers:
-        problems.append(Problem(message="the log has no segments"))
-    known = set(state.gaps) if state is not None else set()
-    for before, after in itertools.pairwise(numbers):
-        if after != before + 1:
-            gap = f"segments {before + 1}..{after - 1} are missing"
-            if (before + 1, after - 1) in known:
-                notes.append(f"{gap} (a known loss: a new epoch began after it)")
-            else:
-                problems.append(Problem(message=gap))
-    if state is not None and numbers:
+    check = _Verification(path=path, in_use=_in_use(path), numbers=list_segments(path))
+    if check.in_use:
+        check.notes.append("a writer has the log open: its newest record may still be in flight")
+    check.check_files()
+    meter = None if on_progress is None else _Meter.start(on_progress, path, check.numbers)
+    for number in check.numbers:
+        check.check_segment(number, max_record_bytes=max_record_bytes, meter=meter)
+        if meter is not None:
+            meter.segment_done(number)
+    check.check_newest_epoch()
+    return check.report()
+
+
+@attrs.define(eq=False)
+class _Verification:
+    """What `verify_log` found so far, phase by phase."""
+
+    path: Path
+    in_use: bool
+    numbers: list[int]
+    problems: list[Problem] = attrs.field(factory=list)
+    notes: list[str] = attrs.field(factory=list)
+    state: LogState | None = None
+    records: int = 0
+    total_bytes: int = 0
+    last_offsets: dict[tuple[str, str, str], int] = attrs.field(factory=dict)
+    """The last record offset seen per (epoch, namespace, room)."""
+    newest_epoch: str | None = None
+
+    def check_files(self) -> None:
+        """Check ``epoch.json`` and the segment numbers against each other."""
+        numbers, problems, notes = self.numbers, self.problems, self.notes
+        try:
+            self.state = state = read_state(self.path)
+        except ValueError as exc:
+            state = None
+            problems.append(Problem(message=str(exc)))
+        else:
+            if state is None:
+                problems.append(Problem(message=f"{EPOCH_FILE} is missing"))
+        if not numbers:
+            problems.append(Problem(message="the log has no segments"))
+        known = set(state.gaps) if state is not None else set()
+        for before, after in itertools.pairwise(numbers):
+            if after != before + 1:
+                gap = f"segments {before + 1}..{after - 1} are missing"
+                if (before + 1, after - 1) in known:
+                    notes.append(f"{gap} (a known loss: a new epoch began after it)")
+                else:
+                    problems.append(Problem(message=gap))
+        if state is None or not numbers:
+            return
         stale = [n for n in numbers if n < state.first_segment]
         if stale:
             notes.append(
@@ -575,27 +603,23 @@ def verify_log(
             problems.append(
                 Problem(message=f"segments after {state.last_segment} are unknown to {EPOCH_FILE}")
             )
-        if state.open and not in_use:
+        if state.open and not self.in_use:
             notes.append("the last writer did not close the log (a crash); the next open repairs")
 
-    records = 0
-    total_bytes = 0
-    last_offsets: dict[tuple[str, str, str], int] = {}
-    newest_epoch: str | None = None
-    meter = None if on_progress is None else _Meter.start(on_progress, path, numbers)
-    for number in numbers:
-        newest = number == numbers[-1]
+    def check_segment(self, number: int, *, max_record_bytes: int, meter: _Meter | None) -> None:
+        """Decode segment ``number`` and check its records, its epochs and its summary."""
+        newest = number == self.numbers[-1]
         builder = SummaryBuilder()
         damaged = False
-        with segment_path(path, number).open("rb") as file:
+        with segment_path(self.path, number).open("rb") as file:
             size = os.fstat(file.fileno()).st_size
             for item in iter_segment(file, number, max_record_bytes=max_record_bytes):
                 if isinstance(item, Corruption):
-                    if newest and in_use and item.kind == "torn" and item.tail:
-                        notes.append(f"in-flight write at the end: {item.describe()}")
+                    if newest and self.in_use and item.kind == "torn" and item.tail:
+                        self.notes.append(f"in-flight write at the end: {item.describe()}")
                         continue
                     damaged = True
-                    problems.append(
+                    self.problems.append(
                         Problem(message=item.describe(), segment=number, position=item.position)
                     )
                     continue
@@ -603,64 +627,79 @@ def verify_log(
                 if meter is not None and position >= meter.next_at:
                     meter.at(position)
                 builder.add(record)
-                key = (record.epoch, record.namespace, record.room)
-                previous = last_offsets.get(key)
-                if previous is not None and record.offset < previous:
-                    problems.append(
-                        Problem(
-                            message=f"offset of {record.namespace!r} room {record.room!r}"
-                            f" goes back from {previous} to {record.offset}",
-                            segment=number,
-                            position=position,
-                        )
-                    )
-                last_offsets[key] = record.offset
-        if meter is not None:
-            meter.segment_done(number)
-        total_bytes += size
-        records += builder.records
+                self._check_order(record, number, position)
+        self.total_bytes += size
+        self.records += builder.records
         if len(builder.epochs) > 1:
-            problems.append(
+            self.problems.append(
                 Problem(
                     message=f"records of several epochs in one segment: {list(builder.epochs)}",
                     segment=number,
                 )
             )
         if newest and builder.epochs:
-            newest_epoch = builder.epochs[-1]
+            self.newest_epoch = builder.epochs[-1]
         if not newest:
-            summary = read_summary(path, number)
-            if summary is None:
-                notes.append(f"{segment_name(number)} has no summary (the next open writes it)")
-            elif summary.size != size or (not damaged and summary.records != builder.records):
-                problems.append(
-                    Problem(
-                        message=f"summary does not match the segment (summary: {summary.size}"
-                        f" bytes, {summary.records} records; segment: {size} bytes,"
-                        f" {builder.records} records)",
-                        segment=number,
-                    )
+            self._check_summary(number, size, builder, damaged=damaged)
+
+    def _check_order(self, record: LogRecord, number: int, position: int) -> None:
+        """A record's offset never goes back within its room and epoch."""
+        key = (record.epoch, record.namespace, record.room)
+        previous = self.last_offsets.get(key)
+        if previous is not None and record.offset < previous:
+            self.problems.append(
+                Problem(
+                    message=f"offset of {record.namespace!r} room {record.room!r}"
+                    f" goes back from {previous} to {record.offset}",
+                    segment=number,
+                    position=position,
                 )
-    # Only the newest segment counts: the segment before an epoch change legitimately
-    # belongs to the previous epoch, and the new one may still be empty.
-    if state is not None and newest_epoch is not None and newest_epoch != state.epoch:
-        problems.append(
-            Problem(
-                message=f"the newest records belong to epoch {newest_epoch} but"
-                f" {EPOCH_FILE} names {state.epoch}"
             )
+        self.last_offsets[key] = record.offset
+
+    def _check_summary(
+        self, number: int, size: int, builder: SummaryBuilder, *, damaged: bool
+    ) -> None:
+        """A sealed segment's summary matches what was read of it (or is missing)."""
+        summary = read_summary(self.path, number)
+        if summary is None:
+            self.notes.append(f"{segment_name(number)} has no summary (the next open writes it)")
+        elif summary.size != size or (not damaged and summary.records != builder.records):
+            self.problems.append(
+                Problem(
+                    message=f"summary does not match the segment (summary: {summary.size}"
+                    f" bytes, {summary.records} records; segment: {size} bytes,"
+                    f" {builder.records} records)",
+                    segment=number,
+                )
+            )
+
+    def check_newest_epoch(self) -> None:
+        """The newest records carry the epoch ``epoch.json`` names."""
+        # Only the newest segment counts: the segment before an epoch change legitimately
+        # belongs to the previous epoch, and the new one may still be empty.
+        state, newest_epoch = self.state, self.newest_epoch
+        if state is not None and newest_epoch is not None and newest_epoch != state.epoch:
+            self.problems.append(
+                Problem(
+                    message=f"the newest records belong to epoch {newest_epoch} but"
+                    f" {EPOCH_FILE} names {state.epoch}"
+                )
+            )
+
+    def report(self) -> VerifyReport:
+        """What was found."""
+        return VerifyReport(
+            directory=str(self.path),
+            ok=not self.problems,
+            segments=len(self.numbers),
+            records=self.records,
+            bytes=self.total_bytes,
+            epoch=self.state.epoch if self.state is not None else None,
+            in_use=self.in_use,
+            problems=tuple(self.problems),
+            notes=tuple(self.notes),
         )
-    return VerifyReport(
-        directory=str(path),
-        ok=not problems,
-        segments=len(numbers),
-        records=records,
-        bytes=total_bytes,
-        epoch=state.epoch if state is not None else None,
-        in_use=in_use,
-        problems=tuple(problems),
-        notes=tuple(notes),
-    )
 
 
 def _segment_stats(

@@ -297,7 +297,7 @@ class Corruption:
 
     Attributes:
         segment: The segment number.
-        position: Byte offset in the segment file where the bad record starts.
+        position: Byte position in the segment file where the bad record starts.
         kind: ``"torn"`` (the data ends inside the record), ``"corrupt"`` (the bytes are
             not a valid record) or ``"unsupported"`` (an intact record of a newer schema).
         detail: What is wrong, for humans.

@@ -1,6 +1,6 @@
 """The event-log writer: one actor that batches appends, writes, syncs and rolls.
 
-``open_event_log`` recovers the directory (in a thread), starts the writer task in a
+``open_event_log`` repairs the directory (in a thread), starts the writer task in a
 nursery it owns and yields an `EventLog`. Appends go through a bounded inbox; the
 writer takes everything queued (up to ``max_batch``), writes it with one ``write`` (to the
 page cache, from the event loop), and syncs by the fsync policy in a thread (group commit:
@@ -24,7 +24,7 @@ import trio
 
 from roomcast.engine.log.config import FsyncPolicy, LogConfig
 from roomcast.engine.log.errors import LogClosedError, LogError, LogWriteError
-from roomcast.engine.log.recovery import RecoveryReport, lock_directory, recover
+from roomcast.engine.log.repair import RepairReport, lock_directory, repair_log
 from roomcast.engine.log.segment import (
     FAILED_MARKER,
     LogState,
@@ -110,11 +110,11 @@ class _Files:
     @classmethod
     def open(
         cls, directory: Path, config: LogConfig, io: LogIO, clock: Callable[[], float]
-    ) -> tuple[_Files, RecoveryReport, dict[tuple[str, str], int]]:
+    ) -> tuple[_Files, RepairReport, dict[tuple[str, str], int]]:
         lock_fd = lock_directory(directory)
         try:
-            recovered = recover(directory, config=config, now=clock())
-            fd = os.open(segment_path(directory, recovered.active), os.O_WRONLY | os.O_APPEND)
+            repaired = repair_log(directory, config=config, now=clock())
+            fd = os.open(segment_path(directory, repaired.active), os.O_WRONLY | os.O_APPEND)
         except BaseException:
             os.close(lock_fd)
             raise
@@ -123,11 +123,11 @@ class _Files:
             config=config,
             io=io,
             clock=clock,
-            state=recovered.state,
-            sealed=recovered.sealed,
-            active=recovered.active,
-            size=recovered.active_size,
-            builder=recovered.builder,
+            state=repaired.state,
+            sealed=repaired.sealed,
+            active=repaired.active,
+            size=repaired.active_size,
+            builder=repaired.builder,
             fd=fd,
             lock_fd=lock_fd,
         )
@@ -136,7 +136,7 @@ class _Files:
         except BaseException:
             files.close(clean=False)
             raise
-        return files, recovered.report, recovered.last_offsets
+        return files, repaired.report, repaired.last_offsets
 
     def _too_old(self) -> bool:
         age = self.config.segment_age
@@ -316,14 +316,14 @@ class _Failure:
 
 @attrs.define(eq=False)
 class EventLog:
-    """An open event log: append records, read what the log recovered.
+    """An open event log: append records, read what opening it found and repaired.
 
     Create it with `open_event_log`. Records carry the offsets their room actors give
     them; the log stamps each with its epoch (the record's own ``epoch`` is replaced).
     """
 
     config: LogConfig
-    recovery: RecoveryReport
+    repair_report: RepairReport
     _files: _Files
     _clock: Callable[[], float]
     _last_offsets: dict[tuple[str, str], int]
@@ -344,7 +344,7 @@ class EventLog:
     @property
     def epoch(self) -> str:
         """The epoch every record appended now belongs to."""
-        return self.recovery.epoch
+        return self.repair_report.epoch
 
     @property
     def directory(self) -> Path:
@@ -357,7 +357,7 @@ class EventLog:
         return None if self._failure is None else self._failure_error()
 
     def last_offset(self, namespace: str, room: str) -> int | None:
-        """The largest offset appended for ``room`` (recovered from disk on open), or None.
+        """The largest offset appended for ``room`` (read back from disk on open), or None.
 
         (The server numbers records from one sequence, continued from ``max_offset``.)
         """
@@ -667,7 +667,7 @@ class EventLog:
             self._writer_scope.cancel()
 
 
-def _report(report: RecoveryReport) -> None:
+def _report(report: RepairReport) -> None:
     for repair in report.repairs:
         logger.warning("event log: %s", repair.describe())
     for corruption in report.corruptions:
@@ -696,7 +696,7 @@ async def open_event_log(
     """Open (or create) the log in ``config.directory`` and run its writer.
 
     Opening takes the directory's writer lock, repairs a torn tail, decides the epoch
-    (see `RecoveryReport`) and, when the epoch changed, appends an ``EPOCH`` record
+    (see `RepairReport`) and, when the epoch changed, appends an ``EPOCH`` record
     (args: ``{"previous": ..., "reasons": [...]}``). With ``record_start`` a
     ``SERVER_START`` record follows; with ``record_stop`` closing appends
     ``SERVER_STOP`` last. These records are in the server stream: namespace ``""``,
@@ -724,7 +724,7 @@ async def open_event_log(
     )
     _report(report)
     log = EventLog(
-        config=config, recovery=report, files=files, clock=clock, last_offsets=dict(offsets)
+        config=config, repair_report=report, files=files, clock=clock, last_offsets=dict(offsets)
     )
     try:
         async with trio.open_nursery() as nursery:

@@ -17,11 +17,13 @@ from urllib.parse import parse_qsl
 
 import attrs
 import trio
+from wsproto.frame_protocol import CloseReason
 
-from roomcast.engine.actors.outbox import OutFrame, SharedFrame
 from roomcast.engine.errors import TransportClosed
 from roomcast.engine.stats import UNCOUNTED, Traffic
+from roomcast.engine.transport.frames import OutFrame, SharedFrame
 from roomcast.engine.transport.http import BodyTooLarge, HttpRequest, error_body
+from roomcast.protocol import DisconnectReason
 
 __all__ = [
     "AsgiHttpExchange",
@@ -41,7 +43,6 @@ AsgiReceive: TypeAlias = Callable[[], Awaitable[AsgiMessage]]
 AsgiSend: TypeAlias = Callable[[dict[str, object]], Awaitable[None]]
 
 _HTTP_RESPONSE_EXTENSION: Final = "websocket.http.response"
-CLOSE_TOO_BIG: Final = 1009
 
 
 def _text(value: object, default: str = "") -> str:
@@ -153,7 +154,9 @@ class AsgiHttpExchange:
         if self.is_websocket:
             extensions = self.scope.get("extensions")
             if not isinstance(extensions, Mapping) or _HTTP_RESPONSE_EXTENSION not in extensions:
-                await self._send_quietly({"type": "websocket.close", "code": 1000})
+                await self._send_quietly(
+                    {"type": "websocket.close", "code": CloseReason.NORMAL_CLOSURE}
+                )
                 return
             prefix = "websocket.http.response"
         await self._send_quietly(
@@ -185,7 +188,7 @@ class AsgiHttpExchange:
             kind = message.get("type")
             if kind == "http.disconnect":
                 self.disconnected = True
-                raise TransportClosed("transport close")
+                raise TransportClosed(DisconnectReason.TRANSPORT_CLOSE)
             if kind != "http.request":
                 continue
             chunk = message.get("body", b"")
@@ -224,7 +227,9 @@ class AsgiHttpExchange:
         try:
             await self.send({"type": "websocket.accept"})
         except OSError as exc:
-            raise TransportClosed("transport error", code=1006) from exc
+            raise TransportClosed(
+                DisconnectReason.TRANSPORT_ERROR, code=CloseReason.ABNORMAL_CLOSURE
+            ) from exc
         return AsgiWebSocket(
             receive=self.receive, send=self.send, max_message_bytes=max_message_bytes
         )
@@ -265,14 +270,14 @@ class AsgiWebSocket:
         """
         while True:
             if self._closed:
-                raise TransportClosed("transport close", code=self.close_code)
+                raise TransportClosed(DisconnectReason.TRANSPORT_CLOSE, code=self.close_code)
             message = await self.receive()
             kind = message.get("type")
             if kind == "websocket.disconnect":
                 self._closed = True
                 code = message.get("code")
-                self.close_code = code if isinstance(code, int) else 1005
-                raise TransportClosed("transport close", code=self.close_code)
+                self.close_code = code if isinstance(code, int) else CloseReason.NO_STATUS_RCVD
+                raise TransportClosed(DisconnectReason.TRANSPORT_CLOSE, code=self.close_code)
             if kind != "websocket.receive":
                 continue
             text, data = message.get("text"), message.get("bytes")
@@ -285,8 +290,10 @@ class AsgiWebSocket:
                 continue
             if len(payload) > self.max_message_bytes:
                 # As the built-in transport: RFC 6455 §7.4.1, 1009 "message too big".
-                self._closing = (CLOSE_TOO_BIG, "message too big")
-                raise TransportClosed("message too big", code=CLOSE_TOO_BIG)
+                self._closing = (CloseReason.MESSAGE_TOO_BIG, DisconnectReason.MESSAGE_TOO_BIG)
+                raise TransportClosed(
+                    DisconnectReason.MESSAGE_TOO_BIG, code=CloseReason.MESSAGE_TOO_BIG
+                )
             # (Payload bytes: the ASGI server keeps the frame headers to itself; a text
             # message counts its characters, which is its bytes for ASCII.)
             self.traffic.bytes_in += len(payload)
@@ -316,7 +323,7 @@ class AsgiWebSocket:
             TransportClosed: The client is gone.
         """
         if self._closed:
-            raise TransportClosed("transport close", code=self.close_code)
+            raise TransportClosed(DisconnectReason.TRANSPORT_CLOSE, code=self.close_code)
         traffic = self.traffic
         traffic.packets_out += len(frames)
         try:
@@ -328,13 +335,15 @@ class AsgiWebSocket:
                 else:
                     await self.send_message({"type": "websocket.send", "bytes": data})
         except OSError as exc:
-            raise TransportClosed("transport error", code=1006) from exc
+            raise TransportClosed(
+                DisconnectReason.TRANSPORT_ERROR, code=CloseReason.ABNORMAL_CLOSURE
+            ) from exc
 
     def nonblocking(self) -> None:
         """None: the ASGI server owns the socket (no reactor can serve it)."""
         return None
 
-    async def aclose(self, code: int = 1000, reason: str = "") -> None:
+    async def aclose(self, code: int = CloseReason.NORMAL_CLOSURE, reason: str = "") -> None:
         """Close with ``code`` (or the code a refused message called for), unless the
         client is gone already.
 

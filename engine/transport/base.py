@@ -11,10 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
+from wsproto.frame_protocol import CloseReason
+
 if TYPE_CHECKING:
-    from roomcast.engine.actors.outbox import OutFrame
     from roomcast.engine.errors import TransportClosed
     from roomcast.engine.stats import Traffic
+    from roomcast.engine.transport.frames import OutFrame
     from roomcast.engine.transport.http import HttpRequest
 
 __all__ = ["HttpExchange", "MessageTransport", "NonBlockingTransport"]
@@ -66,7 +68,7 @@ class MessageTransport(Protocol):
             TransportClosed: The peer is gone.
         """
 
-    async def aclose(self, code: int = 1000, reason: str = "") -> None:
+    async def aclose(self, code: int = CloseReason.NORMAL_CLOSURE, reason: str = "") -> None:
         """Close with ``code`` and ``reason`` (RFC 6455 §7.4.1), if not closed already.
 
         Cancellation: the transport is closed forcefully.

@@ -40,6 +40,7 @@ from roomcast.engine.transport.ws_client import (
     describe_failure,
 )
 from roomcast.protocol import (
+    DisconnectReason,
     EioPacket,
     EioPacketType,
     Limits,
@@ -164,7 +165,7 @@ class _HttpChannel:
         """
         if self._shut:
             await trio.lowlevel.checkpoint()
-            raise TransportClosed("transport close")
+            raise TransportClosed(DisconnectReason.TRANSPORT_CLOSE)
         reused = self._h11 is not None and self._h11.our_state is h11.IDLE
         try:
             return await self._exchange(method, target, body)
@@ -181,7 +182,7 @@ class _HttpChannel:
             try:
                 self._stream = await self._dial.open_stream()
             except ConnectionFailedError as exc:
-                raise TransportClosed("transport error") from exc
+                raise TransportClosed(DisconnectReason.TRANSPORT_ERROR) from exc
             conn = self._h11 = h11.Connection(h11.CLIENT)
         stream = self._stream
         headers = [("Host", self._dial.url.host_header), *self._dial.headers]
@@ -207,7 +208,7 @@ class _HttpChannel:
             h11.ProtocolError,
         ) as exc:
             logger.debug("HTTP %s failed: %r", method, exc)
-            raise TransportClosed("transport error") from exc
+            raise TransportClosed(DisconnectReason.TRANSPORT_ERROR) from exc
         finally:
             if not ok:
                 broken = self._forget()
@@ -235,12 +236,12 @@ class _HttpChannel:
             elif isinstance(event, h11.Data):
                 size += len(event.data)
                 if size > limit:
-                    raise TransportClosed("transport error")
+                    raise TransportClosed(DisconnectReason.TRANSPORT_ERROR)
                 parts.append(bytes(event.data))
             elif isinstance(event, h11.EndOfMessage):
                 return status, b"".join(parts)
             elif isinstance(event, h11.ConnectionClosed):
-                raise TransportClosed("transport close")
+                raise TransportClosed(DisconnectReason.TRANSPORT_CLOSE)
 
     async def aclose(self) -> None:
         """Close the connection for good: requests from now on fail.
@@ -283,12 +284,12 @@ class _Polling:
         if status != 200:
             # 400 "Session ID unknown": the server forgot the session (it restarted).
             logger.debug("polling GET answered %d: %r", status, body[:200])
-            raise TransportClosed("transport error")
+            raise TransportClosed(DisconnectReason.TRANSPORT_ERROR)
         try:
             return decode_payload(body, self._dial.limits)
         except RemoteProtocolError as exc:
             logger.debug("bad polling payload: %s", exc)
-            raise TransportClosed("parse error") from exc
+            raise TransportClosed(DisconnectReason.PARSE_ERROR) from exc
 
     async def post(self, packets: Sequence[EioPacket]) -> None:
         """One POST with ``packets`` as one payload."""
@@ -298,7 +299,7 @@ class _Polling:
         )
         if status != 200:
             logger.debug("polling POST answered %d: %r", status, answer[:200])
-            raise TransportClosed("transport error")
+            raise TransportClosed(DisconnectReason.TRANSPORT_ERROR)
 
     async def aclose(self) -> None:
         await self._get.aclose()
@@ -310,7 +311,7 @@ async def _websocket_packets(ws: WebSocketClient, limits: Limits) -> tuple[EioPa
     try:
         return (decode_ws_frame(frame, limits),)
     except RemoteProtocolError as exc:
-        raise TransportClosed("parse error") from exc
+        raise TransportClosed(DisconnectReason.PARSE_ERROR) from exc
 
 
 @attrs.define(eq=False)

@@ -22,6 +22,7 @@ from roomcast.engine.transport.websocket import (
     accept_plain_websocket,
     accept_websocket,
 )
+from roomcast.protocol import DisconnectReason
 
 __all__ = ["BodyTooLarge", "HttpConnection", "HttpRequest", "error_body"]
 
@@ -163,7 +164,7 @@ class HttpConnection:
             try:
                 data = await self.stream.receive_some(_RECEIVE_BYTES)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise TransportClosed("transport error") from exc
+                raise TransportClosed(DisconnectReason.TRANSPORT_ERROR) from exc
             self.received_in_cycle += len(data)
             self._conn.receive_data(bytes(data))
 

@@ -53,9 +53,9 @@ from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opc
 from wsproto.utilities import RemoteProtocolError as WsRemoteProtocolError
 from wsproto.utilities import generate_accept_token
 
-from roomcast.engine.actors.outbox import OutFrame, SharedFrame
 from roomcast.engine.errors import TransportClosed
 from roomcast.engine.stats import UNCOUNTED, Traffic
+from roomcast.engine.transport.frames import OutFrame, SharedFrame
 
 __all__ = [
     "DEFLATE_THRESHOLD",

@@ -28,9 +28,11 @@ from wsproto.events import (
     Request,
     TextMessage,
 )
+from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import RemoteProtocolError as WsRemoteProtocolError
 
 from roomcast.engine.errors import ConnectionFailedError, TransportClosed
+from roomcast.protocol import DisconnectReason
 
 __all__ = ["StreamFactory", "WebSocketClient", "connect_websocket", "describe_failure"]
 
@@ -40,11 +42,6 @@ of TCP (and TLS). Tests use it for in-memory transports and to inject faults; it
 raise ``OSError`` (or ``trio.BrokenResourceError``) to refuse the connection."""
 
 _RECEIVE_BYTES: Final = 65_536
-# RFC 6455 §7.4.1 close codes.
-CLOSE_NORMAL: Final = 1000
-CLOSE_PROTOCOL_ERROR: Final = 1002
-CLOSE_ABNORMAL: Final = 1006
-CLOSE_TOO_BIG: Final = 1009
 _DEFAULT_PORTS: Final = {"ws": 80, "wss": 443}
 
 
@@ -204,15 +201,21 @@ class WebSocketClient:
             try:
                 data = await self.stream.receive_some(_RECEIVE_BYTES)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise self._close_with("transport error", CLOSE_ABNORMAL) from exc
+                raise self._close_with(
+                    DisconnectReason.TRANSPORT_ERROR, CloseReason.ABNORMAL_CLOSURE
+                ) from exc
             if not data:
-                raise self._close_with("transport close", CLOSE_ABNORMAL)
+                raise self._close_with(
+                    DisconnectReason.TRANSPORT_CLOSE, CloseReason.ABNORMAL_CLOSURE
+                )
             try:
                 self.ws.receive_data(bytes(data))
                 self._take_events()
             except WsRemoteProtocolError as exc:
-                self._queue_close(CLOSE_PROTOCOL_ERROR, "protocol error")
-                raise self._close_with("transport error", CLOSE_PROTOCOL_ERROR) from exc
+                self._queue_close(CloseReason.PROTOCOL_ERROR, "protocol error")
+                raise self._close_with(
+                    DisconnectReason.TRANSPORT_ERROR, CloseReason.PROTOCOL_ERROR
+                ) from exc
         return self._pending.pop(0)
 
     def _close_with(self, reason: str, code: int) -> TransportClosed:
@@ -230,9 +233,11 @@ class WebSocketClient:
             data = event.data
             self._size += len(data)
             if self._size > self.max_message_bytes:
-                self._queue_close(CLOSE_TOO_BIG, "message too big")
+                self._queue_close(CloseReason.MESSAGE_TOO_BIG, DisconnectReason.MESSAGE_TOO_BIG)
                 # A later receive_message raises; messages before it are still delivered.
-                self._closed = TransportClosed("transport error", code=CLOSE_TOO_BIG)
+                self._closed = TransportClosed(
+                    DisconnectReason.TRANSPORT_ERROR, code=CloseReason.MESSAGE_TOO_BIG
+                )
                 return
             self._parts.append(bytes(data) if isinstance(data, bytearray) else data)
             if event.message_finished:
@@ -245,7 +250,7 @@ class WebSocketClient:
             self.close_code = event.code
             if self.ws.state is ConnectionState.REMOTE_CLOSING:
                 self.control.append(self.ws.send(event.response()))
-            self._closed = TransportClosed("transport close", code=event.code)
+            self._closed = TransportClosed(DisconnectReason.TRANSPORT_CLOSE, code=event.code)
 
     def _join(self, event: TextMessage | BytesMessage) -> str | bytes:
         parts = self._parts
@@ -279,7 +284,7 @@ class WebSocketClient:
         elif messages:
             if parts:
                 await self._send_all(b"".join(parts))
-            raise TransportClosed("transport close", code=self.close_code)
+            raise TransportClosed(DisconnectReason.TRANSPORT_CLOSE, code=self.close_code)
         if parts:
             await self._send_all(b"".join(parts))
 
@@ -287,9 +292,11 @@ class WebSocketClient:
         try:
             await self.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise TransportClosed("transport error", code=CLOSE_ABNORMAL) from exc
+            raise TransportClosed(
+                DisconnectReason.TRANSPORT_ERROR, code=CloseReason.ABNORMAL_CLOSURE
+            ) from exc
 
-    async def aclose(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
+    async def aclose(self, code: int = CloseReason.NORMAL_CLOSURE, reason: str = "") -> None:
         """Send a close frame (if still open) and close the stream.
 
         The server answers a close frame by closing TCP (RFC 6455 §7.1.1), so there is

@@ -40,7 +40,7 @@ from roomcast.engine.adapters.cluster import (
     encode_envelope,
     sender_of,
 )
-from roomcast.engine.socket import Handshake
+from roomcast.engine.handshake import Handshake
 from roomcast.protocol import JsonValue, RemoteProtocolError
 
 CLUSTER = "rc"

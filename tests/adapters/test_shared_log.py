@@ -22,8 +22,8 @@ from roomcast.engine import Config, Server, Socket
 from roomcast.engine.adapters.redis import LogGap, RedisCluster
 from roomcast.engine.adapters.redis_log import read_shared_log
 from roomcast.engine.cli import main
-from roomcast.engine.log import replay
 from roomcast.engine.recovery import RecoveryConfig
+from roomcast.engine.replay import replay
 from roomcast.protocol import JsonValue, RecordKind
 from tests.adapters.conftest import (
     FAILED_CONNECT_LEAK,

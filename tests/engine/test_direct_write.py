@@ -18,8 +18,9 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import BytesMessage, CloseConnection, Request, TextMessage
 
 from roomcast.engine import Config, Server, Socket
-from roomcast.engine.actors.outbox import Offer, Outbox, OutFrame, SharedFrame
+from roomcast.engine.actors.outbox import Offer, Outbox
 from roomcast.engine.errors import TransportClosed
+from roomcast.engine.transport.frames import OutFrame, SharedFrame
 from roomcast.engine.transport.websocket import WebSocketTransport, accept_websocket
 from roomcast.protocol import JsonValue
 

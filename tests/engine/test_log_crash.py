@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from roomcast.engine.log import LogConfig, RecoveryReport, open_event_log, verify_log
+from roomcast.engine.log import LogConfig, RepairReport, open_event_log, verify_log
 
 from .log_helpers import offsets
 
@@ -76,12 +76,12 @@ CHILD = textwrap.dedent(
 ROOMS = [f"room-{i}" for i in range(6)]
 
 
-def restart(directory: Path) -> RecoveryReport:
+def restart(directory: Path) -> RepairReport:
     """Open the log as a restarted server would (repairing it), then close it."""
 
-    async def run() -> RecoveryReport:
+    async def run() -> RepairReport:
         async with open_event_log(LogConfig(directory=directory)) as log:
-            return log.recovery
+            return log.repair_report
 
     return trio.run(run)
 

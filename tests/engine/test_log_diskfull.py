@@ -86,8 +86,8 @@ async def test_disk_full_fails_cleanly_and_acknowledges_only_what_was_written(
     check_nothing_unwritten_was_acknowledged(directory, acked)
     # The next open knows events may be missing after the failure: a new epoch.
     async with open_event_log(LogConfig(directory=directory)) as log:
-        assert log.recovery.epoch_changed
-        assert "write error" in log.recovery.reasons[0]
+        assert log.repair_report.epoch_changed
+        assert "write error" in log.repair_report.reasons[0]
     assert not (directory / FAILED_MARKER).exists()
 
 
@@ -134,5 +134,5 @@ async def test_a_real_full_tmpfs(small_tmpfs: Path, tmp_path: Path) -> None:
     copy = tmp_path / "copy"
     shutil.copytree(directory, copy)
     async with open_event_log(LogConfig(directory=copy)) as log:
-        assert log.recovery.epoch_changed
+        assert log.repair_report.epoch_changed
     assert {r.room for r in iter_records(copy) if r.namespace == "/"} == set(ROOMS)

@@ -8,14 +8,8 @@ import pytest
 import trio
 
 from roomcast.engine import Server, Socket
-from roomcast.engine.log import (
-    LogConfig,
-    ReplayAction,
-    ReplayStep,
-    iter_records,
-    open_event_log,
-    replay,
-)
+from roomcast.engine.log import LogConfig, iter_records, open_event_log
+from roomcast.engine.replay import ReplayAction, ReplayStep, replay
 from roomcast.protocol import (
     JSON_PARSER,
     MSGPACK_PARSER,

@@ -63,8 +63,8 @@ async def test_disabled_config_is_refused(tmp_path: Path) -> None:
 async def test_appends_round_trip_with_binary_payloads(tmp_path: Path, policy: str) -> None:
     with trio.fail_after(10):
         async with open_event_log(config(tmp_path, fsync=policy), clock=lambda: T0) as log:
-            assert log.recovery.epoch_changed
-            assert log.recovery.reasons == ("new log",)
+            assert log.repair_report.epoch_changed
+            assert log.repair_report.reasons == ("new log",)
             stored = []
             for offset in range(1, 21):
                 payload: tuple[LogValue, ...] = (
@@ -105,8 +105,8 @@ async def test_reopen_keeps_epoch_and_recovers_last_offsets(tmp_path: Path) -> N
             assert log.last_offset("/", "a") == 5
             epoch = log.epoch
         async with open_event_log(config(tmp_path)) as log:
-            assert not log.recovery.epoch_changed
-            assert log.recovery.clean_shutdown is True
+            assert not log.repair_report.epoch_changed
+            assert log.repair_report.clean_shutdown is True
             assert log.epoch == epoch
             assert log.last_offset("/", "a") == 5
             assert log.last_offset("/chat", "b") == 7
@@ -252,7 +252,7 @@ async def test_a_second_writer_is_locked_out(tmp_path: Path) -> None:
     assert info.value.pid == os.getpid()
     assert f"(PID {os.getpid()})" in str(info.value)
     async with open_event_log(config(tmp_path)) as log:  # released on close
-        assert not log.recovery.epoch_changed
+        assert not log.repair_report.epoch_changed
 
 
 async def test_segments_roll_at_size_with_summaries(tmp_path: Path) -> None:
@@ -307,7 +307,7 @@ async def test_retention_by_size_deletes_oldest_segments(tmp_path: Path) -> None
     assert kept == list(range(kept[0], 151))  # a suffix of the stream, no holes
     assert verify_log(directory).ok
     async with open_event_log(config(tmp_path, segment_bytes=1000, retention_bytes=3000)) as log:
-        assert not log.recovery.epoch_changed  # retention is not a reset
+        assert not log.repair_report.epoch_changed  # retention is not a reset
         assert log.last_offset("/", "lobby") == 150
 
 
@@ -349,8 +349,8 @@ async def test_lock_and_fds_are_released_when_recovery_fails(tmp_path: Path) -> 
     try:
         # Root reads anything: then the open succeeds with a new epoch instead.
         async with open_event_log(config(tmp_path)) as log:
-            assert log.recovery.epoch_changed
-            assert "not a valid epoch file" in log.recovery.reasons[0]
+            assert log.repair_report.epoch_changed
+            assert "not a valid epoch file" in log.repair_report.reasons[0]
     except PermissionError:
         pass
     finally:

@@ -25,7 +25,7 @@ def store(**config: float) -> RecoveryStore:
 def keep(
     store: RecoveryStore, seq: int, *, room: str = "r", time: float = 0.0, size: int = 10
 ) -> None:
-    args: tuple[JsonValue, ...] = (seq, store.offset(seq))
+    args: tuple[JsonValue, ...] = (seq, store.recovery_offset(seq))
     store.record(seq, "/", frozenset({room}), frozenset(), "m", args, time=time, size=size)
 
 
@@ -43,7 +43,7 @@ def session(
 
 
 def seqs(store: RecoveryStore, pid: str, after: int) -> list[int] | None:
-    taken = store.restore("/", pid, store.offset(after), now=1.0)
+    taken = store.restore("/", pid, store.recovery_offset(after), now=1.0)
     if taken is None:
         return None
     saved, seq = taken
@@ -102,7 +102,7 @@ def test_prune_forgets_expired_sessions_and_events_nobody_can_ask_for() -> None:
     assert s.sessions_kept == 1
     assert s.events_kept == 1
     # Dropping event 1 is not a gap: a session still kept disconnected after 1 + 5.
-    taken = s.restore("/", "new", s.offset(1), now=16.0)
+    taken = s.restore("/", "new", s.recovery_offset(1), now=16.0)
     assert taken is not None
     assert [e.seq for e in s.missed("/", taken[1], frozenset({"r"}))] == [2]
 

@@ -22,6 +22,7 @@ from wsproto import ConnectionType
 from wsproto.connection import Connection as WsConnection
 
 from roomcast.engine import Config, Server, Socket
+from roomcast.engine.actors.connection import Connection
 from roomcast.engine.cli import CommandError, build_parser, tls_context
 from roomcast.engine.log import LogConfig
 from roomcast.engine.transport.websocket import WebSocketTransport
@@ -65,9 +66,10 @@ def build_server() -> tuple[Server, list[type]]:
 
     @server.on("shout")
     async def shout(socket: Socket, text: JsonValue) -> None:
-        transport = socket.connection.transport
-        if isinstance(transport, WebSocketTransport):  # (the built-in front's)
-            streams.append(type(transport.stream))
+        conn = socket.connection
+        assert isinstance(conn, Connection)  # a served client's, not replay's stand-in
+        if isinstance(conn.transport, WebSocketTransport):  # (the built-in front's)
+            streams.append(type(conn.transport.stream))
         await server.emit("shouted", text)
 
     return server, streams

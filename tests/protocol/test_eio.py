@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from roomcast.protocol._eio import (
     EioPacket,
     EioPacketType,
-    Handshake,
+    SessionParams,
     check_payload_frame,
     decode_handshake,
     decode_payload,
@@ -80,7 +80,7 @@ def test_ws_frame_round_trip(packet: EioPacket, frame: str | bytes) -> None:
 
 
 def test_ws_binary_message_is_raw_bytes_without_prefix() -> None:
-    # CONFORMANCE §2.3: binary 01 02 03 04 goes out as exactly those bytes.
+    # docs/conformance.md §2.3: binary 01 02 03 04 goes out as exactly those bytes.
     assert encode_ws_frame(msg(b"\x01\x02\x03\x04")) == b"\x01\x02\x03\x04"
 
 
@@ -131,7 +131,8 @@ def test_ws_decoder_copies_a_bytearray_into_bytes() -> None:
 @pytest.mark.parametrize(
     ("body", "packets"),
     [
-        # CONFORMANCE §2.2, the echo examples: the GET body is the POST body, byte-identical.
+        # docs/conformance.md §2.2, the echo examples: the GET body is the POST body,
+        # byte-identical.
         ("4hello", (msg("hello"),)),
         ("4test1\x1e4test2\x1e4test3", (msg("test1"), msg("test2"), msg("test3"))),
         ("4hello\x1ebAQIDBA==", (msg("hello"), msg(b"\x01\x02\x03\x04"))),
@@ -238,7 +239,7 @@ def test_default_limits_take_a_full_polling_body() -> None:
 
 # --------------------------------------------------------------------------- handshake
 
-CONFORMANCE_HANDSHAKE = Handshake(
+CONFORMANCE_HANDSHAKE = SessionParams(
     sid="abc",
     upgrades=("websocket",),
     ping_interval=0.3,
@@ -267,24 +268,28 @@ def test_handshake_json_is_compact_ordered_integer_milliseconds() -> None:
     ("seconds", "millis"), [(0.3, 300), (0.2, 200), (25.0, 25000), (0.001, 1), (0.0015, 2)]
 )
 def test_handshake_durations_are_rounded_not_truncated(seconds: float, millis: int) -> None:
-    h = Handshake(sid="s", upgrades=[], ping_interval=seconds, ping_timeout=1, max_payload=1)
+    h = SessionParams(sid="s", upgrades=[], ping_interval=seconds, ping_timeout=1, max_payload=1)
     assert json.loads(encode_handshake(h).data)["pingInterval"] == millis
 
 
 def test_handshake_upgrades_are_a_tuple() -> None:
-    h = Handshake(sid="s", upgrades=["websocket"], ping_interval=1, ping_timeout=1, max_payload=1)
+    h = SessionParams(
+        sid="s", upgrades=["websocket"], ping_interval=1, ping_timeout=1, max_payload=1
+    )
     assert h.upgrades == ("websocket",)
 
 
 def test_handshake_round_trip() -> None:
     assert decode_handshake(encode_handshake(CONFORMANCE_HANDSHAKE)) == CONFORMANCE_HANDSHAKE
-    websocket = Handshake(sid="é", upgrades=(), ping_interval=25, ping_timeout=20, max_payload=1)
+    websocket = SessionParams(
+        sid="é", upgrades=(), ping_interval=25, ping_timeout=20, max_payload=1
+    )
     assert decode_handshake(encode_handshake(websocket)) == websocket
 
 
 def test_handshake_ignores_unknown_keys_and_defaults_max_payload() -> None:
     data = '{"sid":"s","upgrades":[],"pingInterval":1000,"pingTimeout":500,"extra":[1]}'
-    assert decode_handshake(EioPacket(type=T.OPEN, data=data)) == Handshake(
+    assert decode_handshake(EioPacket(type=T.OPEN, data=data)) == SessionParams(
         sid="s",
         upgrades=(),
         ping_interval=1.0,
@@ -391,7 +396,7 @@ def test_payload_round_trip_property(packet_list: list[EioPacket]) -> None:
 def test_handshake_round_trip_property(
     sid: str, upgrades: list[str], ping_interval: int, ping_timeout: int, max_payload: int
 ) -> None:
-    h = Handshake(
+    h = SessionParams(
         sid=sid,
         upgrades=upgrades,
         ping_interval=ping_interval / 1000,

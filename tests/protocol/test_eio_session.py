@@ -20,9 +20,9 @@ from roomcast.protocol._eio import (
     EioPacketType,
     EioServerSession,
     EioState,
-    Handshake,
     MessageReceived,
     SendPacket,
+    SessionParams,
     Upgraded,
     UpgradeStarted,
     _transition,
@@ -119,7 +119,8 @@ def test_first_ping_is_due_one_interval_after_the_handshake(t0: float) -> None:
 
 
 def test_conformance_timeout_closes_exactly_500ms_after_the_handshake() -> None:
-    # CONFORMANCE §2.4: the check sleeps 500 ms after the handshake and expects the session gone.
+    # docs/conformance.md §2.4: the check sleeps 500 ms after the handshake and expects
+    # the session gone.
     s = server(now=0.0)
     assert s.tick(0.3) == [SendPacket(packet=PING)]
     assert s.next_deadline() == 0.5
@@ -245,7 +246,7 @@ def test_close_while_a_ping_is_outstanding_clears_the_deadline() -> None:
 
 
 def test_upgrade_polling_to_websocket() -> None:
-    # CONFORMANCE §2.5.
+    # docs/conformance.md §2.5.
     s = server()
     assert s.receive_probe(PROBE_PING, 0.05) == [
         SendPacket(packet=PROBE_PONG, probe=True),
@@ -334,7 +335,8 @@ def _upgraded() -> EioServerSession:
 def test_probing_a_session_that_cannot_upgrade_is_our_bug(
     make: Callable[[], EioServerSession],
 ) -> None:
-    # The engine must refuse such a WebSocket (CONFORMANCE §2.5.6: accept, then close it).
+    # The engine must refuse such a WebSocket (docs/conformance.md §2.5, point 6: accept,
+    # then close it).
     s = make()
     with pytest.raises(LocalProtocolError):
         s.receive_probe(PROBE_PING, 0.1)
@@ -368,7 +370,7 @@ def test_illegal_transitions_we_ask_for_raise_local_errors(
 # --------------------------------------------------------------------------- client
 
 
-HANDSHAKE = Handshake(
+HANDSHAKE = SessionParams(
     sid="sid1", upgrades=(), ping_interval=0.3, ping_timeout=0.2, max_payload=1_000_000
 )
 
@@ -572,7 +574,7 @@ def test_pair_client_close_reaches_the_server(transport: str) -> None:
 
 
 def test_pair_upgrade_through_the_wire() -> None:
-    """CONFORMANCE §2.5 end to end: polling handshake, probe and upgrade over frames."""
+    """docs/conformance.md §2.5 end to end: polling handshake, probe and upgrade over frames."""
     s = server("polling")
     handshake = decode_handshake(decode_payload(encode_payload([s.handshake()]))[0])
     assert handshake.upgrades == ("websocket",)

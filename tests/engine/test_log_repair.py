@@ -92,7 +92,7 @@ async def test_torn_tail_is_truncated_reported_and_starts_a_new_epoch(tmp_path: 
     with seg.open("ab") as file:
         file.write(torn)
     async with open_event_log(cfg(directory)) as log:
-        report = log.recovery
+        report = log.repair_report
         assert report.repairs == (
             TailRepair(
                 segment=1,
@@ -127,7 +127,7 @@ async def test_corrupt_last_record_is_truncated(tmp_path: Path) -> None:
     start, end = position_of(seg, 10)
     flip(seg, end - 3)
     async with open_event_log(cfg(directory)) as log:
-        (repair,) = log.recovery.repairs
+        (repair,) = log.repair_report.repairs
         assert (repair.segment, repair.position, repair.dropped_bytes) == (1, start, end - start)
         assert repair.kind == "corrupt"
         assert "checksum mismatch" in repair.detail
@@ -144,7 +144,7 @@ async def test_zero_filled_tail_is_truncated(tmp_path: Path) -> None:
     with seg.open("ab") as file:
         file.write(bytes(4096))
     async with open_event_log(cfg(directory)) as log:
-        (repair,) = log.recovery.repairs
+        (repair,) = log.repair_report.repairs
         assert (repair.position, repair.dropped_bytes) == (size, 4096)
     assert offsets(directory) == list(range(1, 11))
 
@@ -162,7 +162,7 @@ async def test_damage_in_the_middle_is_reported_with_its_position_never_cut(
     size = seg.stat().st_size
     flip(seg, start + 20)
     async with open_event_log(cfg(directory)) as log:
-        report = log.recovery
+        report = log.repair_report
         assert report.repairs == ()
         (damage,) = report.corruptions
         assert (damage.segment, damage.position, damage.kind) == (1, start, "corrupt")
@@ -190,8 +190,8 @@ async def test_damage_in_the_middle_is_reported_with_its_position_never_cut(
 
     # Reopening reports the known damage again (from the sealed segment's summary).
     async with open_event_log(cfg(directory)) as log:
-        assert [(c.segment, c.position) for c in log.recovery.corruptions] == [(1, start)]
-        assert not log.recovery.epoch_changed
+        assert [(c.segment, c.position) for c in log.repair_report.corruptions] == [(1, start)]
+        assert not log.repair_report.epoch_changed
 
 
 async def test_a_damaged_length_field_in_the_middle_is_not_mistaken_for_a_torn_tail(
@@ -204,8 +204,8 @@ async def test_a_damaged_length_field_in_the_middle_is_not_mistaken_for_a_torn_t
     size = seg.stat().st_size
     flip(seg, start + 1, 0x10)  # the length now reaches past the end of the file
     async with open_event_log(cfg(directory)) as log:
-        assert log.recovery.repairs == ()
-        (damage,) = log.recovery.corruptions
+        assert log.repair_report.repairs == ()
+        (damage,) = log.repair_report.corruptions
         assert (damage.position, damage.kind, damage.resumes_at) == (start, "corrupt", end)
         assert "a record follows" in damage.detail
     assert seg.stat().st_size == size
@@ -252,8 +252,8 @@ async def test_clean_and_unclean_reopen_keep_the_epoch(tmp_path: Path) -> None:
     write_state(directory, attrs.evolve(state, open=True))
     async with open_event_log(cfg(directory)) as log:
         # fsync=always: everything acknowledged was synced, a crash loses nothing.
-        assert log.recovery.clean_shutdown is False
-        assert not log.recovery.epoch_changed
+        assert log.repair_report.clean_shutdown is False
+        assert not log.repair_report.epoch_changed
         assert log.epoch == epoch
 
 
@@ -267,14 +267,14 @@ async def test_unclean_stop_with_fsync_never_after_a_reboot_changes_the_epoch(
     write_state(directory, attrs.evolve(state, open=True))
     async with open_event_log(cfg(directory, fsync="never")) as log:
         # Same boot: the OS still had every write, nothing was lost.
-        assert not log.recovery.epoch_changed
+        assert not log.repair_report.epoch_changed
     state = read_state(directory)
     assert state is not None
     write_state(directory, attrs.evolve(state, open=True, boot_id="x"))
     async with open_event_log(cfg(directory)) as log:
-        assert log.recovery.epoch_changed
-        assert log.recovery.previous_epoch == epoch
-        assert "machine restarted" in log.recovery.reasons[0]
+        assert log.repair_report.epoch_changed
+        assert log.repair_report.previous_epoch == epoch
+        assert "machine restarted" in log.repair_report.reasons[0]
 
 
 @pytest.mark.parametrize(
@@ -307,7 +307,7 @@ async def test_lost_continuity_changes_the_epoch(tmp_path: Path, damage: str, re
     else:
         (directory / FAILED_MARKER).touch()
     async with open_event_log(cfg(directory, segment_bytes=1000)) as log:
-        report = log.recovery
+        report = log.repair_report
         assert report.epoch_changed
         assert any(reason in r for r in report.reasons), report.reasons
         assert report.previous_epoch == epoch
@@ -318,7 +318,7 @@ async def test_lost_continuity_changes_the_epoch(tmp_path: Path, damage: str, re
     assert not (directory / FAILED_MARKER).exists()
     assert verify_log(directory).ok
     async with open_event_log(cfg(directory, segment_bytes=1000)) as log:
-        assert not log.recovery.epoch_changed  # a loss is reported once
+        assert not log.repair_report.epoch_changed  # a loss is reported once
 
 
 async def test_segments_of_another_log_are_detected(tmp_path: Path) -> None:
@@ -327,9 +327,9 @@ async def test_segments_of_another_log_are_detected(tmp_path: Path) -> None:
     await make_log(theirs)
     shutil.copy(segment_path(theirs, 1), segment_path(mine, 1))
     async with open_event_log(cfg(mine)) as log:
-        assert log.recovery.epoch_changed
-        assert "the log was replaced" in log.recovery.reasons[0]
-        assert log.recovery.previous_epoch == my_epoch
+        assert log.repair_report.epoch_changed
+        assert "the log was replaced" in log.repair_report.reasons[0]
+        assert log.repair_report.previous_epoch == my_epoch
 
 
 async def test_interrupted_retention_and_roll_are_finished_quietly(tmp_path: Path) -> None:
@@ -344,9 +344,9 @@ async def test_interrupted_retention_and_roll_are_finished_quietly(tmp_path: Pat
     segment_path(directory, numbers[-1] + 1).touch()
     summary_path(directory, 2).unlink()
     async with open_event_log(cfg(directory, segment_bytes=1000)) as log:
-        assert not log.recovery.epoch_changed
+        assert not log.repair_report.epoch_changed
         assert log.epoch == epoch
-        assert log.recovery.removed_segments == (1,)
+        assert log.repair_report.removed_segments == (1,)
         assert log.statistics().segment == numbers[-1] + 1
     assert list_segments(directory)[0] == 2
     assert read_summary(directory, 2) is not None

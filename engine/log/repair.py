@@ -1,7 +1,7 @@
 """Opening a log directory: lock it, check continuity, repair a torn tail, pick the epoch.
 
-`recover` is synchronous (the writer runs it in a thread). What it checks and decides is
-specified in ``docs/event-log.md`` ("Opening and recovery"). In short:
+`repair_log` is synchronous (the writer runs it in a thread). What it checks and decides is
+specified in ``docs/event-log.md`` ("Opening and repair"). In short:
 
 * A torn or corrupt **last** record (nothing readable after it, up to the end of the
   newest segment) is cut off, and reported with its segment, byte position and cause.
@@ -52,12 +52,12 @@ from roomcast.engine.log.segment import (
 )
 
 __all__ = [
-    "Recovered",
-    "RecoveryReport",
+    "RepairReport",
+    "RepairedLog",
     "TailRepair",
     "lock_directory",
     "new_epoch_id",
-    "recover",
+    "repair_log",
     "summarise_segment",
 ]
 
@@ -96,7 +96,7 @@ class TailRepair:
 
 
 @attrs.frozen(kw_only=True)
-class RecoveryReport:
+class RepairReport:
     """What opening the log found and did.
 
     Attributes:
@@ -126,10 +126,10 @@ class RecoveryReport:
 
 
 @attrs.define(eq=False)
-class Recovered:
-    """The state `recover` hands to the writer."""
+class RepairedLog:
+    """The state `repair_log` hands to the writer."""
 
-    report: RecoveryReport
+    report: RepairReport
     state: LogState
     sealed: list[SegmentSummary]
     active: int
@@ -214,7 +214,7 @@ def _check_unsupported(damage: tuple[Corruption, ...] | list[Corruption]) -> Non
             )
 
 
-def recover(directory: Path, *, config: LogConfig, now: float) -> Recovered:
+def repair_log(directory: Path, *, config: LogConfig, now: float) -> RepairedLog:
     """Check and repair the log in ``directory`` (locked by the caller); pick the epoch.
 
     Creates the first segment of a new log, cuts off a damaged last record, starts a new
@@ -224,36 +224,115 @@ def recover(directory: Path, *, config: LogConfig, now: float) -> Recovered:
         LogUnsupportedError: The log holds records of a newer schema.
         OSError: The directory or its files cannot be read or written.
     """
-    max_record_bytes = config.max_record_bytes
     for leftover in directory.glob("*.tmp"):
         leftover.unlink(missing_ok=True)
-    reasons: list[str] = []
     numbers = list_segments(directory)
-    state_error: str | None = None
+    state, reasons = _read_state(directory, has_segments=bool(numbers))
+    failed_marker = (directory / FAILED_MARKER).exists()
+    numbers, removed = _delete_retired(directory, numbers, state)
+    gaps = _check_continuity(numbers, state, reasons, failed_marker=failed_marker)
+    sealed = _read_sealed(directory, numbers[:-1], max_record_bytes=config.max_record_bytes)
+    tail = _repair_tail(directory, numbers[-1], state, reasons, config=config) if numbers else None
+
+    epoch_changed = bool(reasons)
+    if epoch_changed:
+        epoch = new_epoch_id()
+        if state is not None:
+            previous: str | None = state.epoch
+        else:  # the epoch of the newest records found
+            previous = (tail.newest_epoch if tail is not None else None) or sealed.newest_epoch
+        started = now
+    else:
+        assert state is not None
+        epoch, previous, started = state.epoch, state.previous_epoch, state.epoch_started
+
+    active, active_size, builder = _active_segment(
+        directory, numbers, state, sealed, tail, config=config, epoch_changed=epoch_changed
+    )
+    new_state = LogState(
+        epoch=epoch,
+        epoch_started=started,
+        previous_epoch=previous,
+        reasons=tuple(reasons) if epoch_changed else (state.reasons if state else ()),
+        first_segment=sealed.summaries[0].segment if sealed.summaries else active,
+        last_segment=active,
+        fsync=config.fsync.value,
+        boot_id=boot_id(),
+        open=True,
+        gaps=gaps,
+    )
+    write_state(directory, new_state)
+    if failed_marker:
+        with contextlib.suppress(FileNotFoundError):
+            (directory / FAILED_MARKER).unlink()
+        fsync_directory(directory)
+
+    report = RepairReport(
+        directory=str(directory),
+        epoch=epoch,
+        previous_epoch=previous if epoch_changed else None,
+        epoch_changed=epoch_changed,
+        reasons=tuple(reasons) if epoch_changed else (),
+        clean_shutdown=None if state is None else not state.open,
+        repairs=tail.repairs if tail is not None else (),
+        corruptions=tuple(sealed.corruptions) + (tuple(tail.damage) if tail is not None else ()),
+        removed_segments=tuple(removed),
+        segments=len(sealed.summaries) + 1,
+    )
+    return RepairedLog(
+        report=report,
+        state=new_state,
+        sealed=sealed.summaries,
+        active=active,
+        active_size=active_size,
+        builder=builder,
+        last_offsets=sealed.last_offsets,
+    )
+
+
+def _read_state(directory: Path, *, has_segments: bool) -> tuple[LogState | None, list[str]]:
+    """``epoch.json``, or None when it is missing or unreadable, with the reasons for a
+    new epoch that this alone gives (a new log, a replaced one, an unreadable file)."""
+    reasons: list[str] = []
     try:
         state = read_state(directory)
     except ValueError as exc:
-        state, state_error = None, str(exc)
-    failed_marker = (directory / FAILED_MARKER).exists()
-
-    if state_error is not None:
-        reasons.append(f"{state_error}; continuity with the records before cannot be checked")
-    elif state is None:
-        if numbers:
+        reasons.append(f"{exc}; continuity with the records before cannot be checked")
+        return None, reasons
+    if state is None:
+        if has_segments:
             reasons.append(f"{EPOCH_FILE} is missing but segments exist: the log was replaced")
         else:
             reasons.append("new log")
+    return state, reasons
 
+
+def _delete_retired(
+    directory: Path, numbers: list[int], state: LogState | None
+) -> tuple[list[int], list[int]]:
+    """Delete the segments an interrupted retention left (retention updates
+    ``epoch.json`` before deleting: segments older than its ``first_segment``); the
+    numbers of the segments kept, oldest first, and of those deleted."""
     removed: list[int] = []
+    if state is None:
+        return numbers, removed
+    for number in [n for n in numbers if n < state.first_segment]:
+        segment_path(directory, number).unlink(missing_ok=True)
+        summary_path(directory, number).unlink(missing_ok=True)
+        removed.append(number)
+    if removed:
+        fsync_directory(directory)
+        numbers = [n for n in numbers if n >= state.first_segment]
+    return numbers, removed
+
+
+def _check_continuity(
+    numbers: list[int], state: LogState | None, reasons: list[str], *, failed_marker: bool
+) -> tuple[tuple[int, int], ...]:
+    """Add to ``reasons`` what breaks continuity with the records before (segments
+    missing or unknown, an unclean stop that may have lost records, a write error), and
+    return the ranges of missing segments between the ones found."""
     if state is not None:
-        # Retention updates epoch.json before deleting: older segments are leftovers.
-        for number in [n for n in numbers if n < state.first_segment]:
-            segment_path(directory, number).unlink(missing_ok=True)
-            summary_path(directory, number).unlink(missing_ok=True)
-            removed.append(number)
-        if removed:
-            fsync_directory(directory)
-            numbers = [n for n in numbers if n >= state.first_segment]
         if not numbers:
             reasons.append("every segment of the log is gone (deleted)")
         elif numbers[-1] < state.last_segment:
@@ -285,12 +364,28 @@ def recover(directory: Path, *, config: LogConfig, now: float) -> Recovered:
             "the previous writer stopped recording after a write error: later events are"
             " not in the log"
         )
+    return gaps
 
-    sealed: list[SegmentSummary] = []
-    corruptions: list[Corruption] = []
-    offsets: dict[tuple[str, str], int] = {}
+
+@attrs.define(eq=False)
+class _Sealed:
+    """What the sealed segments hold, from their summaries."""
+
+    summaries: list[SegmentSummary] = attrs.field(factory=list)
+    corruptions: list[Corruption] = attrs.field(factory=list)
+    last_offsets: dict[tuple[str, str], int] = attrs.field(factory=dict)
     newest_epoch: str | None = None
-    for number in numbers[:-1]:
+
+
+def _read_sealed(directory: Path, numbers: list[int], *, max_record_bytes: int) -> _Sealed:
+    """Read the summaries of the sealed segments ``numbers``, summarising (and decoding)
+    a segment only when its summary is missing or stale.
+
+    Raises:
+        LogUnsupportedError: A segment holds records of a newer schema.
+    """
+    sealed = _Sealed()
+    for number in numbers:
         size = segment_path(directory, number).stat().st_size
         summary = read_summary(directory, number, size=size)
         if summary is None:
@@ -298,122 +393,114 @@ def recover(directory: Path, *, config: LogConfig, now: float) -> Recovered:
             _check_unsupported(summary.damage)
             write_summary(directory, summary)
         _check_unsupported(summary.damage)
-        corruptions.extend(summary.damage)
-        sealed.append(summary)
-        _merge_offsets(offsets, summary)
+        sealed.corruptions.extend(summary.damage)
+        sealed.summaries.append(summary)
+        _merge_offsets(sealed.last_offsets, summary)
         if summary.epochs:
-            newest_epoch = summary.epochs[-1]
+            sealed.newest_epoch = summary.epochs[-1]
+    return sealed
 
-    repairs: list[TailRepair] = []
+
+@attrs.define(eq=False)
+class _Tail:
+    """The newest segment, decoded, its damaged last record cut off."""
+
+    segment: int
+    builder: SummaryBuilder
+    damage: list[Corruption]
+    """Damage left in place (not at the tail)."""
+    size: int
+    repairs: tuple[TailRepair, ...]
+    newest_epoch: str | None
+
+
+def _repair_tail(
+    directory: Path, last: int, state: LogState | None, reasons: list[str], *, config: LogConfig
+) -> _Tail:
+    """Decode the newest segment ``last``, cut off a torn or corrupt last record, and add
+    to ``reasons`` what it changes (a repair, damage left in place, records of another
+    epoch than ``epoch.json`` names).
+
+    Raises:
+        LogUnsupportedError: The segment holds records of a newer schema.
+    """
     builder = SummaryBuilder()
-    active_damage: list[Corruption] = []
-    active_size = 0
-    if numbers:
-        last = numbers[-1]
-        path = segment_path(directory, last)
-        with path.open("rb") as file:
-            for item in iter_segment(file, last, max_record_bytes=max_record_bytes):
-                if isinstance(item, Corruption):
-                    active_damage.append(item)
-                else:
-                    builder.add(item[1])
-            active_size = os.fstat(file.fileno()).st_size
-        _check_unsupported(active_damage)
-        if active_damage and active_damage[-1].tail:
-            cut = active_damage.pop()
-            with path.open("r+b") as file:
-                file.truncate(cut.position)
-                os.fsync(file.fileno())
-            repair = TailRepair(
-                segment=last,
-                position=cut.position,
-                dropped_bytes=active_size - cut.position,
-                kind=cut.kind,
-                detail=cut.detail,
-            )
-            repairs.append(repair)
-            reasons.append(repair.describe())
-            active_size = cut.position
-        for corruption in active_damage:
-            reasons.append(f"damaged record in the newest segment: {corruption.describe()}")
-        corruptions.extend(active_damage)
-        # Only the newest segment's own records count: after an epoch change the sealed
-        # segment before it legitimately belongs to the previous epoch.
-        if builder.epochs:
-            newest_epoch = builder.epochs[-1]
-            if state is not None and newest_epoch != state.epoch:
-                reasons.append(
-                    f"the newest records belong to epoch {newest_epoch} but {EPOCH_FILE}"
-                    f" names {state.epoch}: the log was replaced"
-                )
+    damage: list[Corruption] = []
+    path = segment_path(directory, last)
+    with path.open("rb") as file:
+        for item in iter_segment(file, last, max_record_bytes=config.max_record_bytes):
+            if isinstance(item, Corruption):
+                damage.append(item)
+            else:
+                builder.add(item[1])
+        size = os.fstat(file.fileno()).st_size
+    _check_unsupported(damage)
+    repairs: tuple[TailRepair, ...] = ()
+    if damage and damage[-1].tail:
+        cut = damage.pop()
+        with path.open("r+b") as file:
+            file.truncate(cut.position)
+            os.fsync(file.fileno())
+        repair = TailRepair(
+            segment=last,
+            position=cut.position,
+            dropped_bytes=size - cut.position,
+            kind=cut.kind,
+            detail=cut.detail,
+        )
+        repairs = (repair,)
+        reasons.append(repair.describe())
+        size = cut.position
+    for corruption in damage:
+        reasons.append(f"damaged record in the newest segment: {corruption.describe()}")
+    # Only the newest segment's own records count: after an epoch change the sealed
+    # segment before it legitimately belongs to the previous epoch.
+    newest_epoch = builder.epochs[-1] if builder.epochs else None
+    if newest_epoch is not None and state is not None and newest_epoch != state.epoch:
+        reasons.append(
+            f"the newest records belong to epoch {newest_epoch} but {EPOCH_FILE}"
+            f" names {state.epoch}: the log was replaced"
+        )
+    return _Tail(
+        segment=last,
+        builder=builder,
+        damage=damage,
+        size=size,
+        repairs=repairs,
+        newest_epoch=newest_epoch,
+    )
 
-    epoch_changed = bool(reasons)
-    if epoch_changed:
-        epoch = new_epoch_id()
-        previous = state.epoch if state is not None else newest_epoch
-        started = now
-    else:
-        assert state is not None
-        epoch, previous, started = state.epoch, state.previous_epoch, state.epoch_started
 
+def _active_segment(
+    directory: Path,
+    numbers: list[int],
+    state: LogState | None,
+    sealed: _Sealed,
+    tail: _Tail | None,
+    *,
+    config: LogConfig,
+    epoch_changed: bool,
+) -> tuple[int, int, SummaryBuilder]:
+    """The segment the writer appends to, its size and its summary so far: the newest
+    one, or a new one when there is none, when the epoch changed (one epoch per segment),
+    when it is damaged (never append after damage) or full. A newest segment that stops
+    being the active one is summarised and added to ``sealed``."""
     # After lost tail segments the next number follows the last one found (a gap would
     # look like a new loss to every later open); the epoch tells readers of the reset.
     highest = numbers[-1] if numbers else (state.last_segment if state is not None else 0)
-    active = numbers[-1] if numbers else highest + 1
-    if numbers:
-        summary = builder.build(active, active_size, tuple(active_damage))
-        _merge_offsets(offsets, summary)
-        # One epoch per segment, and never append after damage: start a new segment
-        # (an empty one without damage can take the new epoch as it is).
-        if active_damage or (
-            active_size and (epoch_changed or active_size >= config.segment_bytes)
-        ):
+    if tail is None:
+        active, active_size, builder = highest + 1, 0, SummaryBuilder()
+    else:
+        active, active_size, builder = tail.segment, tail.size, tail.builder
+        summary = builder.build(active, active_size, tuple(tail.damage))
+        _merge_offsets(sealed.last_offsets, summary)
+        # An empty one without damage can take the new epoch as it is.
+        if tail.damage or (active_size and (epoch_changed or active_size >= config.segment_bytes)):
             write_summary(directory, summary)
-            sealed.append(summary)
-            active = highest + 1
-            builder = SummaryBuilder()
-            active_size = 0
-    if not numbers or active != numbers[-1]:
+            sealed.summaries.append(summary)
+            active, active_size, builder = highest + 1, 0, SummaryBuilder()
+    if tail is None or active != tail.segment:
         fd = os.open(segment_path(directory, active), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         os.close(fd)
         fsync_directory(directory)
-
-    new_state = LogState(
-        epoch=epoch,
-        epoch_started=started,
-        previous_epoch=previous,
-        reasons=tuple(reasons) if epoch_changed else (state.reasons if state else ()),
-        first_segment=sealed[0].segment if sealed else active,
-        last_segment=active,
-        fsync=config.fsync.value,
-        boot_id=boot_id(),
-        open=True,
-        gaps=gaps,
-    )
-    write_state(directory, new_state)
-    if failed_marker:
-        with contextlib.suppress(FileNotFoundError):
-            (directory / FAILED_MARKER).unlink()
-        fsync_directory(directory)
-
-    report = RecoveryReport(
-        directory=str(directory),
-        epoch=epoch,
-        previous_epoch=previous if epoch_changed else None,
-        epoch_changed=epoch_changed,
-        reasons=tuple(reasons) if epoch_changed else (),
-        clean_shutdown=None if state is None else not state.open,
-        repairs=tuple(repairs),
-        corruptions=tuple(corruptions),
-        removed_segments=tuple(removed),
-        segments=len(sealed) + 1,
-    )
-    return Recovered(
-        report=report,
-        state=new_state,
-        sealed=sealed,
-        active=active,
-        active_size=active_size,
-        builder=builder,
-        last_offsets=offsets,
-    )
+    return active, active_size, builder

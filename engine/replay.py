@@ -1,6 +1,7 @@
 """Re-drive recorded records against an app's handlers, for debugging.
 
-`replay` takes records (from `iter_records`, usually one room's) and a fresh `Server`
+`replay` takes records (from the event log's `iter_records`, usually one room's, or a
+cluster's shared log) and a fresh `Server`
 with the app's handlers registered, and plays the records in order through the real
 engine: namespaces, the adapter, room actors and broadcasts. Each recorded socket is
 stood in for by a socket whose connection captures what the app sends it, so the sids
@@ -35,17 +36,20 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Final, cast
+from typing import TYPE_CHECKING, Final
 
 import attrs
 import trio
 
-from roomcast.engine.actors.outbox import Outbox, OutFrame, SharedFrame
+from roomcast.engine.actors.outbox import Outbox
 from roomcast.engine.errors import ConnectionLostError
-from roomcast.engine.socket import Handshake, Socket
+from roomcast.engine.handshake import Handshake
+from roomcast.engine.socket import Socket
+from roomcast.engine.transport.frames import OutFrame, SharedFrame
 from roomcast.protocol import (
     Ack,
     Connect,
+    DisconnectReason,
     Event,
     JsonValue,
     LogRecord,
@@ -58,9 +62,10 @@ from roomcast.protocol import (
 )
 
 if TYPE_CHECKING:
-    from roomcast.engine.actors.connection import Connection
+    from roomcast.engine.actors.connection import NamespaceMember
     from roomcast.engine.namespace import Namespace
     from roomcast.engine.server import Server
+    from roomcast.engine.transport.http import HttpRequest
     from roomcast.protocol import Decoder
 
 __all__ = ["Delivery", "ReplayAction", "ReplayStep", "replay"]
@@ -123,15 +128,16 @@ class ReplayStep:
 
 @attrs.define(eq=False)
 class _ReplayConnection:
-    """Stands in for a `Connection`: what the engine sends to the socket is queued in
-    its outbox and decoded back after each step."""
+    """Stands in for a `Connection` (a ``SocketConnection``): what the engine sends to the
+    socket is queued in its outbox and decoded back after each step."""
 
     sid: str
     parser: Parser
     socket: Socket | None = None
     outbox: Outbox = attrs.field(factory=lambda: Outbox(max_frames=_OUTBOX_FRAMES))
     sio: SioServerConnection = attrs.field(factory=SioServerConnection)
-    namespaces: dict[str, object] = attrs.field(factory=dict)
+    namespaces: dict[str, NamespaceMember] = attrs.field(factory=dict)
+    request: HttpRequest | None = None
     close_reason: str | None = None
     held: list[SioPacket] = attrs.field(factory=list)
     decoder: Decoder = attrs.field(init=False)
@@ -146,6 +152,10 @@ class _ReplayConnection:
     @property
     def closed(self) -> bool:
         return self.close_reason is not None
+
+    @property
+    def transport_name(self) -> str:
+        return "replay"
 
     def send_packet(self, packet: SioPacket) -> bool:
         if isinstance(packet, Event) and packet.ack_id is not None and self.socket is not None:
@@ -197,7 +207,7 @@ class _Replayer:
 
     def _namespace(self, name: str, auth: JsonValue) -> Namespace | None:
         # Resolving may create a dynamic namespace, exactly as a client's CONNECT would.
-        return self.server._resolve(name, auth)
+        return self.server.resolve_namespace(name, auth)
 
     def _socket(self, namespace: str, sid: str, auth: JsonValue) -> Socket | None:
         conn = self.connections.get((namespace, sid))
@@ -212,7 +222,7 @@ class _Replayer:
         socket = Socket(
             sid=sid,
             namespace=ns,
-            connection=cast("Connection", conn),
+            connection=conn,
             handshake=Handshake(
                 auth=auth if auth is not None else {},
                 headers={},
@@ -246,7 +256,9 @@ class _Replayer:
         if kind in (RecordKind.SERVER_START, RecordKind.SERVER_STOP, RecordKind.EPOCH):
             for conn in list(self.connections.values()):
                 if conn.socket is not None:
-                    await conn.socket.namespace.remove_socket(conn.socket, "server shutting down")
+                    await conn.socket.namespace.remove_socket(
+                        conn.socket, DisconnectReason.SERVER_SHUTTING_DOWN
+                    )
             step = attrs.evolve(step, action=ReplayAction.RESET)
         elif sid is None:
             step = attrs.evolve(step, note="no sender: nothing to re-drive")
@@ -284,7 +296,7 @@ class _Replayer:
             else:
                 reason = record.args[0] if record.args else None
                 await socket.namespace.remove_socket(
-                    socket, reason if isinstance(reason, str) else "transport close"
+                    socket, reason if isinstance(reason, str) else DisconnectReason.TRANSPORT_CLOSE
                 )
                 step = attrs.evolve(step, action=ReplayAction.DISCONNECT)
         return attrs.evolve(step, deliveries=await self._deliveries())
@@ -307,7 +319,7 @@ class _Replayer:
         step = attrs.evolve(step, action=ReplayAction.EVENT)
         try:
             await self.server.on_event(
-                cast("Connection", conn),
+                conn,
                 record.namespace,
                 record.event,
                 tuple(record.args),
@@ -357,7 +369,7 @@ async def replay(
     Raises:
         RuntimeError: ``server`` is running.
     """
-    if server.supervisor._nursery is not None:
+    if server.supervisor.running:
         raise RuntimeError("replay needs a Server that is not running")
     replayer = _Replayer(server=server, apply_membership=apply_membership)
     steps: list[ReplayStep] = []
