@@ -50,6 +50,7 @@ from roomcast.engine.transport.http import HttpRequest
 from roomcast.protocol import (
     JSON_PARSER,
     Ack,
+    DisconnectReason,
     EioServerSession,
     Event,
     JsonValue,
@@ -941,7 +942,8 @@ class Server:
         conn = Connection(
             config=config,
             session=session,
-            layer=endpoint.layer,
+            sio_layer=endpoint.sio_layer,
+            engine_layer=endpoint.engine_layer,
             scheduler=self.supervisor.scheduler,
             parser=endpoint.parser,
             transport=ws,
@@ -951,7 +953,7 @@ class Server:
             reactor=self.supervisor.reactor,
         )
         self.connections[sid] = conn
-        if self.observer is not None and endpoint.layer is self:
+        if self.observer is not None and endpoint.sio_layer is self:
             self.observer.connection_opened(conn)
         if request.remote is not None:
             host = host_of(request.remote)
@@ -985,7 +987,7 @@ class Server:
     def _forget(self, conn: Connection) -> None:
         if self.connections.get(conn.eio_sid) is conn:
             del self.connections[conn.eio_sid]
-            self.stats.closed(conn.close_reason or "server shutting down")
+            self.stats.closed(conn.close_reason or DisconnectReason.SERVER_SHUTTING_DOWN)
             request = conn.request
             if request is not None and request.remote is not None:
                 host = host_of(request.remote)

@@ -19,13 +19,12 @@ from functools import partial
 from typing import Final
 
 import trio
+from wsproto.frame_protocol import CloseReason
 
 from roomcast.engine.actors.outbox import Offer, Outbox
 from roomcast.engine.errors import TransportClosed
 from roomcast.engine.transport.http import HttpConnection
 from roomcast.engine.transport.websocket import (
-    CLOSE_NORMAL,
-    CLOSE_POLICY,
     WebSocketTransport,
     accept_websocket,
 )
@@ -97,7 +96,7 @@ async def _echo(transport: WebSocketTransport) -> None:
     outbox = Outbox(max_frames=_OUTBOX_FRAMES)
     transport.on_control = outbox.kick
     writer_done = trio.Event()
-    code = CLOSE_NORMAL
+    code: int = CloseReason.NORMAL_CLOSURE
 
     async def write_loop(nursery: trio.Nursery) -> None:
         outbox.direct = transport.send_now  # written at once while the writer is idle
@@ -134,10 +133,10 @@ async def _read_loop(transport: WebSocketTransport, outbox: Outbox) -> int:
         while True:
             message = await transport.receive_message()
             if outbox.offer((message,)) is Offer.FULL:  # the peer does not read
-                return CLOSE_POLICY
+                return CloseReason.POLICY_VIOLATION
     except TransportClosed as exc:
         logger.debug("echo connection closed: %s", exc.reason)
-    return CLOSE_NORMAL
+    return CloseReason.NORMAL_CLOSURE
 
 
 async def _main(host: str, port: int, max_message_bytes: int, compression: bool) -> None:

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING, Final, Protocol, cast
+from typing import TYPE_CHECKING, Final, Protocol
 
 import attrs
 import trio
+from wsproto.frame_protocol import CloseReason
 
 from roomcast.engine.actors.inbox import Inbox
 from roomcast.engine.actors.outbox import Offer, Outbox
@@ -31,6 +32,7 @@ from roomcast.protocol import (
     AckReceived,
     Closed,
     ConnectRequested,
+    DisconnectReason,
     DisconnectRequested,
     EioEvent,
     EioPacket,
@@ -62,7 +64,7 @@ if TYPE_CHECKING:
     from roomcast.engine.transport.base import MessageTransport, NonBlockingTransport
     from roomcast.engine.transport.http import HttpRequest
     from roomcast.engine.transport.reactor import Reactor
-    from roomcast.protocol import Parser
+    from roomcast.protocol import Decoder, Parser
 
 __all__ = ["Connection", "ConnectionLayer", "EngineLayer", "RawMessage", "SocketLayer"]
 
@@ -80,7 +82,11 @@ _WORK: Final = (ConnectRequested, EventReceived, DisconnectRequested)
 Work = ConnectRequested | EventReceived | DisconnectRequested | RawMessage
 
 # WebSocket close codes (RFC 6455 §7.4.1) by disconnect reason.
-_CLOSE_CODES: Final = {"slow consumer": 1008, "parse error": 1002, "server shutting down": 1001}
+_CLOSE_CODES: Final[dict[str, CloseReason]] = {
+    DisconnectReason.SLOW_CONSUMER: CloseReason.POLICY_VIOLATION,
+    DisconnectReason.PARSE_ERROR: CloseReason.PROTOCOL_ERROR,
+    DisconnectReason.SERVER_SHUTTING_DOWN: CloseReason.GOING_AWAY,
+}
 # A held GET's answers: one NOOP or one CLOSE, as a polling body.
 NOOP: Final = encode_payload([EioPacket(type=EioPacketType.NOOP)])
 CLOSE: Final = encode_payload([EioPacket(type=EioPacketType.CLOSE)])
@@ -142,14 +148,15 @@ class Connection:
 
     Only the actor's own tasks touch its protocol state. ``send_packet`` and
     ``send_frames`` may be called from any task: they only queue into the outbox.
-    ``parser`` is None for an endpoint without the Socket.IO layer, whose ``layer`` is
-    then an ``EngineLayer``; with a parser it is a ``SocketLayer``.
+    A Socket.IO connection has a ``parser`` and reports to ``sio_layer``; a bare
+    Engine.IO one (``mount_engine``) has neither and reports to ``engine_layer``.
     """
 
     config: Config
     session: EioServerSession
-    layer: EngineLayer | SocketLayer
     scheduler: DeadlineScheduler
+    sio_layer: SocketLayer | None = None
+    engine_layer: EngineLayer | None = None
     parser: Parser | None = None
     transport: MessageTransport | None = None
     request: HttpRequest | None = None
@@ -163,7 +170,7 @@ class Connection:
     connect_deadline: float = attrs.field(default=math.inf, init=False)
     namespaces: dict[str, NamespaceMember] = attrs.field(factory=dict, init=False)
     finished: trio.Event = attrs.field(factory=trio.Event, init=False)
-    _decoder: object = attrs.field(default=None, init=False)
+    _decoder: Decoder | None = attrs.field(default=None, init=False)
     _scheduled: float = attrs.field(default=math.inf, init=False)
     _closed: trio.Event = attrs.field(factory=trio.Event, init=False)
     _writer_done: trio.Event = attrs.field(factory=trio.Event, init=False)
@@ -195,6 +202,13 @@ class Connection:
             self._decoder = self.parser.decoder(self.config.limits)
         self._inbox = Inbox(max_items=self.config.handler_queue_size, on_room=self._on_work_room)
         self._tokens = float(self.config.max_events_burst)
+
+    @property
+    def layer(self) -> ConnectionLayer:
+        """Who the connection reports its end to (its Socket.IO or Engine.IO layer)."""
+        layer = self.sio_layer or self.engine_layer
+        assert layer is not None, "a connection has a layer"
+        return layer
 
     @property
     def eio_sid(self) -> str:
@@ -252,7 +266,7 @@ class Connection:
         """
         offered = self.outbox.offer(frames, volatile=volatile)
         if offered is Offer.FULL:
-            self.evict("slow consumer")
+            self.evict(DisconnectReason.SLOW_CONSUMER)
         return offered is Offer.QUEUED
 
     def close(self, reason: str) -> None:
@@ -287,9 +301,9 @@ class Connection:
             return
         self._apply(self.session.tick(now))
         if self.parser is not None and not self.namespaces and now >= self.connect_deadline:
-            self.close("connect timeout")
+            self.close(DisconnectReason.CONNECT_TIMEOUT)
         if now >= self.attachments_deadline:
-            self.close("attachment timeout")
+            self.close(DisconnectReason.ATTACHMENT_TIMEOUT)
         if self.close_reason is None:
             self._reschedule()
 
@@ -343,8 +357,8 @@ class Connection:
                 # first, so a handler waiting on this client cannot stall the close.
                 self._read_scope.cancel()
                 self._inbox.close()
-                if self.parser is not None:
-                    cast("SocketLayer", self.layer).on_closing(self, self.close_reason or "")
+                if self.sio_layer is not None:
+                    self.sio_layer.on_closing(self, self.close_reason or "")
                 with trio.move_on_after(config.close_grace):
                     await self._handlers_done.wait()
                 self._handler_scope.cancel()
@@ -353,13 +367,13 @@ class Connection:
                     await self._writer_done.wait()
                 nursery.cancel_scope.cancel()
         finally:
-            self.close("server shutting down")
+            self.close(DisconnectReason.SERVER_SHUTTING_DOWN)
             if self._nonblocking is not None:
                 self._leave_reactor(self._nonblocking)
             self.scheduler.cancel(self)
             self.outbox.close()
             self._inbox.close()
-            reason = self.close_reason or "server shutting down"
+            reason = self.close_reason or DisconnectReason.SERVER_SHUTTING_DOWN
             with trio.move_on_after(config.cleanup_timeout, shield=True) as cleanup:
                 try:
                     await self.layer.on_close(self, reason)
@@ -374,7 +388,9 @@ class Connection:
                 )
             with trio.move_on_after(config.close_grace, shield=True):
                 if self.transport is not None:
-                    await self.transport.aclose(_CLOSE_CODES.get(reason, 1000), reason)
+                    await self.transport.aclose(
+                        _CLOSE_CODES.get(reason, CloseReason.NORMAL_CLOSURE), reason
+                    )
             # (Past close_grace the stream is closed by whoever owns it.)
             self.finished.set()
 
@@ -418,7 +434,7 @@ class Connection:
                 packet = decode_ws_frame(data, limits)
             except RemoteProtocolError as exc:
                 logger.debug("connection %s: %s", self.eio_sid, exc)
-                self.close("parse error")
+                self.close(DisconnectReason.PARSE_ERROR)
                 return False
             if not self._receive_packet(packet):
                 return False
@@ -435,7 +451,7 @@ class Connection:
             elif isinstance(event, SendPacket):
                 self.outbox.send_control(encode_ws_frame(event.packet))
             elif isinstance(event, Closed):
-                if event.reason == "transport close":
+                if event.reason == DisconnectReason.TRANSPORT_CLOSE:
                     self._poll_close_body = NOOP  # Engine.IO: a held GET ends with NOOP
                 self.close(event.reason)
                 return False
@@ -464,12 +480,13 @@ class Connection:
             logger.warning(
                 "connection %s: over %s messages/s", self.eio_sid, self.config.max_events_per_second
             )
-            self.close("rate limit exceeded")
+            self.close(DisconnectReason.RATE_LIMIT_EXCEEDED)
             return False
-        if self.parser is None:
+        decoder, layer = self._decoder, self.sio_layer
+        if decoder is None or layer is None:
             return self._hand_over(RawMessage(data))
         try:
-            packet = self._decoder.receive(data)  # type: ignore[attr-defined]
+            packet = decoder.receive(data)
             if packet is None:
                 if self.attachments_deadline == math.inf:
                     self.attachments_deadline = trio.current_time() + self.config.attachment_timeout
@@ -481,13 +498,11 @@ class Connection:
             events = self.sio.receive(packet)
         except RemoteProtocolError as exc:
             logger.debug("connection %s: %s", self.eio_sid, exc)
-            self.close("parse error")
+            self.close(DisconnectReason.PARSE_ERROR)
             return False
         for event in events:
             if isinstance(event, AckReceived):
-                cast("SocketLayer", self.layer).on_ack(
-                    self, event.namespace, event.ack_id, event.args
-                )
+                layer.on_ack(self, event.namespace, event.ack_id, event.args)
             elif isinstance(event, _WORK) and not self._hand_over(event):
                 return False  # the connection is closing
         return True
@@ -566,8 +581,8 @@ class Connection:
         tasks)."""
         self._stop_reading()
         self._inbox.close()
-        if self.parser is not None:
-            cast("SocketLayer", self.layer).on_closing(self, self.close_reason or "")
+        if self.sio_layer is not None:
+            self.sio_layer.on_closing(self, self.close_reason or "")
         self._handler_scope.deadline = trio.current_time() + self.config.close_grace
 
     def _stop_reading(self) -> None:
@@ -612,7 +627,7 @@ class Connection:
 
     def on_reactor_error(self) -> None:
         """Serving this connection raised (logged by the reactor): close it."""
-        self.close("transport error")
+        self.close(DisconnectReason.TRANSPORT_ERROR)
 
     def _flush(self) -> None:
         """The outbox's writer: write at once, unless held (then soon) or the kernel
@@ -675,24 +690,25 @@ class Connection:
         self._handlers_done.set()
 
     async def _handle(self, event: Work) -> None:
-        layer = self.layer
         if isinstance(event, ConnectRequested) and self.close_reason is not None:
             return  # too late to join a namespace
         # The per-connection boundary: an app handler's bug is logged and confined to this
         # connection; the connection keeps serving.
         try:
+            if isinstance(event, RawMessage):
+                assert self.engine_layer is not None, "raw messages come on bare endpoints"
+                await self.engine_layer.on_message(self, event.data)
+                return
+            layer = self.sio_layer
+            assert layer is not None, "Socket.IO work comes on Socket.IO endpoints"
             if isinstance(event, EventReceived):
-                await cast("SocketLayer", layer).on_event(
-                    self, event.namespace, event.name, event.args, event.ack_id
-                )
-            elif isinstance(event, RawMessage):
-                await cast("EngineLayer", layer).on_message(self, event.data)
+                await layer.on_event(self, event.namespace, event.name, event.args, event.ack_id)
             elif isinstance(event, ConnectRequested):
-                await cast("SocketLayer", layer).on_connect(self, event.namespace, event.auth)
+                await layer.on_connect(self, event.namespace, event.auth)
                 self._reschedule()
             else:
-                await cast("SocketLayer", layer).on_namespace_disconnect(
-                    self, event.namespace, "client namespace disconnect"
+                await layer.on_namespace_disconnect(
+                    self, event.namespace, DisconnectReason.CLIENT_NAMESPACE_DISCONNECT
                 )
         except Exception:
             if isinstance(event, EventReceived):
@@ -721,7 +737,7 @@ class Connection:
         """
         if self._poll_active:
             self._poll_close_body = CLOSE
-            self.close("transport error")
+            self.close(DisconnectReason.TRANSPORT_ERROR)
             await trio.lowlevel.checkpoint()
             return 400, '{"code":3,"message":"Bad request"}'
         self._poll_active = True
@@ -753,7 +769,7 @@ class Connection:
         except LocalProtocolError as exc:
             logger.error("connection %s: %s; closing it", self.eio_sid, exc)
             self._poll_close_body = CLOSE
-            self.close("transport error")
+            self.close(DisconnectReason.TRANSPORT_ERROR)
             parts, body = [CLOSE], CLOSE
         self.traffic.packets_out += len(parts)
         return body
@@ -767,7 +783,7 @@ class Connection:
         Cancellation: part of the payload may have been handled.
         """
         if self._post_active:
-            self.close("transport error")
+            self.close(DisconnectReason.TRANSPORT_ERROR)
             await trio.lowlevel.checkpoint()
             return False
         self._post_active = True
@@ -776,13 +792,13 @@ class Connection:
                 packets = decode_payload(body, self.config.limits)
             except RemoteProtocolError as exc:
                 logger.debug("connection %s: %s", self.eio_sid, exc)
-                self.close("parse error")
+                self.close(DisconnectReason.PARSE_ERROR)
                 await trio.lowlevel.checkpoint()
                 return False
             for packet in packets:
                 if not self._receive_packet(packet):
                     await trio.lowlevel.checkpoint()
-                    return self.close_reason in ("transport close", None)
+                    return self.close_reason in (DisconnectReason.TRANSPORT_CLOSE, None)
             await self._wait_for_work_room()
             await trio.lowlevel.checkpoint()
             return True
@@ -791,7 +807,7 @@ class Connection:
 
     def client_gone(self) -> None:
         """The client went away while a GET was held (polling's "transport close")."""
-        self.close("transport close")
+        self.close(DisconnectReason.TRANSPORT_CLOSE)
 
     # -- upgrade to WebSocket (called from the WebSocket request task) --------------------
 
@@ -811,7 +827,7 @@ class Connection:
             or self.session.transport != "polling"
             or self._nursery is None
         ):
-            await transport.aclose(1000, "")
+            await transport.aclose(CloseReason.NORMAL_CLOSURE, "")
             return
         self._upgrading = True
         limits = self.config.limits
@@ -837,8 +853,8 @@ class Connection:
         if not upgraded or self.close_reason is not None:
             self._upgrading = False
             if self.session.state is EioState.UPGRADING and self.close_reason is None:
-                self.close("transport error")  # the probe began but never finished
-            await transport.aclose(1000, "")
+                self.close(DisconnectReason.TRANSPORT_ERROR)  # the probe began but never finished
+            await transport.aclose(CloseReason.NORMAL_CLOSURE, "")
             return
         self.transport = transport
         transport.on_control = self.outbox.kick

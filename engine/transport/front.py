@@ -32,7 +32,7 @@ import trio
 from roomcast.engine.actors.connection import SocketLayer
 from roomcast.engine.errors import TransportClosed
 from roomcast.engine.transport.http import HttpConnection, HttpRequest, error_body
-from roomcast.protocol import EioPacket, EioPacketType, encode_payload
+from roomcast.protocol import DisconnectReason, EioPacket, EioPacketType, encode_payload
 
 if TYPE_CHECKING:
     from roomcast.engine.actors.connection import Connection, EngineLayer
@@ -143,12 +143,14 @@ class FrontHost(SocketLayer, Protocol):
 
 @attrs.frozen
 class Endpoint:
-    """An Engine.IO endpoint: its path (normalised, ``/socket.io/``), who its
-    connections report to, and the Socket.IO codec (None for a bare Engine.IO one)."""
+    """An Engine.IO endpoint: its path (normalised, ``/socket.io/``), and who its
+    connections report to: the Socket.IO layer with its codec, or for a bare Engine.IO
+    endpoint (``mount``), the Engine.IO app."""
 
     path: str
-    layer: EngineLayer | SocketLayer
-    parser: Parser | None
+    sio_layer: SocketLayer | None = None
+    engine_layer: EngineLayer | None = None
+    parser: Parser | None = None
 
 
 @attrs.define(eq=False)
@@ -239,9 +241,9 @@ class EngineFront:
         """The Engine.IO endpoint at ``path`` (normalised), or None."""
         host = self.host
         if path == normal_path(host.config.path):
-            return Endpoint(path=path, layer=host, parser=host.parser)
+            return Endpoint(path=path, sio_layer=host, parser=host.parser)
         layer = self.engines.get(path)
-        return None if layer is None else Endpoint(path=path, layer=layer, parser=None)
+        return None if layer is None else Endpoint(path=path, engine_layer=layer)
 
     # -- phase 1: the origin check and the CORS preflight -------------------------------
 
@@ -441,11 +443,11 @@ class EngineFront:
             with trio.fail_after(config.request_body_timeout):
                 body = await http.read_body(config.limits.max_payload_bytes)
         except trio.TooSlowError:
-            conn.close("transport error")
+            conn.close(DisconnectReason.TRANSPORT_ERROR)
             await http.respond(408, error_body(3, "request body timeout"), close=True)
             return False
         except TransportClosed:
-            conn.close("transport error")
+            conn.close(DisconnectReason.TRANSPORT_ERROR)
             raise
         self.host.stats.traffic.bytes_in += len(body)
         if await conn.receive_payload(body):

@@ -56,6 +56,7 @@ from wsproto.utilities import generate_accept_token
 from roomcast.engine.errors import TransportClosed
 from roomcast.engine.stats import UNCOUNTED, Traffic
 from roomcast.engine.transport.frames import OutFrame, SharedFrame
+from roomcast.protocol import DisconnectReason
 
 __all__ = [
     "DEFLATE_THRESHOLD",
@@ -80,12 +81,6 @@ _RSV1: Final = 0x40
 _HEADER_16: Final = struct.Struct("!BBH")
 _HEADER_64: Final = struct.Struct("!BBQ")
 
-# RFC 6455 §7.4.1 close codes used by the engine.
-CLOSE_NORMAL: Final = 1000
-CLOSE_GOING_AWAY: Final = 1001
-CLOSE_PROTOCOL_ERROR: Final = 1002
-CLOSE_TOO_BIG: Final = 1009
-CLOSE_POLICY: Final = 1008
 
 DEFLATE_THRESHOLD: Final = 1024
 """Messages shorter than this go uncompressed even when deflate is on (Node ``ws``'s
@@ -530,9 +525,13 @@ class WebSocketTransport:
             received = await self.stream.receive_some(_RECEIVE_BYTES)
             data = received if isinstance(received, bytes) else bytes(received)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise TransportClosed("transport error", code=1006) from exc
+            raise TransportClosed(
+                DisconnectReason.TRANSPORT_ERROR, code=CloseReason.ABNORMAL_CLOSURE
+            ) from exc
         if not data:
-            raise TransportClosed("transport close", code=1006)
+            raise TransportClosed(
+                DisconnectReason.TRANSPORT_CLOSE, code=CloseReason.ABNORMAL_CLOSURE
+            )
         self.feed(data)
 
     def receive_nowait(self) -> list[str | bytes]:
@@ -553,9 +552,13 @@ class WebSocketTransport:
         except BlockingIOError:
             return []
         except OSError as exc:
-            raise TransportClosed("transport error", code=1006) from exc
+            raise TransportClosed(
+                DisconnectReason.TRANSPORT_ERROR, code=CloseReason.ABNORMAL_CLOSURE
+            ) from exc
         if not data:
-            raise TransportClosed("transport close", code=1006)
+            raise TransportClosed(
+                DisconnectReason.TRANSPORT_CLOSE, code=CloseReason.ABNORMAL_CLOSURE
+            )
         self.feed(data)
         pending = self._pending
         self._pending = []
@@ -584,8 +587,10 @@ class WebSocketTransport:
             self._take_events()
         except WsRemoteProtocolError as exc:  # pragma: no cover - wsproto reports
             # frame errors as a CloseConnection event (see _take_events)
-            self._queue_close(CLOSE_PROTOCOL_ERROR, "protocol error")
-            raise TransportClosed("transport error", code=CLOSE_PROTOCOL_ERROR) from exc
+            self._queue_close(CloseReason.PROTOCOL_ERROR, "protocol error")
+            raise TransportClosed(
+                DisconnectReason.TRANSPORT_ERROR, code=CloseReason.PROTOCOL_ERROR
+            ) from exc
         finally:
             if len(self.control) != queued and self.on_control is not None:
                 self.on_control()
@@ -692,25 +697,29 @@ class WebSocketTransport:
                     # to answer (RFC 6455 §7.4.1: 1002, 1007, 1009), the connection still
                     # open: we send that close.
                     code = int(event.code)
-                    if code == CLOSE_TOO_BIG:
-                        self._queue_close(code, "message too big")
-                        raise TransportClosed("message too big", code=code)
+                    if code == CloseReason.MESSAGE_TOO_BIG:
+                        self._queue_close(code, DisconnectReason.MESSAGE_TOO_BIG)
+                        raise TransportClosed(DisconnectReason.MESSAGE_TOO_BIG, code=code)
                     self._queue_close(code, "")
-                    raise TransportClosed("transport error", code=code)
+                    raise TransportClosed(DisconnectReason.TRANSPORT_ERROR, code=code)
                 self.close_code, self.close_reason = event.code, event.reason or ""
                 if self.ws.state is ConnectionState.REMOTE_CLOSING:
                     self.control.append(self.ws.send(event.response()))
                 # Messages that came in the same read as the close frame are delivered
                 # first (a client's DISCONNECT is often sent right before its close).
-                self._peer_closed = TransportClosed("transport close", code=event.code)
+                self._peer_closed = TransportClosed(
+                    DisconnectReason.TRANSPORT_CLOSE, code=event.code
+                )
                 return
 
     def _take_data(self, event: TextMessage | BytesMessage) -> None:
         data = event.data
         self._size += len(data)
         if self._size > self.max_message_bytes:
-            self._queue_close(CLOSE_TOO_BIG, "message too big")
-            raise TransportClosed("message too big", code=CLOSE_TOO_BIG)
+            self._queue_close(CloseReason.MESSAGE_TOO_BIG, DisconnectReason.MESSAGE_TOO_BIG)
+            raise TransportClosed(
+                DisconnectReason.MESSAGE_TOO_BIG, code=CloseReason.MESSAGE_TOO_BIG
+            )
         partial = self._partial
         if partial is None:
             if event.message_finished:  # the usual case: one frame, no copy
@@ -849,7 +858,9 @@ class WebSocketTransport:
         except BlockingIOError:
             sent = 0
         except OSError as exc:
-            raise TransportClosed("transport error", code=1006) from exc
+            raise TransportClosed(
+                DisconnectReason.TRANSPORT_ERROR, code=CloseReason.ABNORMAL_CLOSURE
+            ) from exc
         traffic = self.traffic
         traffic.packets_out += len(frames)
         traffic.bytes_out += sent
@@ -878,13 +889,15 @@ class WebSocketTransport:
         try:
             await self.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise TransportClosed("transport error", code=1006) from exc
+            raise TransportClosed(
+                DisconnectReason.TRANSPORT_ERROR, code=CloseReason.ABNORMAL_CLOSURE
+            ) from exc
         self._write_interrupted = False
         traffic = self.traffic
         traffic.packets_out += len(frames)
         traffic.bytes_out += len(data)
 
-    async def aclose(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
+    async def aclose(self, code: int = CloseReason.NORMAL_CLOSURE, reason: str = "") -> None:
         """Send a close frame (if still open) and close the stream.
 
         Cancellation: the stream is closed forcefully.
