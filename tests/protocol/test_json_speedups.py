@@ -102,3 +102,41 @@ def test_msgspec_parses_events_and_never_sees_leading_whitespace(
     with pytest.raises(RemoteProtocolError, match="invalid JSON payload"):
         loads("42 [1]", 2, max_depth=MAX_DEPTH)
     assert calls == ['["a",1.5]']
+
+
+def written(value: object, *, fast: bool) -> tuple[str, str]:
+    """What ``dumps`` writes (or raises), with msgspec's encoder allowed or not."""
+    saved = _json._fast_encode
+    if not fast:
+        _json._fast_encode = None
+    try:
+        return "text", _json.dumps(value)  # type: ignore[arg-type]  # tuples are written too
+    except (TypeError, ValueError, RecursionError) as exc:  # UnicodeEncodeError is a ValueError
+        return "error", type(exc).__name__
+    finally:
+        _json._fast_encode = saved
+
+
+encodable = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**80), 2**80)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text()
+    | st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0x40)),
+    lambda inner: (
+        st.lists(inner, max_size=5)
+        | st.tuples(inner, inner)
+        | st.dictionaries(st.text(max_size=4), inner, max_size=4)
+    ),
+    max_leaves=80,
+)
+
+
+@given(encodable)
+@example(["\ud800"])
+@example({"a": 1e21})
+@example([True, 1, "\u2028\x7f\x00\x1f"])
+@example(list(range(100)))
+def test_dumps_writes_the_same_with_or_without_msgspec(value: object) -> None:
+    assert written(value, fast=True) == written(value, fast=False)
