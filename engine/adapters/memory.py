@@ -148,6 +148,10 @@ class MemoryAdapter(Adapter):
             )
         seen: set[str] | None = set() if len(opts.rooms) > 1 else None
         delivered = 0
+        # Handed to every room first (waiting only while an inbox is full), then waited
+        # for together: the rooms fan out concurrently, and ``emit`` still returns once
+        # every frame is in every recipient's outbox.
+        commands: list[Broadcast] = []
         for room in sorted(opts.rooms):
             socket = self._sockets.get(room)
             if socket is not None:  # a socket's own room
@@ -170,7 +174,10 @@ class MemoryAdapter(Adapter):
                 volatile=opts.volatile,
                 on_member=on_member,
             )
-            await self._command(actor, command)
+            if await self._send(actor, command):
+                commands.append(command)
+        for command in commands:
+            await command.done.wait()
             if command.delivered:
                 delivered += command.delivered[0]
         return delivered
