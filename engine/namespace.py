@@ -21,7 +21,6 @@ from roomcast.engine.adapters.base import (
     SocketInfo,
 )
 from roomcast.engine.adapters.cluster import ClusterError
-from roomcast.engine.adapters.shared import AppendOutcome, encode_records
 from roomcast.engine.handlers import require_async
 from roomcast.engine.listeners import (
     AnyListener,
@@ -36,7 +35,6 @@ from roomcast.engine.recovery import (
     RECOVERABLE_REASONS,
     MissedEvent,
     SavedSession,
-    broadcast_records,
 )
 from roomcast.engine.transport.frames import SharedFrame
 from roomcast.protocol import (
@@ -628,99 +626,7 @@ class Namespace:
             return total
         if self.outgoing_listeners or self.outgoing_sockets:  # on_any_outgoing
             on_member = outgoing_hook(self, packet, on_member)
-        server = self.server
-        shared = self.adapter.shared_log
-        if (
-            shared is not None
-            and isinstance(packet, Event)
-            and packet.ack_id is None
-            and not opts.volatile
-            and not opts.local
-        ):
-            return await self._shared_broadcast(packet, opts, on_member)
-        if shared is not None or (server.log is None and server.recovery_store is None):
-            return await self.adapter.broadcast(self.encode(packet), opts, on_member=on_member)
-        if not isinstance(packet, Event) or packet.ack_id is not None or opts.volatile:
-            # Acks cannot be replayed, and volatile events are not kept (as in Node).
-            return await self.adapter.broadcast(self.encode(packet), opts, on_member=on_member)
-        return await self._recorded_broadcast(packet, opts, on_member)
-
-    async def _recorded_broadcast(
-        self,
-        packet: Event,
-        opts: BroadcastOptions,
-        on_member: Callable[[str], None] | None,
-    ) -> int:
-        """A broadcast that is logged and kept for recovery.
-
-        It takes a server-wide number (its offset), appends its records and, under the
-        ``always`` and ``interval`` policies, waits until they are durable; then, in the
-        order of the numbers, it is kept for recovery and fanned out. So a client never
-        holds an offset the log does not have, and clients get events in log order.
-
-        Cancellation: if cancelled before its turn, the event is neither delivered nor
-        kept (its log records may be written).
-        """
-        server = self.server
-        store = server.recovery_store
-        sequencer = server.sequencer
-        seq = sequencer.take()
-        try:
-            args = (
-                store.with_recovery_offset(seq, packet.args) if store is not None else packet.args
-            )
-            exclude = opts.except_rooms | opts.except_sids
-            await server.record_broadcast(self.name, seq, opts.rooms, exclude, packet.name, args)
-            if not sequencer.is_turn(seq):  # (the usual case needs no further checkpoint)
-                await sequencer.wait_turn(seq)
-            frames = self.encode(Event(name=packet.name, args=args, namespace=packet.namespace))
-            if store is not None:
-                store.record(
-                    seq,
-                    self.name,
-                    opts.rooms,
-                    exclude,
-                    packet.name,
-                    args,
-                    time=server.wall_now(),
-                    size=sum(len(frame.eio) for frame in frames),
-                )
-            return await self.adapter.broadcast(frames, opts, on_member=on_member)
-        finally:
-            sequencer.finish(seq)
-
-    async def _shared_broadcast(
-        self,
-        packet: Event,
-        opts: BroadcastOptions,
-        on_member: Callable[[str], None] | None,
-    ) -> int:
-        """A broadcast through the cluster's shared log: appended there, and delivered
-        by every node (this one too) as it reads the log, in the log's order.
-
-        Without Redis it goes to this node's sockets only, with no offset (so a
-        client's later recovery neither repeats it nor counts on it).
-
-        Cancellation: it may be in the log (and then every node delivers it).
-        """
-        shared = self.adapter.shared_log
-        assert shared is not None
-        records = broadcast_records(
-            self.name,
-            opts.rooms,
-            opts.except_rooms | opts.except_sids,
-            packet.name,
-            packet.args,
-            offset=0,
-            epoch="",
-            time=self.server.wall_now(),
-        )
-        data = encode_records(records, max_record_bytes=self.server.config.log.max_record_bytes)
-        outcome, count = await shared.broadcast(data)
-        if outcome is AppendOutcome.NOT_SENT:
-            local = attrs.evolve(opts, local=True)
-            return await self.adapter.broadcast(self.encode(packet), local, on_member=on_member)
-        return count
+        return await self.server.broadcaster.broadcast(self, packet, opts, on_member)
 
     async def deliver_shared(self, event: MissedEvent, recovery_offset: str) -> int:
         """Deliver a broadcast read from the cluster's shared log to this node's sockets
@@ -916,11 +822,11 @@ class Namespace:
         elif self.adapter.shared_log is not None and socket.pid is not None:
             await self.adapter.shared_log.close_session(socket.pid)  # not recoverable
         if session is None:
-            await server.record_event(
+            await server.broadcaster.record_event(
                 RecordKind.DISCONNECT, self.name, sender=socket.sid, args=(reason,)
             )
         else:
-            await server.record_session(
+            await server.broadcaster.record_session(
                 RecordKind.DISCONNECT, self.name, socket.sid, reason, session
             )
 

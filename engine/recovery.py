@@ -287,8 +287,7 @@ class RecoveryStore:
         ``max_events`` or ``max_event_bytes`` the oldest events are dropped, and a client
         whose offset is older than the oldest kept one is no longer recovered.
         """
-        self.seq = max(self.seq, seq)
-        self._keep(
+        self.keep(
             MissedEvent(
                 seq=seq,
                 namespace=namespace,
@@ -300,6 +299,11 @@ class RecoveryStore:
                 size=size,
             )
         )
+
+    def keep(self, event: MissedEvent) -> None:
+        """Keep broadcast ``event`` (as ``record`` does)."""
+        self.seq = max(self.seq, event.seq)
+        self._keep(event)
 
     def _keep(self, event: MissedEvent) -> None:
         events = self._events

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import attrs
 import trio
 
@@ -12,16 +14,16 @@ __all__ = ["Sequencer"]
 class Sequencer:
     """Hands out increasing numbers and lets their holders take turns in that order.
 
-    A broadcast that is logged takes a number, waits (concurrently with others) until its
-    record is durable, then waits for its turn, so clients receive events in the order of
-    their offsets, which is the log's order. Every number taken must be ``finish``-ed
-    (in a ``finally``): a holder that is cancelled before its turn is skipped.
+    A broadcast that is logged takes a number and is released once its records are
+    durable and it is its turn (``engine/broadcast.py``), so clients receive events in the
+    order of their offsets, which is the log's order. Every number taken must be
+    ``finish``-ed (in a ``finally``): a holder that is cancelled before its turn is skipped.
     """
 
     last: int = 0
     done: int = 0
     _finished: set[int] = attrs.field(factory=set)
-    _waiting: dict[int, trio.Event] = attrs.field(factory=dict)
+    _waiting: dict[int, Callable[[], None]] = attrs.field(factory=dict)
 
     def take(self) -> int:
         """The next number."""
@@ -36,11 +38,25 @@ class Sequencer:
         if self.done >= number - 1:
             await trio.lowlevel.checkpoint()
             return
-        event = self._waiting[number] = trio.Event()
+        event = trio.Event()
+        self._waiting[number] = event.set
         try:
             await event.wait()
         finally:
             self._waiting.pop(number, None)
+
+    def when_turn(self, number: int, wake: Callable[[], None]) -> None:
+        """Call ``wake`` once every smaller number has finished: now if that is so, else
+        from the ``finish`` that makes it so. One waiter per number (``wait_turn`` or
+        this); ``forget`` drops it."""
+        if self.done >= number - 1:
+            wake()
+        else:
+            self._waiting[number] = wake
+
+    def forget(self, number: int) -> None:
+        """Drop the waiter ``when_turn`` left for ``number`` (if any)."""
+        self._waiting.pop(number, None)
 
     def is_turn(self, number: int) -> bool:
         """Whether every smaller number has finished (``wait_turn`` would not wait)."""
@@ -50,9 +66,9 @@ class Sequencer:
         """Mark ``number`` done (delivered, skipped or failed) and wake the next turn."""
         if number == self.done + 1 and not self._finished:  # the common case: in order
             self.done = number
-            waiter = self._waiting.get(number + 1)
+            waiter = self._waiting.pop(number + 1, None)
             if waiter is not None:
-                waiter.set()
+                waiter()
             return
         self._finished.add(number)
         advanced = False
@@ -61,6 +77,6 @@ class Sequencer:
             self.done += 1
             advanced = True
         if advanced:
-            waiter = self._waiting.get(self.done + 1)
+            waiter = self._waiting.pop(self.done + 1, None)
             if waiter is not None:
-                waiter.set()
+                waiter()

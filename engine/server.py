@@ -19,12 +19,13 @@ from roomcast.engine.actors.connection import Connection, EngineLayer
 from roomcast.engine.actors.supervisor import Periodic, Supervisor
 from roomcast.engine.adapters.base import Adapter
 from roomcast.engine.adapters.memory import MemoryAdapter
-from roomcast.engine.adapters.shared import PreparedRecovery, encode_records
+from roomcast.engine.adapters.shared import PreparedRecovery
+from roomcast.engine.broadcast import Broadcaster, Unrecorded, pick_broadcaster
 from roomcast.engine.config import Config
 from roomcast.engine.errors import ConnectRefusedError
 from roomcast.engine.handshake import Handshake
 from roomcast.engine.listeners import admit_event
-from roomcast.engine.log import EventLog, FsyncPolicy, iter_records, open_event_log
+from roomcast.engine.log import EventLog, iter_records, open_event_log
 from roomcast.engine.namespace import (
     BroadcastOperator,
     H,
@@ -39,7 +40,6 @@ from roomcast.engine.recovery import (
     RecoveryConfig,
     RecoveryStore,
     SavedSession,
-    broadcast_records,
 )
 from roomcast.engine.sequencer import Sequencer
 from roomcast.engine.socket import Socket, SocketConnection
@@ -54,8 +54,6 @@ from roomcast.protocol import (
     EioServerSession,
     Event,
     JsonValue,
-    LocalProtocolError,
-    LogRecord,
     LogValue,
     Parser,
     RecordKind,
@@ -119,9 +117,10 @@ class Server:
     allow_request: Callable[[HttpRequest], Awaitable[bool]] | None = None
     static_dirs: dict[str, str] = attrs.field(factory=dict)
     recovery: RecoveryConfig | None = None
-    recovery_store: RecoveryStore | None = attrs.field(default=None, init=False)
-    log: EventLog | None = attrs.field(default=None, init=False)
-    sequencer: Sequencer = attrs.field(factory=Sequencer, init=False)
+    broadcaster: Broadcaster = attrs.field(init=False)
+    """How broadcasts are recorded and delivered (``engine/broadcast.py``): it owns the
+    sequencer, the event log, the recovery store and the shared log; picked again when
+    the settings or the log change."""
     _wall_base: float | None = attrs.field(default=None, init=False)
     connections: dict[str, Connection] = attrs.field(factory=dict, init=False)
     _per_address: dict[str, int] = attrs.field(factory=dict, init=False)
@@ -142,10 +141,41 @@ class Server:
             max_restarts=self.config.room_max_restarts,
             restart_window=self.config.room_restart_window,
         )
+        self.broadcaster = Unrecorded(
+            sequencer=Sequencer(), wall_now=self.wall_now, log_config=self.config.log
+        )
+        self.of("/")
         self._set_recovery(self.recovery)
         self._set_metrics()
         self.front = EngineFront(host=self)
-        self.of("/")
+
+    @property
+    def log(self) -> EventLog | None:
+        """The event log while the server runs with it on, else None."""
+        return self.broadcaster.log
+
+    @property
+    def recovery_store(self) -> RecoveryStore | None:
+        """The recovery store (recovery on), else None."""
+        return self.broadcaster.store
+
+    @property
+    def sequencer(self) -> Sequencer:
+        """The server's one sequence of offsets (recorded events, recovery turns)."""
+        return self.broadcaster.sequencer
+
+    def _pick_broadcaster(
+        self, *, log: EventLog | None, store: RecoveryStore | None, sequencer: Sequencer
+    ) -> None:
+        """Pick the broadcast strategy for the settings as they are now."""
+        self.broadcaster = pick_broadcaster(
+            sequencer=sequencer,
+            wall_now=self.wall_now,
+            log_config=self.config.log,
+            log=log,
+            store=store,
+            shared=self.of("/").adapter.shared_log,
+        )
 
     def _set_metrics(self) -> None:
         """Make the metrics (``config.metrics``), or drop them.
@@ -177,12 +207,13 @@ class Server:
             self._prune = None
         self.recovery = recovery
         if recovery is None:
-            self.recovery_store = None
+            self._pick_broadcaster(log=self.log, store=None, sequencer=self.sequencer)
             return
-        store = self.recovery_store = RecoveryStore(
+        store = RecoveryStore(
             config=recovery,
             delivery_bound=self.config.ping_interval + self.config.ping_timeout,
         )
+        self._pick_broadcaster(log=self.log, store=store, sequencer=self.sequencer)
         # Sessions nobody comes back for, and the events kept for them, are forgotten
         # on the supervisor's timer, not only when a client recovers.
         self._prune = self.supervisor.every(
@@ -217,6 +248,9 @@ class Server:
             for ns in [*self.namespaces.values(), *(parent for _, parent in self._dynamic)]:
                 ns.adapter = adapter_factory(ns.name, self.supervisor.spawn_room, config)
                 ns.adapter.bind(ns)
+            self._pick_broadcaster(
+                log=self.log, store=self.recovery_store, sequencer=self.sequencer
+            )
 
     # -- namespaces -------------------------------------------------------------------------
 
@@ -516,9 +550,9 @@ class Server:
         if self.observer is not None:
             self.observer.event_received(socket, name, args)
         ns = socket.namespace
-        recording = self.log is not None or ns.adapter.shared_log is not None
-        if recording and self.config.log.record_client_events:
-            await self.record_event(
+        broadcaster = self.broadcaster
+        if broadcaster.records_client_events:
+            await broadcaster.record_event(
                 RecordKind.MESSAGE, namespace, sender=socket.sid, event=name, args=args
             )
         if (
@@ -553,27 +587,9 @@ class Server:
         if restored is not None:
             rooms: list[LogValue] = [*sorted(restored.rooms)]
             info["rooms"] = rooms
-        await self.record_session(
+        await self.broadcaster.record_session(
             RecordKind.CONNECT, socket.namespace.name, socket.sid, socket.handshake.auth, info
         )
-
-    async def record_session(
-        self,
-        kind: RecordKind,
-        namespace: str,
-        sid: str,
-        first: LogValue,
-        info: dict[str, LogValue],
-    ) -> None:
-        """Record a socket's CONNECT or DISCONNECT with its session ``info`` (pid, rooms,
-        ``data``): what recovery after a crash reads. When msgpack cannot hold the
-        ``data``, the record is written with ``data`` null rather than lost.
-
-        Cancellation: the record may or may not be queued.
-        """
-        if not await self.record_event(kind, namespace, sender=sid, args=(first, info)):
-            info["data"] = None
-            await self.record_event(kind, namespace, sender=sid, args=(first, info))
 
     def on_ack(
         self, conn: Connection, namespace: str, ack_id: int, args: tuple[JsonValue, ...]
@@ -701,14 +717,15 @@ class Server:
         async with open_event_log(
             config, io=self.metrics.log_io if self.metrics is not None else None
         ) as log:
-            self.log = log
-            self.sequencer = Sequencer(last=log.max_offset(), done=log.max_offset())
-            if self.recovery_store is not None:
-                await self._rebuild_recovery(log)
+            store = self.recovery_store
+            sequencer = Sequencer(last=log.max_offset(), done=log.max_offset())
+            if store is not None:
+                await self._rebuild_recovery(log, store)
+            self._pick_broadcaster(log=log, store=store, sequencer=sequencer)
             try:
                 yield
             finally:
-                self.log = None
+                self._pick_broadcaster(log=None, store=store, sequencer=self.sequencer)
 
     def wall_now(self) -> float:
         """Wall-clock seconds, advancing with Trio's clock (a MockClock in tests too)."""
@@ -716,139 +733,7 @@ class Server:
             self._wall_base = time.time() - trio.current_time()
         return self._wall_base + trio.current_time()
 
-    async def _append(self, record: LogRecord, *, durable: bool) -> None:
-        """Append to the log (when on): waiting for durability, or queue it."""
-        log = self.log
-        if log is None:
-            return
-        if durable and log.config.fsync is not FsyncPolicy.NEVER:
-            await log.append(record)
-            return
-        try:
-            log.append_nowait(record)
-        except trio.WouldBlock:
-            await log.append(record)
-
-    def _record(
-        self,
-        kind: RecordKind,
-        namespace: str,
-        *,
-        room: str = "",
-        sender: str | None = None,
-        event: str | None = None,
-        args: tuple[LogValue, ...] = (),
-        unnumbered: bool = False,
-    ) -> LogRecord | None:
-        """A record numbered in the server's sequence (None when the log is off), or with
-        ``unnumbered`` one for the cluster's shared log, which numbers it itself."""
-        if unnumbered:
-            offset, epoch = 0, ""
-        else:
-            log = self.log
-            if log is None:
-                return None
-            offset = self.sequencer.take()
-            self.sequencer.finish(offset)
-            epoch = log.epoch
-        return LogRecord(
-            offset=offset,
-            time=self.wall_now(),
-            namespace=namespace,
-            room=room,
-            kind=kind,
-            sender=sender,
-            event=event,
-            args=args,
-            epoch=epoch,
-        )
-
-    async def record_event(
-        self,
-        kind: RecordKind,
-        namespace: str,
-        *,
-        room: str = "",
-        sender: str | None = None,
-        event: str | None = None,
-        args: tuple[LogValue, ...] = (),
-    ) -> bool:
-        """Log a room or connection event (join, leave, connect, disconnect, a client's
-        event): joins and leaves wait until they are durable (under ``always`` and
-        ``interval``), the others are queued without waiting. A record that cannot be encoded
-        (socket data msgpack cannot hold) is logged as a warning and skipped: then it
-        returns False.
-
-        Cancellation: the record may or may not be queued.
-        """
-        ns = self.namespaces.get(namespace)
-        shared = ns.adapter.shared_log if ns is not None else None
-        if shared is not None:  # the cluster's log takes the record (numbered there)
-            try:
-                record = self._record(
-                    kind,
-                    namespace,
-                    room=room,
-                    sender=sender,
-                    event=event,
-                    args=args,
-                    unnumbered=True,
-                )
-                assert record is not None
-                data = encode_records([record], max_record_bytes=self.config.log.max_record_bytes)
-            except LocalProtocolError as exc:
-                logger.warning("not logged (%s %s): %s", kind.name, namespace, exc)
-                await trio.lowlevel.checkpoint()
-                return False
-            if kind in (RecordKind.JOIN, RecordKind.LEAVE):
-                # In Redis before the join is done: what the member is sent next,
-                # from any node, comes after it in the log.
-                await shared.append(data)
-                return True
-            shared.append_nowait(data)
-            await trio.lowlevel.checkpoint()
-            return True
-        try:
-            record = self._record(kind, namespace, room=room, sender=sender, event=event, args=args)
-            if record is None:
-                await trio.lowlevel.checkpoint()
-                return True
-            # A join or leave is durable before it returns, as in the shared log: a
-            # client recovered after a crash must get back the rooms it was told it is
-            # in, even when no event of the room reached it before the crash.
-            await self._append(record, durable=kind in (RecordKind.JOIN, RecordKind.LEAVE))
-        except LocalProtocolError as exc:
-            logger.warning("not logged (%s %s): %s", kind.name, namespace, exc)
-            return False
-        return True
-
-    async def record_broadcast(
-        self,
-        namespace: str,
-        seq: int,
-        rooms: frozenset[str],
-        exclude: frozenset[str],
-        name: str,
-        args: tuple[JsonValue, ...],
-    ) -> None:
-        """Log broadcast ``seq`` (one record per target room; room ``""`` for the whole
-        namespace) and wait until it is durable under ``always`` and ``interval``.
-
-        Raises:
-            LogWriteError: The log could not write it (the broadcast must not go out).
-        """
-        log = self.log
-        if log is None:
-            await trio.lowlevel.checkpoint()
-            return
-        records = broadcast_records(
-            namespace, rooms, exclude, name, args, offset=seq, epoch=log.epoch, time=self.wall_now()
-        )
-        for record in records[:-1]:
-            await self._append(record, durable=False)
-        await self._append(records[-1], durable=True)
-
-    async def _rebuild_recovery(self, log: EventLog) -> None:
+    async def _rebuild_recovery(self, log: EventLog, store: RecoveryStore) -> None:
         """Refill the recovery store from the log's current epoch, so a client that was
         connected before a restart can still be recovered.
 
@@ -857,8 +742,6 @@ class Server:
         are known only from their ``CONNECT``, ``JOIN`` and ``LEAVE`` records, however
         old, so the whole epoch is read (in one pass, in a worker thread).
         """
-        store = self.recovery_store
-        assert store is not None
         store.epoch = log.epoch
         store.seq = log.max_offset()
         crashed = log.repair_report.clean_shutdown is False

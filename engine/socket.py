@@ -223,7 +223,7 @@ class Socket:
         for room in new:
             if observer is not None:
                 observer.room_joined(self, room)
-            await self.namespace.server.record_event(
+            await self.namespace.server.broadcaster.record_event(
                 RecordKind.JOIN, self.namespace.name, room=room, sender=self.sid
             )
 
@@ -243,7 +243,7 @@ class Socket:
             if self.namespace.server.observer is not None:
                 self.namespace.server.observer.room_left(self, room)
             await self.namespace.session_changed(self)
-            await self.namespace.server.record_event(
+            await self.namespace.server.broadcaster.record_event(
                 RecordKind.LEAVE, self.namespace.name, room=room, sender=self.sid
             )
 

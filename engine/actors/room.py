@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import TypeAlias
+from collections.abc import Callable, Iterable
+from typing import Protocol, TypeAlias
 
 import attrs
 import trio
@@ -23,9 +23,18 @@ __all__ = [
     "RoomActor",
     "RoomCommand",
     "Stop",
+    "fan_out",
 ]
 
 logger = logging.getLogger(__name__)
+
+
+class Recipient(Protocol):
+    """What a fan-out needs of a member: its outbox, and how to evict it."""
+
+    @property
+    def outbox(self) -> Outbox: ...
+    def evict(self, reason: str) -> None: ...
 
 
 @attrs.frozen(kw_only=True)
@@ -156,25 +165,52 @@ class RoomActor:
                 command.done.set()
 
     def _fan_out(self, command: Broadcast) -> None:
-        exclude, seen, frames = command.exclude, command.seen, command.frames
-        delivered = 0
-        evicted: list[Member] = []
-        for sid, member in self.members.items():
-            if sid in exclude:
+        command.delivered.append(
+            fan_out(
+                self.members.items(),
+                command.frames,
+                exclude=command.exclude,
+                seen=command.seen,
+                volatile=command.volatile,
+                on_member=command.on_member,
+                where=f" from room {self.name!r}",
+            )
+        )
+
+
+def fan_out(
+    members: Iterable[tuple[str, Recipient]],
+    frames: tuple[OutFrame, ...],
+    *,
+    exclude: frozenset[str] = frozenset(),
+    seen: set[str] | None = None,
+    volatile: bool = False,
+    on_member: Callable[[str], None] | None = None,
+    where: str = "",
+) -> int:
+    """Offer ``frames`` to every member not in ``exclude`` and not yet in ``seen`` (which
+    it extends); return how many took them. Never waits: a full outbox drops a volatile
+    send and evicts the member otherwise (the slow-consumer policy), once the loop is
+    done. Used by room actors and by the adapter's direct deliveries alike.
+    """
+    delivered = 0
+    evicted: list[tuple[str, Recipient]] = []
+    for sid, member in members:
+        if sid in exclude:
+            continue
+        if seen is not None:
+            if sid in seen:
                 continue
-            if seen is not None:
-                if sid in seen:
-                    continue
-                seen.add(sid)
-            offered = member.outbox.offer(frames, volatile=command.volatile)
-            if offered is Offer.FULL:
-                evicted.append(member)
-            if offered is not Offer.QUEUED:
-                continue  # (a closed outbox: the member is leaving; its cleanup removes it)
-            delivered += 1
-            if command.on_member is not None:
-                command.on_member(sid)
-        command.delivered.append(delivered)
-        for member in evicted:
-            logger.warning("evicting slow consumer %s from room %r", member.sid, self.name)
-            member.evict(DisconnectReason.SLOW_CONSUMER)
+            seen.add(sid)
+        offered = member.outbox.offer(frames, volatile=volatile)
+        if offered is Offer.FULL:
+            evicted.append((sid, member))
+        if offered is not Offer.QUEUED:
+            continue  # (a closed outbox: the member is leaving; its cleanup removes it)
+        delivered += 1
+        if on_member is not None:
+            on_member(sid)
+    for sid, member in evicted:
+        logger.warning("evicting slow consumer %s%s", sid, where)
+        member.evict(DisconnectReason.SLOW_CONSUMER)
+    return delivered

@@ -220,6 +220,23 @@ class Adapter(abc.ABC):
         one task reach each socket in the order they were made.
         """
 
+    def broadcast_now(
+        self,
+        frames: tuple[OutFrame, ...],
+        opts: BroadcastOptions,
+        *,
+        on_member: Callable[[str], None] | None = None,
+    ) -> int | None:
+        """Send ``frames`` to every matching socket of this node at once, without
+        waiting for anything, and return how many were reached; None if this adapter
+        cannot (then ``broadcast`` does it).
+
+        A recorded broadcast is released this way (``engine/broadcast.py``): a whole
+        durable batch goes out in offset order in one step, so each socket gets the
+        events in log order whatever rooms they went to.
+        """
+        return None
+
     @abc.abstractmethod
     def sockets(self, opts: BroadcastOptions) -> set[str]:
         """The ids of the matching sockets on this node."""
@@ -254,7 +271,7 @@ class Adapter(abc.ABC):
     @property
     def shared_log(self) -> ClusterLog | None:
         """The cluster's shared ordered log, when the adapter has one: recorded
-        broadcasts then go through it (``Namespace`` does this), and recovery, history
+        broadcasts then go through it (``engine/broadcast.py``), and recovery, history
         and replay read it instead of this node's own store."""
         return None
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable
 
 import attrs
 import trio
 
-from roomcast.engine.actors.outbox import Offer
 from roomcast.engine.actors.room import (
     Broadcast,
     Crash,
@@ -19,14 +17,12 @@ from roomcast.engine.actors.room import (
     RoomActor,
     RoomCommand,
     Stop,
+    fan_out,
 )
 from roomcast.engine.adapters.base import Adapter, BroadcastOptions, LocalSocket
 from roomcast.engine.transport.frames import OutFrame
-from roomcast.protocol import DisconnectReason
 
 __all__ = ["MemoryAdapter"]
-
-logger = logging.getLogger(__name__)
 
 
 @attrs.define(eq=False)
@@ -143,18 +139,29 @@ class MemoryAdapter(Adapter):
     ) -> int:
         exclude = self._excluded(opts)
         if not opts.rooms:
-            return self._send_direct(self._sockets, frames, exclude, opts.volatile, on_member)
+            return fan_out(
+                list(self._sockets.items()),
+                frames,
+                exclude=exclude,
+                volatile=opts.volatile,
+                on_member=on_member,
+            )
         seen: set[str] | None = set() if len(opts.rooms) > 1 else None
         delivered = 0
+        # Handed to every room first (waiting only while an inbox is full), then waited
+        # for together: the rooms fan out concurrently, and ``emit`` still returns once
+        # every frame is in every recipient's outbox.
+        commands: list[Broadcast] = []
         for room in sorted(opts.rooms):
             socket = self._sockets.get(room)
             if socket is not None:  # a socket's own room
-                if seen is not None:
-                    if room in seen:
-                        continue
-                    seen.add(room)
-                delivered += self._send_direct(
-                    {room: socket}, frames, exclude, opts.volatile, on_member
+                delivered += fan_out(
+                    ((room, socket),),
+                    frames,
+                    exclude=exclude,
+                    seen=seen,
+                    volatile=opts.volatile,
+                    on_member=on_member,
                 )
                 continue
             actor = self._actors.get(room)
@@ -167,10 +174,45 @@ class MemoryAdapter(Adapter):
                 volatile=opts.volatile,
                 on_member=on_member,
             )
-            await self._command(actor, command)
+            if await self._send(actor, command):
+                commands.append(command)
+        for command in commands:
+            await command.done.wait()
             if command.delivered:
                 delivered += command.delivered[0]
         return delivered
+
+    def broadcast_now(
+        self,
+        frames: tuple[OutFrame, ...],
+        opts: BroadcastOptions,
+        *,
+        on_member: Callable[[str], None] | None = None,
+    ) -> int:
+        """The members of the target rooms as the index has them now (the state every
+        room actor reaches once its queued joins and leaves are done)."""
+        exclude = self._excluded(opts)
+        sockets = self._sockets
+        if not opts.rooms:
+            targets: list[tuple[str, LocalSocket]] = list(sockets.items())
+        elif len(opts.rooms) == 1:
+            (room,) = opts.rooms
+            sids = self._rooms.get(room, ())
+            targets = [(sid, sockets[sid]) for sid in sids if sid in sockets]
+            if room in sockets:
+                targets.append((room, sockets[room]))
+        else:
+            seen: set[str] = set()
+            targets = []
+            for room in sorted(opts.rooms):
+                members = [room] if room in sockets else self._rooms.get(room, ())
+                for sid in members:
+                    if sid not in seen and sid in sockets:
+                        seen.add(sid)
+                        targets.append((sid, sockets[sid]))
+        return fan_out(
+            targets, frames, exclude=exclude, volatile=opts.volatile, on_member=on_member
+        )
 
     def _excluded(self, opts: BroadcastOptions) -> frozenset[str]:
         if not opts.except_rooms:
@@ -181,32 +223,6 @@ class MemoryAdapter(Adapter):
                 excluded.add(room)
             excluded.update(self._rooms.get(room, ()))
         return frozenset(excluded)
-
-    @staticmethod
-    def _send_direct(
-        sockets: dict[str, LocalSocket],
-        frames: tuple[OutFrame, ...],
-        exclude: frozenset[str],
-        volatile: bool,
-        on_member: Callable[[str], None] | None,
-    ) -> int:
-        delivered = 0
-        evicted: list[LocalSocket] = []
-        for sid, socket in list(sockets.items()):
-            if sid in exclude:
-                continue
-            offered = socket.outbox.offer(frames, volatile=volatile)
-            if offered is Offer.FULL:
-                evicted.append(socket)
-            if offered is not Offer.QUEUED:
-                continue
-            delivered += 1
-            if on_member is not None:
-                on_member(sid)
-        for socket in evicted:
-            logger.warning("evicting slow consumer %s", socket.sid)
-            socket.evict(DisconnectReason.SLOW_CONSUMER)
-        return delivered
 
     def sockets(self, opts: BroadcastOptions) -> set[str]:
         exclude = self._excluded(opts)

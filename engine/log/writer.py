@@ -15,7 +15,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -147,8 +147,12 @@ class _Files:
             self.since = self.builder.first_time
         return self.since is not None and self.clock() - self.since > age
 
-    def write_batch(self, records: list[LogRecord], frames: list[bytes], sync: bool) -> None:
+    def write_batch(
+        self, records: list[tuple[LogRecord, ...]], frames: list[bytes], sync: bool
+    ) -> None:
         """Append ``frames`` (rolling segments as needed), then sync if ``sync``.
+        ``frames[i]`` holds the encoded ``records[i]`` (one append's records, written
+        together: a segment never splits them).
 
         Raises:
             OSError: A write, sync or roll failed. A partly written chunk was cut off
@@ -166,9 +170,11 @@ class _Files:
             if self.size == 0:
                 self.since = self.clock()
             self._write(b"".join(frames[start:end]))
-            for record in records[start:end]:
-                self.builder.add(record)
-            self.records_written += end - start
+            add = self.builder.add
+            for group in records[start:end]:
+                for record in group:
+                    add(record)
+                self.records_written += len(group)
             start = end
         if frames:
             self.batches += 1
@@ -295,15 +301,16 @@ class _Files:
             os.close(self.lock_fd)
 
 
-@attrs.define(eq=False)
+@attrs.define(eq=False, slots=True)
 class _Item:
-    """One append (or a flush, with no record) on its way to the writer."""
+    """One append (its records, encoded together in ``frame``) or a flush (no records)
+    on its way to the writer. ``done`` is called once the writer is done with it: with
+    None when it is acknowledged by the fsync policy, else with the error."""
 
-    record: LogRecord | None
+    records: tuple[LogRecord, ...]
     frame: bytes
-    done: trio.Event | None
+    done: Callable[[LogError | None], None] | None
     sync: bool = False
-    error: LogError | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -396,17 +403,44 @@ class EventLog:
         if self._closing:
             raise LogClosedError("the event log is closed")
 
-    def _item(self, record: LogRecord, *, wait: bool) -> _Item:
+    def _item(
+        self, records: Sequence[LogRecord], done: Callable[[LogError | None], None] | None
+    ) -> _Item:
         self._check_open()
-        if record.epoch != self.epoch:
-            record = attrs.evolve(record, epoch=self.epoch)
-        frame = encode_record(record, max_record_bytes=self.config.max_record_bytes)
-        return _Item(record=record, frame=frame, done=trio.Event() if wait else None)
+        epoch, limit = self.epoch, self.config.max_record_bytes
+        stored = tuple(
+            record if record.epoch == epoch else attrs.evolve(record, epoch=epoch)
+            for record in records
+        )
+        if len(stored) == 1:
+            frame = encode_record(stored[0], max_record_bytes=limit)
+        else:
+            frame = b"".join([encode_record(record, max_record_bytes=limit) for record in stored])
+        return _Item(records=stored, frame=frame, done=done)
 
-    def _accepted(self, record: LogRecord) -> None:
-        key = (record.namespace, record.room)
-        if record.offset > self._last_offsets.get(key, -1):
-            self._last_offsets[key] = record.offset
+    def _accepted(self, records: tuple[LogRecord, ...]) -> None:
+        offsets = self._last_offsets
+        for record in records:
+            key = (record.namespace, record.room)
+            if record.offset > offsets.get(key, -1):
+                offsets[key] = record.offset
+
+    def _queue_nowait(self, item: _Item) -> None:
+        try:
+            self._send.send_nowait(item)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise LogClosedError("the event log is closed") from None
+        self._accepted(item.records)
+
+    async def _queue(self, item: _Item) -> None:
+        try:
+            try:
+                self._send.send_nowait(item)
+            except trio.WouldBlock:
+                await self._send.send(item)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise LogClosedError("the event log is closed") from None
+        self._accepted(item.records)
 
     async def append(self, record: LogRecord) -> LogRecord:
         """Append ``record`` and return once it is durable by the fsync policy.
@@ -424,22 +458,21 @@ class EventLog:
             LogClosedError: The log is closed.
             LocalProtocolError: The record cannot be encoded (nothing was accepted).
         """
-        item = self._item(record, wait=True)
-        try:
-            try:
-                # Queued at once when there is room: the wait below is the checkpoint.
-                self._send.send_nowait(item)
-            except trio.WouldBlock:
-                await self._send.send(item)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            raise LogClosedError("the event log is closed") from None
-        assert item.record is not None
-        assert item.done is not None
-        self._accepted(item.record)
-        await item.done.wait()
-        if item.error is not None:
-            raise item.error
-        return item.record
+        done = trio.Event()
+        errors: list[LogError] = []
+
+        def finished(error: LogError | None) -> None:
+            if error is not None:
+                errors.append(error)
+            done.set()
+
+        item = self._item((record,), finished)
+        # Queued at once when there is room: the wait below is the checkpoint.
+        await self._queue(item)
+        await done.wait()
+        if errors:
+            raise errors[0]
+        return item.records[0]
 
     def append_nowait(self, record: LogRecord) -> LogRecord:
         """Queue ``record`` for writing without waiting (fire and forget).
@@ -453,14 +486,29 @@ class EventLog:
             LogClosedError: The log is closed.
             LocalProtocolError: The record cannot be encoded.
         """
-        item = self._item(record, wait=False)
-        try:
-            self._send.send_nowait(item)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            raise LogClosedError("the event log is closed") from None
-        assert item.record is not None
-        self._accepted(item.record)
-        return item.record
+        item = self._item((record,), None)
+        self._queue_nowait(item)
+        return item.records[0]
+
+    async def submit(
+        self, records: Sequence[LogRecord], done: Callable[[LogError | None], None]
+    ) -> None:
+        """Queue ``records`` as one append (encoded once, written together, made durable
+        by one sync), waiting only while the inbox is full; ``done`` is called from the
+        writer when they are acknowledged by the fsync policy (as ``append`` returns:
+        with None) or failed (with the ``LogWriteError`` or ``LogClosedError``). The
+        writer calls the ``done`` of one batch in the order the appends were queued, in
+        one step, so a caller can release everything a sync made durable at once.
+
+        Cancellation: if cancelled while the inbox is full, nothing was accepted (and
+        ``done`` is never called); once accepted, ``done`` will be called.
+
+        Raises:
+            LogWriteError: The log already failed (nothing was accepted).
+            LogClosedError: The log is closed.
+            LocalProtocolError: A record cannot be encoded (nothing was accepted).
+        """
+        await self._queue(self._item(records, done))
 
     async def flush(self) -> None:
         """Wait until everything accepted before this call is written and synced,
@@ -473,15 +521,22 @@ class EventLog:
             LogClosedError: The log is closed.
         """
         self._check_open()
-        item = _Item(record=None, frame=b"", done=trio.Event(), sync=True)
+        done = trio.Event()
+        errors: list[LogError] = []
+
+        def finished(error: LogError | None) -> None:
+            if error is not None:
+                errors.append(error)
+            done.set()
+
+        item = _Item(records=(), frame=b"", done=finished, sync=True)
         try:
             await self._send.send(item)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise LogClosedError("the event log is closed") from None
-        assert item.done is not None
-        await item.done.wait()
-        if item.error is not None:
-            raise item.error
+        await done.wait()
+        if errors:
+            raise errors[0]
 
     def server_record(self, kind: RecordKind, *args: LogValue) -> LogRecord:
         """A record of the server's own stream (namespace and room ``""``), numbered
@@ -501,7 +556,16 @@ class EventLog:
 
     async def _next_batch(self, deadline: float) -> tuple[list[_Item], bool]:
         """Wait (until ``deadline``) for appends; take all that are queued, up to the
-        batch limits. Returns the batch and whether the inbox is closed and empty."""
+        batch limits. Returns the batch and whether the inbox is closed and empty.
+
+        Woken by the first append, it lets every task that is ready to run go first (one
+        pass of the scheduler), so that the appends they make join this batch: without
+        that, a writer that is always waiting would write (and sync) one append at a
+        time.
+
+        Cancellation: never raises ``Cancelled`` once an append was taken (it would be
+        lost): the wait for the others is a shielded checkpoint.
+        """
         config = self.config
         batch: list[_Item] = []
         with trio.move_on_at(deadline):
@@ -509,6 +573,8 @@ class EventLog:
                 batch.append(await self._receive.receive())
             except trio.EndOfChannel:
                 return batch, True
+        if batch:
+            await trio.lowlevel.cancel_shielded_checkpoint()
         size = len(batch[0].frame) if batch else 0
         while batch and len(batch) < config.max_batch and size < config.max_batch_bytes:
             try:
@@ -524,9 +590,8 @@ class EventLog:
     @staticmethod
     def _finish(items: list[_Item], error: LogError | None = None) -> None:
         for item in items:
-            item.error = error
             if item.done is not None:
-                item.done.set()
+                item.done(error)
 
     async def _run(self) -> None:
         """The writer: batch, write, sync, acknowledge; until the inbox is closed.
@@ -549,7 +614,7 @@ class EventLog:
                         if ended:
                             break
                         continue
-                    records = [item for item in batch if item.record is not None]
+                    records = [item for item in batch if item.records]
                     flush = any(item.sync for item in batch)
                     now = trio.current_time()
                     # ``interval`` syncs at most once per interval: right away after a
@@ -612,7 +677,7 @@ class EventLog:
             OSError: As ``_Files.write_batch``.
         """
         files = self._files
-        records = [item.record for item in items if item.record is not None]
+        records = [item.records for item in items]
         frames = [item.frame for item in items]
         if files.rolls_for(frames):
             await trio.to_thread.run_sync(files.write_batch, records, frames, sync)
@@ -649,11 +714,10 @@ class EventLog:
         """Stop accepting, then wait for the writer to write, sync and close what was
         accepted. The caller shields it and bounds it by ``close_timeout``."""
         if record_stop and self._failure is None and not self._closing:
-            item = self._item(self.server_record(RecordKind.SERVER_STOP), wait=False)
-            assert item.record is not None
+            item = self._item((self.server_record(RecordKind.SERVER_STOP),), None)
             with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
                 await self._send.send(item)
-                self._accepted(item.record)
+                self._accepted(item.records)
         self._closing = True
         self._send.close()
         await self._finished.wait()

@@ -1,0 +1,471 @@
+"""How the server records and delivers what it broadcasts: one strategy, picked once.
+
+The server picks its ``Broadcaster`` when it is built, reconfigured, and when it opens or
+closes its event log (``Server`` calls ``pick_broadcaster``), so a broadcast tests no
+setting on its way:
+
+- ``Unrecorded``: no event log and no recovery: a broadcast goes straight to the rooms,
+  and recording a room or connection event does nothing;
+- ``Recorded``: this node's event log, the recovery store, or both: a broadcast takes a
+  number from the sequencer, its records are queued for the writer as one append, and it
+  is released once they are durable (under ``always`` and ``interval``; written under
+  ``never``) and every smaller number is done (see ``Recorded.broadcast``);
+- ``SharedRecorded``: a cluster's shared log in Redis: broadcasts and records go there and
+  every node delivers what it reads from it, in its order.
+
+The strategy owns what the recording needs: the sequencer, the event log, the recovery
+store and the shared log. Records that cannot be encoded (data msgpack cannot hold) are
+logged as a warning and skipped (``record_event`` returns False).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING
+
+import attrs
+import trio
+
+from roomcast.engine.adapters.base import BroadcastOptions
+from roomcast.engine.adapters.shared import AppendOutcome, ClusterLog, encode_records
+from roomcast.engine.log import EventLog, FsyncPolicy, LogConfig, LogError
+from roomcast.engine.recovery import MissedEvent, RecoveryStore, broadcast_records
+from roomcast.engine.sequencer import Sequencer
+from roomcast.engine.transport.frames import OutFrame
+from roomcast.protocol import Event, LocalProtocolError, LogRecord, LogValue, RecordKind, SioPacket
+
+if TYPE_CHECKING:
+    from roomcast.engine.namespace import Namespace
+
+__all__ = ["Broadcaster", "Recorded", "SharedRecorded", "Unrecorded", "pick_broadcaster"]
+
+logger = logging.getLogger(__name__)
+
+OnMember = Callable[[str], None] | None
+
+
+def _loggable(packet: SioPacket, opts: BroadcastOptions) -> bool:
+    """Whether a broadcast is recorded: an event without an ack (acks cannot be replayed),
+    not volatile (volatile events are not kept, as in Node)."""
+    return isinstance(packet, Event) and packet.ack_id is None and not opts.volatile
+
+
+@attrs.define(eq=False)
+class Broadcaster:
+    """What the server does with a broadcast and with its room and connection events.
+
+    Attributes:
+        sequencer: The server's one sequence of offsets.
+        wall_now: Wall-clock seconds (``Server.wall_now``), for the records' times.
+        log_config: The event log's settings (``max_record_bytes``,
+            ``record_client_events``).
+        log: This node's open event log, or None.
+        store: The recovery store (recovery on), or None.
+    """
+
+    sequencer: Sequencer
+    wall_now: Callable[[], float]
+    log_config: LogConfig
+    log: EventLog | None = None
+    store: RecoveryStore | None = None
+
+    @property
+    def records_client_events(self) -> bool:
+        """Whether a client's events are recorded (a log is on, and
+        ``record_client_events``)."""
+        return False
+
+    async def broadcast(
+        self, ns: Namespace, packet: SioPacket, opts: BroadcastOptions, on_member: OnMember
+    ) -> int:
+        """Send ``packet`` to the sockets of ``ns`` that ``opts`` selects, recording it as
+        the strategy does; return how many sockets it reached on this node.
+
+        Cancellation: some recipients may have it queued and others not.
+        """
+        return await ns.adapter.broadcast(ns.encode(packet), opts, on_member=on_member)
+
+    async def record_event(
+        self,
+        kind: RecordKind,
+        namespace: str,
+        *,
+        room: str = "",
+        sender: str | None = None,
+        event: str | None = None,
+        args: tuple[LogValue, ...] = (),
+    ) -> bool:
+        """Log a room or connection event (join, leave, connect, disconnect, a client's
+        event): joins and leaves wait until they are durable (under ``always`` and
+        ``interval``), the others are queued without waiting. A record that cannot be
+        encoded (socket data msgpack cannot hold) is logged as a warning and skipped:
+        then it returns False.
+
+        Cancellation: the record may or may not be queued.
+        """
+        await trio.lowlevel.checkpoint()
+        return True
+
+    async def record_session(
+        self,
+        kind: RecordKind,
+        namespace: str,
+        sid: str,
+        first: LogValue,
+        info: dict[str, LogValue],
+    ) -> None:
+        """Record a socket's CONNECT or DISCONNECT with its session ``info`` (pid, rooms,
+        ``data``): what recovery after a crash reads. When msgpack cannot hold the
+        ``data``, the record is written with ``data`` null rather than lost.
+
+        Cancellation: the record may or may not be queued.
+        """
+        if not await self.record_event(kind, namespace, sender=sid, args=(first, info)):
+            info["data"] = None
+            await self.record_event(kind, namespace, sender=sid, args=(first, info))
+
+
+@attrs.define(eq=False)
+class Unrecorded(Broadcaster):
+    """No event log, no recovery: broadcasts go straight to the rooms (the base class's
+    ``broadcast``), and nothing is recorded."""
+
+
+@attrs.define(eq=False, slots=True)
+class _Pending:
+    """A recorded broadcast between taking its number and going out."""
+
+    seq: int
+    ns: Namespace
+    frames: tuple[OutFrame, ...]
+    opts: BroadcastOptions
+    on_member: OnMember
+    kept: MissedEvent | None
+    """What the recovery store keeps of it (recovery on)."""
+    durable: bool = False
+    cancelled: bool = False
+    kicked: bool = False
+    """Woken because its turn came from a number that is not a broadcast's: its emitter
+    releases it (and what follows) from its own task."""
+    released: bool = False
+    """Let go to its emitter, which delivers it itself (an adapter that cannot deliver
+    at once) and then finishes its number."""
+    count: int = 0
+    error: LogError | None = None
+    done: trio.Event = attrs.field(factory=trio.Event)
+
+
+@attrs.define(eq=False)
+class Recorded(Broadcaster):
+    """This node's event log and/or the recovery store (at least one of them).
+
+    A recorded broadcast takes the next number and queues its records (one per target
+    room, encoded together) as one append. The writer acknowledges a whole batch in one
+    step after its sync, in the order of the appends, and that step releases every
+    broadcast whose turn has come, in offset order, without a task switch between them:
+    each is kept for recovery and handed to its recipients' outboxes
+    (``Adapter.broadcast_now``), and its number finished, which makes the next one's
+    turn. Its emitter wakes once, with the count. So a client never holds an offset the
+    log does not have, clients get events in log order, and one sync's worth of
+    broadcasts costs one pass of the scheduler, not one each.
+
+    A number that is not a broadcast's (a recovering socket's or a history read's turn)
+    holds the release until it is finished. An adapter that cannot deliver at once (a
+    cluster without the shared log) gets each broadcast from its emitter, in its turn.
+    """
+
+    _pending: dict[int, _Pending] = attrs.field(factory=dict, init=False)
+    _pumping: bool = attrs.field(default=False, init=False)
+
+    @property
+    def records_client_events(self) -> bool:
+        return self.log is not None and self.log_config.record_client_events
+
+    async def broadcast(
+        self, ns: Namespace, packet: SioPacket, opts: BroadcastOptions, on_member: OnMember
+    ) -> int:
+        """As ``Broadcaster.broadcast``; a recorded one goes out in offset order once
+        its records are durable (under ``always`` and ``interval``; written under
+        ``never``).
+
+        Cancellation: if cancelled before its release, the event is neither delivered
+        nor kept (its log records may be written).
+
+        Raises:
+            LogWriteError: The log could not write its records (it did not go out).
+            LogClosedError: The log is closed.
+            LocalProtocolError: Its arguments cannot be logged.
+        """
+        if not isinstance(packet, Event) or not _loggable(packet, opts):
+            return await ns.adapter.broadcast(ns.encode(packet), opts, on_member=on_member)
+        sequencer, store, log = self.sequencer, self.store, self.log
+        seq = sequencer.take()
+        try:
+            args = (
+                store.with_recovery_offset(seq, packet.args) if store is not None else packet.args
+            )
+            exclude = opts.except_rooms | opts.except_sids
+            now = self.wall_now()
+            frames = ns.encode(Event(name=packet.name, args=args, namespace=packet.namespace))
+            kept = None
+            if store is not None:
+                kept = MissedEvent(
+                    seq=seq,
+                    namespace=ns.name,
+                    rooms=opts.rooms,
+                    exclude=exclude,
+                    name=packet.name,
+                    args=args,
+                    time=now,
+                    size=sum(len(frame.eio) for frame in frames),
+                )
+            pending = _Pending(
+                seq=seq, ns=ns, frames=frames, opts=opts, on_member=on_member, kept=kept
+            )
+            if log is None:
+                pending.durable = True
+            else:
+                records = broadcast_records(
+                    ns.name, opts.rooms, exclude, packet.name, args, offset=seq,
+                    epoch=log.epoch, time=now,
+                )  # fmt: skip
+                await log.submit(records, partial(self._logged, pending))
+        except BaseException:
+            sequencer.finish(seq)
+            raise
+        self._pending[seq] = pending
+        sequencer.when_turn(seq, partial(self._turn_came, pending))
+        try:
+            if pending.done.is_set():
+                await trio.lowlevel.checkpoint()
+            else:
+                await pending.done.wait()
+        except BaseException:
+            pending.cancelled = True  # (not delivered if not released yet)
+            if pending.released:
+                sequencer.finish(seq)
+            self._pump()  # (a kicked broadcast must not hold up the ones after it)
+            raise
+        if pending.kicked:
+            self._pump()
+        if pending.released:  # the adapter cannot deliver at once: it is this task's turn
+            try:
+                return await ns.adapter.broadcast(frames, opts, on_member=on_member)
+            finally:
+                sequencer.finish(seq)
+        if pending.error is not None:
+            raise pending.error
+        return pending.count
+
+    def _logged(self, pending: _Pending, error: LogError | None) -> None:
+        """The writer is done with a broadcast's records (in batch order)."""
+        pending.durable = True
+        if error is not None:
+            pending.error = error
+        self._pump()
+
+    def _turn_came(self, pending: _Pending) -> None:
+        """The sequencer says it is ``pending``'s turn. Inside a release the loop goes on
+        by itself; otherwise the number before it was a recovery's or a history read's
+        turn, and the broadcast's own task releases it (not the task that finished that
+        turn, which must not deliver other tasks' broadcasts on its way)."""
+        if not self._pumping and pending.durable and not pending.done.is_set():
+            pending.kicked = True
+            pending.done.set()
+
+    def _pump(self) -> None:
+        """Release, in offset order, every broadcast that is durable and whose turn it
+        is. Called by the writer (a batch is durable) and by the sequencer (a turn came);
+        never re-entered (a call from within a release is taken care of by the loop)."""
+        if self._pumping:
+            return
+        self._pumping = True
+        sequencer, pending_of, store = self.sequencer, self._pending, self.store
+        try:
+            while True:
+                head = sequencer.done + 1
+                pending = pending_of.get(head)
+                if pending is None or not pending.durable:
+                    return
+                del pending_of[head]
+                sequencer.forget(head)
+                if pending.cancelled or pending.error is not None:
+                    sequencer.finish(head)
+                    pending.done.set()
+                    continue
+                if pending.kept is not None and store is not None:
+                    store.keep(pending.kept)
+                # (The outgoing hooks log what a listener raises: nothing escapes here.)
+                count = pending.ns.adapter.broadcast_now(
+                    pending.frames, pending.opts, on_member=pending.on_member
+                )
+                if count is None:
+                    pending.released = True  # its emitter delivers it, then finishes
+                    pending.done.set()
+                    return
+                pending.count = count
+                sequencer.finish(head)
+                pending.done.set()
+        finally:
+            self._pumping = False
+
+    def _record(
+        self,
+        log: EventLog,
+        kind: RecordKind,
+        namespace: str,
+        room: str,
+        sender: str | None,
+        event: str | None,
+        args: tuple[LogValue, ...],
+    ) -> LogRecord:
+        """A record numbered in the server's sequence."""
+        offset = self.sequencer.take()
+        self.sequencer.finish(offset)
+        return LogRecord(
+            offset=offset,
+            time=self.wall_now(),
+            namespace=namespace,
+            room=room,
+            kind=kind,
+            sender=sender,
+            event=event,
+            args=args,
+            epoch=log.epoch,
+        )
+
+    async def record_event(
+        self,
+        kind: RecordKind,
+        namespace: str,
+        *,
+        room: str = "",
+        sender: str | None = None,
+        event: str | None = None,
+        args: tuple[LogValue, ...] = (),
+    ) -> bool:
+        log = self.log
+        if log is None:
+            await trio.lowlevel.checkpoint()
+            return True
+        try:
+            record = self._record(log, kind, namespace, room, sender, event, args)
+            # A join or leave is durable before it returns, as in the shared log: a
+            # client recovered after a crash must get back the rooms it was told it is
+            # in, even when no event of the room reached it before the crash.
+            if kind in (RecordKind.JOIN, RecordKind.LEAVE) and (
+                log.config.fsync is not FsyncPolicy.NEVER
+            ):
+                await log.append(record)
+                return True
+            try:
+                log.append_nowait(record)
+            except trio.WouldBlock:
+                await log.append(record)
+        except LocalProtocolError as exc:
+            logger.warning("not logged (%s %s): %s", kind.name, namespace, exc)
+            return False
+        return True
+
+
+@attrs.define(eq=False, kw_only=True)
+class SharedRecorded(Broadcaster):
+    """A cluster's shared log in Redis (``adapters/redis_log.py``): it numbers the
+    records, and every node (this one too) delivers the broadcasts it reads from it."""
+
+    shared: ClusterLog
+
+    @property
+    def records_client_events(self) -> bool:
+        return self.log_config.record_client_events
+
+    async def broadcast(
+        self, ns: Namespace, packet: SioPacket, opts: BroadcastOptions, on_member: OnMember
+    ) -> int:
+        """As ``Broadcaster.broadcast``; a recorded one (not ``local`` either) is
+        appended to the shared log, and delivered by every node as it reads the log, in
+        the log's order. Without Redis it goes to this node's sockets only, with no
+        offset (so a client's later recovery neither repeats it nor counts on it).
+
+        Cancellation: it may be in the log (and then every node delivers it).
+        """
+        if not isinstance(packet, Event) or not _loggable(packet, opts) or opts.local:
+            return await ns.adapter.broadcast(ns.encode(packet), opts, on_member=on_member)
+        records = broadcast_records(
+            ns.name,
+            opts.rooms,
+            opts.except_rooms | opts.except_sids,
+            packet.name,
+            packet.args,
+            offset=0,
+            epoch="",
+            time=self.wall_now(),
+        )
+        data = encode_records(records, max_record_bytes=self.log_config.max_record_bytes)
+        outcome, count = await self.shared.broadcast(data)
+        if outcome is AppendOutcome.NOT_SENT:
+            local = attrs.evolve(opts, local=True)
+            return await ns.adapter.broadcast(ns.encode(packet), local, on_member=on_member)
+        return count
+
+    async def record_event(
+        self,
+        kind: RecordKind,
+        namespace: str,
+        *,
+        room: str = "",
+        sender: str | None = None,
+        event: str | None = None,
+        args: tuple[LogValue, ...] = (),
+    ) -> bool:
+        try:
+            record = LogRecord(
+                offset=0,  # numbered by the shared log
+                time=self.wall_now(),
+                namespace=namespace,
+                room=room,
+                kind=kind,
+                sender=sender,
+                event=event,
+                args=args,
+                epoch="",
+            )
+            data = encode_records([record], max_record_bytes=self.log_config.max_record_bytes)
+        except LocalProtocolError as exc:
+            logger.warning("not logged (%s %s): %s", kind.name, namespace, exc)
+            await trio.lowlevel.checkpoint()
+            return False
+        if kind in (RecordKind.JOIN, RecordKind.LEAVE):
+            # In Redis before the join is done: what the member is sent next, from any
+            # node, comes after it in the log.
+            await self.shared.append(data)
+            return True
+        self.shared.append_nowait(data)
+        await trio.lowlevel.checkpoint()
+        return True
+
+
+def pick_broadcaster(
+    *,
+    sequencer: Sequencer,
+    wall_now: Callable[[], float],
+    log_config: LogConfig,
+    log: EventLog | None,
+    store: RecoveryStore | None,
+    shared: ClusterLog | None,
+) -> Broadcaster:
+    """The strategy for these settings: the cluster's shared log when there is one, else
+    this node's log and/or recovery store when either is on, else none."""
+    if shared is not None:
+        return SharedRecorded(
+            sequencer=sequencer,
+            wall_now=wall_now,
+            log_config=log_config,
+            log=log,
+            store=store,
+            shared=shared,
+        )
+    kind = Recorded if log is not None or store is not None else Unrecorded
+    return kind(sequencer=sequencer, wall_now=wall_now, log_config=log_config, log=log, store=store)
