@@ -489,6 +489,14 @@ class WebSocketTransport:
     _write_interrupted: bool = attrs.field(default=False, init=False)
     _unsent: bytes = attrs.field(default=b"", init=False)  # (write_nowait's rest)
     _close_written: bool = attrs.field(default=False, init=False)
+    # The socket's descriptor for the non-blocking paths (a plain TCP socket only; -1
+    # otherwise, and from aclose on, so a reused descriptor number is never written to).
+    _fd: int = attrs.field(default=-1, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        stream = self.stream
+        if isinstance(stream, trio.SocketStream):
+            self._fd = stream.socket.fileno()
 
     async def receive_message(self) -> str | bytes:
         """Return the next whole message from the peer.
@@ -545,10 +553,9 @@ class WebSocketTransport:
         """
         if self._peer_closed is not None:
             raise self._peer_closed
-        stream = self.stream
-        assert isinstance(stream, trio.SocketStream), "reads without blocking on a socket only"
+        assert self._fd >= 0, "reads without blocking on an open plain socket only"
         try:
-            data = os.read(stream.socket.fileno(), _RECEIVE_BYTES)
+            data = os.read(self._fd, _RECEIVE_BYTES)
         except BlockingIOError:
             return []
         except OSError as exc:
@@ -774,19 +781,19 @@ class WebSocketTransport:
         writer), else the bytes that did not go (empty when all went), which the writer
         must send before anything else.
         """
-        stream = self.stream
+        fd = self._fd
         if (
-            self.control
+            fd < 0
+            or self.control
             or self._write_interrupted
             or self.ws.state is not ConnectionState.OPEN  # closing: the writer orders it
-            or not isinstance(stream, trio.SocketStream)
         ):
             return None
         # (Once framed, the bytes must go: with permessage-deflate, framing them again
         # would compress them twice.)
         data = self._wire(frames[0]) if len(frames) == 1 else b"".join(map(self._wire, frames))
         try:
-            sent = os.write(stream.socket.fileno(), data)
+            sent = os.write(fd, data)
         except OSError:  # full (EAGAIN), or broken: the writer sends them, or finds out
             return data
         traffic = self.traffic
@@ -817,13 +824,12 @@ class WebSocketTransport:
 
     def nonblocking(self) -> WebSocketTransport | None:
         """This transport, if the reactor can serve it: a plain TCP socket."""
-        return self if isinstance(self.stream, trio.SocketStream) else None
+        return self if self._fd >= 0 else None
 
     def fileno(self) -> int:
         """The socket's file descriptor (a plain socket only: see ``nonblocking``)."""
-        stream = self.stream
-        assert isinstance(stream, trio.SocketStream)
-        return stream.socket.fileno()
+        assert self._fd >= 0, "a plain socket, open: see nonblocking"
+        return self._fd
 
     @property
     def peer_closed(self) -> TransportClosed | None:
@@ -846,15 +852,14 @@ class WebSocketTransport:
         Raises:
             TransportClosed: The peer is gone.
         """
-        stream = self.stream
-        assert isinstance(stream, trio.SocketStream), "writes without blocking on a socket only"
+        assert self._fd >= 0, "writes without blocking on an open plain socket only"
         data = self._unsent
         if frames or self.control:
             data += self._assemble(frames)
         if not data:
             return True
         try:
-            sent = os.write(stream.socket.fileno(), data)
+            sent = os.write(self._fd, data)
         except BlockingIOError:
             sent = 0
         except OSError as exc:
@@ -902,6 +907,7 @@ class WebSocketTransport:
 
         Cancellation: the stream is closed forcefully.
         """
+        self._fd = -1  # (the non-blocking paths are over; the number may be reused)
         self._queue_close(code, reason)
         try:
             if self.control and not self._write_interrupted:
