@@ -145,7 +145,6 @@ class _Pending:
     kept: MissedEvent | None
     """What the recovery store keeps of it (recovery on)."""
     durable: bool = False
-    cancelled: bool = False
     kicked: bool = False
     """Woken because its turn came from a number that is not a broadcast's: its emitter
     releases it (and what follows) from its own task."""
@@ -243,10 +242,11 @@ class Recorded(Broadcaster):
             else:
                 await pending.done.wait()
         except BaseException:
-            pending.cancelled = True  # (not delivered if not released yet)
-            if pending.released:
+            if pending.released:  # this task's to deliver: it will not
                 sequencer.finish(seq)
-            self._pump()  # (a kicked broadcast must not hold up the ones after it)
+            elif self._pending.pop(seq, None) is not None:  # not released: never will be
+                sequencer.forget(seq)
+                sequencer.finish(seq)  # (the next one's turn, if it comes now)
             raise
         if pending.kicked:
             self._pump()
@@ -291,7 +291,7 @@ class Recorded(Broadcaster):
                     return
                 del pending_of[head]
                 sequencer.forget(head)
-                if pending.cancelled or pending.error is not None:
+                if pending.error is not None:
                     sequencer.finish(head)
                     pending.done.set()
                     continue
