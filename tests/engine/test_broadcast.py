@@ -10,10 +10,11 @@ import pytest
 import trio
 
 from roomcast.engine import Config, Server
-from roomcast.engine.actors.outbox import Outbox, SharedFrame
+from roomcast.engine.actors.outbox import Outbox
 from roomcast.engine.broadcast import Recorded, Unrecorded
 from roomcast.engine.log import LogConfig
 from roomcast.engine.recovery import RecoveryConfig
+from roomcast.engine.transport.frames import SharedFrame
 
 
 class FakeSocket:
