@@ -268,38 +268,6 @@ class RecoveryStore:
         """How many disconnected sessions are kept."""
         return len(self._sessions)
 
-    def record(
-        self,
-        seq: int,
-        namespace: str,
-        rooms: frozenset[str],
-        exclude: frozenset[str],
-        name: str,
-        args: tuple[JsonValue, ...],
-        *,
-        time: float,
-        size: int,
-    ) -> None:
-        """Keep broadcast event ``seq`` (its ``args`` already end with its offset), emitted
-        at ``time``, costing about ``size`` bytes.
-
-        Events must be recorded in increasing ``seq`` order (the delivery order). Past
-        ``max_events`` or ``max_event_bytes`` the oldest events are dropped, and a client
-        whose offset is older than the oldest kept one is no longer recovered.
-        """
-        self.keep(
-            MissedEvent(
-                seq=seq,
-                namespace=namespace,
-                rooms=rooms,
-                exclude=exclude,
-                name=name,
-                args=args,
-                time=time,
-                size=size,
-            )
-        )
-
     def keep(self, event: MissedEvent) -> None:
         """Keep broadcast ``event`` (as ``record`` does)."""
         self.seq = max(self.seq, event.seq)

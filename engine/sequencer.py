@@ -58,10 +58,6 @@ class Sequencer:
         """Drop the waiter ``when_turn`` left for ``number`` (if any)."""
         self._waiting.pop(number, None)
 
-    def is_turn(self, number: int) -> bool:
-        """Whether every smaller number has finished (``wait_turn`` would not wait)."""
-        return self.done >= number - 1
-
     def finish(self, number: int) -> None:
         """Mark ``number`` done (delivered, skipped or failed) and wake the next turn."""
         if number == self.done + 1 and not self._finished:  # the common case: in order

@@ -11,7 +11,7 @@ import trio
 import trio.testing
 
 from roomcast.engine import Server
-from roomcast.engine.recovery import RecoveryConfig, RecoveryStore, SavedSession
+from roomcast.engine.recovery import MissedEvent, RecoveryConfig, RecoveryStore, SavedSession
 from roomcast.protocol import JsonValue, LogRecord, LogValue, RecordKind
 
 from .conftest import open_memory_server
@@ -26,7 +26,18 @@ def keep(
     store: RecoveryStore, seq: int, *, room: str = "r", time: float = 0.0, size: int = 10
 ) -> None:
     args: tuple[JsonValue, ...] = (seq, store.recovery_offset(seq))
-    store.record(seq, "/", frozenset({room}), frozenset(), "m", args, time=time, size=size)
+    store.keep(
+        MissedEvent(
+            seq=seq,
+            namespace="/",
+            rooms=frozenset({room}),
+            exclude=frozenset(),
+            name="m",
+            args=args,
+            time=time,
+            size=size,
+        )
+    )
 
 
 def session(
