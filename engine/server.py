@@ -23,6 +23,7 @@ from roomcast.engine.adapters.shared import PreparedRecovery
 from roomcast.engine.broadcast import Broadcaster, Unrecorded, pick_broadcaster
 from roomcast.engine.config import Config
 from roomcast.engine.errors import ConnectRefusedError
+from roomcast.engine.front import Endpoint, EngineFront, Origins, host_of
 from roomcast.engine.handshake import Handshake
 from roomcast.engine.listeners import admit_event
 from roomcast.engine.log import EventLog, iter_records, open_event_log
@@ -45,7 +46,6 @@ from roomcast.engine.sequencer import Sequencer
 from roomcast.engine.socket import Socket, SocketConnection
 from roomcast.engine.stats import ServerStats
 from roomcast.engine.transport.base import HttpExchange, MessageTransport
-from roomcast.engine.transport.front import Endpoint, EngineFront, Origins, host_of
 from roomcast.engine.transport.http import HttpRequest
 from roomcast.protocol import (
     JSON_PARSER,
@@ -127,7 +127,7 @@ class Server:
     _connections: trio.Nursery | None = attrs.field(default=None, init=False)
     _prune: Periodic | None = attrs.field(default=None, init=False)
     front: EngineFront = attrs.field(init=False)
-    """The HTTP/Engine.IO front: routes each request (``transport/front.py``)."""
+    """The HTTP/Engine.IO front: routes each request (``front.py``)."""
     observer: Observer | None = attrs.field(default=None, init=False)
     """Told of sockets, rooms and events (the Admin UI, ``roomcast.engine.admin``); None
     by default, when each hook costs one attribute test."""
@@ -796,7 +796,7 @@ class Server:
         """
         return await self.front.handle_request(http, request)
 
-    # -- the connection registry (the front's host, transport/front.py) -------------------
+    # -- the connection registry (the front's host, front.py) -------------------
 
     def sessions_from(self, host: str) -> int:
         """How many open connections came from the address ``host``."""

@@ -21,7 +21,7 @@ import trio_websocket
 
 from roomcast.engine import Config, Server, Socket
 from roomcast.engine.actors.connection import Connection
-from roomcast.engine.transport.front import ORIGIN_LOG_INTERVAL
+from roomcast.engine.front import ORIGIN_LOG_INTERVAL
 from roomcast.engine.transport.http import HttpRequest
 from roomcast.protocol import (
     DEFAULT_LIMITS,
@@ -137,9 +137,7 @@ async def test_a_refused_origin_is_logged_with_its_rule_at_most_once_per_interva
         return value.endswith(".trusted.example")
 
     def refusals() -> list[str]:
-        lines = [
-            r.getMessage() for r in caplog.records if r.name == "roomcast.engine.transport.front"
-        ]
+        lines = [r.getMessage() for r in caplog.records if r.name == "roomcast.engine.front"]
         return [line for line in lines if line.startswith("refused Origin")]
 
     listed = Server(cors_allowed_origins=["https://app.example"])

@@ -19,7 +19,7 @@ from wsproto.events import TextMessage
 
 from examples.ws_echo import serve_ws_echo
 from roomcast.engine import Config
-from roomcast.engine.transport.front import EngineFront
+from roomcast.engine.front import EngineFront
 from roomcast.engine.transport.websocket import DEFLATE_THRESHOLD, accept_websocket
 
 from .conftest import Live, build_server, hostile_config, peak_rss_bytes, serve_live
