@@ -581,9 +581,24 @@ class Connection:
         tasks)."""
         self._stop_reading()
         self._inbox.close()
+        if self.close_reason == DisconnectReason.PING_TIMEOUT:
+            self._drop_silent_peer()
         if self.sio_layer is not None:
             self.sio_layer.on_closing(self, self.close_reason or "")
         self._handler_scope.deadline = trio.current_time() + self.config.close_grace
+
+    def _drop_silent_peer(self) -> None:
+        """At the ping timeout the transport is closed at once (as Engine.IO does), not
+        after the cleanup: the peer has been silent for ``ping_interval + ping_timeout``,
+        so nothing more is read from it or written to it, and the cleanup that follows
+        (disconnect records and handlers, room leaves) needs no socket."""
+        transport = self._nonblocking
+        assert transport is not None
+        assert self.reactor is not None
+        self.reactor.unregister(transport.fileno())
+        transport.close_nowait(CloseReason.NORMAL_CLOSURE, DisconnectReason.PING_TIMEOUT)
+        self._write_failed = True
+        self._writer_done.set()
 
     def _stop_reading(self) -> None:
         transport = self._nonblocking

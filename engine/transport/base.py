@@ -100,6 +100,10 @@ class NonBlockingTransport(MessageTransport, Protocol):
     def write_blocked(self) -> bool:
         """Whether ``write_nowait`` left bytes unsent."""
 
+    def close_nowait(self, code: int, reason: str) -> None:
+        """End the connection now without blocking: the close frame if the socket takes
+        it, then a shutdown both ways (``aclose`` still releases the descriptor)."""
+
     def write_nowait(self, frames: list[OutFrame]) -> bool:
         """Write what is left, control frames and ``frames`` without blocking; True when
         all went (else wait until the socket is writable and call again, with no frames).

@@ -29,6 +29,7 @@ import contextlib
 import io
 import os
 import re
+import socket
 import struct
 import zlib
 from collections.abc import Callable
@@ -747,6 +748,27 @@ class WebSocketTransport:
             )
             self._partial = None
             self._size = 0
+
+    def close_nowait(self, code: int, reason: str) -> None:
+        """End the connection now, without blocking: the close frame goes if the socket
+        takes it, then the socket is shut down both ways, so the peer sees the end at
+        once. ``aclose`` still releases the descriptor (a plain socket only: see
+        ``nonblocking``).
+
+        For a peer that went silent: Engine.IO drops its transport at the ping timeout,
+        while the server's cleanup of the connection, which needs no socket, follows.
+        """
+        if self._fd < 0:
+            return
+        self._queue_close(code, reason)
+        if not self._write_interrupted:
+            with contextlib.suppress(TransportClosed):
+                self.write_nowait([])
+        self._write_interrupted = True  # (nothing more may be written)
+        stream = self.stream
+        assert isinstance(stream, trio.SocketStream)
+        with contextlib.suppress(OSError):
+            stream.socket.shutdown(socket.SHUT_RDWR)
 
     def _queue_close(self, code: int, reason: str) -> None:
         if self.ws.state is ConnectionState.OPEN:

@@ -190,3 +190,35 @@ async def test_a_failure_while_serving_one_connection_closes_only_that_one(
             await doomed.aclose()
             await healthy.aclose()
             nursery.cancel_scope.cancel()
+
+
+async def test_a_silent_client_s_socket_is_closed_at_the_ping_timeout_before_the_cleanup() -> None:
+    server = Server(config=Config(ping_interval=0.2, ping_timeout=0.2))
+    cleanup_may_end = trio.Event()
+    in_cleanup = trio.Event()
+
+    @server.on("disconnect")
+    async def gone(socket: Socket, reason: str) -> None:
+        assert reason == "ping timeout"
+        in_cleanup.set()
+        await cleanup_may_end.wait()
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            host, port = await _serve(server, nursery)
+            client = await open_socketio(host, port)  # connected; it never answers a ping
+            conn = _only_connection(server)
+            messages, closed = await client.receive_until_closed()
+            assert messages == ["2"]  # the one ping it did not answer
+            assert closed.code == 1000
+            assert closed.reason == "ping timeout"
+            # The client saw the end while the server's cleanup still runs.
+            await in_cleanup.wait()
+            assert not conn.finished.is_set()
+            cleanup_may_end.set()
+            await conn.finished.wait()
+            reactor = server.supervisor.reactor
+            assert reactor is not None
+            assert len(reactor) == 0
+            await client.aclose()
+            nursery.cancel_scope.cancel()
