@@ -523,6 +523,9 @@ class WebSocketTransport:
         """
         while not self._pending:
             await self._receive()
+        return self._take_pending()
+
+    def _take_pending(self) -> list[str | bytes]:
         pending = self._pending
         self._pending = []
         return pending
@@ -537,10 +540,6 @@ class WebSocketTransport:
             raise TransportClosed(
                 DisconnectReason.TRANSPORT_ERROR, code=CloseReason.ABNORMAL_CLOSURE
             ) from exc
-        if not data:
-            raise TransportClosed(
-                DisconnectReason.TRANSPORT_CLOSE, code=CloseReason.ABNORMAL_CLOSURE
-            )
         self.feed(data)
 
     def receive_nowait(self) -> list[str | bytes]:
@@ -563,23 +562,22 @@ class WebSocketTransport:
             raise TransportClosed(
                 DisconnectReason.TRANSPORT_ERROR, code=CloseReason.ABNORMAL_CLOSURE
             ) from exc
+        self.feed(data)
+        return self._take_pending()
+
+    def feed(self, data: bytes) -> None:
+        """Parse bytes read from the peer (empty: the end of its stream): whole messages
+        go to ``_pending``, pongs and close answers to ``control`` (``on_control`` is
+        called when one is queued).
+
+        Raises:
+            TransportClosed: The peer broke the protocol (the close frame to send is
+                queued in ``control``), or its stream ended.
+        """
         if not data:
             raise TransportClosed(
                 DisconnectReason.TRANSPORT_CLOSE, code=CloseReason.ABNORMAL_CLOSURE
             )
-        self.feed(data)
-        pending = self._pending
-        self._pending = []
-        return pending
-
-    def feed(self, data: bytes) -> None:
-        """Parse bytes read from the peer: whole messages go to ``_pending``, pongs and
-        close answers to ``control`` (``on_control`` is called when one is queued).
-
-        Raises:
-            TransportClosed: The peer broke the protocol (the close frame to send is
-                queued in ``control``).
-        """
         self.traffic.bytes_in += len(data)
         if self.fast:
             if self.ws.state is ConnectionState.OPEN:
