@@ -313,6 +313,29 @@ class _Item:
     sync: bool = False
 
 
+@attrs.define(eq=False, slots=True)
+class _Acknowledgement:
+    """What a caller that waits for its item (``append``, ``flush``) passes as its
+    ``done``: it remembers the writer's answer, and ``wait`` returns it or raises."""
+
+    _done: trio.Event = attrs.field(factory=trio.Event)
+    _error: LogError | None = None
+
+    def __call__(self, error: LogError | None) -> None:
+        self._error = error
+        self._done.set()
+
+    async def wait(self) -> None:
+        """Wait for the writer's answer.
+
+        Raises:
+            LogError: The item failed (the error the writer gave).
+        """
+        await self._done.wait()
+        if self._error is not None:
+            raise self._error
+
+
 @attrs.frozen(kw_only=True)
 class _Failure:
     message: str
@@ -458,20 +481,11 @@ class EventLog:
             LogClosedError: The log is closed.
             LocalProtocolError: The record cannot be encoded (nothing was accepted).
         """
-        done = trio.Event()
-        errors: list[LogError] = []
-
-        def finished(error: LogError | None) -> None:
-            if error is not None:
-                errors.append(error)
-            done.set()
-
-        item = self._item((record,), finished)
+        acknowledged = _Acknowledgement()
+        item = self._item((record,), acknowledged)
         # Queued at once when there is room: the wait below is the checkpoint.
         await self._queue(item)
-        await done.wait()
-        if errors:
-            raise errors[0]
+        await acknowledged.wait()
         return item.records[0]
 
     def append_nowait(self, record: LogRecord) -> LogRecord:
@@ -521,22 +535,13 @@ class EventLog:
             LogClosedError: The log is closed.
         """
         self._check_open()
-        done = trio.Event()
-        errors: list[LogError] = []
-
-        def finished(error: LogError | None) -> None:
-            if error is not None:
-                errors.append(error)
-            done.set()
-
-        item = _Item(records=(), frame=b"", done=finished, sync=True)
+        acknowledged = _Acknowledgement()
+        item = _Item(records=(), frame=b"", done=acknowledged, sync=True)
         try:
             await self._send.send(item)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise LogClosedError("the event log is closed") from None
-        await done.wait()
-        if errors:
-            raise errors[0]
+        await acknowledged.wait()
 
     def server_record(self, kind: RecordKind, *args: LogValue) -> LogRecord:
         """A record of the server's own stream (namespace and room ``""``), numbered
