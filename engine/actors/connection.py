@@ -87,6 +87,13 @@ _CLOSE_CODES: Final[dict[str, CloseReason]] = {
     DisconnectReason.PARSE_ERROR: CloseReason.PROTOCOL_ERROR,
     DisconnectReason.SERVER_SHUTTING_DOWN: CloseReason.GOING_AWAY,
 }
+
+
+def _close_code(reason: str) -> int:
+    """The WebSocket close code for a disconnect reason (1000 unless it names one)."""
+    return _CLOSE_CODES.get(reason, CloseReason.NORMAL_CLOSURE)
+
+
 # A held GET's answers: one NOOP or one CLOSE, as a polling body.
 NOOP: Final = encode_payload([EioPacket(type=EioPacketType.NOOP)])
 CLOSE: Final = encode_payload([EioPacket(type=EioPacketType.CLOSE)])
@@ -388,9 +395,7 @@ class Connection:
                 )
             with trio.move_on_after(config.close_grace, shield=True):
                 if self.transport is not None:
-                    await self.transport.aclose(
-                        _CLOSE_CODES.get(reason, CloseReason.NORMAL_CLOSURE), reason
-                    )
+                    await self.transport.aclose(_close_code(reason), reason)
             # (Past close_grace the stream is closed by whoever owns it.)
             self.finished.set()
 
@@ -596,7 +601,8 @@ class Connection:
         assert transport is not None
         assert self.reactor is not None
         self.reactor.unregister(transport.fileno())
-        transport.close_nowait(CloseReason.NORMAL_CLOSURE, DisconnectReason.PING_TIMEOUT)
+        reason = DisconnectReason.PING_TIMEOUT
+        transport.close_nowait(_close_code(reason), reason)
         self._write_failed = True
         self._writer_done.set()
 

@@ -192,7 +192,4 @@ class Outbox:
     def close(self) -> None:
         """Refuse further frames; the writer still drains what is queued, then ends."""
         self._closed = True
-        if self.flush is not None:
-            self.flush()
-        else:
-            self._lot.unpark_all()
+        self.kick()
