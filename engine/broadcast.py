@@ -311,31 +311,6 @@ class Recorded(Broadcaster):
         finally:
             self._pumping = False
 
-    def _record(
-        self,
-        log: EventLog,
-        kind: RecordKind,
-        namespace: str,
-        room: str,
-        sender: str | None,
-        event: str | None,
-        args: tuple[LogValue, ...],
-    ) -> LogRecord:
-        """A record numbered in the server's sequence."""
-        offset = self.sequencer.take()
-        self.sequencer.finish(offset)
-        return LogRecord(
-            offset=offset,
-            time=self.wall_now(),
-            namespace=namespace,
-            room=room,
-            kind=kind,
-            sender=sender,
-            event=event,
-            args=args,
-            epoch=log.epoch,
-        )
-
     async def record_event(
         self,
         kind: RecordKind,
@@ -350,20 +325,38 @@ class Recorded(Broadcaster):
         if log is None:
             await trio.lowlevel.checkpoint()
             return True
+        # A number in the server's sequence, done at once: nothing waits on its turn.
+        sequencer = self.sequencer
+        offset = sequencer.take()
+        sequencer.finish(offset)
         try:
-            record = self._record(log, kind, namespace, room, sender, event, args)
             # A join or leave is durable before it returns, as in the shared log: a
             # client recovered after a crash must get back the rooms it was told it is
             # in, even when no event of the room reached it before the crash.
-            if kind in (RecordKind.JOIN, RecordKind.LEAVE) and (
-                log.config.fsync is not FsyncPolicy.NEVER
+            if not (
+                (kind is RecordKind.JOIN or kind is RecordKind.LEAVE)
+                and log.config.fsync is not FsyncPolicy.NEVER
             ):
-                await log.append(record)
-                return True
-            try:
-                log.append_nowait(record)
-            except trio.WouldBlock:
-                await log.append(record)
+                try:
+                    log.append_fields_nowait(
+                        offset, self.wall_now(), namespace, room, kind, sender, event, args
+                    )
+                    return True
+                except trio.WouldBlock:
+                    pass  # the log's inbox is full: wait for room
+            await log.append(
+                LogRecord(
+                    offset=offset,
+                    time=self.wall_now(),
+                    namespace=namespace,
+                    room=room,
+                    kind=kind,
+                    sender=sender,
+                    event=event,
+                    args=args,
+                    epoch=log.epoch,
+                )
+            )
         except LocalProtocolError as exc:
             logger.warning("not logged (%s %s): %s", kind.name, namespace, exc)
             return False

@@ -53,6 +53,7 @@ from roomcast.protocol._log import (
     UnsupportedRecordError,
     decode_record,
     encode_record,
+    encode_record_fields,
     scan,
 )
 from roomcast.protocol._reasons import DisconnectReason
@@ -150,6 +151,7 @@ __all__ = [
     "encode_message",
     "encode_payload",
     "encode_record",
+    "encode_record_fields",
     "encode_ws_frame",
     "scan",
 ]

@@ -63,7 +63,9 @@ class LogConfig:
         fsync: The `FsyncPolicy` (a name is accepted: ``"always"``, ``"interval"``,
             ``"never"``).
         fsync_interval: Under ``interval``, the shortest time between two syncs, and
-            so the longest a written append waits for the sync that covers it.
+            so the longest a written append waits for the sync that covers it. Under
+            ``interval`` and ``never``, also the longest an append nobody waits for
+            (``append_nowait``) stays queued before the writer takes it.
         segment_bytes: A segment is rolled before a batch would take it past this size
             (one record larger than that still goes into one segment).
         segment_age: A segment whose first record is older than this is rolled at the

@@ -31,6 +31,7 @@ from roomcast.protocol import (
     HEADER_BYTES,
     CorruptRecordError,
     LogRecord,
+    RecordKind,
     RecordReader,
     TornRecordError,
     UnsupportedRecordError,
@@ -46,6 +47,7 @@ __all__ = [
     "Corruption",
     "DamageKind",
     "LogState",
+    "RecordKey",
     "RoomSpan",
     "SegmentSummary",
     "SummaryBuilder",
@@ -78,6 +80,11 @@ _HEADER: Final = struct.Struct(">II")
 _ZEROS: Final = b"\0\0\0\0"
 _NONZERO: Final = re.compile(rb"[^\x00]")
 _BOOT_ID: Final = Path("/proc/sys/kernel/random/boot_id")
+_KIND_NAMES: Final = {kind: kind.name.lower() for kind in RecordKind}
+
+RecordKey: TypeAlias = tuple[int, float, str, str, RecordKind, str]
+"""What a segment's summary needs of a record: offset, time, namespace, room, kind and
+epoch (`SummaryBuilder.add_key`)."""
 
 DamageKind: TypeAlias = Literal["torn", "corrupt", "unsupported"]
 
@@ -578,23 +585,27 @@ class SummaryBuilder:
 
     def add(self, record: LogRecord) -> None:
         """Count one record."""
+        self.add_key(
+            (record.offset, record.time, record.namespace, record.room, record.kind, record.epoch)
+        )
+
+    def add_key(self, key: RecordKey) -> None:
+        """Count one record, given by what a summary needs of it (the writer keeps only
+        that of the records it writes)."""
+        offset, time, namespace, room, kind, epoch = key
         self.records += 1
-        time = record.time
         if self.first_time is None or time < self.first_time:
             self.first_time = time
         if self.last_time is None or time > self.last_time:
             self.last_time = time
-        if (not self.epochs or self.epochs[-1] != record.epoch) and (
-            record.epoch not in self.epochs
-        ):
-            self.epochs.append(record.epoch)
-        kind = record.kind.name.lower()
-        self.kinds[kind] = self.kinds.get(kind, 0) + 1
-        key = (record.namespace, record.room)
-        span = self.rooms.get(key)
-        offset = record.offset
+        epochs = self.epochs
+        if (not epochs or epochs[-1] != epoch) and epoch not in epochs:
+            epochs.append(epoch)
+        name = _KIND_NAMES[kind]
+        self.kinds[name] = self.kinds.get(name, 0) + 1
+        span = self.rooms.get((namespace, room))
         if span is None:
-            self.rooms[key] = [offset, offset, 1]
+            self.rooms[(namespace, room)] = [offset, offset, 1]
         else:
             if offset < span[0]:
                 span[0] = offset

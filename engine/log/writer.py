@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Final
 
 import attrs
+import msgpack
 import trio
 
 from roomcast.engine.log.config import FsyncPolicy, LogConfig
@@ -28,6 +29,7 @@ from roomcast.engine.log.repair import RepairReport, lock_directory, repair_log
 from roomcast.engine.log.segment import (
     FAILED_MARKER,
     LogState,
+    RecordKey,
     SegmentSummary,
     SummaryBuilder,
     fsync_directory,
@@ -37,7 +39,7 @@ from roomcast.engine.log.segment import (
     write_state,
     write_summary,
 )
-from roomcast.protocol import LogRecord, LogValue, RecordKind, encode_record
+from roomcast.protocol import LogRecord, LogValue, RecordKind, encode_record_fields
 
 __all__ = ["EventLog", "LogIO", "LogStatistics", "open_event_log"]
 
@@ -148,11 +150,11 @@ class _Files:
         return self.since is not None and self.clock() - self.since > age
 
     def write_batch(
-        self, records: list[tuple[LogRecord, ...]], frames: list[bytes], sync: bool
+        self, keys: list[tuple[RecordKey, ...]], frames: list[bytes], sync: bool
     ) -> None:
         """Append ``frames`` (rolling segments as needed), then sync if ``sync``.
-        ``frames[i]`` holds the encoded ``records[i]`` (one append's records, written
-        together: a segment never splits them).
+        ``frames[i]`` holds the encoded records of one append, ``keys[i]`` what the
+        summary needs of them (they are written together: a segment never splits them).
 
         Raises:
             OSError: A write, sync or roll failed. A partly written chunk was cut off
@@ -170,10 +172,10 @@ class _Files:
             if self.size == 0:
                 self.since = self.clock()
             self._write(b"".join(frames[start:end]))
-            add = self.builder.add
-            for group in records[start:end]:
-                for record in group:
-                    add(record)
+            add = self.builder.add_key
+            for group in keys[start:end]:
+                for key in group:
+                    add(key)
                 self.records_written += len(group)
             start = end
         if frames:
@@ -303,11 +305,12 @@ class _Files:
 
 @attrs.define(eq=False, slots=True)
 class _Item:
-    """One append (its records, encoded together in ``frame``) or a flush (no records)
-    on its way to the writer. ``done`` is called once the writer is done with it: with
-    None when it is acknowledged by the fsync policy, else with the error."""
+    """One append (its records, encoded together in ``frame``, and what the segment's
+    summary needs of each) or a flush (no records) on its way to the writer. ``done`` is
+    called once the writer is done with it: with None when it is acknowledged by the
+    fsync policy, else with the error."""
 
-    records: tuple[LogRecord, ...]
+    keys: tuple[RecordKey, ...]
     frame: bytes
     done: Callable[[LogError | None], None] | None
     sync: bool = False
@@ -365,16 +368,32 @@ class EventLog:
     _writer_scope: trio.CancelScope = attrs.field(
         factory=lambda: trio.CancelScope(shield=True), init=False
     )
+    _parked: trio.lowlevel.Task | None = attrs.field(default=None, init=False)
+    """The writer, while it waits for work (``_kick`` wakes it)."""
+    _park_scope: trio.CancelScope | None = attrs.field(default=None, init=False)
+    _urgent: bool = attrs.field(default=False, init=False)
+    """An append somebody waits for (or a flush, a full batch, the close) is queued: the
+    writer takes the inbox at once."""
+    _lazy_deadline: float = attrs.field(default=math.inf, init=False)
+    """When the oldest queued append nobody waits for must be taken (``math.inf``: none
+    is queued): ``fsync_interval`` after it was queued."""
+    _lazy_count: int = attrs.field(default=0, init=False)
+    _epoch: str = attrs.field(init=False)
+    _packer: msgpack.Packer = attrs.field(
+        factory=lambda: msgpack.Packer(use_bin_type=True), init=False
+    )
+    """Encodes the records appended (from the event loop only)."""
 
     def __attrs_post_init__(self) -> None:
         self._send, self._receive = trio.open_memory_channel[_Item](self.config.inbox_size)
+        self._epoch = self.repair_report.epoch
 
     # -- reading the state --------------------------------------------------------------
 
     @property
     def epoch(self) -> str:
         """The epoch every record appended now belongs to."""
-        return self.repair_report.epoch
+        return self._epoch
 
     @property
     def directory(self) -> Path:
@@ -429,41 +448,79 @@ class EventLog:
     def _item(
         self, records: Sequence[LogRecord], done: Callable[[LogError | None], None] | None
     ) -> _Item:
+        """One append of ``records``, stamped with the log's epoch and encoded."""
         self._check_open()
-        epoch, limit = self.epoch, self.config.max_record_bytes
-        stored = tuple(
-            record if record.epoch == epoch else attrs.evolve(record, epoch=epoch)
-            for record in records
-        )
-        if len(stored) == 1:
-            frame = encode_record(stored[0], max_record_bytes=limit)
-        else:
-            frame = b"".join([encode_record(record, max_record_bytes=limit) for record in stored])
-        return _Item(records=stored, frame=frame, done=done)
+        epoch, limit, packer = self._epoch, self.config.max_record_bytes, self._packer
+        frames = [
+            encode_record_fields(
+                r.offset, r.time, r.namespace, r.room, r.kind, r.sender, r.event, r.args,
+                epoch, r.exclude, max_record_bytes=limit, packer=packer,
+            )
+            for r in records
+        ]  # fmt: skip
+        keys = tuple((r.offset, r.time, r.namespace, r.room, r.kind, epoch) for r in records)
+        frame = frames[0] if len(frames) == 1 else b"".join(frames)
+        return _Item(keys=keys, frame=frame, done=done)
 
-    def _accepted(self, records: tuple[LogRecord, ...]) -> None:
+    def _stored(self, record: LogRecord) -> LogRecord:
+        """``record`` as the log stores it: with the log's epoch."""
+        epoch = self.epoch
+        return record if record.epoch == epoch else attrs.evolve(record, epoch=epoch)
+
+    def _accepted(self, keys: tuple[RecordKey, ...]) -> None:
         offsets = self._last_offsets
-        for record in records:
-            key = (record.namespace, record.room)
-            if record.offset > offsets.get(key, -1):
-                offsets[key] = record.offset
+        for offset, _, namespace, room, _, _ in keys:
+            if offset > offsets.get((namespace, room), -1):
+                offsets[(namespace, room)] = offset
 
-    def _queue_nowait(self, item: _Item) -> None:
+    def _kick(self) -> None:
+        """Have the writer take the inbox now."""
+        self._urgent = True
+        task = self._parked
+        if task is not None:
+            self._parked = None
+            trio.lowlevel.reschedule(task)
+
+    def _queue_lazy(self, item: _Item) -> None:
+        """Queue an append nobody waits for. It does not wake the writer: it goes with
+        the next append somebody waits for, or ``fsync_interval`` after it was queued
+        (at once under ``always``), so that a stream of them costs one wake-up and one
+        ``write`` per interval, not one per scheduler pass.
+
+        Raises:
+            trio.WouldBlock: The inbox is full.
+            LogClosedError: The log is closed.
+        """
         try:
             self._send.send_nowait(item)
+        except trio.WouldBlock:
+            self._kick()
+            raise
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise LogClosedError("the event log is closed") from None
-        self._accepted(item.records)
+        self._accepted(item.keys)
+        self._lazy_count += 1
+        if self._lazy_count >= self.config.max_batch or self.config.fsync is FsyncPolicy.ALWAYS:
+            self._kick()
+        elif self._lazy_deadline == math.inf:
+            self._lazy_deadline = deadline = trio.current_time() + self.config.fsync_interval
+            scope = self._park_scope
+            if scope is not None and deadline < scope.deadline:
+                scope.deadline = deadline
 
     async def _queue(self, item: _Item) -> None:
+        """Queue an append somebody waits for (``item.done``), waiting while the inbox
+        is full; the writer takes it at once."""
         try:
             try:
                 self._send.send_nowait(item)
             except trio.WouldBlock:
+                self._kick()
                 await self._send.send(item)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise LogClosedError("the event log is closed") from None
-        self._accepted(item.records)
+        self._accepted(item.keys)
+        self._kick()
 
     async def append(self, record: LogRecord) -> LogRecord:
         """Append ``record`` and return once it is durable by the fsync policy.
@@ -486,7 +543,7 @@ class EventLog:
         # Queued at once when there is room: the wait below is the checkpoint.
         await self._queue(item)
         await acknowledged.wait()
-        return item.records[0]
+        return self._stored(record)
 
     def append_nowait(self, record: LogRecord) -> LogRecord:
         """Queue ``record`` for writing without waiting (fire and forget).
@@ -500,9 +557,36 @@ class EventLog:
             LogClosedError: The log is closed.
             LocalProtocolError: The record cannot be encoded.
         """
-        item = self._item((record,), None)
-        self._queue_nowait(item)
-        return item.records[0]
+        self._queue_lazy(self._item((record,), None))
+        return self._stored(record)
+
+    def append_fields_nowait(
+        self,
+        offset: int,
+        time: float,
+        namespace: str,
+        room: str,
+        kind: RecordKind,
+        sender: str | None = None,
+        event: str | None = None,
+        args: Sequence[LogValue] = (),
+    ) -> None:
+        """`append_nowait` for a record given by its fields (no ``exclude``), with the
+        log's epoch: the hot path of a client's event, which builds no `LogRecord`.
+
+        Raises:
+            As `append_nowait`.
+        """
+        if self._failure is not None or self._closing:
+            self._check_open()
+        epoch = self._epoch
+        frame = encode_record_fields(
+            offset, time, namespace, room, kind, sender, event, args, epoch,
+            max_record_bytes=self.config.max_record_bytes, packer=self._packer,
+        )  # fmt: skip
+        self._queue_lazy(
+            _Item(keys=((offset, time, namespace, room, kind, epoch),), frame=frame, done=None)
+        )
 
     async def submit(
         self, records: Sequence[LogRecord], done: Callable[[LogError | None], None]
@@ -536,11 +620,7 @@ class EventLog:
         """
         self._check_open()
         acknowledged = _Acknowledgement()
-        item = _Item(records=(), frame=b"", done=acknowledged, sync=True)
-        try:
-            await self._send.send(item)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            raise LogClosedError("the event log is closed") from None
+        await self._queue(_Item(keys=(), frame=b"", done=acknowledged, sync=True))
         await acknowledged.wait()
 
     def server_record(self, kind: RecordKind, *args: LogValue) -> LogRecord:
@@ -559,38 +639,57 @@ class EventLog:
 
     # -- the writer actor ---------------------------------------------------------------
 
-    async def _next_batch(self, deadline: float) -> tuple[list[_Item], bool]:
-        """Wait (until ``deadline``) for appends; take all that are queued, up to the
-        batch limits. Returns the batch and whether the inbox is closed and empty.
+    async def _park(self) -> None:
+        """Wait for ``_kick`` (or a cancellation: the deadline of the enclosing scope)."""
+        self._parked = trio.lowlevel.current_task()
 
-        Woken by the first append, it lets every task that is ready to run go first (one
-        pass of the scheduler), so that the appends they make join this batch: without
-        that, a writer that is always waiting would write (and sync) one append at a
-        time.
+        def abort(_: object) -> trio.lowlevel.Abort:
+            self._parked = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+    async def _next_batch(self, deadline: float) -> tuple[list[_Item], bool]:
+        """Wait until an append somebody waits for is queued, or until ``deadline`` (a
+        sync is due) or the oldest append nobody waits for is due; then take all that
+        are queued, up to the batch limits. Returns the batch and whether the inbox is
+        closed and empty.
+
+        Woken, it first lets every task that is ready to run go (one pass of the
+        scheduler), so that the appends they make join this batch: without that, a
+        writer that is always waiting would write (and sync) one append at a time.
 
         Cancellation: never raises ``Cancelled`` once an append was taken (it would be
-        lost): the wait for the others is a shielded checkpoint.
+        lost): appends are taken after the last checkpoint.
         """
+        if not self._urgent:
+            with trio.move_on_at(min(deadline, self._lazy_deadline)) as scope:
+                self._park_scope = scope
+                try:
+                    await self._park()
+                finally:
+                    self._park_scope = None
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        self._urgent = False
         config = self.config
         batch: list[_Item] = []
-        with trio.move_on_at(deadline):
-            try:
-                batch.append(await self._receive.receive())
-            except trio.EndOfChannel:
-                return batch, True
-        if batch:
-            await trio.lowlevel.cancel_shielded_checkpoint()
-        size = len(batch[0].frame) if batch else 0
-        while batch and len(batch) < config.max_batch and size < config.max_batch_bytes:
+        size = 0
+        ended = False
+        while len(batch) < config.max_batch and size < config.max_batch_bytes:
             try:
                 item = self._receive.receive_nowait()
             except trio.WouldBlock:
                 break
             except trio.EndOfChannel:
-                return batch, True
+                ended = True
+                break
             batch.append(item)
             size += len(item.frame)
-        return batch, False
+        else:
+            self._urgent = True  # more is queued: the next round takes it at once
+        self._lazy_count = 0
+        self._lazy_deadline = math.inf
+        return batch, ended
 
     @staticmethod
     def _finish(items: list[_Item], error: LogError | None = None) -> None:
@@ -619,7 +718,7 @@ class EventLog:
                         if ended:
                             break
                         continue
-                    records = [item for item in batch if item.records]
+                    records = [item for item in batch if item.keys]
                     flush = any(item.sync for item in batch)
                     now = trio.current_time()
                     # ``interval`` syncs at most once per interval: right away after a
@@ -682,12 +781,12 @@ class EventLog:
             OSError: As ``_Files.write_batch``.
         """
         files = self._files
-        records = [item.records for item in items]
+        keys = [item.keys for item in items]
         frames = [item.frame for item in items]
         if files.rolls_for(frames):
-            await trio.to_thread.run_sync(files.write_batch, records, frames, sync)
+            await trio.to_thread.run_sync(files.write_batch, keys, frames, sync)
             return
-        files.write_batch(records, frames, False)
+        files.write_batch(keys, frames, False)
         if sync:
             await trio.to_thread.run_sync(files.sync)
         else:
@@ -720,11 +819,11 @@ class EventLog:
         accepted. The caller shields it and bounds it by ``close_timeout``."""
         if record_stop and self._failure is None and not self._closing:
             item = self._item((self.server_record(RecordKind.SERVER_STOP),), None)
-            with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
-                await self._send.send(item)
-                self._accepted(item.records)
+            with contextlib.suppress(LogClosedError):
+                await self._queue(item)
         self._closing = True
         self._send.close()
+        self._kick()
         await self._finished.wait()
 
     def _abandon(self) -> None:

@@ -182,6 +182,70 @@ async def test_never_policy_does_not_sync_until_flush_or_close(tmp_path: Path) -
     assert offsets(tmp_path / "log") == list(range(1, 51))
 
 
+@pytest.mark.parametrize("policy", ["interval", "never"])
+async def test_appends_nobody_waits_for_go_in_one_write_within_the_interval(
+    tmp_path: Path, policy: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A stream of ``append_nowait`` does not wake the writer for each one: they are
+    written together ``fsync_interval`` after the first was queued."""
+    interval = 0.05
+    async with open_event_log(
+        config(tmp_path, fsync=policy, fsync_interval=interval),
+        record_start=False,
+        record_stop=False,
+    ) as log:
+        await log.flush()
+        before = log.statistics()
+        start = trio.current_time()
+        for offset in range(1, 21):
+            log.append_nowait(record(offset))
+            await trio.sleep(interval / 100)  # the writer could run between them
+        assert log.statistics().records_written == before.records_written
+        await trio.sleep_until(start + interval * 1.5)
+        after = log.statistics()
+        assert after.records_written - before.records_written == 20
+        assert after.batches - before.batches == 1
+    assert offsets(tmp_path / "log") == list(range(1, 21))
+
+
+async def test_an_awaited_append_takes_the_queued_ones_with_it(tmp_path: Path) -> None:
+    async with open_event_log(
+        config(tmp_path, fsync="never", fsync_interval=10.0),
+        record_start=False,
+        record_stop=False,
+    ) as log:
+        await log.flush()
+        before = log.statistics()
+        log.append_nowait(record(1))
+        log.append_nowait(record(2))
+        with trio.fail_after(5):  # far less than the interval: the append woke the writer
+            await log.append(record(3))
+        after = log.statistics()
+        assert after.records_written - before.records_written == 3
+        assert after.batches - before.batches == 1
+    assert offsets(tmp_path / "log") == [1, 2, 3]
+
+
+@pytest.mark.parametrize(("policy", "max_batch"), [("always", 1024), ("interval", 4)])
+async def test_append_nowait_is_written_at_once_under_always_or_a_full_batch(
+    tmp_path: Path, policy: str, max_batch: int
+) -> None:
+    async with open_event_log(
+        config(tmp_path, fsync=policy, fsync_interval=10.0, max_batch=max_batch),
+        record_start=False,
+        record_stop=False,
+    ) as log:
+        await log.flush()
+        before = log.statistics()
+        count = 1 if policy == "always" else max_batch
+        for offset in range(1, count + 1):
+            log.append_nowait(record(offset))
+        # Not a wait for the interval: the writer was woken, and it wrote them before
+        # it went on to sync them (in a thread) or to wait again.
+        await trio.testing.wait_all_tasks_blocked()
+        assert log.statistics().records_written - before.records_written == count
+
+
 async def test_append_nowait_raises_would_block_when_the_inbox_is_full(tmp_path: Path) -> None:
     io = GatedIO()
     with trio.fail_after(10):

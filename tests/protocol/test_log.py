@@ -28,6 +28,7 @@ from roomcast.protocol._log import (
     UnsupportedRecordError,
     decode_record,
     encode_record,
+    encode_record_fields,
     scan,
 )
 
@@ -257,6 +258,47 @@ def test_lenient_argument_types_are_written_as_their_base_type() -> None:
 def test_encode_rejects_invalid_records(changes: dict[str, object], match: str) -> None:
     with pytest.raises(LocalProtocolError, match=match):
         encode_record(make_record(**changes))
+
+
+def fields_of(record: LogRecord, packer: msgpack.Packer | None) -> bytes:
+    return encode_record_fields(
+        record.offset, record.time, record.namespace, record.room, record.kind,
+        record.sender, record.event, record.args, record.epoch, record.exclude,
+        packer=packer,
+    )  # fmt: skip
+
+
+PACKER = msgpack.Packer(use_bin_type=True)
+
+
+@FAST
+@given(record=log_records)
+def test_encoding_from_fields_gives_the_same_bytes(record: LogRecord) -> None:
+    assert fields_of(record, None) == encode_record(record)
+    assert fields_of(record, PACKER) == encode_record(record)
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"args": ({"k": {1, 2}},)}, "cannot be packed"),
+        ({"args": ({"k": msgpack.ExtType(1, b"x")},)}, "msgpack ExtType"),
+        ({"args": ([msgpack.ExtType(1, b"x")],)}, "msgpack ExtType"),
+        ({"args": ({"k": {1: 1}},)}, "map key of type int"),
+        ({"args": ({"k": [{b"k": 1}]},)}, "map key of type bytes"),
+        ({"args": ([bytearray(b"x")],)}, "argument of type bytearray"),
+        ({"args": ({"k": bytearray(b"x")},)}, "argument of type bytearray"),
+    ],
+)
+def test_encode_rejects_invalid_values_inside_flat_maps_and_lists(
+    changes: dict[str, object], match: str
+) -> None:
+    """The one-loop check of flat maps and lists hands anything else to the full walk."""
+    for packer in (None, PACKER):
+        with pytest.raises(LocalProtocolError, match=match):
+            fields_of(make_record(**changes), packer)
+    # A packer that failed half-way is reset: the next record encodes as it should.
+    assert fields_of(make_record(), PACKER) == encode_record(make_record())
 
 
 def nested(depth: int) -> LogValue:
