@@ -127,6 +127,8 @@ class Socket:
             missed events replayed).
         connected: Whether it is still in its namespace: False from the moment it starts
             disconnecting (already in the ``disconnecting`` handlers).
+        outbox: Its connection's outbox, where adapters put broadcast frames (a plain
+            attribute: a fan-out reads it once per recipient).
 
     Per-socket hooks, as Node's socket has them (``roomcast.engine.listeners`` says when
     each runs): ``use`` (per-packet middleware), ``on_any`` / ``off_any``,
@@ -151,6 +153,10 @@ class Socket:
     packet_middlewares: tuple[PacketMiddleware, ...] = attrs.field(default=(), repr=False)
     any_listeners: tuple[AnyListener, ...] = attrs.field(default=(), repr=False)
     outgoing_listeners: tuple[OutgoingListener, ...] = attrs.field(default=(), repr=False)
+    outbox: Outbox = attrs.field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.outbox = self.connection.outbox  # (a connection keeps its outbox for life)
 
     def use(self, middleware: PacketMiddleware) -> PacketMiddleware:
         """Add per-packet middleware ``async def middleware(socket, event, args)`` for this
@@ -184,11 +190,6 @@ class Socket:
         self.outgoing_listeners = _without(self.outgoing_listeners, listener)
         if had and not self.outgoing_listeners and self.connected:
             self.namespace.outgoing_sockets -= 1
-
-    @property
-    def outbox(self) -> Outbox:
-        """The connection's outbox (adapters put broadcast frames in it)."""
-        return self.connection.outbox
 
     def evict(self, reason: str) -> None:
         """Close this socket's connection because it cannot keep up (never blocks)."""
