@@ -30,6 +30,7 @@ from __future__ import annotations
 import datetime
 import enum
 import math
+import re
 from collections.abc import Iterable
 from typing import Final, Protocol, TypeAlias, assert_never
 
@@ -89,6 +90,9 @@ RESERVED_EVENTS: Final = frozenset(
     }
 )
 """Event names no peer may send: socket.io-parser refuses them, and so do we."""
+
+_ACK_ID: Final = re.compile(r"[0-9]+")
+"""An ack id on the wire: ASCII digits only (``str.isdigit`` would take other scripts')."""
 
 
 def _args(value: Iterable[JsonValue]) -> tuple[JsonValue, ...]:
@@ -431,6 +435,10 @@ class _JsonDecoder:
 
     _limits: Limits
     _pending: _PendingBinary | None = None
+    _ack_id_digits: int = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._ack_id_digits = self._limits.max_ack_id_digits
 
     def receive(self, data: str | bytes) -> SioPacket | None:
         """Decode one payload; see ``Decoder.receive``."""
@@ -490,14 +498,14 @@ class _JsonDecoder:
             else:
                 namespace, i = text[i:comma], comma + 1
         ack_id: int | None = None
-        if i < end and "0" <= text[i] <= "9":
-            start = i
-            limit = i + limits.max_ack_id_digits
-            while i < end and "0" <= text[i] <= "9":
-                i += 1
-                if i > limit:
-                    raise RemoteProtocolError("ack id too long")
-            ack_id = int(text[start:i])
+        # (Matched no further than one digit past the limit: a long run of digits is
+        # refused without reading it all.)
+        digits = _ACK_ID.match(text, i, i + self._ack_id_digits + 1)
+        if digits is not None:
+            i = digits.end()
+            if i - digits.start() > self._ack_id_digits:
+                raise RemoteProtocolError("ack id too long")
+            ack_id = int(digits.group())
             if ack_id > limits.max_ack_id:
                 raise RemoteProtocolError("ack id too large")
         has_data = i < end

@@ -49,6 +49,8 @@ __all__ = [
 class NamespaceState(enum.Enum):
     """Where one namespace of one connection stands (socket.io-protocol v5, "Connection")."""
 
+    __hash__ = object.__hash__  # (as ``_Move``'s: a table key looked up once per packet)
+
     CONNECTING = "connecting"
     """CONNECT sent (client) or received (server); no answer yet."""
     CONNECTED = "connected"
@@ -145,6 +147,11 @@ SioEvent: TypeAlias = (
 class _Move(enum.Enum):
     """What happens to a namespace; the rows of the transition tables."""
 
+    # An identity hash, in C: the transition tables are looked up with these as keys
+    # once per packet, and ``Enum.__hash__`` is Python code (members are singletons, so
+    # identity is what equality means for them anyway).
+    __hash__ = object.__hash__
+
     SEND_CONNECT = enum.auto()
     RECEIVE_CONNECT = enum.auto()
     RECEIVE_CONNECT_ERROR = enum.auto()
@@ -159,6 +166,8 @@ class _Move(enum.Enum):
 
 _IGNORE: Final = None
 """Table value for a packet that is dropped without any state change."""
+_NOT_ALLOWED: Final = object()
+"""What a table lookup gives for a move the table has no row for."""
 
 _CONNECTING: Final = NamespaceState.CONNECTING
 _CONNECTED: Final = NamespaceState.CONNECTED
@@ -216,16 +225,15 @@ class _Namespaces:
     def move(self, namespace: str, move: _Move, *, remote: bool) -> bool:
         """Apply ``move``; return False when the table says to drop the packet."""
         state = self._states.get(namespace, _DISCONNECTED)
-        key = (state, move)
-        if key not in self._table:
+        new_state = self._table.get((state, move), _NOT_ALLOWED)
+        if new_state is None:
+            return False
+        if not isinstance(new_state, NamespaceState):  # _NOT_ALLOWED: the table has no row
             who = "peer" if remote else "local code"
             message = f"{who}: {move.name} not allowed while {namespace!r} is {state.value}"
             if remote:
                 raise RemoteProtocolError(message)
             raise LocalProtocolError(message)
-        new_state = self._table[key]
-        if new_state is None:
-            return False
         if new_state is _DISCONNECTED:
             self._states.pop(namespace, None)
             self._next_ack_ids.pop(namespace, None)
@@ -319,6 +327,8 @@ class SioServerConnection:
                 already connecting or connected, CONNECT_ERROR, or anything else for a
                 namespace that is not connected). The connection must be closed.
         """
+        if type(packet) is Event:  # the hot path first
+            return _receive_common(self._books, packet)
         match packet:
             case Connect(namespace=namespace, data=data):
                 self._books.move(namespace, _Move.RECEIVE_CONNECT, remote=True)
