@@ -378,7 +378,6 @@ class EventLog:
     """When the oldest queued append nobody waits for must be taken (``math.inf``: none
     is queued): ``fsync_interval`` after it was queued."""
     _lazy_count: int = attrs.field(default=0, init=False)
-    _epoch: str = attrs.field(init=False)
     _packer: msgpack.Packer = attrs.field(
         factory=lambda: msgpack.Packer(use_bin_type=True), init=False
     )
@@ -386,14 +385,13 @@ class EventLog:
 
     def __attrs_post_init__(self) -> None:
         self._send, self._receive = trio.open_memory_channel[_Item](self.config.inbox_size)
-        self._epoch = self.repair_report.epoch
 
     # -- reading the state --------------------------------------------------------------
 
     @property
     def epoch(self) -> str:
         """The epoch every record appended now belongs to."""
-        return self._epoch
+        return self.repair_report.epoch
 
     @property
     def directory(self) -> Path:
@@ -450,17 +448,38 @@ class EventLog:
     ) -> _Item:
         """One append of ``records``, stamped with the log's epoch and encoded."""
         self._check_open()
-        epoch, limit, packer = self._epoch, self.config.max_record_bytes, self._packer
-        frames = [
-            encode_record_fields(
-                r.offset, r.time, r.namespace, r.room, r.kind, r.sender, r.event, r.args,
-                epoch, r.exclude, max_record_bytes=limit, packer=packer,
-            )
+        encoded = [
+            self._encode(r.offset, r.time, r.namespace, r.room, r.kind, r.sender, r.event,
+                         r.args, r.exclude)
             for r in records
         ]  # fmt: skip
-        keys = tuple((r.offset, r.time, r.namespace, r.room, r.kind, epoch) for r in records)
-        frame = frames[0] if len(frames) == 1 else b"".join(frames)
-        return _Item(keys=keys, frame=frame, done=done)
+        frame = encoded[0][0] if len(encoded) == 1 else b"".join(f for f, _ in encoded)
+        return _Item(keys=tuple(key for _, key in encoded), frame=frame, done=done)
+
+    def _encode(
+        self,
+        offset: int,
+        time: float,
+        namespace: str,
+        room: str,
+        kind: RecordKind,
+        sender: str | None,
+        event: str | None,
+        args: Sequence[LogValue],
+        exclude: Sequence[str] = (),
+    ) -> tuple[bytes, RecordKey]:
+        """One record's frame, with the log's epoch, and what its segment's summary
+        needs of it.
+
+        Raises:
+            LocalProtocolError: The record cannot be encoded.
+        """
+        epoch = self.repair_report.epoch
+        frame = encode_record_fields(
+            offset, time, namespace, room, kind, sender, event, args, epoch, exclude,
+            max_record_bytes=self.config.max_record_bytes, packer=self._packer,
+        )  # fmt: skip
+        return frame, (offset, time, namespace, room, kind, epoch)
 
     def _stored(self, record: LogRecord) -> LogRecord:
         """``record`` as the log stores it: with the log's epoch."""
@@ -579,14 +598,8 @@ class EventLog:
         """
         if self._failure is not None or self._closing:
             self._check_open()
-        epoch = self._epoch
-        frame = encode_record_fields(
-            offset, time, namespace, room, kind, sender, event, args, epoch,
-            max_record_bytes=self.config.max_record_bytes, packer=self._packer,
-        )  # fmt: skip
-        self._queue_lazy(
-            _Item(keys=((offset, time, namespace, room, kind, epoch),), frame=frame, done=None)
-        )
+        frame, key = self._encode(offset, time, namespace, room, kind, sender, event, args)
+        self._queue_lazy(_Item(keys=(key,), frame=frame, done=None))
 
     async def submit(
         self, records: Sequence[LogRecord], done: Callable[[LogError | None], None]
