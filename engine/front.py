@@ -470,7 +470,8 @@ class EngineFront:
             return True
         sid = request.query.get("sid")
         if sid is None:
-            ws = await self._accept_websocket(http, request)
+            # A new session: its OPEN packet is written at once, with the 101 answer.
+            ws = await self._accept_websocket(http, request, answer_later=True)
             if ws is not None:
                 host = self.host
                 await host.run_connection(
@@ -487,10 +488,11 @@ class EngineFront:
         return False
 
     async def _accept_websocket(
-        self, http: HttpExchange, request: HttpRequest
+        self, http: HttpExchange, request: HttpRequest, *, answer_later: bool = False
     ) -> MessageTransport | None:
         """Complete the WebSocket handshake (within ``websocket_handshake_timeout``); None
-        when the client went away or was too slow."""
+        when the client went away or was too slow. ``answer_later``: see
+        ``HttpExchange.accept_websocket``."""
         config = self.host.config
         try:
             with trio.fail_after(config.websocket_handshake_timeout):
@@ -498,6 +500,7 @@ class EngineFront:
                     request,
                     max_message_bytes=config.limits.max_payload_bytes,
                     compression=config.websocket_compression,
+                    answer_later=answer_later,
                 )
         except (TransportClosed, trio.TooSlowError):
             return None

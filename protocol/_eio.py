@@ -310,8 +310,12 @@ def encode_handshake(h: SessionParams) -> EioPacket:
     }
     return EioPacket(
         type=EioPacketType.OPEN,
-        data=json.dumps(data, separators=(",", ":"), ensure_ascii=False),
+        data=_encode_open(data),
     )
+
+
+# One encoder for every handshake: ``json.dumps`` with options builds a new one per call.
+_encode_open: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 # Node clamps timer delays above 2**31 - 1 ms; a larger interval is not a real handshake.

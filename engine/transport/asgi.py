@@ -212,10 +212,16 @@ class AsgiHttpExchange:
                 self.disconnected = True
 
     async def accept_websocket(
-        self, request: HttpRequest, *, max_message_bytes: int, compression: bool
+        self,
+        request: HttpRequest,
+        *,
+        max_message_bytes: int,
+        compression: bool,
+        answer_later: bool = False,
     ) -> AsgiWebSocket:
         """Accept the WebSocket (``websocket.accept``). ``compression`` is the ASGI
-        server's choice, not ours (hypercorn agrees permessage-deflate when offered).
+        server's choice, not ours (hypercorn agrees permessage-deflate when offered), and
+        so is when the answer goes (``answer_later`` changes nothing here).
 
         Raises:
             TransportClosed: Not a WebSocket scope (answered 400), or the client left.

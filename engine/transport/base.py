@@ -150,9 +150,18 @@ class HttpExchange(Protocol):
         """
 
     async def accept_websocket(
-        self, request: HttpRequest, *, max_message_bytes: int, compression: bool
+        self,
+        request: HttpRequest,
+        *,
+        max_message_bytes: int,
+        compression: bool,
+        answer_later: bool = False,
     ) -> MessageTransport:
         """Accept the WebSocket this request asks for.
+
+        ``answer_later``: the answer may wait for the first frames the server writes and
+        go out with them (a new session, whose OPEN packet follows at once); never for a
+        client that waits for the answer before it sends what the server must answer.
 
         Cancellation: the connection is left in an undefined state; it must close.
 

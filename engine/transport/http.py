@@ -244,9 +244,17 @@ class HttpConnection:
             pass
 
     async def accept_websocket(
-        self, request: HttpRequest, *, max_message_bytes: int, compression: bool
+        self,
+        request: HttpRequest,
+        *,
+        max_message_bytes: int,
+        compression: bool,
+        answer_later: bool = False,
     ) -> WebSocketTransport:
         """Switch this connection to the WebSocket ``request`` asks for (RFC 6455 §4.2).
+
+        ``answer_later``: a plain handshake's 101 answer goes out with the first frames
+        (see ``accept_plain_websocket``); any other is answered at once.
 
         Cancellation: the stream is left in an undefined state; the caller closes it.
 
@@ -257,7 +265,7 @@ class HttpConnection:
         if key is not None and not self._conn.trailing_data[0]:
             del self._conn  # (as upgrade_bytes does: it serves no more requests)
             return await accept_plain_websocket(
-                self.stream, key, max_message_bytes=max_message_bytes
+                self.stream, key, max_message_bytes=max_message_bytes, answer_later=answer_later
             )
         return await accept_websocket(
             self.stream,

@@ -362,12 +362,17 @@ async def accept_websocket(
 
 
 async def accept_plain_websocket(
-    stream: trio.abc.Stream, key: bytes, *, max_message_bytes: int
+    stream: trio.abc.Stream, key: bytes, *, max_message_bytes: int, answer_later: bool = False
 ) -> WebSocketTransport:
     """Answer a WebSocket handshake that the HTTP front already found plain (see
     ``transport.http.plain_websocket_key``: no extension to agree, nothing to refuse, no
     byte after the head), without parsing its head a second time as ``accept_websocket``
     does; the answer and the connection are the ones wsproto would make.
+
+    ``answer_later``: the 101 answer is not written now but goes out with the first
+    frames written (one system call for both), for a server that writes at once, as a
+    new Engine.IO session does with its OPEN packet. Never for a peer that waits for the
+    answer before it sends anything the server must answer (an upgrade's probe).
 
     Cancellation: the stream is left in an undefined state; the caller closes it.
 
@@ -375,16 +380,20 @@ async def accept_plain_websocket(
         TransportClosed: The peer left.
     """
     response = b"".join((_SWITCHING_PROTOCOLS, generate_accept_token(key), b"\r\n\r\n"))
-    try:
-        await stream.send_all(response)
-    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-        raise TransportClosed("peer left during the WebSocket handshake") from exc
     transport = WebSocketTransport(
         stream=stream,
         ws=WsConnection(ConnectionType.SERVER),
         max_message_bytes=max_message_bytes,
     )
     transport.fast = True
+    if answer_later:
+        transport._answer = response
+        await trio.lowlevel.checkpoint()
+        return transport
+    try:
+        await stream.send_all(response)
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        raise TransportClosed("peer left during the WebSocket handshake") from exc
     return transport
 
 
@@ -489,6 +498,8 @@ class WebSocketTransport:
     _pong_at: int = attrs.field(default=0, init=False)
     _write_interrupted: bool = attrs.field(default=False, init=False)
     _unsent: bytes = attrs.field(default=b"", init=False)  # (write_nowait's rest)
+    # The handshake's 101 answer when it goes out with the first frames (``answer_later``).
+    _answer: bytes = attrs.field(default=b"", init=False)
     _close_written: bool = attrs.field(default=False, init=False)
     # The socket's descriptor for the non-blocking paths (a plain TCP socket only; -1
     # otherwise, and from aclose on, so a reused descriptor number is never written to).
@@ -772,6 +783,13 @@ class WebSocketTransport:
         if self.ws.state is ConnectionState.OPEN:
             self.control.append(self.ws.send(CloseConnection(code=code, reason=reason)))
 
+    def _take_answer(self) -> bytes:
+        """The handshake's answer if it has not gone yet (it goes before anything else)."""
+        answer = self._answer
+        if answer:
+            self._answer = b""
+        return answer
+
     def _take_control(self) -> list[bytes]:
         control = self.control
         self.control = []
@@ -805,6 +823,7 @@ class WebSocketTransport:
         if (
             fd < 0
             or self.control
+            or self._answer
             or self._write_interrupted
             or self.ws.state is not ConnectionState.OPEN  # closing: the writer orders it
         ):
@@ -873,7 +892,7 @@ class WebSocketTransport:
             TransportClosed: The peer is gone.
         """
         assert self._fd >= 0, "writes without blocking on an open plain socket only"
-        data = self._unsent
+        data = self._unsent or self._take_answer()
         if frames or self.control:
             data += self._assemble(frames)
         if not data:
@@ -907,7 +926,7 @@ class WebSocketTransport:
         Raises:
             TransportClosed: The peer is gone.
         """
-        data = self._assemble(frames)
+        data = self._take_answer() + self._assemble(frames)
         # Until send_all returns, a cancel leaves a frame half-written: nothing more may
         # be written to this stream after that (not even the close frame).
         self._write_interrupted = True
@@ -931,7 +950,7 @@ class WebSocketTransport:
         self._queue_close(code, reason)
         try:
             if self.control and not self._write_interrupted:
-                data = b"".join(self._take_control())
+                data = self._take_answer() + b"".join(self._take_control())
                 await self.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass

@@ -13,6 +13,7 @@ import trio.testing
 from roomcast.engine import Config, ConnectRefusedError, RecoveryConfig, Server, Socket
 from roomcast.engine.actors.supervisor import RoomCrashLoopError
 from roomcast.engine.adapters.memory import MemoryAdapter
+from roomcast.engine.server import _Ids
 from roomcast.engine.testing import open_harness
 from roomcast.protocol import JsonValue
 
@@ -64,6 +65,17 @@ async def test_handshake_has_exactly_the_v4_fields() -> None:
             assert client.handshake["pingInterval"] == 25000
             assert client.handshake["pingTimeout"] == 20000
             assert client.handshake["maxPayload"] == 1_000_000
+
+
+def test_session_ids_are_20_url_safe_characters_from_fresh_random_bytes() -> None:
+    ids = _Ids()
+    drawn = [ids() for _ in range(1000)]  # across many refills of its pool
+    assert len(set(drawn)) == len(drawn)
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]{20}", sid) for sid in drawn)
+    pool = ids._pool
+    ids.discard()  # (what a forked child does: it must not repeat its parent's ids)
+    ids()
+    assert ids._pool != pool
 
 
 async def test_connect_event_ack_and_binary_exactly_as_node() -> None:

@@ -7,11 +7,13 @@ answers exactly what is wrong. Either way the peer gets the same connection.
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 import trio
 import trio.testing
 from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, Request, TextMessage
+from wsproto.events import AcceptConnection, CloseConnection, Event, Request, TextMessage
 
 from roomcast.engine.transport.http import HttpRequest, plain_websocket_key
 from roomcast.engine.transport.websocket import accept_plain_websocket
@@ -89,3 +91,80 @@ async def test_the_front_s_answer_is_the_one_a_client_accepts() -> None:
     await transport.send(["hello"])
     client.receive_data(bytes(await client_side.receive_some()))
     assert [e.data for e in client.events() if isinstance(e, TextMessage)] == ["hello"]
+
+
+def _socket_pair() -> tuple[trio.SocketStream, socket.socket]:
+    """The server's stream on a real socket (so the non-blocking writes apply) and the
+    peer's end, a plain socket that reads with a timeout."""
+    server_end, peer = socket.socketpair()
+    peer.settimeout(5)
+    return trio.SocketStream(trio.socket.from_stdlib_socket(server_end)), peer
+
+
+def _client_with_nonce() -> tuple[WSConnection, bytes]:
+    client = WSConnection(ConnectionType.CLIENT)
+    client.send(Request(host="127.0.0.1:5000", target="/"))
+    nonce = client.handshake._nonce
+    assert nonce is not None
+    return client, nonce
+
+
+def _texts(events: list[Event]) -> list[str]:
+    return [str(e.data) for e in events if isinstance(e, TextMessage)]
+
+
+async def test_an_answer_given_later_goes_out_with_the_first_frames_in_one_write() -> None:
+    stream, peer = _socket_pair()
+    client, nonce = _client_with_nonce()
+    transport = await accept_plain_websocket(
+        stream, nonce, max_message_bytes=1000, answer_later=True
+    )
+    peer.setblocking(False)
+    with pytest.raises(BlockingIOError):  # nothing is written yet
+        peer.recv(4096)
+    peer.settimeout(5)
+    assert transport.send_now(("0open",)) is None  # no shortcut past the answer
+    assert transport.write_nowait(["0open"])
+    client.receive_data(peer.recv(4096))  # the answer and the frame, in one write
+    events = list(client.events())
+    assert isinstance(events[0], AcceptConnection)
+    assert _texts(events[1:]) == ["0open"]
+    assert transport.send_now(("after",)) == b""  # the shortcut is open again
+    client.receive_data(peer.recv(4096))
+    assert _texts(list(client.events())) == ["after"]
+    await transport.aclose()
+    peer.close()
+
+
+async def test_an_answer_given_later_precedes_what_the_writer_task_sends() -> None:
+    stream, peer = _socket_pair()
+    client, nonce = _client_with_nonce()
+    transport = await accept_plain_websocket(
+        stream, nonce, max_message_bytes=1000, answer_later=True
+    )
+    await transport.send(["hello"])
+    client.receive_data(peer.recv(4096))
+    events = list(client.events())
+    assert isinstance(events[0], AcceptConnection)
+    assert _texts(events[1:]) == ["hello"]
+    await transport.aclose()
+    peer.close()
+
+
+async def test_closing_before_any_frame_still_sends_the_answer_then_the_close() -> None:
+    stream, peer = _socket_pair()
+    client, nonce = _client_with_nonce()
+    transport = await accept_plain_websocket(
+        stream, nonce, max_message_bytes=1000, answer_later=True
+    )
+    await transport.aclose(1001, "going away")
+    received = b""
+    while chunk := peer.recv(4096):
+        received += chunk
+    client.receive_data(received)
+    events = list(client.events())
+    assert isinstance(events[0], AcceptConnection)
+    assert [(e.code, e.reason) for e in events[1:] if isinstance(e, CloseConnection)] == [
+        (1001, "going away")
+    ]
+    peer.close()
