@@ -348,16 +348,20 @@ async def accept_websocket(
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
         raise TransportClosed("peer left during the WebSocket handshake") from exc
     # From here on only the WebSocket connection is needed: the handshake's h11 state
-    # (about 2 KiB a connection) is left behind. Bytes the client sent after its
-    # request head were handed to the connection by the handshake: then wsproto reads
-    # everything (it holds the start of the frames). So it does with permessage-deflate.
+    # (about 2 KiB a connection) is left behind. wsproto's server side does not hand the
+    # bytes a client sent after its request head to the connection (its client side
+    # does), so they are fed here, through wsproto (a client should not send them before
+    # the answer, but what arrived is not dropped). So it reads with permessage-deflate.
     connection = ws.connection
     assert connection is not None, "an accepted handshake has a connection"
     deflate = deflate if deflate is not None and deflate.enabled() else None
     transport = WebSocketTransport(
         stream=stream, ws=connection, max_message_bytes=max_message_bytes, deflate=deflate
     )
-    transport.fast = deflate is None and not head.partition(b"\r\n\r\n")[2]
+    early = head.partition(b"\r\n\r\n")[2]
+    transport.fast = deflate is None and not early
+    if early:
+        transport.feed(early)
     return transport
 
 

@@ -16,7 +16,7 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Event, Request, TextMessage
 
 from roomcast.engine.transport.http import HttpRequest, plain_websocket_key
-from roomcast.engine.transport.websocket import accept_plain_websocket
+from roomcast.engine.transport.websocket import accept_plain_websocket, accept_websocket
 
 KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
 PLAIN = (
@@ -168,3 +168,14 @@ async def test_closing_before_any_frame_still_sends_the_answer_then_the_close() 
         (1001, "going away")
     ]
     peer.close()
+
+
+async def test_frames_sent_before_the_answer_are_not_dropped() -> None:
+    # RFC 6455 §4.1 says a client waits for the answer; one that does not still loses
+    # nothing (wsproto's server side would drop the bytes after the head).
+    server_side, _client_side = trio.testing.memory_stream_pair()
+    head = WSConnection(ConnectionType.CLIENT).send(Request(host="127.0.0.1:5000", target="/"))
+    early = b"\x81\x82abcd" + bytes(b ^ k for b, k in zip(b"hi", b"ab", strict=True))
+    transport = await accept_websocket(server_side, head + early, max_message_bytes=1000)
+    with trio.fail_after(5):  # (nothing else will come to read)
+        assert await transport.receive_message() == "hi"
