@@ -189,8 +189,8 @@ class HttpConnection:
         conn = self._h11
         head = self._head
         if head:
-            self._head = b""
             conn.receive_data(head + self._rest)
+            self._head = self._rest = b""
             event = conn.next_event()
             assert isinstance(event, h11.Request), event
         return conn
@@ -244,12 +244,16 @@ class HttpConnection:
                 raise TransportClosed(f"bad HTTP request: {error}") from error
             if event is not h11.NEED_DATA:
                 return event
-            try:
-                data = await self.stream.receive_some(_RECEIVE_BYTES)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise TransportClosed(DisconnectReason.TRANSPORT_ERROR) from exc
-            self.received_in_cycle += len(data)
-            self._conn.receive_data(bytes(data))
+            self._conn.receive_data(await self._receive())
+
+    async def _receive(self) -> bytes:
+        """One read of the request (empty: the peer closed), counted in the cycle."""
+        try:
+            data = bytes(await self.stream.receive_some(_RECEIVE_BYTES))
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise TransportClosed(DisconnectReason.TRANSPORT_ERROR) from exc
+        self.received_in_cycle += len(data)
+        return data
 
     async def next_request(self) -> HttpRequest | None:
         """Read the next request head; None when the peer closed between requests.
@@ -269,11 +273,7 @@ class HttpConnection:
         self.received_in_cycle = 0
         if conn.their_state is h11.IDLE and not conn.trailing_data[0]:
             # The first bytes of a request: a plain WebSocket upgrade is parsed here.
-            try:
-                data = bytes(await self.stream.receive_some(_RECEIVE_BYTES))
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise TransportClosed(DisconnectReason.TRANSPORT_ERROR) from exc
-            self.received_in_cycle += len(data)
+            data = await self._receive()
             request = self._parse_upgrade(data) if data else None
             if request is not None:
                 return request
@@ -351,7 +351,7 @@ class HttpConnection:
         trailing = self._rest if self._head else self._conn.trailing_data[0]
         if key is not None and not trailing:
             del self._h11  # (as upgrade_bytes does: it serves no more requests)
-            self._head = b""
+            self._head = self._rest = b""
             return await accept_plain_websocket(
                 self.stream, key, max_message_bytes=max_message_bytes, answer_later=answer_later
             )

@@ -16,7 +16,11 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Event, Request, TextMessage
 
 from roomcast.engine.transport.http import HttpRequest, plain_websocket_key
-from roomcast.engine.transport.websocket import accept_plain_websocket, accept_websocket
+from roomcast.engine.transport.websocket import (
+    WebSocketTransport,
+    accept_plain_websocket,
+    accept_websocket,
+)
 
 KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
 PLAIN = (
@@ -109,16 +113,23 @@ def _client_with_nonce() -> tuple[WSConnection, bytes]:
     return client, nonce
 
 
-def _texts(events: list[Event]) -> list[str]:
-    return [str(e.data) for e in events if isinstance(e, TextMessage)]
-
-
-async def test_an_answer_given_later_goes_out_with_the_first_frames_in_one_write() -> None:
+async def _accepted_answering_later() -> tuple[WebSocketTransport, WSConnection, socket.socket]:
+    """A plain handshake accepted with ``answer_later``: the transport, the client (to
+    read what the server sends) and the peer's socket."""
     stream, peer = _socket_pair()
     client, nonce = _client_with_nonce()
     transport = await accept_plain_websocket(
         stream, nonce, max_message_bytes=1000, answer_later=True
     )
+    return transport, client, peer
+
+
+def _texts(events: list[Event]) -> list[str]:
+    return [str(e.data) for e in events if isinstance(e, TextMessage)]
+
+
+async def test_an_answer_given_later_goes_out_with_the_first_frames_in_one_write() -> None:
+    transport, client, peer = await _accepted_answering_later()
     peer.setblocking(False)
     with pytest.raises(BlockingIOError):  # nothing is written yet
         peer.recv(4096)
@@ -137,11 +148,7 @@ async def test_an_answer_given_later_goes_out_with_the_first_frames_in_one_write
 
 
 async def test_an_answer_given_later_precedes_what_the_writer_task_sends() -> None:
-    stream, peer = _socket_pair()
-    client, nonce = _client_with_nonce()
-    transport = await accept_plain_websocket(
-        stream, nonce, max_message_bytes=1000, answer_later=True
-    )
+    transport, client, peer = await _accepted_answering_later()
     await transport.send(["hello"])
     client.receive_data(peer.recv(4096))
     events = list(client.events())
@@ -152,11 +159,7 @@ async def test_an_answer_given_later_precedes_what_the_writer_task_sends() -> No
 
 
 async def test_closing_before_any_frame_still_sends_the_answer_then_the_close() -> None:
-    stream, peer = _socket_pair()
-    client, nonce = _client_with_nonce()
-    transport = await accept_plain_websocket(
-        stream, nonce, max_message_bytes=1000, answer_later=True
-    )
+    transport, client, peer = await _accepted_answering_later()
     await transport.aclose(1001, "going away")
     received = b""
     while chunk := peer.recv(4096):
