@@ -21,6 +21,7 @@ logged as a warning and skipped (``record_event`` returns False).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING
@@ -28,7 +29,9 @@ from typing import TYPE_CHECKING
 import attrs
 import trio
 
-from roomcast.engine.adapters.base import BroadcastOptions
+from roomcast.engine.actors.outbox import Outbox
+from roomcast.engine.actors.room import fan_out
+from roomcast.engine.adapters.base import BroadcastOptions, LocalSocket
 from roomcast.engine.adapters.shared import AppendOutcome, ClusterLog, encode_records
 from roomcast.engine.log import EventLog, FsyncPolicy, LogConfig, LogError
 from roomcast.engine.recovery import MissedEvent, RecoveryStore, broadcast_records
@@ -70,12 +73,29 @@ class Broadcaster:
     log_config: LogConfig
     log: EventLog | None = None
     store: RecoveryStore | None = None
+    handed_off: int = attrs.field(default=0, init=False)
+    """How many broadcasts returned before they went out (``Recorded``): 0 here."""
+    observe: Callable[[float], None] | None = attrs.field(default=None, init=False, kw_only=True)
+    """Told how long each broadcast took to reach its recipients' outboxes on this node
+    (set by the server while its metrics are on: ``roomcast_broadcast_seconds``)."""
 
     @property
     def records_client_events(self) -> bool:
         """Whether a client's events are recorded (a log is on, and
         ``record_client_events``)."""
         return False
+
+    async def _deliver_now(
+        self, ns: Namespace, packet: SioPacket, opts: BroadcastOptions, on_member: OnMember
+    ) -> int:
+        """Deliver through the adapter now (timed for ``observe``)."""
+        observe = self.observe
+        if observe is None:
+            return await ns.adapter.broadcast(ns.encode(packet), opts, on_member=on_member)
+        start = time.perf_counter()
+        count = await ns.adapter.broadcast(ns.encode(packet), opts, on_member=on_member)
+        observe(time.perf_counter() - start)
+        return count
 
     async def broadcast(
         self, ns: Namespace, packet: SioPacket, opts: BroadcastOptions, on_member: OnMember
@@ -85,7 +105,17 @@ class Broadcaster:
 
         Cancellation: some recipients may have it queued and others not.
         """
-        return await ns.adapter.broadcast(ns.encode(packet), opts, on_member=on_member)
+        return await self._deliver_now(ns, packet, opts, on_member)
+
+    def adopt(
+        self, namespace: str, socket: LocalSocket, joined: frozenset[str], rooms: frozenset[str]
+    ) -> None:
+        """``socket`` joins ``joined`` (its rooms then: ``rooms``, its own id included) in
+        this step, as of a turn of the sequence its caller holds: make it a recipient of
+        the broadcasts made since that turn's number that are for it and not released
+        yet (they were addressed without it). A recovering socket, and a join with
+        history, get every event once: those before the turn from the store or the log,
+        these live."""
 
     async def record_event(
         self,
@@ -138,45 +168,53 @@ class _Pending:
     """A recorded broadcast between taking its number and going out."""
 
     seq: int
-    ns: Namespace
+    namespace: str
+    rooms: frozenset[str]
+    exclude: frozenset[str]
+    """Its target (``BroadcastOptions``: rooms, the except rooms and sids together)."""
     frames: tuple[OutFrame, ...]
-    opts: BroadcastOptions
+    recipients: list[tuple[str, LocalSocket]]
+    """Who it was addressed to when it was made (``Adapter.recipients_now``)."""
     on_member: OnMember
     kept: MissedEvent | None
     """What the recovery store keeps of it (recovery on)."""
+    made: float
+    """When it was made (``time.perf_counter``), for ``observe``; 0 when not timed."""
     durable: bool = False
-    kicked: bool = False
-    """Woken because its turn came from a number that is not a broadcast's: its emitter
-    releases it (and what follows) from its own task."""
-    released: bool = False
-    """Let go to its emitter, which delivers it itself (an adapter that cannot deliver
-    at once) and then finishes its number."""
-    count: int = 0
     error: LogError | None = None
-    done: trio.Event = attrs.field(factory=trio.Event)
 
 
 @attrs.define(eq=False)
 class Recorded(Broadcaster):
     """This node's event log and/or the recovery store (at least one of them).
 
-    A recorded broadcast takes the next number and queues its records (one per target
-    room, encoded together) as one append. The writer acknowledges a whole batch in one
-    step after its sync, in the order of the appends, and that step releases every
-    broadcast whose turn has come, in offset order, without a task switch between them:
-    each is kept for recovery and handed to its recipients' outboxes
-    (``Adapter.broadcast_now``), and its number finished, which makes the next one's
-    turn. Its emitter wakes once, with the count. So a client never holds an offset the
-    log does not have, clients get events in log order, and one sync's worth of
-    broadcasts costs one pass of the scheduler, not one each.
+    A recorded broadcast is addressed when it is made: it takes the next number, its
+    recipients are read off the adapter's membership, and its records (one per target
+    room, encoded together) are queued for the log writer as one append. Then its
+    emitter goes on: it is not waiting for the log. The writer acknowledges a whole
+    batch in one step after its sync, in the order of the appends, and then releases
+    every broadcast whose turn has come, in offset order, in one pass without a task
+    switch (``_release``): each is kept for recovery and offered to its recipients'
+    outboxes, and its number finished, which makes the next one's turn. Each recipient
+    gets everything the pass has for it in one write. So a client never holds an offset
+    the log does not have, clients get events in log order, and one sync's worth of
+    broadcasts costs one pass, not a task switch each.
 
     A number that is not a broadcast's (a recovering socket's or a history read's turn)
-    holds the release until it is finished. An adapter that cannot deliver at once (a
-    cluster without the shared log) gets each broadcast from its emitter, in its turn.
+    holds the release until it is finished; the release then goes on from that
+    ``finish``. A broadcast whose records the log could not write is not delivered: the
+    failure is logged, and the log refuses every later broadcast (``LogWriteError``)
+    from its emitter. An adapter that cannot address a broadcast at once (a cluster
+    without the shared log) gets each one from its emitter, which then waits for its
+    records and its turn.
     """
 
     _pending: dict[int, _Pending] = attrs.field(factory=dict, init=False)
-    _pumping: bool = attrs.field(default=False, init=False)
+    _releasing: bool = attrs.field(default=False, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.log is not None:
+            self.log.on_batch_done = self._release
 
     @property
     def records_client_events(self) -> bool:
@@ -185,20 +223,22 @@ class Recorded(Broadcaster):
     async def broadcast(
         self, ns: Namespace, packet: SioPacket, opts: BroadcastOptions, on_member: OnMember
     ) -> int:
-        """As ``Broadcaster.broadcast``; a recorded one goes out in offset order once
-        its records are durable (under ``always`` and ``interval``; written under
-        ``never``).
+        """As ``Broadcaster.broadcast``, but a recorded one returns once it is handed
+        to the log, with the number of sockets it is addressed to; it goes out to them
+        in offset order once its records are durable (under ``always`` and
+        ``interval``; written under ``never``).
 
-        Cancellation: if cancelled before its release, the event is neither delivered
-        nor kept (its log records may be written).
+        Cancellation: if cancelled before the hand-off (waiting for room in the log's
+        inbox), it is neither delivered nor kept.
 
         Raises:
-            LogWriteError: The log could not write its records (it did not go out).
+            LogWriteError: The log failed earlier (it refuses every broadcast since).
             LogClosedError: The log is closed.
             LocalProtocolError: Its arguments cannot be logged.
         """
         if not isinstance(packet, Event) or not _loggable(packet, opts):
-            return await ns.adapter.broadcast(ns.encode(packet), opts, on_member=on_member)
+            return await self._deliver_now(ns, packet, opts, on_member)
+        recipients = ns.adapter.recipients_now(opts)
         sequencer, store, log = self.sequencer, self.store, self.log
         seq = sequencer.take()
         try:
@@ -220,69 +260,126 @@ class Recorded(Broadcaster):
                     time=now,
                     size=sum(len(frame.eio) for frame in frames),
                 )
-            pending = _Pending(
-                seq=seq, ns=ns, frames=frames, opts=opts, on_member=on_member, kept=kept
-            )
-            if log is None:
-                pending.durable = True
-            else:
+            records = None
+            if log is not None:
                 records = broadcast_records(
                     ns.name, opts.rooms, exclude, packet.name, args, offset=seq,
                     epoch=log.epoch, time=now,
                 )  # fmt: skip
-                await log.submit(records, partial(self._logged, pending))
+            if recipients is None:
+                pending = None  # the adapter delivers with waits: this task does, below
+            else:
+                pending = _Pending(
+                    seq=seq,
+                    namespace=ns.name,
+                    rooms=opts.rooms,
+                    exclude=exclude,
+                    frames=frames,
+                    recipients=recipients,
+                    on_member=on_member,
+                    kept=kept,
+                    made=time.perf_counter() if self.observe is not None else 0.0,
+                )
+                if log is None:
+                    pending.durable = True
+                else:
+                    assert records is not None
+                    await log.submit(records, partial(self._logged, pending))
         except BaseException:
             sequencer.finish(seq)
             raise
+        if pending is None:
+            return await self._deliver_in_turn(seq, ns, frames, opts, on_member, kept, records)
+        for _, socket in pending.recipients:
+            socket.outbox.address(seq)
+        self.handed_off += 1
         self._pending[seq] = pending
-        sequencer.when_turn(seq, partial(self._turn_came, pending))
+        sequencer.when_turn(seq, self._turn_came)
+        return len(pending.recipients)
+
+    async def _deliver_in_turn(
+        self,
+        seq: int,
+        ns: Namespace,
+        frames: tuple[OutFrame, ...],
+        opts: BroadcastOptions,
+        on_member: OnMember,
+        kept: MissedEvent | None,
+        records: list[LogRecord] | None,
+    ) -> int:
+        """Deliver a broadcast through an adapter that waits (``adapter.broadcast``)
+        once its ``records`` are durable and its turn has come; ``seq`` is finished
+        when this returns or raises.
+
+        Cancellation: if cancelled before its turn, it is neither delivered nor kept.
+        """
+        sequencer, log, store, observe = self.sequencer, self.log, self.store, self.observe
+        start = time.perf_counter() if observe is not None else 0.0
         try:
-            if pending.done.is_set():
-                await trio.lowlevel.checkpoint()
-            else:
-                await pending.done.wait()
-        except BaseException:
-            if pending.released:  # this task's to deliver: it will not
-                sequencer.finish(seq)
-            elif self._pending.pop(seq, None) is not None:  # not released: never will be
-                sequencer.forget(seq)
-                sequencer.finish(seq)  # (the next one's turn, if it comes now)
-            raise
-        if pending.kicked:
-            self._pump()
-        if pending.released:  # the adapter cannot deliver at once: it is this task's turn
-            try:
-                return await ns.adapter.broadcast(frames, opts, on_member=on_member)
-            finally:
-                sequencer.finish(seq)
-        if pending.error is not None:
-            raise pending.error
-        return pending.count
+            if log is not None and records is not None:
+                logged = trio.Event()
+                failed: list[LogError] = []
+
+                def done(error: LogError | None) -> None:
+                    if error is not None:
+                        failed.append(error)
+                    logged.set()
+
+                await log.submit(records, done)
+                await logged.wait()
+                if failed:
+                    raise failed[0]
+            await sequencer.wait_turn(seq)
+            if kept is not None and store is not None:
+                store.keep(kept)
+            count = await ns.adapter.broadcast(frames, opts, on_member=on_member)
+            if observe is not None:
+                observe(time.perf_counter() - start)
+            return count
+        finally:
+            sequencer.finish(seq)
+
+    def adopt(
+        self, namespace: str, socket: LocalSocket, joined: frozenset[str], rooms: frozenset[str]
+    ) -> None:
+        sid = socket.sid
+        for seq, pending in self._pending.items():
+            if (
+                pending.namespace == namespace
+                and (not pending.rooms or not pending.rooms.isdisjoint(joined))
+                and pending.exclude.isdisjoint(rooms)
+                and all(member != sid for member, _ in pending.recipients)
+            ):
+                pending.recipients.append((sid, socket))
+                socket.outbox.address(seq)
 
     def _logged(self, pending: _Pending, error: LogError | None) -> None:
-        """The writer is done with a broadcast's records (in batch order)."""
+        """The writer is done with a broadcast's records (in batch order; the writer
+        calls ``_release`` after the batch)."""
         pending.durable = True
-        if error is not None:
-            pending.error = error
-        self._pump()
+        pending.error = error
 
-    def _turn_came(self, pending: _Pending) -> None:
-        """The sequencer says it is ``pending``'s turn. Inside a release the loop goes on
-        by itself; otherwise the number before it was a recovery's or a history read's
-        turn, and the broadcast's own task releases it (not the task that finished that
-        turn, which must not deliver other tasks' broadcasts on its way)."""
-        if not self._pumping and pending.durable and not pending.done.is_set():
-            pending.kicked = True
-            pending.done.set()
+    def _turn_came(self) -> None:
+        """The sequencer says the next broadcast's turn came from a number that is not
+        a broadcast's (or at once): release what can go."""
+        if not self._releasing:
+            self._release()
 
-    def _pump(self) -> None:
+    def _release(self) -> None:
         """Release, in offset order, every broadcast that is durable and whose turn it
-        is. Called by the writer (a batch is durable) and by the sequencer (a turn came);
-        never re-entered (a call from within a release is taken care of by the loop)."""
-        if self._pumping:
+        is, each recipient's frames written once at the end. Called by the writer (a
+        batch is acknowledged) and by the sequencer (a turn came); never re-entered (a
+        call from within a release is taken care of by the loop)."""
+        if self._releasing:
             return
-        self._pumping = True
-        sequencer, pending_of, store = self.sequencer, self._pending, self.store
+        self._releasing = True
+        sequencer, pending_of, store, observe = (
+            self.sequencer, self._pending, self.store, self.observe
+        )  # fmt: skip
+        now = time.perf_counter() if observe is not None else 0.0
+        gathered: list[Outbox] = []
+        failed: LogError | None = None
+        lost = 0
         try:
             while True:
                 head = sequencer.done + 1
@@ -292,24 +389,30 @@ class Recorded(Broadcaster):
                 del pending_of[head]
                 sequencer.forget(head)
                 if pending.error is not None:
-                    sequencer.finish(head)
-                    pending.done.set()
-                    continue
-                if pending.kept is not None and store is not None:
-                    store.keep(pending.kept)
-                # (The outgoing hooks log what a listener raises: nothing escapes here.)
-                count = pending.ns.adapter.broadcast_now(
-                    pending.frames, pending.opts, on_member=pending.on_member
-                )
-                if count is None:
-                    pending.released = True  # its emitter delivers it, then finishes
-                    pending.done.set()
-                    return
-                pending.count = count
+                    failed = pending.error
+                    lost += 1
+                    for _, socket in pending.recipients:
+                        socket.outbox.skip(head)
+                else:
+                    if pending.kept is not None and store is not None:
+                        store.keep(pending.kept)
+                    # (The outgoing hooks log what a listener raises: nothing escapes.)
+                    fan_out(
+                        pending.recipients,
+                        pending.frames,
+                        on_member=pending.on_member,
+                        gather=gathered,
+                        release=head,
+                    )
+                    if observe is not None and pending.made:
+                        observe(now - pending.made)
                 sequencer.finish(head)
-                pending.done.set()
         finally:
-            self._pumping = False
+            self._releasing = False
+            for outbox in gathered:
+                outbox.write_gathered()
+            if failed is not None:
+                logger.error("%d recorded broadcast(s) not delivered: %s", lost, failed)
 
     async def record_event(
         self,
@@ -385,7 +488,7 @@ class SharedRecorded(Broadcaster):
         Cancellation: it may be in the log (and then every node delivers it).
         """
         if not isinstance(packet, Event) or not _loggable(packet, opts) or opts.local:
-            return await ns.adapter.broadcast(ns.encode(packet), opts, on_member=on_member)
+            return await self._deliver_now(ns, packet, opts, on_member)
         records = broadcast_records(
             ns.name,
             opts.rooms,
@@ -397,10 +500,13 @@ class SharedRecorded(Broadcaster):
             time=self.wall_now(),
         )
         data = encode_records(records, max_record_bytes=self.log_config.max_record_bytes)
+        start = time.perf_counter()
         outcome, count = await self.shared.broadcast(data)
         if outcome is AppendOutcome.NOT_SENT:
             local = attrs.evolve(opts, local=True)
-            return await ns.adapter.broadcast(ns.encode(packet), local, on_member=on_member)
+            return await self._deliver_now(ns, packet, local, on_member)
+        if self.observe is not None:  # (in Redis: every node delivers it as it reads it)
+            self.observe(time.perf_counter() - start)
         return count
 
     async def record_event(

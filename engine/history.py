@@ -7,8 +7,10 @@ step with respect to broadcasts:
 - with the event log (one server), inside one turn of the server's broadcast sequence
   (as ``Server._recover_locally`` does for a recovered socket): every broadcast with a
   smaller number is in the log and was fanned out before the socket joined, every one
-  with a larger number is fanned out after, so it reaches the socket live; the records
-  of those larger ones that are already in the log are left out of the history;
+  with a larger number is fanned out after, to the socket too (those made before the
+  join are given it as a recipient: ``Broadcaster.adopt``), so it reaches the socket
+  live; the records of those larger ones that are already in the log are left out of
+  the history;
 - with a cluster's shared log, with this node's delivery of the log held: the history
   ends at the last entry this node delivered, and every later entry is delivered after
   the join.
@@ -108,6 +110,10 @@ async def join_with_history(
     try:
         await sequencer.wait_turn(turn)
         found = await _read(socket, room, last, events, turn, server.log.epoch)
+        # The broadcasts made since the turn were addressed without the socket: it gets
+        # those to the room live, joining in the same step (``Broadcaster.adopt``).
+        joined = frozenset({room})
+        server.broadcaster.adopt(ns.name, socket, joined, socket.rooms | joined)
         await socket.join(room)
     finally:
         sequencer.finish(turn)

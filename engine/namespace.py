@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import logging
 import re
-import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
@@ -205,21 +204,21 @@ class BroadcastOperator:
         return attrs.evolve(self, opts=attrs.evolve(self.opts, local=True))
 
     async def emit(self, event: str, *args: JsonValue) -> int:
-        """Send ``event`` to every matching socket once; return how many it reached.
+        """Send ``event`` to every matching socket once; return how many sockets (on
+        this node) it is for: its members when it is made.
 
-        The frames are encoded once for all recipients. Two emits from one task reach
-        each socket in the order they were made.
+        The frames are encoded once for all recipients. Each socket gets what the
+        server sends it in the order it was sent: two emits from one task, or an emit
+        and then an ack, reach it in that order. With the event log on, a recorded
+        event (see ``docs/event-log.md``) is handed to the log and goes out once its
+        records are durable: ``emit`` returns before that, so the handler goes on.
 
-        Cancellation: some recipients may have it queued and others not.
+        Cancellation: some recipients may have it queued and others not (a recorded
+        event: it goes to all of them, or to none if cancelled before its hand-off).
         """
         ns = self.namespace
         packet = Event(name=event, args=args, namespace=ns.name)
-        if ns.server.metrics is None:
-            count = await ns.broadcast_packet(packet, self.opts)
-        else:
-            start = time.perf_counter()  # metrics on: roomcast_broadcast_seconds
-            count = await ns.broadcast_packet(packet, self.opts)
-            ns.server.stats.broadcast.observe(time.perf_counter() - start)
+        count = await ns.broadcast_packet(packet, self.opts)
         if ns.server.observer is not None:
             ns.server.observer.event_broadcast(ns, self.opts, event, args)
         return count

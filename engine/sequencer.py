@@ -45,6 +45,18 @@ class Sequencer:
         finally:
             self._waiting.pop(number, None)
 
+    async def settle(self) -> None:
+        """Wait until every number taken so far has finished (a broadcast made before
+        this call is then released or dropped).
+
+        Cancellation: nothing changes.
+        """
+        number = self.take()
+        try:
+            await self.wait_turn(number)
+        finally:
+            self.finish(number)
+
     def when_turn(self, number: int, wake: Callable[[], None]) -> None:
         """Call ``wake`` once every smaller number has finished: now if that is so, else
         from the ``finish`` that makes it so. One waiter per number (``wait_turn`` or

@@ -200,6 +200,13 @@ class Server:
             store=store,
             shared=self.of("/").adapter.shared_log,
         )
+        self._time_broadcasts()
+
+    def _time_broadcasts(self) -> None:
+        """Broadcasts are timed while the metrics are on (``roomcast_broadcast_seconds``)."""
+        self.broadcaster.observe = (
+            self.stats.broadcast.observe if self.metrics is not None else None
+        )
 
     def _set_metrics(self) -> None:
         """Make the metrics (``config.metrics``), or drop them.
@@ -217,6 +224,7 @@ class Server:
                     "Config(metrics=True) needs prometheus-client: pip install 'roomcast[metrics]'"
                 ) from exc
             self.metrics = Metrics(server=self)
+        self._time_broadcasts()
 
     def add_service(self, service: Callable[..., Awaitable[None]]) -> None:
         """Run ``service(task_status=...)`` while the server serves: started with
@@ -424,6 +432,9 @@ class Server:
             # A multi-node adapter's broadcasts from other nodes never reach this node's
             # store without a shared log: recovering from it could hide events.
             return None
+        # Decided once every broadcast made before this CONNECT is kept: recorded
+        # broadcasts are kept when released, after their emitters went on.
+        await self.sequencer.settle()
         taken = store.restore(ns.name, pid, recovery_offset, self.wall_now())
         return None if taken is None else _Restoring(session=taken[0], after=taken[1])
 
@@ -534,10 +545,11 @@ class Server:
 
     async def _recover_locally(self, socket: Socket, session: SavedSession, after: int) -> bool:
         """Accept a recovered socket, send it the events it missed after event seq ``after``
-        and join its rooms, all in one turn of the broadcast sequence: every earlier
-        broadcast is then kept in the store and queued to its rooms, and no later one is,
-        so the socket gets each event once (replayed or live) and in order. False when
-        its connection closed meanwhile (the session is kept again).
+        and join its rooms, in one turn of the broadcast sequence: every earlier broadcast
+        is then kept in the store, and every later one is either addressed to the socket
+        when it joins (``Broadcaster.adopt``: made already, not released yet) or made
+        after that, so the socket gets each event once (replayed or live) and in order.
+        False when its connection closed meanwhile (the session is kept again).
 
         Cancellation: the socket may be accepted without its rooms.
         """
@@ -551,11 +563,16 @@ class Server:
             if conn.closed:
                 store.save(session)
                 return False
+            # Accepted, sent what it missed and in its rooms before anything here waits:
+            # a recorded broadcast is addressed to its recipients when it is made
+            # (``Recorded.broadcast``).
             self._accept(socket)
-            await self._record_connect(socket, session)
-            for event in store.missed(ns.name, after, session.rooms | {socket.sid}):
+            rooms = session.rooms | {socket.sid}
+            for event in store.missed(ns.name, after, rooms):
                 conn.send_packet(Event(name=event.name, args=event.args, namespace=ns.name))
-            await ns.adapter.add_all(socket.sid, session.rooms)
+            self.broadcaster.adopt(ns.name, socket, rooms, rooms)  # (made since the turn)
+            await ns.adapter.add_all(socket.sid, session.rooms)  # (its index first)
+            await self._record_connect(socket, session)
         finally:
             sequencer.finish(turn)
         return True
@@ -587,6 +604,7 @@ class Server:
         ) and not await admit_event(socket, name, args):
             return  # refused by per-packet middleware: no handler, no ack (as in Node)
         handler = ns.handlers.get(name)
+        handed_off = self.broadcaster.handed_off
         if handler is not None:
             result = await handler(socket, *args)
         elif ns.unhandled_handlers:
@@ -595,7 +613,14 @@ class Server:
                 result = await catch_all(socket, name, *args)
         else:
             return
-        if ack_id is not None and socket.connected:
+        if ack_id is None:
+            return
+        if self.broadcaster.handed_off != handed_off:
+            # The handler's broadcasts went to the log and return before they go out:
+            # its ack waits for them, so a publisher's ack still means its event is in
+            # the log (synced under ``always`` and ``interval``) and went out.
+            await self.sequencer.settle()
+        if socket.connected:
             conn.send_packet(Ack(ack_id=ack_id, args=ack_args(result), namespace=namespace))
 
     async def _record_connect(self, socket: Socket, restored: SavedSession | None) -> None:

@@ -35,6 +35,18 @@ class Outbox:
     switch. It returns None when it could not try (the frames are then queued), else
     the bytes it could not write yet, which go first in the queue.
 
+    A recorded broadcast is addressed when it is made and released later, once the log
+    has it (``engine/broadcast.py``). ``address`` tells the outbox of each recipient its
+    number, and its release is offered with ``release=`` that number. A send made in
+    between (an ack, a direct emit, an unrecorded broadcast) waits behind the broadcasts
+    addressed before it, so the client gets what the server sent it in the order it was
+    sent; a ``close`` in between takes effect once they are released.
+
+    The release of a durable batch offers many sends at once with a ``gather`` list: an
+    idle outbox then keeps what it is offered and joins the list, and the release calls
+    ``write_gathered`` on each outbox of it at its end, so a connection gets one write
+    for all its frames of the batch instead of one per send.
+
     The writer is either a task (``receive_batch``, parked while nothing is queued) or,
     for a connection the reactor serves, ``flush``: a synchronous call, made whenever a
     parked writer task would be woken, that writes what it can without blocking (and
@@ -52,6 +64,17 @@ class Outbox:
         default=None, init=False
     )
     flush: Callable[[], None] | None = attrs.field(default=None, init=False)
+    _gathered: bool = attrs.field(default=False, init=False)
+    _addressed: int = attrs.field(default=0, init=False)
+    """The number of the last recorded broadcast addressed to this outbox."""
+    _released: int = attrs.field(default=0, init=False)
+    """The number of the last one released to it."""
+    _waiting: list[tuple[int, tuple[OutFrame, ...]]] | None = attrs.field(default=None, init=False)
+    """Sends that wait for the release of a broadcast addressed before them: the
+    number of the last such broadcast, and the frames."""
+    _close_at: int | None = attrs.field(default=None, init=False)
+    """``close`` was called while broadcasts addressed before it were not released:
+    the outbox closes once the last of them (this number) is."""
 
     def __len__(self) -> int:
         return len(self._frames)
@@ -102,17 +125,103 @@ class Outbox:
         """Whether a volatile frame should be queued now (fewer than ``volatile_backlog`` wait)."""
         return not self._closed and len(self._frames) < self.volatile_backlog
 
-    def offer(self, frames: tuple[OutFrame, ...], *, volatile: bool = False) -> Offer:
+    def offer(
+        self,
+        frames: tuple[OutFrame, ...],
+        *,
+        volatile: bool = False,
+        gather: list[Outbox] | None = None,
+        release: int = 0,
+    ) -> Offer:
         """Queue ``frames`` for one recipient without waiting; say what happened.
 
         ``DROPPED``: a volatile send to a backed-up outbox, or a closed one (the recipient
         is leaving). ``FULL``: a non-volatile send that does not fit; by the slow-consumer
         policy the caller evicts the recipient (frames queued before the bound stay).
+
+        ``release``: these are the frames of the recorded broadcast with that number
+        (``address``); sends that waited for it follow them. A send made while a
+        broadcast addressed earlier is not released waits for it (``QUEUED``).
+
+        With ``gather``, an outbox that would write at once keeps the frames instead and
+        joins ``gather`` (once), and what it is offered later in the same pass joins
+        them: the caller calls ``write_gathered`` on it when the pass ends.
         """
         if volatile and not self.takes_volatile():
             return Offer.DROPPED
+        if release:
+            close_at = self._close_at
+            if close_at is not None and release > close_at:
+                return Offer.DROPPED  # addressed after the close (cannot happen: see address)
+            offered = self._queue(frames, gather)
+            self._released = release
+            if self._waiting is not None or close_at is not None:
+                self._catch_up(gather)
+            return offered
+        if self._addressed > self._released:
+            return self._wait_for_release(frames)
+        return self._queue(frames, gather)
+
+    def address(self, number: int) -> None:
+        """The recorded broadcast ``number`` is addressed to this outbox: sends made from
+        now on wait until it is released (``offer(release=number)``) or ``skip``-ped.
+        Ignored once ``close`` was called."""
+        if number > self._addressed and self._close_at is None and not self._closed:
+            self._addressed = number
+
+    def skip(self, number: int) -> None:
+        """The recorded broadcast ``number`` addressed to this outbox will not be
+        released (its records could not be written): what waited for it goes on."""
+        self._released = number
+        if self._waiting is not None or self._close_at is not None:
+            self._catch_up(None)
+
+    def _wait_for_release(self, frames: tuple[OutFrame, ...]) -> Offer:
+        if self._closed or self._close_at is not None:
+            return Offer.DROPPED
+        waiting = self._waiting
+        if waiting is None:
+            waiting = self._waiting = []
+        waited = sum(len(f) for _, f in waiting)
+        if len(self._frames) + waited + len(frames) > self.max_frames:
+            return Offer.FULL
+        waiting.append((self._addressed, frames))
+        return Offer.QUEUED
+
+    def _catch_up(self, gather: list[Outbox] | None) -> None:
+        """Queue the sends that waited for broadcasts released by now, and close if
+        ``close`` waited for them."""
+        released, waiting = self._released, self._waiting
+        if waiting is not None:
+            ready = 0
+            for number, frames in waiting:
+                if number > released:
+                    break
+                self._queue(frames, gather)  # (counted against the bound when offered)
+                ready += 1
+            del waiting[:ready]
+            if not waiting:
+                self._waiting = None
+        close_at = self._close_at
+        if close_at is not None and released >= close_at:
+            self._close_at = None
+            self.close()
+
+    def _queue(self, frames: tuple[OutFrame, ...], gather: list[Outbox] | None) -> Offer:
+        if self._gathered:  # (only within the pass that gathered it)
+            if self._closed:
+                return Offer.DROPPED
+            if len(self._frames) + len(frames) > self.max_frames:
+                return Offer.FULL
+            self._frames.extend(frames)
+            return Offer.QUEUED
         direct = self.direct
         if direct is not None and self.writer_idle:
+            if gather is not None:
+                self._gathered = True
+                self._frames.extend(frames)
+                gather.append(self)
+                return Offer.QUEUED
             # The writer is idle with nothing to do: nothing queued can be overtaken.
             rest = direct(frames)
             if rest is not None:
@@ -128,6 +237,25 @@ class Outbox:
         except trio.ClosedResourceError:
             return Offer.DROPPED
         return Offer.QUEUED
+
+    def write_gathered(self) -> None:
+        """End a gathering pass (see ``offer``): write what it kept at once, in one
+        system call, or leave it to the writer if that cannot be done now."""
+        self._gathered = False
+        frames = self._frames
+        if not frames:  # (written already: an eviction's close flushed it)
+            return
+        direct = self.direct
+        if direct is not None and not self._closed:
+            self._frames = []
+            rest = direct(tuple(frames))
+            if rest is None:  # could not try: the writer sends them
+                self._frames = frames
+            elif rest:
+                self._frames.append(SharedFrame.wire_only(rest))
+            else:
+                return
+        self._wake()
 
     def hold(self, held: bool) -> None:
         """Turn direct writes off (``held``) or back on.
@@ -190,6 +318,16 @@ class Outbox:
             self._lot.unpark_all()
 
     def close(self) -> None:
-        """Refuse further frames; the writer still drains what is queued, then ends."""
+        """Refuse further frames; the writer still drains what is queued, then ends.
+
+        While broadcasts addressed before the close are not released, it waits for them
+        (and what waited for them): the outbox closes when the last is released or
+        skipped; until then it takes their releases and nothing else.
+        """
+        if self._closed:
+            return
+        if self._addressed > self._released:
+            self._close_at = self._addressed
+            return
         self._closed = True
         self.kick()

@@ -187,11 +187,14 @@ def fan_out(
     volatile: bool = False,
     on_member: Callable[[str], None] | None = None,
     where: str = "",
+    gather: list[Outbox] | None = None,
+    release: int = 0,
 ) -> int:
     """Offer ``frames`` to every member not in ``exclude`` and not yet in ``seen`` (which
     it extends); return how many took them. Never waits: a full outbox drops a volatile
     send and evicts the member otherwise (the slow-consumer policy), once the loop is
-    done. Used by room actors and by the adapter's direct deliveries alike.
+    done. Used by room actors and by the release of recorded broadcasts alike (which
+    passes ``gather`` and ``release``: see ``Outbox.offer``).
     """
     delivered = 0
     evicted: list[tuple[str, Recipient]] = []
@@ -202,7 +205,7 @@ def fan_out(
             if sid in seen:
                 continue
             seen.add(sid)
-        offered = member.outbox.offer(frames, volatile=volatile)
+        offered = member.outbox.offer(frames, volatile=volatile, gather=gather, release=release)
         if offered is Offer.FULL:
             evicted.append((sid, member))
         if offered is not Offer.QUEUED:

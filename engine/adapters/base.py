@@ -220,20 +220,16 @@ class Adapter(abc.ABC):
         one task reach each socket in the order they were made.
         """
 
-    def broadcast_now(
-        self,
-        frames: tuple[OutFrame, ...],
-        opts: BroadcastOptions,
-        *,
-        on_member: Callable[[str], None] | None = None,
-    ) -> int | None:
-        """Send ``frames`` to every matching socket of this node at once, without
-        waiting for anything, and return how many were reached; None if this adapter
-        cannot (then ``broadcast`` does it).
+    def recipients_now(self, opts: BroadcastOptions) -> list[tuple[str, LocalSocket]] | None:
+        """The sockets of this node that a broadcast with ``opts`` reaches now (those
+        left out by ``except`` already removed); None if this adapter cannot say without
+        waiting (then ``broadcast`` delivers).
 
-        A recorded broadcast is released this way (``engine/broadcast.py``): a whole
-        durable batch goes out in offset order in one step, so each socket gets the
-        events in log order whatever rooms they went to.
+        A recorded broadcast is addressed this way when it is made, and released later
+        to exactly these sockets (``engine/broadcast.py``): a whole durable batch goes
+        out in offset order in one step, so each socket gets the events in log order
+        whatever rooms they went to, and a socket that joins a room after a broadcast
+        to it was made does not get it (its join comes after it in the log too).
         """
         return None
 

@@ -59,12 +59,15 @@ class MemoryAdapter(Adapter):
         if socket is None:
             return
         joined = self._socket_rooms[sid]
-        pending: list[trio.Event] = []
-        for room in rooms:
-            if room in joined or room == sid:
-                continue
+        # The index takes every room in this step, before anything waits: a recorded
+        # broadcast made from now on is addressed to the socket (``recipients_now``).
+        # (A recovering socket relies on it: the events it missed are those before.)
+        new = [room for room in dict.fromkeys(rooms) if room not in joined and room != sid]
+        for room in new:
             joined.add(room)
             self._rooms.setdefault(room, set()).add(sid)
+        pending: list[trio.Event] = []
+        for room in new:
             command = Join(member=self._member(socket))
             if await self._send(self._actor(room), command):
                 pending.append(command.done)
@@ -182,37 +185,28 @@ class MemoryAdapter(Adapter):
                 delivered += command.delivered[0]
         return delivered
 
-    def broadcast_now(
-        self,
-        frames: tuple[OutFrame, ...],
-        opts: BroadcastOptions,
-        *,
-        on_member: Callable[[str], None] | None = None,
-    ) -> int:
+    def recipients_now(self, opts: BroadcastOptions) -> list[tuple[str, LocalSocket]]:
         """The members of the target rooms as the index has them now (the state every
         room actor reaches once its queued joins and leaves are done)."""
         exclude = self._excluded(opts)
         sockets = self._sockets
         if not opts.rooms:
-            targets: list[tuple[str, LocalSocket]] = list(sockets.items())
-        elif len(opts.rooms) == 1:
+            return [(sid, s) for sid, s in sockets.items() if sid not in exclude]
+        if len(opts.rooms) == 1:
             (room,) = opts.rooms
-            sids = self._rooms.get(room, ())
-            targets = [(sid, sockets[sid]) for sid in sids if sid in sockets]
-            if room in sockets:
-                targets.append((room, sockets[room]))
-        else:
-            seen: set[str] = set()
-            targets = []
-            for room in sorted(opts.rooms):
-                members = [room] if room in sockets else self._rooms.get(room, ())
-                for sid in members:
-                    if sid not in seen and sid in sockets:
-                        seen.add(sid)
-                        targets.append((sid, sockets[sid]))
-        return fan_out(
-            targets, frames, exclude=exclude, volatile=opts.volatile, on_member=on_member
-        )
+            if room in sockets:  # a socket's own room
+                return [] if room in exclude else [(room, sockets[room])]
+            # (A member may be gone from ``sockets`` already: its rooms are left next.)
+            members = self._rooms.get(room, ())
+            return [(sid, sockets[sid]) for sid in members if sid in sockets and sid not in exclude]
+        seen: set[str] = set(exclude)
+        targets: list[tuple[str, LocalSocket]] = []
+        for room in sorted(opts.rooms):
+            for sid in [room] if room in sockets else self._rooms.get(room, ()):
+                if sid not in seen and sid in sockets:
+                    seen.add(sid)
+                    targets.append((sid, sockets[sid]))
+        return targets
 
     def _excluded(self, opts: BroadcastOptions) -> frozenset[str]:
         if not opts.except_rooms:

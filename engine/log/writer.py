@@ -364,6 +364,9 @@ class EventLog:
     _receive: trio.MemoryReceiveChannel[_Item] = attrs.field(init=False)
     _failure: _Failure | None = attrs.field(default=None, init=False)
     _closing: bool = attrs.field(default=False, init=False)
+    on_batch_done: Callable[[], None] | None = attrs.field(default=None, init=False)
+    """Called by the writer after it has called the ``done`` of every append of a
+    batch (see ``submit``): the broadcaster releases all a sync made durable in one pass."""
     _finished: trio.Event = attrs.field(factory=trio.Event, init=False)
     _writer_scope: trio.CancelScope = attrs.field(
         factory=lambda: trio.CancelScope(shield=True), init=False
@@ -609,7 +612,8 @@ class EventLog:
         writer when they are acknowledged by the fsync policy (as ``append`` returns:
         with None) or failed (with the ``LogWriteError`` or ``LogClosedError``). The
         writer calls the ``done`` of one batch in the order the appends were queued, in
-        one step, so a caller can release everything a sync made durable at once.
+        one step, then ``on_batch_done``, so a caller can release everything a sync made
+        durable at once.
 
         Cancellation: if cancelled while the inbox is full, nothing was accepted (and
         ``done`` is never called); once accepted, ``done`` will be called.
@@ -704,11 +708,12 @@ class EventLog:
         self._lazy_deadline = math.inf
         return batch, ended
 
-    @staticmethod
-    def _finish(items: list[_Item], error: LogError | None = None) -> None:
+    def _finish(self, items: list[_Item], error: LogError | None = None) -> None:
         for item in items:
             if item.done is not None:
                 item.done(error)
+        if items and self.on_batch_done is not None:
+            self.on_batch_done()
 
     async def _run(self) -> None:
         """The writer: batch, write, sync, acknowledge; until the inbox is closed.

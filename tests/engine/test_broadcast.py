@@ -1,20 +1,28 @@
-"""The broadcast strategy (engine/broadcast.py): which one a server picks, and the release
-of recorded broadcasts in offset order, one durable batch at a time."""
+"""The broadcast strategy (engine/broadcast.py): which one a server picks; recorded
+broadcasts addressed when made, handed to the log, and released in offset order one durable
+batch at a time, each recipient written once per batch and in the order the server sent."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import cast
 
 import pytest
 import trio
 
-from roomcast.engine import Config, Server
+from roomcast.engine import Config, Server, Socket
 from roomcast.engine.actors.outbox import Outbox
+from roomcast.engine.adapters.base import BroadcastOptions
 from roomcast.engine.broadcast import Recorded, Unrecorded
-from roomcast.engine.log import LogConfig
+from roomcast.engine.history import join_with_history
+from roomcast.engine.log import LogConfig, LogWriteError, open_event_log
 from roomcast.engine.recovery import RecoveryConfig
-from roomcast.engine.transport.frames import SharedFrame
+from roomcast.engine.testing import open_harness
+from roomcast.engine.transport.frames import OutFrame, SharedFrame
+from roomcast.protocol import Event, JsonValue
+
+from .log_helpers import FailingIO
 
 
 class FakeSocket:
@@ -88,6 +96,8 @@ async def test_a_socket_in_several_rooms_gets_every_broadcast_in_offset_order(
         async with trio.open_nursery() as nursery:
             for room in ["a", "b"] * 5:
                 nursery.start_soon(publish, room)
+        assert server.log is not None
+        await server.log.flush()  # (emit returns once handed to the log)
         seen = both.offsets()
         assert len(seen) == 500
         assert seen == sorted(seen)
@@ -98,7 +108,7 @@ async def test_a_socket_in_several_rooms_gets_every_broadcast_in_offset_order(
         assert kept == seen  # kept in the order they went out
 
 
-async def test_a_broadcast_cancelled_before_its_release_is_neither_sent_nor_kept(
+async def test_emit_returns_once_handed_off_and_the_broadcast_goes_out_in_its_turn(
     tmp_path: Path,
 ) -> None:
     server = log_server(tmp_path, "always")
@@ -106,31 +116,136 @@ async def test_a_broadcast_cancelled_before_its_release_is_neither_sent_nor_kept
         socket = await member(server, "s", "a")
         sequencer = server.sequencer
         turn = sequencer.take()  # holds every later broadcast back (as a recovery does)
-        counts: list[int] = []
+        assert await server.to("a").emit("m", "first") == 1
         scope = trio.CancelScope()
-
-        async def cancelled() -> None:
-            with scope:
-                await server.to("a").emit("m", "cancelled")
-
-        async def later() -> None:
-            counts.append(await server.to("a").emit("m", "later"))
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(cancelled)
-            await trio.sleep(0.05)
-            nursery.start_soon(later)
-            await trio.sleep(0.05)
-            scope.cancel()
-            await trio.sleep(0.05)
-            assert socket.offsets() == []  # nothing goes out before the held turn
-            sequencer.finish(turn)  # from this task: the broadcasts go out from theirs
+        with scope:
+            scope.cancel()  # (cancelled after its hand-off: it still goes out)
+            assert await server.to("a").emit("m", "second") == 1
+        assert server.log is not None
+        await server.log.flush()
+        assert socket.offsets() == []  # durable, but nothing goes out before the held turn
+        sequencer.finish(turn)  # released from this step, in order
         offsets = socket.offsets()
-        assert len(offsets) == 1  # the later one only
-        assert counts == [1]
+        assert offsets == [turn + 1, turn + 2]
         store = server.recovery_store
         assert store is not None
         assert [e.seq for e in store.missed("/", 0, frozenset({"a"}))] == offsets
+
+
+async def test_a_broadcast_is_for_the_members_when_it_is_made(tmp_path: Path) -> None:
+    server = log_server(tmp_path, "always")
+    async with server.running():
+        early = await member(server, "early", "a")
+        leaver = await member(server, "leaver", "a")
+        turn = server.sequencer.take()
+        assert await server.to("a").emit("m", "x") == 2
+        late = await member(server, "late", "a")  # joins after it was made
+        await server.of("/").adapter.delete("leaver", "a")  # leaves after it was made
+        server.sequencer.finish(turn)
+        assert server.log is not None
+        await server.log.flush()
+        assert len(early.offsets()) == 1
+        assert len(leaver.offsets()) == 1
+        assert late.offsets() == []
+
+
+class WrittenSocket(FakeSocket):
+    """A member whose outbox writes straight to a list, as an idle WebSocket does."""
+
+    def __init__(self, sid: str) -> None:
+        super().__init__(sid)
+        self.writes: list[list[str]] = []
+        self.outbox.direct = self._write
+        self.outbox.flush = self._flush  # (its writer, called when frames are queued)
+
+    def _write(self, frames: tuple[OutFrame, ...] | list[OutFrame]) -> bytes:
+        self.writes.append([cast("str", cast("SharedFrame", f).eio) for f in frames])
+        return b""
+
+    def _flush(self) -> None:
+        frames = self.outbox.take(100)
+        if frames:
+            self._write(frames)
+
+
+async def test_one_release_writes_each_recipient_once(tmp_path: Path) -> None:
+    server = log_server(tmp_path, "always")
+    async with server.running():
+        one = WrittenSocket("one")
+        other = WrittenSocket("other")
+        adapter = server.of("/").adapter
+        for socket, rooms in ((one, ("a", "b")), (other, ("b",))):
+            adapter.add_socket(socket)
+            await adapter.add_all(socket.sid, rooms)
+        turn = server.sequencer.take()
+        for room in "abab":
+            await server.to(room).emit("m", room)
+        assert server.log is not None
+        await server.log.flush()
+        assert one.writes == other.writes == []
+        server.sequencer.finish(turn)  # the four are durable: one pass releases them
+        assert len(one.writes) == 1
+        assert [json.loads(f[2:])[1] for f in one.writes[0]] == ["a", "b", "a", "b"]
+        assert len(other.writes) == 1
+        assert [json.loads(f[2:])[1] for f in other.writes[0]] == ["b", "b"]
+
+
+async def test_a_send_made_after_a_broadcast_reaches_its_client_after_it(
+    tmp_path: Path,
+) -> None:
+    server = log_server(tmp_path, "always")
+    async with server.running():
+        socket = WrittenSocket("s")
+        bystander = WrittenSocket("t")
+        adapter = server.of("/").adapter
+        for each in (socket, bystander):
+            adapter.add_socket(each)
+            await adapter.add_all(each.sid, ["a"])
+        turn = server.sequencer.take()
+        await server.to("a").emit("m", "recorded")
+        # An unrecorded send to one of its recipients (as an ack is) waits behind it...
+        await server.to("s").volatile.emit("m", "after")
+        # ...and a close waits for both.
+        socket.outbox.close()
+        closed_at_once = socket.outbox.closed
+        assert not closed_at_once
+        assert socket.writes == []
+        server.sequencer.finish(turn)
+        assert server.log is not None
+        await server.log.flush()
+        sent = [json.loads(f[2:])[1] for write in socket.writes for f in write]
+        assert sent[0] == "recorded"
+        assert sent[1] == "after"
+        assert socket.outbox.closed
+        assert [len(w) for w in bystander.writes] == [1]
+
+
+async def test_a_broadcast_the_log_could_not_write_is_dropped_and_the_next_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = Server()  # (no log of its own: the test's log below fails its syncs)
+    config = LogConfig(directory=tmp_path / "log", fsync="always")
+    io = FailingIO()
+    async with server.running(), open_event_log(config, io=io) as log:
+        io.fail_fsync_after = io.fsyncs  # (the next sync fails)
+        recorded = Recorded(
+            sequencer=server.sequencer, wall_now=server.wall_now, log_config=config, log=log
+        )
+        socket = await member(server, "s", "a")
+        ns = server.of("/")
+        packet = Event(name="m", args=("x",), namespace="/")
+        opts = BroadcastOptions(rooms=frozenset({"a"}))
+        assert await recorded.broadcast(ns, packet, opts, None) == 1  # handed off
+        # An ack for the client waits behind it.
+        socket.outbox.offer((SharedFrame(eio="43[]"),))
+        with pytest.raises(LogWriteError):
+            await log.flush()  # (after the failed batch, which released what it had)
+        # The sync failed: it is not delivered (the ack that waited behind it is).
+        assert [cast("SharedFrame", f).eio for f in socket.outbox.take(10)] == ["43[]"]
+        assert "1 recorded broadcast(s) not delivered" in caplog.text
+        with pytest.raises(LogWriteError):
+            await recorded.broadcast(ns, packet, opts, None)
+        assert server.sequencer.done == server.sequencer.last  # no number left held
 
 
 async def test_a_broadcast_to_an_adapter_without_direct_delivery_goes_out_in_its_turn(
@@ -140,10 +255,78 @@ async def test_a_broadcast_to_an_adapter_without_direct_delivery_goes_out_in_its
     async with server.running():
         socket = await member(server, "s", "a")
         # (As a cluster adapter without the shared log: its emitter delivers each.)
-        monkeypatch.setattr(server.of("/").adapter, "broadcast_now", lambda *a, **k: None)
+        monkeypatch.setattr(server.of("/").adapter, "recipients_now", lambda opts: None)
         async with trio.open_nursery() as nursery:
             for _ in range(20):
                 nursery.start_soon(server.to("a").emit, "m", "x")
         offsets = socket.offsets()
         assert len(offsets) == 20
         assert offsets == sorted(offsets)
+
+
+async def test_a_publishers_ack_waits_for_the_broadcasts_its_handler_made() -> None:
+    server = Server(recovery=RecoveryConfig())  # (recorded: released in their turn)
+
+    @server.on("join")
+    async def join(socket: Socket, room: JsonValue) -> None:
+        await socket.join(str(room))
+
+    @server.on("publish")
+    async def publish(socket: Socket, room: JsonValue) -> str:
+        await server.to(str(room)).emit("m", "x")  # (returns once handed off)
+        return "ok"
+
+    async with open_harness(server) as harness:
+        publisher = await harness.connect()
+        member_ = await harness.connect()
+        await member_.call("join", "a")
+        turn = server.sequencer.take()  # holds the broadcast back
+        answers: list[tuple[JsonValue, ...]] = []
+
+        async def call() -> None:
+            answers.append(await publisher.call("publish", "a"))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call)
+            await harness.settle()
+            assert answers == []  # not a member, and still no ack: it is not out yet
+            assert member_.args("m") == []
+            server.sequencer.finish(turn)
+        assert answers == [("ok",)]
+        assert member_.args("m") == [("x", member_.args("m")[0][1])]
+
+
+async def test_a_join_with_history_gets_live_what_was_made_while_it_waited(
+    tmp_path: Path,
+) -> None:
+    server = log_server(tmp_path, "always")
+
+    @server.on("join")
+    async def join(socket: Socket, room: JsonValue) -> None:
+        await socket.join(str(room))
+
+    @server.on("join_history")
+    async def join_history(socket: Socket, room: JsonValue) -> list[JsonValue]:
+        past = await join_with_history(socket, str(room), last=10)
+        return [event.args[0] for event in past]
+
+    async with open_harness(server, transport="tcp") as harness:
+        member_ = await harness.connect()
+        await member_.call("join", "r")
+        await server.to("r").emit("m", "before")
+        held = server.sequencer.take()  # the history read waits behind it
+        joiner = await harness.connect()
+        answers: list[tuple[JsonValue, ...]] = []
+
+        async def call() -> None:
+            answers.append(await joiner.call("join_history", "r"))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call)
+            await harness.settle()  # (its turn is taken: it waits)
+            # Made after the history's turn, before the join: for the members then.
+            assert await server.to("r").emit("m", "while") == 1
+            server.sequencer.finish(held)
+        assert answers == [(["before"],)]
+        assert (await joiner.wait_for("m", within=5))[0] == "while"  # live, not lost
+        assert [args[0] for args in member_.args("m")] == ["before", "while"]
