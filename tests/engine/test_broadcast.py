@@ -330,3 +330,27 @@ async def test_a_join_with_history_gets_live_what_was_made_while_it_waited(
         assert answers == [(["before"],)]
         assert (await joiner.wait_for("m", within=5))[0] == "while"  # live, not lost
         assert [args[0] for args in member_.args("m")] == ["before", "while"]
+
+
+@pytest.mark.parametrize("close", [False, True])
+async def test_a_disconnect_right_after_a_broadcast_reaches_the_client_after_it(
+    tmp_path: Path, close: bool
+) -> None:
+    server = log_server(tmp_path, "always")
+
+    @server.on("join")
+    async def join(socket: Socket, room: JsonValue) -> None:
+        await socket.join(str(room))
+
+    @server.on("bye")
+    async def bye(socket: Socket) -> None:
+        await server.to("r").emit("m", "last words")  # returns before it goes out
+        await socket.disconnect(close=close)
+
+    async with open_harness(server, transport="tcp") as harness:
+        client = await harness.connect(reconnect=False)
+        await client.call("join", "r")
+        await client.emit("bye")
+        reason = await client.wait_disconnected(1, within=5)
+        assert client.args("m") == [("last words", client.args("m")[0][1])]
+        assert reason == "io server disconnect"
