@@ -173,7 +173,7 @@ class _Pending:
     exclude: frozenset[str]
     """Its target (``BroadcastOptions``: rooms, the except rooms and sids together)."""
     frames: tuple[OutFrame, ...]
-    recipients: list[tuple[str, LocalSocket]]
+    recipients: list[LocalSocket]
     """Who it was addressed to when it was made (``Adapter.recipients_now``)."""
     on_member: OnMember
     kept: MissedEvent | None
@@ -290,7 +290,7 @@ class Recorded(Broadcaster):
             raise
         if pending is None:
             return await self._deliver_in_turn(seq, ns, frames, opts, on_member, kept, records)
-        for _, socket in pending.recipients:
+        for socket in pending.recipients:
             socket.outbox.address(seq)
         self.handed_off += 1
         self._pending[seq] = pending
@@ -342,15 +342,14 @@ class Recorded(Broadcaster):
     def adopt(
         self, namespace: str, socket: LocalSocket, joined: frozenset[str], rooms: frozenset[str]
     ) -> None:
-        sid = socket.sid
         for seq, pending in self._pending.items():
             if (
                 pending.namespace == namespace
                 and (not pending.rooms or not pending.rooms.isdisjoint(joined))
                 and pending.exclude.isdisjoint(rooms)
-                and all(member != sid for member, _ in pending.recipients)
+                and socket not in pending.recipients
             ):
-                pending.recipients.append((sid, socket))
+                pending.recipients.append(socket)
                 socket.outbox.address(seq)
 
     def _logged(self, pending: _Pending, error: LogError | None) -> None:
@@ -391,7 +390,7 @@ class Recorded(Broadcaster):
                 if pending.error is not None:
                     failed = pending.error
                     lost += 1
-                    for _, socket in pending.recipients:
+                    for socket in pending.recipients:
                         socket.outbox.skip(head)
                 else:
                     if pending.kept is not None and store is not None:

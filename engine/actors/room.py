@@ -30,8 +30,10 @@ logger = logging.getLogger(__name__)
 
 
 class Recipient(Protocol):
-    """What a fan-out needs of a member: its outbox, and how to evict it."""
+    """What a fan-out needs of a member: its id, its outbox, and how to evict it."""
 
+    @property
+    def sid(self) -> str: ...
     @property
     def outbox(self) -> Outbox: ...
     def evict(self, reason: str) -> None: ...
@@ -167,7 +169,7 @@ class RoomActor:
     def _fan_out(self, command: Broadcast) -> None:
         command.delivered.append(
             fan_out(
-                self.members.items(),
+                self.members.values(),
                 command.frames,
                 exclude=command.exclude,
                 seen=command.seen,
@@ -179,7 +181,7 @@ class RoomActor:
 
 
 def fan_out(
-    members: Iterable[tuple[str, Recipient]],
+    members: Iterable[Recipient],
     frames: tuple[OutFrame, ...],
     *,
     exclude: frozenset[str] = frozenset(),
@@ -197,23 +199,26 @@ def fan_out(
     passes ``gather`` and ``release``: see ``Outbox.offer``).
     """
     delivered = 0
-    evicted: list[tuple[str, Recipient]] = []
-    for sid, member in members:
-        if sid in exclude:
-            continue
-        if seen is not None:
-            if sid in seen:
+    evicted: list[Recipient] = []
+    check = bool(exclude) or seen is not None
+    for member in members:
+        if check:
+            sid = member.sid
+            if sid in exclude:
                 continue
-            seen.add(sid)
+            if seen is not None:
+                if sid in seen:
+                    continue
+                seen.add(sid)
         offered = member.outbox.offer(frames, volatile=volatile, gather=gather, release=release)
         if offered is Offer.FULL:
-            evicted.append((sid, member))
+            evicted.append(member)
         if offered is not Offer.QUEUED:
             continue  # (a closed outbox: the member is leaving; its cleanup removes it)
         delivered += 1
         if on_member is not None:
-            on_member(sid)
-    for sid, member in evicted:
-        logger.warning("evicting slow consumer %s%s", sid, where)
+            on_member(member.sid)
+    for member in evicted:
+        logger.warning("evicting slow consumer %s%s", member.sid, where)
         member.evict(DisconnectReason.SLOW_CONSUMER)
     return delivered

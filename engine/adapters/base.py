@@ -220,7 +220,7 @@ class Adapter(abc.ABC):
         one task reach each socket in the order they were made.
         """
 
-    def recipients_now(self, opts: BroadcastOptions) -> list[tuple[str, LocalSocket]] | None:
+    def recipients_now(self, opts: BroadcastOptions) -> list[LocalSocket] | None:
         """The sockets of this node that a broadcast with ``opts`` reaches now (those
         left out by ``except`` already removed); None if this adapter cannot say without
         waiting (then ``broadcast`` delivers).

@@ -143,7 +143,7 @@ class MemoryAdapter(Adapter):
         exclude = self._excluded(opts)
         if not opts.rooms:
             return fan_out(
-                list(self._sockets.items()),
+                list(self._sockets.values()),
                 frames,
                 exclude=exclude,
                 volatile=opts.volatile,
@@ -159,7 +159,7 @@ class MemoryAdapter(Adapter):
             socket = self._sockets.get(room)
             if socket is not None:  # a socket's own room
                 delivered += fan_out(
-                    ((room, socket),),
+                    (socket,),
                     frames,
                     exclude=exclude,
                     seen=seen,
@@ -185,27 +185,31 @@ class MemoryAdapter(Adapter):
                 delivered += command.delivered[0]
         return delivered
 
-    def recipients_now(self, opts: BroadcastOptions) -> list[tuple[str, LocalSocket]]:
+    def recipients_now(self, opts: BroadcastOptions) -> list[LocalSocket]:
         """The members of the target rooms as the index has them now (the state every
         room actor reaches once its queued joins and leaves are done)."""
         exclude = self._excluded(opts)
         sockets = self._sockets
         if not opts.rooms:
-            return [(sid, s) for sid, s in sockets.items() if sid not in exclude]
+            if not exclude:
+                return list(sockets.values())
+            return [s for sid, s in sockets.items() if sid not in exclude]
         if len(opts.rooms) == 1:
             (room,) = opts.rooms
             if room in sockets:  # a socket's own room
-                return [] if room in exclude else [(room, sockets[room])]
+                return [] if room in exclude else [sockets[room]]
             # (A member may be gone from ``sockets`` already: its rooms are left next.)
             members = self._rooms.get(room, ())
-            return [(sid, sockets[sid]) for sid in members if sid in sockets and sid not in exclude]
+            if not exclude:
+                return [s for s in map(sockets.get, members) if s is not None]
+            return [sockets[sid] for sid in members if sid in sockets and sid not in exclude]
         seen: set[str] = set(exclude)
-        targets: list[tuple[str, LocalSocket]] = []
+        targets: list[LocalSocket] = []
         for room in sorted(opts.rooms):
             for sid in [room] if room in sockets else self._rooms.get(room, ()):
                 if sid not in seen and sid in sockets:
                     seen.add(sid)
-                    targets.append((sid, sockets[sid]))
+                    targets.append(sockets[sid])
         return targets
 
     def _excluded(self, opts: BroadcastOptions) -> frozenset[str]:
