@@ -209,7 +209,15 @@ class Recorded(Broadcaster):
     records and its turn.
     """
 
+    max_pending_deliveries: int = attrs.field(default=1_000_000, kw_only=True)
+    """How many deliveries (recipients, summed over broadcasts) may wait for their
+    release before an ``emit`` waits for room: what a slow disk lets pile up in memory
+    (about 8 bytes each, besides the outboxes' own bound)."""
     _pending: dict[int, _Pending] = attrs.field(factory=dict, init=False)
+    _pending_deliveries: int = attrs.field(default=0, init=False)
+    _room_for_more: trio.lowlevel.ParkingLot = attrs.field(
+        factory=trio.lowlevel.ParkingLot, init=False
+    )
     _releasing: bool = attrs.field(default=False, init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -228,8 +236,11 @@ class Recorded(Broadcaster):
         in offset order once its records are durable (under ``always`` and
         ``interval``; written under ``never``).
 
-        Cancellation: if cancelled before the hand-off (waiting for room in the log's
-        inbox), it is neither delivered nor kept.
+        Waits while ``max_pending_deliveries`` wait for their release, or while the
+        log's inbox is full.
+
+        Cancellation: if cancelled before the hand-off (waiting for room), it is neither
+        delivered nor kept.
 
         Raises:
             LogWriteError: The log failed earlier (it refuses every broadcast since).
@@ -238,6 +249,8 @@ class Recorded(Broadcaster):
         """
         if not isinstance(packet, Event) or not _loggable(packet, opts):
             return await self._deliver_now(ns, packet, opts, on_member)
+        while self._pending_deliveries >= self.max_pending_deliveries:
+            await self._room_for_more.park()  # (backpressure: releases make room)
         recipients = ns.adapter.recipients_now(opts)
         sequencer, store, log = self.sequencer, self.store, self.log
         seq = sequencer.take()
@@ -293,6 +306,7 @@ class Recorded(Broadcaster):
         for socket in pending.recipients:
             socket.outbox.address(seq)
         self.handed_off += 1
+        self._pending_deliveries += len(pending.recipients)
         self._pending[seq] = pending
         sequencer.when_turn(seq, self._turn_came)
         return len(pending.recipients)
@@ -350,6 +364,7 @@ class Recorded(Broadcaster):
                 and socket not in pending.recipients
             ):
                 pending.recipients.append(socket)
+                self._pending_deliveries += 1
                 socket.outbox.address(seq)
 
     def _logged(self, pending: _Pending, error: LogError | None) -> None:
@@ -387,6 +402,7 @@ class Recorded(Broadcaster):
                     return
                 del pending_of[head]
                 sequencer.forget(head)
+                self._pending_deliveries -= len(pending.recipients)
                 if pending.error is not None:
                     failed = pending.error
                     lost += 1
@@ -410,6 +426,8 @@ class Recorded(Broadcaster):
             self._releasing = False
             for outbox in gathered:
                 outbox.write_gathered()
+            if self._room_for_more and self._pending_deliveries < self.max_pending_deliveries:
+                self._room_for_more.unpark_all()
             if failed is not None:
                 logger.error("%d recorded broadcast(s) not delivered: %s", lost, failed)
 

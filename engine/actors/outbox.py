@@ -72,6 +72,7 @@ class Outbox:
     _waiting: list[tuple[int, tuple[OutFrame, ...]]] | None = attrs.field(default=None, init=False)
     """Sends that wait for the release of a broadcast addressed before them: the
     number of the last such broadcast, and the frames."""
+    _waiting_frames: int = attrs.field(default=0, init=False)
     _close_at: int | None = attrs.field(default=None, init=False)
     """``close`` was called while broadcasts addressed before it were not released:
     the outbox closes once the last of them (this number) is."""
@@ -81,7 +82,8 @@ class Outbox:
 
     @property
     def closed(self) -> bool:
-        """Whether ``close`` was called."""
+        """Whether the outbox is closed (``close`` was called, and is not waiting for
+        broadcasts addressed before it)."""
         return self._closed
 
     def send_nowait(self, frame: OutFrame) -> None:
@@ -152,7 +154,7 @@ class Outbox:
         if release:
             close_at = self._close_at
             if close_at is not None and release > close_at:
-                return Offer.DROPPED  # addressed after the close (cannot happen: see address)
+                return Offer.DROPPED  # made after the close (``address`` ignored it)
             offered = self._queue(frames, gather)
             self._released = release
             if self._waiting is not None or close_at is not None:
@@ -179,13 +181,13 @@ class Outbox:
     def _wait_for_release(self, frames: tuple[OutFrame, ...]) -> Offer:
         if self._closed or self._close_at is not None:
             return Offer.DROPPED
+        if len(self._frames) + self._waiting_frames + len(frames) > self.max_frames:
+            return Offer.FULL
         waiting = self._waiting
         if waiting is None:
             waiting = self._waiting = []
-        waited = sum(len(f) for _, f in waiting)
-        if len(self._frames) + waited + len(frames) > self.max_frames:
-            return Offer.FULL
         waiting.append((self._addressed, frames))
+        self._waiting_frames += len(frames)
         return Offer.QUEUED
 
     def _catch_up(self, gather: list[Outbox] | None) -> None:
@@ -198,6 +200,7 @@ class Outbox:
                 if number > released:
                     break
                 self._queue(frames, gather)  # (counted against the bound when offered)
+                self._waiting_frames -= len(frames)
                 ready += 1
             del waiting[:ready]
             if not waiting:

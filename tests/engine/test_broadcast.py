@@ -10,6 +10,7 @@ from typing import cast
 
 import pytest
 import trio
+import trio.testing
 
 from roomcast.engine import Config, Server, Socket
 from roomcast.engine.actors.outbox import Outbox
@@ -354,3 +355,32 @@ async def test_a_disconnect_right_after_a_broadcast_reaches_the_client_after_it(
         reason = await client.wait_disconnected(1, within=5)
         assert client.args("m") == [("last words", client.args("m")[0][1])]
         assert reason == "io server disconnect"
+
+
+async def test_emit_waits_while_too_many_deliveries_wait_for_their_release(
+    tmp_path: Path,
+) -> None:
+    server = log_server(tmp_path, "always")
+    async with server.running():
+        broadcaster = server.broadcaster
+        assert isinstance(broadcaster, Recorded)
+        broadcaster.max_pending_deliveries = 5
+        sockets = [await member(server, f"s{i}", "a") for i in range(3)]
+        turn = server.sequencer.take()  # holds the releases back
+        assert await server.to("a").emit("m", 1) == 3  # 3 wait
+        assert await server.to("a").emit("m", 2) == 3  # 6 wait: the bound is reached
+        made: list[int] = []
+
+        async def third() -> None:
+            made.append(await server.to("a").emit("m", 3))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(third)
+            await trio.testing.wait_all_tasks_blocked()
+            assert made == []  # waits for room
+            server.sequencer.finish(turn)  # the two go out (once durable), making room
+        assert made == [3]
+        assert server.log is not None
+        await server.log.flush()
+        for socket in sockets:
+            assert len(socket.offsets()) == 3
