@@ -101,7 +101,8 @@ class Broadcaster:
         self, ns: Namespace, packet: SioPacket, opts: BroadcastOptions, on_member: OnMember
     ) -> int:
         """Send ``packet`` to the sockets of ``ns`` that ``opts`` selects, recording it as
-        the strategy does; return how many sockets it reached on this node.
+        the strategy does; return how many sockets of this node it is for (reached, or
+        addressed where the strategy releases it later).
 
         Cancellation: some recipients may have it queued and others not.
         """
