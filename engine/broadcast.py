@@ -183,6 +183,9 @@ class _Pending:
     """When it was made (``time.perf_counter``), for ``observe``; 0 when not timed."""
     durable: bool = False
     error: LogError | None = None
+    withdrawn: bool = False
+    """Its records were not accepted (its emitter was cancelled, or the log refused
+    them): it is skipped in its turn."""
 
 
 @attrs.define(eq=False)
@@ -280,37 +283,41 @@ class Recorded(Broadcaster):
                     ns.name, opts.rooms, exclude, packet.name, args, offset=seq,
                     epoch=log.epoch, time=now,
                 )  # fmt: skip
-            if recipients is None:
-                pending = None  # the adapter delivers with waits: this task does, below
-            else:
-                pending = _Pending(
-                    seq=seq,
-                    namespace=ns.name,
-                    rooms=opts.rooms,
-                    exclude=exclude,
-                    frames=frames,
-                    recipients=recipients,
-                    on_member=on_member,
-                    kept=kept,
-                    made=time.perf_counter() if self.observe is not None else 0.0,
-                )
-                if log is None:
-                    pending.durable = True
-                else:
-                    assert records is not None
-                    await log.submit(records, partial(self._logged, pending))
         except BaseException:
             sequencer.finish(seq)
             raise
-        if pending is None:
+        if recipients is None:  # the adapter delivers with waits: this task does
             return await self._deliver_in_turn(seq, ns, frames, opts, on_member, kept, records)
-        for socket in pending.recipients:
+        pending = _Pending(
+            seq=seq,
+            namespace=ns.name,
+            rooms=opts.rooms,
+            exclude=exclude,
+            frames=frames,
+            recipients=recipients,
+            on_member=on_member,
+            kept=kept,
+            made=time.perf_counter() if self.observe is not None else 0.0,
+            durable=log is None,
+        )
+        # Addressed and pending before anything waits: a recovery or a join with
+        # history in the meantime finds it (``adopt``).
+        for socket in recipients:
             socket.outbox.address(seq)
         self.handed_off += 1
-        self._pending_deliveries += len(pending.recipients)
+        self._pending_deliveries += len(recipients)
         self._pending[seq] = pending
         sequencer.when_turn(seq, self._turn_came)
-        return len(pending.recipients)
+        if log is not None:
+            assert records is not None
+            try:
+                await log.submit(records, partial(self._logged, pending))
+            except BaseException:
+                # Not accepted: withdrawn, in its turn (what waits behind it goes on).
+                pending.withdrawn = pending.durable = True
+                self._turn_came()
+                raise
+        return len(recipients)
 
     async def _deliver_in_turn(
         self,
@@ -404,9 +411,10 @@ class Recorded(Broadcaster):
                 del pending_of[head]
                 sequencer.forget(head)
                 self._pending_deliveries -= len(pending.recipients)
-                if pending.error is not None:
-                    failed = pending.error
-                    lost += 1
+                if pending.error is not None or pending.withdrawn:
+                    if pending.error is not None:
+                        failed = pending.error
+                        lost += 1
                     for socket in pending.recipients:
                         socket.outbox.skip(head)
                 else:

@@ -23,7 +23,7 @@ from roomcast.engine.testing import open_harness
 from roomcast.engine.transport.frames import OutFrame, SharedFrame
 from roomcast.protocol import Event, JsonValue
 
-from .log_helpers import FailingIO
+from .log_helpers import FailingIO, GatedIO
 
 
 class FakeSocket:
@@ -384,3 +384,37 @@ async def test_emit_waits_while_too_many_deliveries_wait_for_their_release(
         await server.log.flush()
         for socket in sockets:
             assert len(socket.offsets()) == 3
+
+
+async def test_a_broadcast_cancelled_waiting_for_the_logs_inbox_is_withdrawn_in_its_turn(
+    tmp_path: Path,
+) -> None:
+    server = Server()  # (no log of its own: the test's log below has a gated disk)
+    config = LogConfig(directory=tmp_path / "log", fsync="always", inbox_size=1)
+    io = GatedIO()
+    async with server.running(), open_event_log(config, io=io) as log:
+        recorded = Recorded(
+            sequencer=server.sequencer, wall_now=server.wall_now, log_config=config, log=log
+        )
+        socket = await member(server, "s", "a")
+        ns = server.of("/")
+        opts = BroadcastOptions(rooms=frozenset({"a"}))
+
+        def packet(text: str) -> Event:
+            return Event(name="m", args=(text,), namespace="/")
+
+        io.blocked = True  # the next sync waits for the gate: the inbox fills up
+        assert await recorded.broadcast(ns, packet("first"), opts, None) == 1
+        await trio.to_thread.run_sync(io.entered.wait)  # the writer syncs "first"
+        assert await recorded.broadcast(ns, packet("second"), opts, None) == 1  # (queued)
+        with trio.move_on_after(0.2) as scope:  # no room: it waits, then gives up
+            await recorded.broadcast(ns, packet("withdrawn"), opts, None)
+        assert scope.cancelled_caught
+        socket.outbox.offer((SharedFrame(eio="43[]"),))  # an ack made after the three
+        io.blocked = False
+        io.gate.set()
+        await log.flush()
+        sent = [cast("SharedFrame", f).eio for f in socket.outbox.take(10)]
+        assert [json.loads(f[2:])[1] for f in sent[:2]] == ["first", "second"]
+        assert sent[2:] == ["43[]"]  # not stuck behind the withdrawn one
+        assert server.sequencer.done == server.sequencer.last
