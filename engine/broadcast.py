@@ -307,7 +307,7 @@ class Recorded(Broadcaster):
         self.handed_off += 1
         self._pending_deliveries += len(recipients)
         self._pending[seq] = pending
-        sequencer.when_turn(seq, self._turn_came)
+        sequencer.when_turn(seq, self._release)
         if log is not None:
             assert records is not None
             try:
@@ -315,7 +315,7 @@ class Recorded(Broadcaster):
             except BaseException:
                 # Not accepted: withdrawn, in its turn (what waits behind it goes on).
                 pending.withdrawn = pending.durable = True
-                self._turn_came()
+                self._release()
                 raise
         return len(recipients)
 
@@ -339,18 +339,7 @@ class Recorded(Broadcaster):
         start = time.perf_counter() if observe is not None else 0.0
         try:
             if log is not None and records is not None:
-                logged = trio.Event()
-                failed: list[LogError] = []
-
-                def done(error: LogError | None) -> None:
-                    if error is not None:
-                        failed.append(error)
-                    logged.set()
-
-                await log.submit(records, done)
-                await logged.wait()
-                if failed:
-                    raise failed[0]
+                await log.append_all(records)
             await sequencer.wait_turn(seq)
             if kept is not None and store is not None:
                 store.keep(kept)
@@ -381,17 +370,13 @@ class Recorded(Broadcaster):
         pending.durable = True
         pending.error = error
 
-    def _turn_came(self) -> None:
-        """The sequencer says the next broadcast's turn came from a number that is not
-        a broadcast's (or at once): release what can go."""
-        if not self._releasing:
-            self._release()
-
     def _release(self) -> None:
         """Release, in offset order, every broadcast that is durable and whose turn it
         is, each recipient's frames written once at the end. Called by the writer (a
-        batch is acknowledged) and by the sequencer (a turn came); never re-entered (a
-        call from within a release is taken care of by the loop)."""
+        batch is acknowledged), by the sequencer (a broadcast's turn came, at once or
+        from the ``finish`` of a number that is not a broadcast's) and for a withdrawn
+        one; never re-entered (a call from within a release is taken care of by the
+        loop)."""
         if self._releasing:
             return
         self._releasing = True

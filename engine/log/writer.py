@@ -560,12 +560,19 @@ class EventLog:
             LogClosedError: The log is closed.
             LocalProtocolError: The record cannot be encoded (nothing was accepted).
         """
-        acknowledged = _Acknowledgement()
-        item = self._item((record,), acknowledged)
-        # Queued at once when there is room: the wait below is the checkpoint.
-        await self._queue(item)
-        await acknowledged.wait()
+        await self.append_all((record,))
         return self._stored(record)
+
+    async def append_all(self, records: Sequence[LogRecord]) -> None:
+        """Append ``records`` as one append (as ``submit`` queues them) and return once
+        they are durable by the fsync policy, as ``append`` does.
+
+        Cancellation and Raises: as ``append``.
+        """
+        acknowledged = _Acknowledgement()
+        # Queued at once when there is room: the wait below is the checkpoint.
+        await self._queue(self._item(records, acknowledged))
+        await acknowledged.wait()
 
     def append_nowait(self, record: LogRecord) -> LogRecord:
         """Queue ``record`` for writing without waiting (fire and forget).

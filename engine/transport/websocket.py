@@ -789,9 +789,7 @@ class WebSocketTransport:
 
     def _take_answer(self) -> bytes:
         """The handshake's answer if it has not gone yet (it goes before anything else)."""
-        answer = self._answer
-        if answer:
-            self._answer = b""
+        answer, self._answer = self._answer, b""
         return answer
 
     def _take_control(self) -> list[bytes]:
