@@ -10,6 +10,7 @@ are specified in ``docs/event-log.md`` ("Durability").
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import math
@@ -305,15 +306,47 @@ class _Files:
 
 @attrs.define(eq=False, slots=True)
 class _Item:
-    """One append (its records, encoded together in ``frame``, and what the segment's
-    summary needs of each) or a flush (no records) on its way to the writer. ``done`` is
+    """One append that may wait for room in the inbox (its records, encoded together in
+    ``frame``, and what the segment's summary needs of each). ``done``, if any, is
     called once the writer is done with it: with None when it is acknowledged by the
     fsync policy, else with the error."""
 
     keys: tuple[RecordKey, ...]
     frame: bytes
     done: Callable[[LogError | None], None] | None
+
+
+@attrs.define(eq=False, slots=True)
+class _Mark:
+    """A ``done`` in the inbox: called once the first ``position`` appends the log ever
+    queued are acknowledged (``sync``: a flush, which syncs whatever the policy)."""
+
+    position: int
+    done: Callable[[LogError | None], None]
     sync: bool = False
+
+
+@attrs.define(eq=False, slots=True)
+class _Batch:
+    """What the writer took from the inbox in one round."""
+
+    frames: list[bytes]
+    keys: list[tuple[RecordKey, ...]]
+    marks: list[_Mark]
+    """The ``done`` of every append taken (and of every flush before the last of them)."""
+    ended: bool
+    """The log is closing and nothing is left in the inbox."""
+
+
+@attrs.define(eq=False, slots=True)
+class _Waiting:
+    """An append somebody waits for, waiting for room in the inbox (first come, first
+    admitted: the writer admits it as it takes a batch)."""
+
+    item: _Item
+    task: trio.lowlevel.Task
+    refused: bool = False
+    """Closing refused it (it was not accepted)."""
 
 
 @attrs.define(eq=False, slots=True)
@@ -360,8 +393,19 @@ class EventLog:
     _files: _Files
     _clock: Callable[[], float]
     _last_offsets: dict[tuple[str, str], int]
-    _send: trio.MemorySendChannel[_Item] = attrs.field(init=False)
-    _receive: trio.MemoryReceiveChannel[_Item] = attrs.field(init=False)
+    # The inbox: the appends queued for the writer, oldest first (their frames, and what
+    # the segment's summary needs of their records), and the ``done`` of each that
+    # somebody waits for. Plain lists: an append nobody waits for (a client's event) is
+    # two list appends, and the writer swaps the lists out whole.
+    _frames: list[bytes] = attrs.field(factory=list, init=False)
+    _keys: list[tuple[RecordKey, ...]] = attrs.field(factory=list, init=False)
+    _marks: collections.deque[_Mark] = attrs.field(factory=collections.deque, init=False)
+    _queued_bytes: int = attrs.field(default=0, init=False)
+    _queued: int = attrs.field(default=0, init=False)
+    """Appends queued since the log was opened (a `_Mark`'s position counts in these)."""
+    _taken: int = attrs.field(default=0, init=False)
+    """Appends the writer took since the log was opened."""
+    _waiting: collections.deque[_Waiting] = attrs.field(factory=collections.deque, init=False)
     _failure: _Failure | None = attrs.field(default=None, init=False)
     _closing: bool = attrs.field(default=False, init=False)
     on_batch_done: Callable[[], None] | None = attrs.field(default=None, init=False)
@@ -380,14 +424,16 @@ class EventLog:
     _lazy_deadline: float = attrs.field(default=math.inf, init=False)
     """When the oldest queued append nobody waits for must be taken (``math.inf``: none
     is queued): ``fsync_interval`` after it was queued."""
-    _lazy_count: int = attrs.field(default=0, init=False)
+    _kick_at: int = attrs.field(init=False)
+    """Queued appends that wake the writer at once: ``max_batch`` (1 under ``always``)."""
     _packer: msgpack.Packer = attrs.field(
         factory=lambda: msgpack.Packer(use_bin_type=True), init=False
     )
     """Encodes the records appended (from the event loop only)."""
 
     def __attrs_post_init__(self) -> None:
-        self._send, self._receive = trio.open_memory_channel[_Item](self.config.inbox_size)
+        config = self.config
+        self._kick_at = 1 if config.fsync is FsyncPolicy.ALWAYS else config.max_batch
 
     # -- reading the state --------------------------------------------------------------
 
@@ -425,7 +471,7 @@ class EventLog:
         """The writer's counters."""
         files = self._files
         return LogStatistics(
-            queued=self._send.statistics().current_buffer_used,
+            queued=len(self._frames),
             records_written=files.records_written,
             batches=files.batches,
             syncs=files.syncs,
@@ -446,10 +492,9 @@ class EventLog:
         if self._closing:
             raise LogClosedError("the event log is closed")
 
-    def _item(
-        self, records: Sequence[LogRecord], done: Callable[[LogError | None], None] | None
-    ) -> _Item:
-        """One append of ``records``, stamped with the log's epoch and encoded."""
+    def _encode_all(self, records: Sequence[LogRecord]) -> tuple[bytes, tuple[RecordKey, ...]]:
+        """One append of ``records``, stamped with the log's epoch and encoded: its frame
+        and its records' summary keys."""
         self._check_open()
         encoded = [
             self._encode(r.offset, r.time, r.namespace, r.room, r.kind, r.sender, r.event,
@@ -457,7 +502,13 @@ class EventLog:
             for r in records
         ]  # fmt: skip
         frame = encoded[0][0] if len(encoded) == 1 else b"".join(f for f, _ in encoded)
-        return _Item(keys=tuple(key for _, key in encoded), frame=frame, done=done)
+        return frame, tuple(key for _, key in encoded)
+
+    def _item(
+        self, records: Sequence[LogRecord], done: Callable[[LogError | None], None] | None
+    ) -> _Item:
+        frame, keys = self._encode_all(records)
+        return _Item(keys=keys, frame=frame, done=done)
 
     def _encode(
         self,
@@ -489,11 +540,21 @@ class EventLog:
         epoch = self.epoch
         return record if record.epoch == epoch else attrs.evolve(record, epoch=epoch)
 
-    def _accepted(self, keys: tuple[RecordKey, ...]) -> None:
+    def _put(self, frame: bytes, keys: tuple[RecordKey, ...]) -> None:
+        """Queue one append (there is room): it is accepted."""
+        self._frames.append(frame)
+        self._keys.append(keys)
+        self._queued += 1
+        self._queued_bytes += len(frame)
         offsets = self._last_offsets
         for offset, _, namespace, room, _, _ in keys:
             if offset > offsets.get((namespace, room), -1):
                 offsets[(namespace, room)] = offset
+
+    def _put_item(self, item: _Item) -> None:
+        self._put(item.frame, item.keys)
+        if item.done is not None:
+            self._marks.append(_Mark(self._queued, item.done))
 
     def _kick(self) -> None:
         """Have the writer take the inbox now."""
@@ -503,26 +564,21 @@ class EventLog:
             self._parked = None
             trio.lowlevel.reschedule(task)
 
-    def _queue_lazy(self, item: _Item) -> None:
+    def _queue_lazy(self, frame: bytes, keys: tuple[RecordKey, ...]) -> None:
         """Queue an append nobody waits for. It does not wake the writer: it goes with
         the next append somebody waits for, or ``fsync_interval`` after it was queued
         (at once under ``always``), so that a stream of them costs one wake-up and one
         ``write`` per interval, not one per scheduler pass.
 
         Raises:
-            trio.WouldBlock: The inbox is full.
+            trio.WouldBlock: The inbox is full (or appends wait for room in it).
             LogClosedError: The log is closed.
         """
-        try:
-            self._send.send_nowait(item)
-        except trio.WouldBlock:
+        if len(self._frames) >= self.config.inbox_size or self._waiting:
             self._kick()
-            raise
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            raise LogClosedError("the event log is closed") from None
-        self._accepted(item.keys)
-        self._lazy_count += 1
-        if self._lazy_count >= self.config.max_batch or self.config.fsync is FsyncPolicy.ALWAYS:
+            raise trio.WouldBlock
+        self._put(frame, keys)
+        if len(self._frames) >= self._kick_at:
             self._kick()
         elif self._lazy_deadline == math.inf:
             self._lazy_deadline = deadline = trio.current_time() + self.config.fsync_interval
@@ -531,18 +587,44 @@ class EventLog:
                 scope.deadline = deadline
 
     async def _queue(self, item: _Item) -> None:
-        """Queue an append somebody waits for (``item.done``), waiting while the inbox
-        is full; the writer takes it at once."""
-        try:
-            try:
-                self._send.send_nowait(item)
-            except trio.WouldBlock:
-                self._kick()
-                await self._send.send(item)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            raise LogClosedError("the event log is closed") from None
-        self._accepted(item.keys)
+        """Queue an append that may wait: while the inbox is full it waits for room,
+        behind the appends that already wait. The writer takes it at once.
+
+        Cancellation: if cancelled while waiting, it was not accepted.
+        """
+        self._check_open()
+        if len(self._frames) < self.config.inbox_size and not self._waiting:
+            self._put_item(item)
+            self._kick()
+            return
         self._kick()
+        waiting = _Waiting(item, trio.lowlevel.current_task())
+        self._waiting.append(waiting)
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            self._waiting.remove(waiting)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        # The writer admits it (``_admit``), or closing refuses it.
+        await trio.lowlevel.wait_task_rescheduled(abort)
+        if waiting.refused:
+            raise LogClosedError("the event log is closed")
+
+    def _admit(self) -> None:
+        """Move the appends that wait for room into the inbox, first come first."""
+        waiting, frames, size = self._waiting, self._frames, self.config.inbox_size
+        while waiting and len(frames) < size:
+            admitted = waiting.popleft()
+            self._put_item(admitted.item)
+            trio.lowlevel.reschedule(admitted.task)
+            self._urgent = True
+
+    def _refuse_waiting(self) -> None:
+        """Closing: the appends still waiting for room are not accepted."""
+        while self._waiting:
+            refused = self._waiting.popleft()
+            refused.refused = True
+            trio.lowlevel.reschedule(refused.task)
 
     async def append(self, record: LogRecord) -> LogRecord:
         """Append ``record`` and return once it is durable by the fsync policy.
@@ -586,7 +668,7 @@ class EventLog:
             LogClosedError: The log is closed.
             LocalProtocolError: The record cannot be encoded.
         """
-        self._queue_lazy(self._item((record,), None))
+        self._queue_lazy(*self._encode_all((record,)))
         return self._stored(record)
 
     def append_fields_nowait(
@@ -609,7 +691,7 @@ class EventLog:
         if self._failure is not None or self._closing:
             self._check_open()
         frame, key = self._encode(offset, time, namespace, room, kind, sender, event, args)
-        self._queue_lazy(_Item(keys=(key,), frame=frame, done=None))
+        self._queue_lazy(frame, (key,))
 
     async def submit(
         self, records: Sequence[LogRecord], done: Callable[[LogError | None], None]
@@ -644,7 +726,8 @@ class EventLog:
         """
         self._check_open()
         acknowledged = _Acknowledgement()
-        await self._queue(_Item(keys=(), frame=b"", done=acknowledged, sync=True))
+        self._marks.append(_Mark(self._queued, acknowledged, sync=True))
+        self._kick()
         await acknowledged.wait()
 
     def server_record(self, kind: RecordKind, *args: LogValue) -> LogRecord:
@@ -673,11 +756,10 @@ class EventLog:
 
         await trio.lowlevel.wait_task_rescheduled(abort)
 
-    async def _next_batch(self, deadline: float) -> tuple[list[_Item], bool]:
+    async def _next_batch(self, deadline: float) -> _Batch:
         """Wait until an append somebody waits for is queued, or until ``deadline`` (a
         sync is due) or the oldest append nobody waits for is due; then take all that
-        are queued, up to the batch limits. Returns the batch and whether the inbox is
-        closed and empty.
+        are queued, up to the batch limits, and admit the appends that wait for room.
 
         Woken, it first lets every task that is ready to run go (one pass of the
         scheduler), so that the appends they make join this batch: without that, a
@@ -696,34 +778,38 @@ class EventLog:
         await trio.lowlevel.cancel_shielded_checkpoint()
         self._urgent = False
         config = self.config
-        batch: list[_Item] = []
-        size = 0
-        ended = False
-        while len(batch) < config.max_batch and size < config.max_batch_bytes:
-            try:
-                item = self._receive.receive_nowait()
-            except trio.WouldBlock:
-                break
-            except trio.EndOfChannel:
-                ended = True
-                break
-            batch.append(item)
-            size += len(item.frame)
+        frames, keys = self._frames, self._keys
+        count = len(frames)
+        if count <= config.max_batch and self._queued_bytes <= config.max_batch_bytes:
+            self._frames, self._keys, self._queued_bytes = [], [], 0
         else:
+            count, size = 0, 0
+            while count < config.max_batch and size < config.max_batch_bytes:
+                size += len(frames[count])
+                count += 1
+            frames, keys = frames[:count], keys[:count]
+            del self._frames[:count], self._keys[:count]
+            self._queued_bytes -= size
             self._urgent = True  # more is queued: the next round takes it at once
-        self._lazy_count = 0
+        self._taken += count
+        marks: list[_Mark] = []
+        queued_marks = self._marks
+        while queued_marks and queued_marks[0].position <= self._taken:
+            marks.append(queued_marks.popleft())
+        self._admit()
         self._lazy_deadline = math.inf
-        return batch, ended
+        ended = self._closing and not self._frames and not self._marks
+        return _Batch(frames, keys, marks, ended)
 
-    def _finish(self, items: list[_Item], error: LogError | None = None) -> None:
-        for item in items:
-            if item.done is not None:
-                item.done(error)
-        if items and self.on_batch_done is not None:
+    def _finish(self, marks: list[_Mark], error: LogError | None = None) -> None:
+        for mark in marks:
+            mark.done(error)
+        if marks and self.on_batch_done is not None:
             self.on_batch_done()
 
     async def _run(self) -> None:
-        """The writer: batch, write, sync, acknowledge; until the inbox is closed.
+        """The writer: batch, write, sync, acknowledge; until the log is closed and its
+        inbox empty.
 
         Shielded: it keeps draining while its owner shuts down, and is cancelled only
         through ``_writer_scope`` when closing takes longer than ``close_timeout``.
@@ -731,69 +817,69 @@ class EventLog:
         policy = self.config.fsync
         interval = self.config.fsync_interval
         files = self._files
-        unsynced: list[_Item] = []
+        unsynced: list[_Mark] = []  # written, waiting for a sync
+        dirty = False  # something was written since the last sync
         deadline = math.inf  # when the unsynced writes must be synced (``interval``)
         last_sync = -math.inf
         try:
             with self._writer_scope:
                 while True:
-                    batch, ended = await self._next_batch(deadline)
+                    batch = await self._next_batch(deadline)
                     if self._failure is not None:
-                        self._finish(batch, self._failure_error())
-                        if ended:
+                        self._finish(batch.marks, self._failure_error())
+                        if batch.ended:
                             break
                         continue
-                    records = [item for item in batch if item.keys]
-                    flush = any(item.sync for item in batch)
+                    written = bool(batch.frames)
+                    flush = any(mark.sync for mark in batch.marks)
                     now = trio.current_time()
                     # ``interval`` syncs at most once per interval: right away after a
                     # quiet spell, else when the interval since the last sync is over.
                     sync = (
-                        ended
+                        batch.ended
                         or flush
                         or policy is FsyncPolicy.ALWAYS
                         or (
                             policy is FsyncPolicy.INTERVAL
-                            and bool(unsynced or records)
+                            and (dirty or written)
                             and now >= last_sync + interval
                         )
                     )
-                    if records or (sync and (unsynced or flush)):
+                    if written or (sync and (dirty or flush)):
                         try:
-                            await self._write(records, sync)
+                            await self._write(batch, sync)
                         except OSError as exc:
-                            await self._fail(exc, unsynced + batch)
-                            unsynced, deadline = [], math.inf
-                            if ended:
+                            await self._fail(exc, unsynced + batch.marks)
+                            unsynced, dirty, deadline = [], False, math.inf
+                            if batch.ended:
                                 break
                             continue
                     if sync:
-                        self._finish(unsynced + batch)
-                        unsynced, deadline, last_sync = [], math.inf, now
+                        self._finish(unsynced + batch.marks)
+                        unsynced, dirty, deadline, last_sync = [], False, math.inf, now
                     elif policy is FsyncPolicy.NEVER:
-                        self._finish(batch)
+                        self._finish(batch.marks)
                     else:
-                        unsynced.extend(batch)
-                        if unsynced:
+                        unsynced.extend(batch.marks)
+                        dirty = dirty or written
+                        if dirty:
                             deadline = last_sync + interval
-                    if ended:
+                    if batch.ended:
                         break
                 await trio.to_thread.run_sync(self._close_files)
         finally:
             # Whatever is still here was not written: fail it, never leave it waiting.
-            leftover = list(unsynced)
-            while True:
-                try:
-                    leftover.append(self._receive.receive_nowait())
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
-            self._receive.close()
+            self._closing = True
+            self._refuse_waiting()
+            leftover = unsynced + list(self._marks)
+            self._marks.clear()
+            self._frames, self._keys, self._queued_bytes = [], [], 0
             self._finish(leftover, LogClosedError("the event log closed before writing this"))
             if not files.closed:
                 files.close(clean=False)
             self._finished.set()
 
-    async def _write(self, items: list[_Item], sync: bool) -> None:
+    async def _write(self, batch: _Batch, sync: bool) -> None:
         """Write a batch, then sync if ``sync``.
 
         A plain write goes to the page cache from the event loop: a thread hop per batch
@@ -806,12 +892,10 @@ class EventLog:
             OSError: As ``_Files.write_batch``.
         """
         files = self._files
-        keys = [item.keys for item in items]
-        frames = [item.frame for item in items]
-        if files.rolls_for(frames):
-            await trio.to_thread.run_sync(files.write_batch, keys, frames, sync)
+        if files.rolls_for(batch.frames):
+            await trio.to_thread.run_sync(files.write_batch, batch.keys, batch.frames, sync)
             return
-        files.write_batch(keys, frames, False)
+        files.write_batch(batch.keys, batch.frames, False)
         if sync:
             await trio.to_thread.run_sync(files.sync)
         else:
@@ -825,7 +909,7 @@ class EventLog:
             # contract; under the other policies every acknowledged record was synced.
             logger.exception("event log: the final sync or epoch.json update failed")
 
-    async def _fail(self, exc: OSError, items: list[_Item]) -> None:
+    async def _fail(self, exc: OSError, marks: list[_Mark]) -> None:
         files = self._files
         self._failure = _Failure(
             message=f"writing the event log ({segment_name(files.active)}) failed: {exc}",
@@ -837,7 +921,7 @@ class EventLog:
         await trio.to_thread.run_sync(files.mark_failed)
         error = self._failure_error()
         error.__cause__ = exc
-        self._finish(items, error)
+        self._finish(marks, error)
 
     async def _drain(self, record_stop: bool) -> None:
         """Stop accepting, then wait for the writer to write, sync and close what was
@@ -847,14 +931,14 @@ class EventLog:
             with contextlib.suppress(LogClosedError):
                 await self._queue(item)
         self._closing = True
-        self._send.close()
+        self._refuse_waiting()
         self._kick()
         await self._finished.wait()
 
     def _abandon(self) -> None:
         """After ``close_timeout``: cancel the writer; what it had not written fails."""
         self._closing = True
-        self._send.close()
+        self._refuse_waiting()
         if not self._finished.is_set():
             logger.error("event log: closing took longer than %ss", self.config.close_timeout)
             self._writer_scope.cancel()

@@ -270,6 +270,102 @@ async def test_append_nowait_raises_would_block_when_the_inbox_is_full(tmp_path:
     assert offsets(tmp_path / "log") == [1, 2, 3, 4]
 
 
+async def test_appends_waiting_for_room_are_admitted_first_come_first(tmp_path: Path) -> None:
+    """Awaited appends that find the inbox full wait in line: they are written in the
+    order they came, an append nobody waits for may not pass them, and one cancelled
+    while it waits is not accepted."""
+    io = GatedIO()
+    with trio.fail_after(10):
+        async with open_event_log(
+            config(tmp_path, inbox_size=2), io=io, record_start=False, record_stop=False
+        ) as log:
+            io.blocked = True
+            log.append_nowait(record(1))  # the writer takes it and blocks syncing it
+            await trio.to_thread.run_sync(io.entered.wait)
+            log.append_nowait(record(2))
+            log.append_nowait(record(3))
+            acknowledged: list[int] = []
+
+            async def append(offset: int) -> None:
+                await log.append(record(offset))
+                acknowledged.append(offset)
+
+            async with trio.open_nursery() as nursery:
+                for offset in (4, 5, 6):
+                    nursery.start_soon(append, offset)
+                    await trio.testing.wait_all_tasks_blocked()
+                cancelled = trio.CancelScope()
+
+                async def append_cancelled() -> None:
+                    with cancelled:
+                        await append(99)
+
+                nursery.start_soon(append_cancelled)
+                await trio.testing.wait_all_tasks_blocked()
+                cancelled.cancel()  # while it waits
+                await trio.testing.wait_all_tasks_blocked()
+                assert log.statistics().queued == 2
+                with pytest.raises(trio.WouldBlock):  # (behind the ones that wait)
+                    log.append_nowait(record(7))
+                io.blocked = False
+                io.gate.set()
+            assert sorted(acknowledged) == [4, 5, 6]  # (99 was not accepted)
+            assert log.last_offset("/", "lobby") == 6
+    assert offsets(tmp_path / "log") == [1, 2, 3, 4, 5, 6]
+
+
+async def test_closing_refuses_the_appends_waiting_for_room(tmp_path: Path) -> None:
+    io = GatedIO()
+    refused: list[int] = []
+    with trio.fail_after(10):
+        async with (
+            trio.open_nursery() as nursery,
+            open_event_log(
+                config(tmp_path, inbox_size=1), io=io, record_start=False, record_stop=False
+            ) as log,
+        ):
+            io.blocked = True
+            log.append_nowait(record(1))
+            await trio.to_thread.run_sync(io.entered.wait)
+            log.append_nowait(record(2))
+
+            async def append(offset: int) -> None:
+                try:
+                    await log.append(record(offset))
+                except LogClosedError:
+                    refused.append(offset)
+
+            nursery.start_soon(append, 3)
+            await trio.testing.wait_all_tasks_blocked()
+            io.blocked = False
+            io.gate.set()
+            # Leaving the block closes the log while 3 waits for room.
+    assert refused == [3]
+    assert offsets(tmp_path / "log") == [1, 2]
+
+
+async def test_a_batch_is_cut_at_max_batch_and_max_batch_bytes(tmp_path: Path) -> None:
+    async with open_event_log(
+        config(tmp_path, fsync="never", fsync_interval=10.0, max_batch=4, max_batch_bytes=400),
+        record_start=False,
+        record_stop=False,
+    ) as log:
+        await log.flush()
+        before = log.statistics()
+        for offset in range(1, 4):
+            log.append_nowait(record(offset))
+        for offset in range(4, 7):  # 244 bytes each, the others 45: two reach max_batch_bytes
+            log.append_nowait(record(offset, args=("x" * 200,)))
+        for offset in range(7, 17):
+            log.append_nowait(record(offset))
+        await log.flush()
+        after = log.statistics()
+        assert after.records_written - before.records_written == 16
+        # 1-4 (max_batch), 5-6 (the bytes), 7-10, 11-14, 15-16.
+        assert after.batches - before.batches == 5
+    assert offsets(tmp_path / "log") == list(range(1, 17))
+
+
 async def test_unencodable_record_is_refused_before_it_is_accepted(tmp_path: Path) -> None:
     async with open_event_log(config(tmp_path), record_start=False) as log:
         with pytest.raises(LocalProtocolError):
