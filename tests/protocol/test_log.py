@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import datetime
+import decimal
 import enum
 import math
 import struct
+import uuid
 import zlib
 
 import attrs
@@ -13,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from roomcast.protocol import _log
 from roomcast.protocol._errors import LocalProtocolError, RemoteProtocolError
 from roomcast.protocol._log import (
     DEFAULT_MAX_RECORD_BYTES,
@@ -276,6 +280,81 @@ PACKER = msgpack.Packer(use_bin_type=True)
 def test_encoding_from_fields_gives_the_same_bytes(record: LogRecord) -> None:
     assert fields_of(record, None) == encode_record(record)
     assert fields_of(record, PACKER) == encode_record(record)
+
+
+def encoded_or_error(args: tuple[object, ...], *, fast: bool) -> tuple[str, object]:
+    """What encoding a record with ``args`` gives, with msgspec's packer allowed or not."""
+    saved = _log._fast_pack
+    if not fast:
+        _log._fast_pack = None
+    try:
+        return "bytes", fields_of(make_record(args=args), PACKER)
+    except LocalProtocolError as exc:
+        return "error", str(exc)
+    finally:
+        _log._fast_pack = saved
+
+
+class Text(str):
+    pass
+
+
+class Color(enum.IntEnum):
+    RED = 1
+
+
+class Name(enum.StrEnum):
+    ALICE = "alice"
+
+
+def cyclic() -> list[object]:
+    cycle: list[object] = []
+    cycle.append(cycle)
+    return cycle
+
+
+odd_values = st.sampled_from(
+    [
+        Text("x"),
+        {"k": Text("v")},
+        Color.RED,
+        Name.ALICE,
+        {Name.ALICE: Color.RED},
+        (1, (2, "3")),
+        {1, 2},
+        frozenset({"a"}),
+        2**64,
+        -(2**63) - 1,
+        2**64 - 1,
+        "\ud800",
+        bytearray(b"x"),
+        memoryview(b"x"),
+        {1: 1},
+        {None: 1},
+        msgpack.ExtType(1, b"x"),
+        msgpack.Timestamp(1, 0),
+        datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC),
+        uuid.UUID(int=1),
+        decimal.Decimal("1.5"),
+        float("nan"),
+        -0.0,
+        object(),
+    ]
+)
+
+
+@pytest.mark.skipif(_log._fast_pack is None, reason="msgspec (the speedups extra) is missing")
+@FAST
+@given(args=st.lists(log_values | odd_values | odd_values.map(lambda v: [v]), max_size=3))
+def test_msgspec_packs_as_msgpack_does(args: list[object]) -> None:
+    """With the speedups extra, a record is encoded to the same bytes, or refused with
+    the same error, as with msgpack alone."""
+    assert encoded_or_error(tuple(args), fast=True) == encoded_or_error(tuple(args), fast=False)
+
+
+def test_msgspec_packs_a_cycle_as_msgpack_does() -> None:
+    args = (cyclic(),)
+    assert encoded_or_error(args, fast=True) == encoded_or_error(args, fast=False)
 
 
 @pytest.mark.parametrize(
