@@ -21,7 +21,7 @@ import os
 import re
 import struct
 import zlib
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Final, Literal, TypeAlias
 
@@ -84,7 +84,7 @@ _KIND_NAMES: Final = {kind: kind.name.lower() for kind in RecordKind}
 
 RecordKey: TypeAlias = tuple[int, float, str, str, RecordKind, str]
 """What a segment's summary needs of a record: offset, time, namespace, room, kind and
-epoch (`SummaryBuilder.add_key`)."""
+epoch (`SummaryBuilder.add_keys`)."""
 
 DamageKind: TypeAlias = Literal["torn", "corrupt", "unsupported"]
 
@@ -585,33 +585,39 @@ class SummaryBuilder:
 
     def add(self, record: LogRecord) -> None:
         """Count one record."""
-        self.add_key(
-            (record.offset, record.time, record.namespace, record.room, record.kind, record.epoch)
-        )
+        key = (record.offset, record.time, record.namespace, record.room, record.kind,
+               record.epoch)  # fmt: skip
+        self.add_keys([(key,)])
 
-    def add_key(self, key: RecordKey) -> None:
-        """Count one record, given by what a summary needs of it (the writer keeps only
-        that of the records it writes)."""
-        offset, time, namespace, room, kind, epoch = key
-        self.records += 1
-        if self.first_time is None or time < self.first_time:
-            self.first_time = time
-        if self.last_time is None or time > self.last_time:
-            self.last_time = time
-        epochs = self.epochs
-        if (not epochs or epochs[-1] != epoch) and epoch not in epochs:
-            epochs.append(epoch)
-        name = _KIND_NAMES[kind]
-        self.kinds[name] = self.kinds.get(name, 0) + 1
-        span = self.rooms.get((namespace, room))
-        if span is None:
-            self.rooms[(namespace, room)] = [offset, offset, 1]
-        else:
-            if offset < span[0]:
-                span[0] = offset
-            if offset > span[1]:
-                span[1] = offset
-            span[2] += 1
+    def add_keys(self, groups: Iterable[tuple[RecordKey, ...]]) -> int:
+        """Count records given by what a summary needs of them (the writer keeps only
+        that of the records it writes: one group per append); return how many."""
+        count = 0
+        first, last = self.first_time, self.last_time
+        epochs, kinds, rooms = self.epochs, self.kinds, self.rooms
+        for group in groups:
+            count += len(group)
+            for offset, time, namespace, room, kind, epoch in group:
+                if first is None or time < first:
+                    first = time
+                if last is None or time > last:
+                    last = time
+                if (not epochs or epochs[-1] != epoch) and epoch not in epochs:
+                    epochs.append(epoch)
+                name = _KIND_NAMES[kind]
+                kinds[name] = kinds.get(name, 0) + 1
+                span = rooms.get((namespace, room))
+                if span is None:
+                    rooms[(namespace, room)] = [offset, offset, 1]
+                else:
+                    if offset < span[0]:
+                        span[0] = offset
+                    if offset > span[1]:
+                        span[1] = offset
+                    span[2] += 1
+        self.first_time, self.last_time = first, last
+        self.records += count
+        return count
 
     def build(self, segment: int, size: int, damage: tuple[Corruption, ...] = ()) -> SegmentSummary:
         """The summary of what was added, for segment ``segment`` of ``size`` bytes."""

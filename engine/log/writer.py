@@ -173,11 +173,7 @@ class _Files:
             if self.size == 0:
                 self.since = self.clock()
             self._write(b"".join(frames[start:end]))
-            add = self.builder.add_key
-            for group in keys[start:end]:
-                for key in group:
-                    add(key)
-                self.records_written += len(group)
+            self.records_written += self.builder.add_keys(keys[start:end])
             start = end
         if frames:
             self.batches += 1
@@ -400,11 +396,9 @@ class EventLog:
     _frames: list[bytes] = attrs.field(factory=list, init=False)
     _keys: list[tuple[RecordKey, ...]] = attrs.field(factory=list, init=False)
     _marks: collections.deque[_Mark] = attrs.field(factory=collections.deque, init=False)
-    _queued_bytes: int = attrs.field(default=0, init=False)
-    _queued: int = attrs.field(default=0, init=False)
-    """Appends queued since the log was opened (a `_Mark`'s position counts in these)."""
     _taken: int = attrs.field(default=0, init=False)
-    """Appends the writer took since the log was opened."""
+    """Appends the writer took since the log was opened (with those in the inbox: the
+    position a `_Mark` counts in)."""
     _waiting: collections.deque[_Waiting] = attrs.field(factory=collections.deque, init=False)
     _failure: _Failure | None = attrs.field(default=None, init=False)
     _closing: bool = attrs.field(default=False, init=False)
@@ -492,9 +486,10 @@ class EventLog:
         if self._closing:
             raise LogClosedError("the event log is closed")
 
-    def _encode_all(self, records: Sequence[LogRecord]) -> tuple[bytes, tuple[RecordKey, ...]]:
-        """One append of ``records``, stamped with the log's epoch and encoded: its frame
-        and its records' summary keys."""
+    def _item(
+        self, records: Sequence[LogRecord], done: Callable[[LogError | None], None] | None
+    ) -> _Item:
+        """One append of ``records``, stamped with the log's epoch and encoded."""
         self._check_open()
         encoded = [
             self._encode(r.offset, r.time, r.namespace, r.room, r.kind, r.sender, r.event,
@@ -502,13 +497,7 @@ class EventLog:
             for r in records
         ]  # fmt: skip
         frame = encoded[0][0] if len(encoded) == 1 else b"".join(f for f, _ in encoded)
-        return frame, tuple(key for _, key in encoded)
-
-    def _item(
-        self, records: Sequence[LogRecord], done: Callable[[LogError | None], None] | None
-    ) -> _Item:
-        frame, keys = self._encode_all(records)
-        return _Item(keys=keys, frame=frame, done=done)
+        return _Item(keys=tuple(key for _, key in encoded), frame=frame, done=done)
 
     def _encode(
         self,
@@ -540,21 +529,16 @@ class EventLog:
         epoch = self.epoch
         return record if record.epoch == epoch else attrs.evolve(record, epoch=epoch)
 
-    def _put(self, frame: bytes, keys: tuple[RecordKey, ...]) -> None:
-        """Queue one append (there is room): it is accepted."""
-        self._frames.append(frame)
-        self._keys.append(keys)
-        self._queued += 1
-        self._queued_bytes += len(frame)
+    def _put(self, item: _Item) -> None:
+        """Queue an append (there is room): it is accepted."""
+        self._frames.append(item.frame)
+        self._keys.append(item.keys)
         offsets = self._last_offsets
-        for offset, _, namespace, room, _, _ in keys:
+        for offset, _, namespace, room, _, _ in item.keys:
             if offset > offsets.get((namespace, room), -1):
                 offsets[(namespace, room)] = offset
-
-    def _put_item(self, item: _Item) -> None:
-        self._put(item.frame, item.keys)
         if item.done is not None:
-            self._marks.append(_Mark(self._queued, item.done))
+            self._marks.append(_Mark(self._taken + len(self._frames), item.done))
 
     def _kick(self) -> None:
         """Have the writer take the inbox now."""
@@ -564,20 +548,12 @@ class EventLog:
             self._parked = None
             trio.lowlevel.reschedule(task)
 
-    def _queue_lazy(self, frame: bytes, keys: tuple[RecordKey, ...]) -> None:
-        """Queue an append nobody waits for. It does not wake the writer: it goes with
-        the next append somebody waits for, or ``fsync_interval`` after it was queued
-        (at once under ``always``), so that a stream of them costs one wake-up and one
-        ``write`` per interval, not one per scheduler pass.
-
-        Raises:
-            trio.WouldBlock: The inbox is full (or appends wait for room in it).
-            LogClosedError: The log is closed.
+    def _lazy_queued(self) -> None:
+        """An append nobody waits for was queued. It does not wake the writer: it goes
+        with the next append somebody waits for, or ``fsync_interval`` after it was
+        queued (at once under ``always``, or when a batch is full), so that a stream of
+        them costs one wake-up and one ``write`` per interval, not one per scheduler pass.
         """
-        if len(self._frames) >= self.config.inbox_size or self._waiting:
-            self._kick()
-            raise trio.WouldBlock
-        self._put(frame, keys)
         if len(self._frames) >= self._kick_at:
             self._kick()
         elif self._lazy_deadline == math.inf:
@@ -594,7 +570,7 @@ class EventLog:
         """
         self._check_open()
         if len(self._frames) < self.config.inbox_size and not self._waiting:
-            self._put_item(item)
+            self._put(item)
             self._kick()
             return
         self._kick()
@@ -615,7 +591,7 @@ class EventLog:
         waiting, frames, size = self._waiting, self._frames, self.config.inbox_size
         while waiting and len(frames) < size:
             admitted = waiting.popleft()
-            self._put_item(admitted.item)
+            self._put(admitted.item)
             trio.lowlevel.reschedule(admitted.task)
             self._urgent = True
 
@@ -668,7 +644,10 @@ class EventLog:
             LogClosedError: The log is closed.
             LocalProtocolError: The record cannot be encoded.
         """
-        self._queue_lazy(*self._encode_all((record,)))
+        self.append_fields_nowait(
+            record.offset, record.time, record.namespace, record.room, record.kind,
+            record.sender, record.event, record.args, record.exclude,
+        )  # fmt: skip
         return self._stored(record)
 
     def append_fields_nowait(
@@ -681,17 +660,31 @@ class EventLog:
         sender: str | None = None,
         event: str | None = None,
         args: Sequence[LogValue] = (),
+        exclude: Sequence[str] = (),
     ) -> None:
-        """`append_nowait` for a record given by its fields (no ``exclude``), with the
-        log's epoch: the hot path of a client's event, which builds no `LogRecord`.
+        """`append_nowait` for a record given by its fields, with the log's epoch: the
+        hot path of a client's event, which builds no `LogRecord`.
 
         Raises:
             As `append_nowait`.
         """
         if self._failure is not None or self._closing:
             self._check_open()
-        frame, key = self._encode(offset, time, namespace, room, kind, sender, event, args)
-        self._queue_lazy(frame, (key,))
+        frames = self._frames
+        if len(frames) >= self.config.inbox_size or self._waiting:
+            self._kick()  # (it may not pass the appends that wait for room)
+            raise trio.WouldBlock
+        epoch = self.repair_report.epoch
+        frame = encode_record_fields(
+            offset, time, namespace, room, kind, sender, event, args, epoch, exclude,
+            max_record_bytes=self.config.max_record_bytes, packer=self._packer,
+        )  # fmt: skip
+        frames.append(frame)
+        self._keys.append(((offset, time, namespace, room, kind, epoch),))
+        offsets = self._last_offsets
+        if offset > offsets.get((namespace, room), -1):
+            offsets[(namespace, room)] = offset
+        self._lazy_queued()
 
     async def submit(
         self, records: Sequence[LogRecord], done: Callable[[LogError | None], None]
@@ -726,7 +719,7 @@ class EventLog:
         """
         self._check_open()
         acknowledged = _Acknowledgement()
-        self._marks.append(_Mark(self._queued, acknowledged, sync=True))
+        self._marks.append(_Mark(self._taken + len(self._frames), acknowledged, sync=True))
         self._kick()
         await acknowledged.wait()
 
@@ -780,8 +773,8 @@ class EventLog:
         config = self.config
         frames, keys = self._frames, self._keys
         count = len(frames)
-        if count <= config.max_batch and self._queued_bytes <= config.max_batch_bytes:
-            self._frames, self._keys, self._queued_bytes = [], [], 0
+        if count <= config.max_batch and sum(map(len, frames)) <= config.max_batch_bytes:
+            self._frames, self._keys = [], []
         else:
             count, size = 0, 0
             while count < config.max_batch and size < config.max_batch_bytes:
@@ -789,7 +782,6 @@ class EventLog:
                 count += 1
             frames, keys = frames[:count], keys[:count]
             del self._frames[:count], self._keys[:count]
-            self._queued_bytes -= size
             self._urgent = True  # more is queued: the next round takes it at once
         self._taken += count
         marks: list[_Mark] = []
@@ -873,7 +865,7 @@ class EventLog:
             self._refuse_waiting()
             leftover = unsynced + list(self._marks)
             self._marks.clear()
-            self._frames, self._keys, self._queued_bytes = [], [], 0
+            self._frames, self._keys = [], []
             self._finish(leftover, LogClosedError("the event log closed before writing this"))
             if not files.closed:
                 files.close(clean=False)
