@@ -569,7 +569,7 @@ class EventLog:
         Cancellation: if cancelled while waiting, it was not accepted.
         """
         self._check_open()
-        if len(self._frames) < self.config.inbox_size and not self._waiting:
+        if len(self._frames) < self.config.inbox_size:
             self._put(item)
             self._kick()
             return
@@ -587,7 +587,9 @@ class EventLog:
             raise LogClosedError("the event log is closed")
 
     def _admit(self) -> None:
-        """Move the appends that wait for room into the inbox, first come first."""
+        """Move the appends that wait for room into the inbox, first come first. The
+        writer calls it whenever it took appends out, so appends wait only while the
+        inbox is full, and no later append can pass them."""
         waiting, frames, size = self._waiting, self._frames, self.config.inbox_size
         while waiting and len(frames) < size:
             admitted = waiting.popleft()
@@ -671,8 +673,8 @@ class EventLog:
         if self._failure is not None or self._closing:
             self._check_open()
         frames = self._frames
-        if len(frames) >= self.config.inbox_size or self._waiting:
-            self._kick()  # (it may not pass the appends that wait for room)
+        if len(frames) >= self.config.inbox_size:
+            self._kick()
             raise trio.WouldBlock
         epoch = self.repair_report.epoch
         frame = encode_record_fields(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import attrs
@@ -246,15 +248,23 @@ async def test_append_nowait_is_written_at_once_under_always_or_a_full_batch(
         assert log.statistics().records_written - before.records_written == count
 
 
-async def test_append_nowait_raises_would_block_when_the_inbox_is_full(tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def stuck_writer(tmp_path: Path, inbox_size: int) -> AsyncIterator[tuple[EventLog, GatedIO]]:
+    """A log whose writer took record 1 and is stuck syncing it (until ``io.gate`` opens),
+    so what is appended next stays in the inbox."""
     io = GatedIO()
+    async with open_event_log(
+        config(tmp_path, inbox_size=inbox_size), io=io, record_start=False, record_stop=False
+    ) as log:
+        io.blocked = True
+        log.append_nowait(record(1))
+        await trio.to_thread.run_sync(io.entered.wait)
+        yield log, io
+
+
+async def test_append_nowait_raises_would_block_when_the_inbox_is_full(tmp_path: Path) -> None:
     with trio.fail_after(10):
-        async with open_event_log(
-            config(tmp_path, inbox_size=3), io=io, record_start=False, record_stop=False
-        ) as log:
-            io.blocked = True
-            log.append_nowait(record(1))  # the writer takes it and blocks syncing it
-            await trio.to_thread.run_sync(io.entered.wait)
+        async with stuck_writer(tmp_path, inbox_size=3) as (log, io):
             for offset in (2, 3, 4):
                 log.append_nowait(record(offset))
             assert log.statistics().queued == 3
@@ -272,16 +282,9 @@ async def test_append_nowait_raises_would_block_when_the_inbox_is_full(tmp_path:
 
 async def test_appends_waiting_for_room_are_admitted_first_come_first(tmp_path: Path) -> None:
     """Awaited appends that find the inbox full wait in line: they are written in the
-    order they came, an append nobody waits for may not pass them, and one cancelled
-    while it waits is not accepted."""
-    io = GatedIO()
+    order they came, and one cancelled while it waits is not accepted."""
     with trio.fail_after(10):
-        async with open_event_log(
-            config(tmp_path, inbox_size=2), io=io, record_start=False, record_stop=False
-        ) as log:
-            io.blocked = True
-            log.append_nowait(record(1))  # the writer takes it and blocks syncing it
-            await trio.to_thread.run_sync(io.entered.wait)
+        async with stuck_writer(tmp_path, inbox_size=2) as (log, io):
             log.append_nowait(record(2))
             log.append_nowait(record(3))
             acknowledged: list[int] = []
@@ -305,7 +308,7 @@ async def test_appends_waiting_for_room_are_admitted_first_come_first(tmp_path: 
                 cancelled.cancel()  # while it waits
                 await trio.testing.wait_all_tasks_blocked()
                 assert log.statistics().queued == 2
-                with pytest.raises(trio.WouldBlock):  # (behind the ones that wait)
+                with pytest.raises(trio.WouldBlock):
                     log.append_nowait(record(7))
                 io.blocked = False
                 io.gate.set()
@@ -315,18 +318,9 @@ async def test_appends_waiting_for_room_are_admitted_first_come_first(tmp_path: 
 
 
 async def test_closing_refuses_the_appends_waiting_for_room(tmp_path: Path) -> None:
-    io = GatedIO()
     refused: list[int] = []
     with trio.fail_after(10):
-        async with (
-            trio.open_nursery() as nursery,
-            open_event_log(
-                config(tmp_path, inbox_size=1), io=io, record_start=False, record_stop=False
-            ) as log,
-        ):
-            io.blocked = True
-            log.append_nowait(record(1))
-            await trio.to_thread.run_sync(io.entered.wait)
+        async with trio.open_nursery() as nursery, stuck_writer(tmp_path, 1) as (log, io):
             log.append_nowait(record(2))
 
             async def append(offset: int) -> None:
