@@ -718,6 +718,17 @@ def render_table(summary: dict[str, dict[str, JsonDict]], servers: Sequence[str]
     return "\n".join(lines)
 
 
+def render_machine(info: JsonDict) -> str:
+    """One line: what ran the benchmark (ratios between runs on different CPUs mislead:
+    Node and Python do not gain alike from a faster one)."""
+    return (
+        f"Machine: {info.get('cpu', '?')}, {info.get('cores', '?')} cores, Linux"
+        f" {info.get('kernel', '?')}; Python {info.get('python', '?')}, Node"
+        f" {info.get('node', '?')}, socket.io {info.get('socket.io') or '?'},"
+        f" python-socketio {info.get('python-socketio', '?')}"
+    )
+
+
 def render_shutdowns(results: dict[str, dict[str, list[JsonDict]]]) -> str:
     """One line: the longest exit after SIGTERM per server, and whether any was killed."""
     worst: dict[str, tuple[float, str]] = {}
@@ -875,12 +886,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         scenario: {name: summarize(rs) for name, rs in per.items() if rs}
         for scenario, per in results.items()
     }
-    table = render_table(summary, args.servers) + "\n\n" + render_shutdowns(results)
+    info = machine()
+    table = "\n\n".join(
+        (render_machine(info), render_table(summary, args.servers), render_shutdowns(results))
+    )
     report: JsonDict = {
         "started_utc": stamp,
         "loadavg_at_start": loadavg_start,
         "wall_s": round(time.monotonic() - started, 1),
-        "machine": machine(),
+        "machine": info,
         "plan": plan.describe(),
         "runs_per_scenario": runs,
         "summary": summary,
