@@ -432,8 +432,10 @@ class Connection:
                 self.close(exc.reason)
 
     def _take_messages(self, messages: list[str | bytes]) -> bool:
-        """Handle the messages of one read, in order; False once closing."""
+        """Handle the messages of one read, in order; False once closing. They arrived
+        together: one clock reading serves them all."""
         limits = self.config.limits
+        now = trio.current_time()
         for data in messages:
             try:
                 packet = decode_ws_frame(data, limits)
@@ -441,17 +443,18 @@ class Connection:
                 logger.debug("connection %s: %s", self.eio_sid, exc)
                 self.close(DisconnectReason.PARSE_ERROR)
                 return False
-            if not self._receive_packet(packet):
+            if not self._receive_packet(packet, now):
                 return False
         return True
 
-    def _receive_packet(self, packet: EioPacket) -> bool:
-        """Handle one Engine.IO packet from the active transport; False once closing."""
+    def _receive_packet(self, packet: EioPacket, now: float) -> bool:
+        """Handle one Engine.IO packet from the active transport, received at ``now``
+        (Trio's clock); False once closing."""
         self.traffic.packets_in += 1
         session = self.session
-        for event in session.receive(packet, trio.current_time()):
+        for event in session.receive(packet, now):
             if isinstance(event, MessageReceived):
-                if not self._on_message(event.data):
+                if not self._on_message(event.data, now):
                     return False
             elif isinstance(event, SendPacket):
                 self.outbox.send_control(encode_ws_frame(event.packet))
@@ -464,12 +467,11 @@ class Connection:
             self._reschedule()
         return self.close_reason is None
 
-    def _over_rate(self) -> bool:
-        """Take one token from the connection's bucket; True when it is empty."""
+    def _over_rate(self, now: float) -> bool:
+        """Take one token from the connection's bucket at ``now``; True when it is empty."""
         rate = self.config.max_events_per_second
         if rate <= 0:
             return False
-        now = trio.current_time()
         tokens = min(
             float(self.config.max_events_burst), self._tokens + (now - self._tokens_at) * rate
         )
@@ -480,8 +482,8 @@ class Connection:
         self._tokens = tokens - 1.0
         return False
 
-    def _on_message(self, data: str | bytes) -> bool:
-        if self._over_rate():
+    def _on_message(self, data: str | bytes, now: float) -> bool:
+        if self._over_rate(now):
             logger.warning(
                 "connection %s: over %s messages/s", self.eio_sid, self.config.max_events_per_second
             )
@@ -494,7 +496,7 @@ class Connection:
             packet = decoder.receive(data)
             if packet is None:
                 if self.attachments_deadline == math.inf:
-                    self.attachments_deadline = trio.current_time() + self.config.attachment_timeout
+                    self.attachments_deadline = now + self.config.attachment_timeout
                     self._reschedule()
                 return True
             if self.attachments_deadline != math.inf:
@@ -816,8 +818,9 @@ class Connection:
                 self.close(DisconnectReason.PARSE_ERROR)
                 await trio.lowlevel.checkpoint()
                 return False
+            now = trio.current_time()  # (the packets of one POST arrived together)
             for packet in packets:
-                if not self._receive_packet(packet):
+                if not self._receive_packet(packet, now):
                     await trio.lowlevel.checkpoint()
                     return self.close_reason in (DisconnectReason.TRANSPORT_CLOSE, None)
             await self._wait_for_work_room()
