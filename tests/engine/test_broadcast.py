@@ -55,6 +55,16 @@ def log_server(directory: Path, fsync: str = "interval") -> Server:
     )
 
 
+def with_join(server: Server) -> Server:
+    """``server`` with a "join" handler: the client joins the room it names."""
+
+    @server.on("join")
+    async def join(socket: Socket, room: JsonValue) -> None:
+        await socket.join(str(room))
+
+    return server
+
+
 async def member(server: Server, sid: str, *rooms: str) -> FakeSocket:
     socket = FakeSocket(sid)
     adapter = server.of("/").adapter
@@ -266,11 +276,7 @@ async def test_a_broadcast_to_an_adapter_without_direct_delivery_goes_out_in_its
 
 
 async def test_a_publishers_ack_waits_for_the_broadcasts_its_handler_made() -> None:
-    server = Server(recovery=RecoveryConfig())  # (recorded: released in their turn)
-
-    @server.on("join")
-    async def join(socket: Socket, room: JsonValue) -> None:
-        await socket.join(str(room))
+    server = with_join(Server(recovery=RecoveryConfig()))  # (recorded: released in turn)
 
     @server.on("publish")
     async def publish(socket: Socket, room: JsonValue) -> str:
@@ -300,11 +306,7 @@ async def test_a_publishers_ack_waits_for_the_broadcasts_its_handler_made() -> N
 async def test_a_join_with_history_gets_live_what_was_made_while_it_waited(
     tmp_path: Path,
 ) -> None:
-    server = log_server(tmp_path, "always")
-
-    @server.on("join")
-    async def join(socket: Socket, room: JsonValue) -> None:
-        await socket.join(str(room))
+    server = with_join(log_server(tmp_path, "always"))
 
     @server.on("join_history")
     async def join_history(socket: Socket, room: JsonValue) -> list[JsonValue]:
@@ -337,11 +339,7 @@ async def test_a_join_with_history_gets_live_what_was_made_while_it_waited(
 async def test_a_disconnect_right_after_a_broadcast_reaches_the_client_after_it(
     tmp_path: Path, close: bool
 ) -> None:
-    server = log_server(tmp_path, "always")
-
-    @server.on("join")
-    async def join(socket: Socket, room: JsonValue) -> None:
-        await socket.join(str(room))
+    server = with_join(log_server(tmp_path, "always"))
 
     @server.on("bye")
     async def bye(socket: Socket) -> None:
