@@ -58,19 +58,17 @@ _HEADER: Final = struct.Struct(">II")
 _packb: Final = msgpack.packb
 _fast_pack: Callable[[object], bytes] | None
 # What msgspec's encoder raises on what it refuses (a str subclass, a cycle).
-_fast_pack_errors: tuple[type[Exception], ...] = (
-    TypeError, ValueError, OverflowError, RecursionError
-)  # fmt: skip
+_fast_pack_errors: tuple[type[Exception], ...]
 try:
     from msgspec import EncodeError as _MsgspecEncodeError
     from msgspec.msgpack import Encoder as _MsgspecEncoder
 except ImportError:  # pragma: no cover - the speedups extra is not installed: msgpack only
-    _fast_pack = None
+    _fast_pack, _fast_pack_errors = None, ()
 else:
-    _fast_pack_errors += (_MsgspecEncodeError,)
     # The same bytes as msgpack's packer (use_bin_type=True) for every LogValue, in
     # about 40% of the time; thread-safe (each call has its own buffer).
     _fast_pack = _MsgspecEncoder().encode
+    _fast_pack_errors = (TypeError, ValueError, OverflowError, RecursionError, _MsgspecEncodeError)
 _crc32: Final = zlib.crc32
 _MAX_LENGTH_FIELD: Final = 0xFFFF_FFFF
 _MAX_OFFSET: Final = 2**63 - 1

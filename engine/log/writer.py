@@ -563,12 +563,12 @@ class EventLog:
                 scope.deadline = deadline
 
     async def _queue(self, item: _Item) -> None:
-        """Queue an append that may wait: while the inbox is full it waits for room,
-        behind the appends that already wait. The writer takes it at once.
+        """Queue an append that may wait (built by ``_item``, which checked that the log
+        is open): while the inbox is full it waits for room, behind the appends that
+        already wait. The writer takes it at once.
 
         Cancellation: if cancelled while waiting, it was not accepted.
         """
-        self._check_open()
         if len(self._frames) < self.config.inbox_size:
             self._put(item)
             self._kick()
@@ -597,8 +597,10 @@ class EventLog:
             trio.lowlevel.reschedule(admitted.task)
             self._urgent = True
 
-    def _refuse_waiting(self) -> None:
-        """Closing: the appends still waiting for room are not accepted."""
+    def _stop_accepting(self) -> None:
+        """Closing: no append is accepted from now on, and those still waiting for room
+        are refused."""
+        self._closing = True
         while self._waiting:
             refused = self._waiting.popleft()
             refused.refused = True
@@ -863,8 +865,7 @@ class EventLog:
                 await trio.to_thread.run_sync(self._close_files)
         finally:
             # Whatever is still here was not written: fail it, never leave it waiting.
-            self._closing = True
-            self._refuse_waiting()
+            self._stop_accepting()
             leftover = unsynced + list(self._marks)
             self._marks.clear()
             self._frames, self._keys = [], []
@@ -924,15 +925,13 @@ class EventLog:
             item = self._item((self.server_record(RecordKind.SERVER_STOP),), None)
             with contextlib.suppress(LogClosedError):
                 await self._queue(item)
-        self._closing = True
-        self._refuse_waiting()
+        self._stop_accepting()
         self._kick()
         await self._finished.wait()
 
     def _abandon(self) -> None:
         """After ``close_timeout``: cancel the writer; what it had not written fails."""
-        self._closing = True
-        self._refuse_waiting()
+        self._stop_accepting()
         if not self._finished.is_set():
             logger.error("event log: closing took longer than %ss", self.config.close_timeout)
             self._writer_scope.cancel()
