@@ -54,6 +54,7 @@ __all__ = [
     "decode_handshake",
     "decode_payload",
     "decode_ws_frame",
+    "decode_ws_message",
     "encode_frames_payload",
     "encode_handshake",
     "encode_message",
@@ -151,6 +152,32 @@ def encode_ws_frame(packet: EioPacket) -> str | bytes:
         return _TYPE_CHAR[packet.type] + data
     _check_encodable(packet)
     return data
+
+
+def decode_ws_message(
+    frame: str | bytes | bytearray, limits: Limits = DEFAULT_LIMITS
+) -> str | bytes | None:
+    """The data of a WebSocket message that is an Engine.IO MESSAGE packet, or None when
+    it is a packet of another type (``decode_ws_frame`` decodes those).
+
+    The receive path's shortcut: a MESSAGE is most of what a client sends, and nothing in
+    a session's state depends on one (``EioServerSession.receive`` only hands its data
+    on, while the session is open), so its data needs no ``EioPacket`` on the way. The
+    data is what ``decode_ws_frame(frame).data`` would be.
+
+    Raises:
+        RemoteProtocolError: Over ``limits.max_payload_bytes`` (as ``decode_ws_frame``).
+    """
+    if isinstance(frame, str):
+        if frame[:1] != _MESSAGE_CHAR:
+            return None
+        limit = limits.max_payload_bytes
+        if len(frame) * 4 > limit and _utf8_length_over(frame, limit):
+            raise RemoteProtocolError("Engine.IO frame over max_payload_bytes")
+        return frame[1:]
+    if len(frame) > limits.max_payload_bytes:
+        raise RemoteProtocolError("Engine.IO frame over max_payload_bytes")
+    return bytes(frame)
 
 
 def decode_ws_frame(frame: str | bytes | bytearray, limits: Limits = DEFAULT_LIMITS) -> EioPacket:

@@ -52,6 +52,7 @@ from roomcast.protocol import (
     check_payload_frame,
     decode_payload,
     decode_ws_frame,
+    decode_ws_message,
     encode_frames_payload,
     encode_message,
     encode_payload,
@@ -438,12 +439,21 @@ class Connection:
         now = trio.current_time()
         for data in messages:
             try:
-                packet = decode_ws_frame(data, limits)
+                message = decode_ws_message(data, limits)
+                packet = decode_ws_frame(data, limits) if message is None else None
             except RemoteProtocolError as exc:
                 logger.debug("connection %s: %s", self.eio_sid, exc)
                 self.close(DisconnectReason.PARSE_ERROR)
                 return False
-            if not self._receive_packet(packet, now):
+            if message is None:
+                assert packet is not None
+                if not self._receive_packet(packet, now):
+                    return False
+                continue
+            # A MESSAGE, most of what a client sends: the session only hands its data on
+            # (it is open: the connection reads only until it closes).
+            self.traffic.packets_in += 1
+            if not self._on_message(message, now) or self.close_reason is not None:
                 return False
         return True
 

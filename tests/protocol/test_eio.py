@@ -16,6 +16,7 @@ from roomcast.protocol._eio import (
     decode_handshake,
     decode_payload,
     decode_ws_frame,
+    decode_ws_message,
     encode_frames_payload,
     encode_handshake,
     encode_message,
@@ -117,6 +118,45 @@ def test_ws_binary_frame_limit() -> None:
     assert decode_ws_frame(b"\x01\x02\x03\x04", limits) == msg(b"\x01\x02\x03\x04")
     with pytest.raises(RemoteProtocolError):
         decode_ws_frame(b"\x01\x02\x03\x04\x05", limits)
+
+
+def test_ws_message_is_the_data_of_a_message_frame() -> None:
+    limits = Limits(max_payload_bytes=8)
+    assert decode_ws_message("4aébéa", limits) == "aébéa"
+    assert decode_ws_message("4", limits) == ""
+    assert decode_ws_message(bytearray(b"\x01"), limits) == b"\x01"
+    assert type(decode_ws_message(bytearray(b"\x01"), limits)) is bytes
+    for other in ("2", "3probe", "1", "", "x4hello"):
+        assert decode_ws_message(other, limits) is None
+    for too_long in ("4aébéab", b"\x01" * 9):
+        with pytest.raises(RemoteProtocolError):
+            decode_ws_message(too_long, limits)
+
+
+@FUZZ
+@given(
+    frame=st.text(max_size=12) | st.binary(max_size=12),
+    limit=st.integers(1, 16),
+)
+def test_ws_message_agrees_with_the_frame_decoder(frame: str | bytes, limit: int) -> None:
+    # The receive path takes a MESSAGE's data from decode_ws_message and decodes any
+    # other frame with decode_ws_frame: together they accept, refuse and decode exactly
+    # what decode_ws_frame alone does.
+    limits = Limits(max_payload_bytes=limit)
+    try:
+        packet = decode_ws_frame(frame, limits)
+    except RemoteProtocolError:
+        packet = None
+    try:
+        message = decode_ws_message(frame, limits)
+    except RemoteProtocolError:
+        assert packet is None
+        return
+    if packet is not None and packet.type is T.MESSAGE:
+        assert message == packet.data
+        assert type(message) is type(packet.data)
+    else:
+        assert message is None
 
 
 def test_ws_decoder_copies_a_bytearray_into_bytes() -> None:
