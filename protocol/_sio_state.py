@@ -327,8 +327,15 @@ class SioServerConnection:
                 already connecting or connected, CONNECT_ERROR, or anything else for a
                 namespace that is not connected). The connection must be closed.
         """
-        if type(packet) is Event:  # the hot path first
-            return _receive_common(self._books, packet)
+        if type(packet) is Event:  # the hot path first (as _receive_common, without the match)
+            namespace = packet.namespace
+            if not self._books.move(namespace, _Move.RECEIVE_EVENT, remote=True):
+                return []
+            return [
+                EventReceived(
+                    namespace=namespace, name=packet.name, args=packet.args, ack_id=packet.ack_id
+                )
+            ]
         match packet:
             case Connect(namespace=namespace, data=data):
                 self._books.move(namespace, _Move.RECEIVE_CONNECT, remote=True)
