@@ -167,9 +167,11 @@ class EngineFront:
         """Serve a bare Engine.IO endpoint (no Socket.IO layer) at ``path``."""
         self.engines[normal_path(path)] = layer
 
-    async def serve_stream(self, stream: trio.abc.Stream) -> None:
+    async def serve_stream(self, stream: trio.abc.Stream, remote: str | None = None) -> None:
         """Serve one client's HTTP connection on any Trio stream (a socket or an in-memory
         pair): requests one after another, or a WebSocket. The stream is closed at the end.
+        ``remote``: the peer's ``host:port`` when the caller has it (``accept`` gives it);
+        otherwise it is asked of the stream's socket, if it has one.
 
         Cancellation: a WebSocket connection is closed as in a server shutdown.
         """
@@ -177,14 +179,15 @@ class EngineFront:
         http = HttpConnection(
             stream=stream,
             max_head_bytes=config.max_request_header_bytes,
-            remote=_remote_address(stream),
+            remote=_remote_address(stream) if remote is None else remote,
         )
         try:
             while True:
-                try:
-                    with trio.fail_after(config.request_header_timeout):
-                        request = await http.next_request()
-                except trio.TooSlowError:
+                # (move_on_after and a check rather than fail_after, whose generator
+                # wrapper costs as much again as the scope: a connect has two deadlines.)
+                with trio.move_on_after(config.request_header_timeout) as deadline:
+                    request = await http.next_request()
+                if deadline.cancelled_caught:
                     if http.received_in_cycle:  # an idle keep-alive just ends quietly
                         await http.respond(408, error_body(3, "request head timeout"), close=True)
                     return
@@ -494,16 +497,17 @@ class EngineFront:
         when the client went away or was too slow. ``answer_later``: see
         ``HttpExchange.accept_websocket``."""
         config = self.host.config
-        try:
-            with trio.fail_after(config.websocket_handshake_timeout):
+        with trio.move_on_after(config.websocket_handshake_timeout):
+            try:
                 return await http.accept_websocket(
                     request,
                     max_message_bytes=config.limits.max_payload_bytes,
                     compression=config.websocket_compression,
                     answer_later=answer_later,
                 )
-        except (TransportClosed, trio.TooSlowError):
-            return None
+            except TransportClosed:
+                return None
+        return None  # too slow
 
     # -- static files -------------------------------------------------------------------
 

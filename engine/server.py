@@ -48,6 +48,7 @@ from roomcast.engine.socket import Socket, SocketConnection
 from roomcast.engine.stats import ServerStats
 from roomcast.engine.transport.base import HttpExchange, MessageTransport
 from roomcast.engine.transport.http import HttpRequest
+from roomcast.engine.transport.tcp import accept_connections, open_tcp_sockets
 from roomcast.protocol import (
     JSON_PARSER,
     Ack,
@@ -698,26 +699,30 @@ class Server:
         "server shutting down" (its disconnect handlers run and its client gets a close
         frame), each within ``config.close_grace``.
         """
-        tcp = await trio.open_tcp_listeners(port, host=host)
-        sockname = tcp[0].socket.getsockname()
-        listeners: list[trio.abc.Listener[trio.abc.Stream]] = list(tcp)
+        sockets = await open_tcp_sockets(port, host)
+        sockname = sockets[0].getsockname()
+        front = self.front
+        serve: Callable[[trio.SocketStream, str], Awaitable[None]] = front.serve_stream
         if ssl_context is not None:
-            # https_compatible: a browser or Node client that closes the TCP connection
-            # without a TLS close_notify is an end of stream, not a broken one.
-            listeners = [
-                trio.SSLListener(listener, ssl_context, https_compatible=True) for listener in tcp
-            ]
+            context = ssl_context
+
+            async def serve(stream: trio.SocketStream, remote: str) -> None:
+                # https_compatible: a browser or Node client that closes the TCP
+                # connection without a TLS close_notify is an end of stream, not a broken one.
+                tls = trio.SSLStream(stream, context, server_side=True, https_compatible=True)
+                await front.serve_stream(tls, remote)
+
         scheme = "http" if ssl_context is None else "https"
         try:
             async with self.running() as connections:
                 logger.info("roomcast listening on %s://%s:%d", scheme, sockname[0], sockname[1])
                 task_status.started((sockname[0], sockname[1]))
-                await trio.serve_listeners(
-                    self.front.serve_stream, listeners, handler_nursery=connections
-                )
+                async with trio.open_nursery() as accepting:
+                    for sock in sockets:
+                        accepting.start_soon(accept_connections, sock, serve, connections)
         finally:
-            for listener in listeners:
-                await trio.aclose_forcefully(listener)
+            for sock in sockets:
+                sock.close()
         raise AssertionError("unreachable")  # pragma: no cover
 
     @asynccontextmanager
