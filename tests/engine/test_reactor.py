@@ -18,7 +18,9 @@ from wsproto.events import TextMessage
 
 from roomcast.engine import Config, Server, Socket
 from roomcast.engine.actors.connection import Connection
+from roomcast.engine.transport.frames import OutFrame
 from roomcast.engine.transport.reactor import Reactor
+from roomcast.engine.transport.websocket import WebSocketTransport
 from roomcast.protocol import JsonValue
 from tests.hostile.conftest import task_count
 from tests.hostile.wire import RawWebSocket, open_socketio
@@ -221,4 +223,42 @@ async def test_a_silent_client_s_socket_is_closed_at_the_ping_timeout_before_the
             assert reactor is not None
             assert len(reactor) == 0
             await client.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def test_what_handler_runners_send_is_written_after_their_pass_by_the_flusher(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Each runner holds its outbox while it works; the reactor's flusher then writes
+    # every connection's frames back to back, each connection's in one write.
+    server = Server(config=Config())
+    writes: list[tuple[str, int]] = []
+    write_nowait = WebSocketTransport.write_nowait
+
+    def recording(self: WebSocketTransport, frames: list[OutFrame]) -> bool:
+        if frames:
+            writes.append((trio.lowlevel.current_task().name, len(frames)))
+        return write_nowait(self, frames)
+
+    @server.on("echo")
+    async def echo(socket: Socket, value: JsonValue) -> tuple[JsonValue, ...]:
+        return (value,)
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            host, port = await _serve(server, nursery)
+            one, two = await open_socketio(host, port), await open_socketio(host, port)
+            await trio.testing.wait_all_tasks_blocked()
+            monkeypatch.setattr(WebSocketTransport, "write_nowait", recording)
+            await one.send('421["echo",1]')
+            await two.send_raw(
+                b"".join(two.ws.send(TextMessage(data=f'42{n}["echo",{n}]')) for n in range(2, 5))
+            )
+            assert await one.receive_message() == "431[1]"
+            for n in range(2, 5):
+                assert await two.receive_message() == f"43{n}[{n}]"
+            assert sorted(count for _, count in writes) == [1, 3]
+            assert all(name.endswith("_flush_loop") for name, _ in writes), writes
+            await one.aclose()
+            await two.aclose()
             nursery.cancel_scope.cancel()
