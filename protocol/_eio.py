@@ -171,13 +171,9 @@ def decode_ws_message(
     if isinstance(frame, str):
         if frame[:1] != _MESSAGE_CHAR:
             return None
-        limit = limits.max_payload_bytes
-        if len(frame) * 4 > limit and _utf8_length_over(frame, limit):
-            raise RemoteProtocolError("Engine.IO frame over max_payload_bytes")
+        _check_ws_text(frame, limits)
         return frame[1:]
-    if len(frame) > limits.max_payload_bytes:
-        raise RemoteProtocolError("Engine.IO frame over max_payload_bytes")
-    return bytes(frame)
+    return _ws_binary(frame, limits)
 
 
 def decode_ws_frame(frame: str | bytes | bytearray, limits: Limits = DEFAULT_LIMITS) -> EioPacket:
@@ -192,14 +188,24 @@ def decode_ws_frame(frame: str | bytes | bytearray, limits: Limits = DEFAULT_LIM
             ``limits.max_payload_bytes``.
     """
     if isinstance(frame, str):
-        # The cheap length test first: only a long frame needs its UTF-8 size measured.
-        limit = limits.max_payload_bytes
-        if len(frame) * 4 > limit and _utf8_length_over(frame, limit):
-            raise RemoteProtocolError("Engine.IO frame over max_payload_bytes")
+        _check_ws_text(frame, limits)
         return _decode_text_packet(frame)
+    return EioPacket(type=EioPacketType.MESSAGE, data=_ws_binary(frame, limits))
+
+
+def _check_ws_text(frame: str, limits: Limits) -> None:
+    """Refuse a text frame over ``limits.max_payload_bytes`` (UTF-8 bytes)."""
+    # The cheap length test first: only a long frame needs its UTF-8 size measured.
+    limit = limits.max_payload_bytes
+    if len(frame) * 4 > limit and _utf8_length_over(frame, limit):
+        raise RemoteProtocolError("Engine.IO frame over max_payload_bytes")
+
+
+def _ws_binary(frame: bytes | bytearray, limits: Limits) -> bytes:
+    """A binary frame's data as ``bytes``, refused over ``limits.max_payload_bytes``."""
     if len(frame) > limits.max_payload_bytes:
         raise RemoteProtocolError("Engine.IO frame over max_payload_bytes")
-    return EioPacket(type=EioPacketType.MESSAGE, data=bytes(frame))
+    return bytes(frame)
 
 
 def encode_message(data: str | bytes) -> str | bytes:
