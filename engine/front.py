@@ -32,6 +32,7 @@ import trio
 from roomcast.engine.actors.connection import SocketLayer
 from roomcast.engine.errors import TransportClosed
 from roomcast.engine.transport.http import HttpConnection, HttpRequest, error_body
+from roomcast.engine.transport.tcp import address_text
 from roomcast.protocol import DisconnectReason, EioPacket, EioPacketType, encode_payload
 
 if TYPE_CHECKING:
@@ -184,7 +185,7 @@ class EngineFront:
         try:
             while True:
                 # (move_on_after and a check rather than fail_after, whose generator
-                # wrapper costs as much again as the scope: a connect has two deadlines.)
+                # wrapper adds a fifth to the scope's cost: a connect has two deadlines.)
                 with trio.move_on_after(config.request_header_timeout) as deadline:
                     request = await http.next_request()
                 if deadline.cancelled_caught:
@@ -572,7 +573,6 @@ def _remote_address(stream: trio.abc.Stream) -> str | None:
     if socket is None:
         return None
     try:
-        host, port = socket.getpeername()[:2]
+        return address_text(socket.getpeername())
     except OSError:
         return None
-    return f"{host}:{port}"

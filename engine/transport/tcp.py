@@ -22,7 +22,7 @@ from typing import Final
 
 import trio
 
-__all__ = ["accept_connections", "open_tcp_sockets"]
+__all__ = ["accept_connections", "address_text", "open_tcp_sockets"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,11 +92,12 @@ async def accept_connections(sock: socket.socket, handler: Handler, nursery: tri
                 await trio.sleep(_CAPACITY_RETRY)
                 break
             stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
-            nursery.start_soon(handler, stream, _address_text(address))
+            nursery.start_soon(handler, stream, address_text(address))
 
 
-def _address_text(address: object) -> str:
-    """``host:port`` of an accepted peer's address (IPv4 or IPv6)."""
+def address_text(address: object) -> str:
+    """``host:port`` of a socket address (IPv4 or IPv6), as ``accept`` or ``getpeername``
+    give it: what a request's ``remote`` holds."""
     if isinstance(address, tuple) and len(address) >= 2:
         return f"{address[0]}:{address[1]}"
     return str(address)
