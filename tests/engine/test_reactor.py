@@ -33,6 +33,14 @@ async def _serve(server: Server, nursery: trio.Nursery) -> tuple[str, int]:
     return host, port
 
 
+def _with_echo(server: Server) -> None:
+    """An "echo" handler that answers the ack with its argument."""
+
+    @server.on("echo")
+    async def echo(socket: Socket, value: JsonValue) -> tuple[JsonValue, ...]:
+        return (value,)
+
+
 def _only_connection(server: Server) -> Connection:
     (conn,) = server.connections.values()
     return conn
@@ -41,10 +49,7 @@ def _only_connection(server: Server) -> Connection:
 async def test_each_websocket_costs_one_task_and_the_reactor_serves_it() -> None:
     server = Server(config=Config())
 
-    @server.on("echo")
-    async def echo(socket: Socket, value: JsonValue) -> tuple[JsonValue, ...]:
-        return (value,)
-
+    _with_echo(server)
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
             host, port = await _serve(server, nursery)
@@ -165,10 +170,7 @@ async def test_a_failure_while_serving_one_connection_closes_only_that_one(
 ) -> None:
     server = Server(config=Config())
 
-    @server.on("echo")
-    async def echo(socket: Socket, value: JsonValue) -> tuple[JsonValue, ...]:
-        return (value,)
-
+    _with_echo(server)
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
             host, port = await _serve(server, nursery)
@@ -240,10 +242,7 @@ async def test_what_handler_runners_send_is_written_after_their_pass_by_the_flus
             writes.append((trio.lowlevel.current_task().name, len(frames)))
         return write_nowait(self, frames)
 
-    @server.on("echo")
-    async def echo(socket: Socket, value: JsonValue) -> tuple[JsonValue, ...]:
-        return (value,)
-
+    _with_echo(server)
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
             host, port = await _serve(server, nursery)
