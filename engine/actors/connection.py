@@ -34,7 +34,6 @@ from roomcast.protocol import (
     ConnectRequested,
     DisconnectReason,
     DisconnectRequested,
-    EioEvent,
     EioPacket,
     EioPacketType,
     EioServerSession,
@@ -307,7 +306,17 @@ class Connection:
         self._scheduled = math.inf
         if self.close_reason is not None:
             return
-        self._apply(self.session.tick(now))
+        for event in self.session.tick(now):
+            if isinstance(event, SendPacket):
+                self.outbox.send_control(encode_ws_frame(event.packet))
+            elif isinstance(event, Closed):
+                if event.reason == DisconnectReason.PING_TIMEOUT and self._nonblocking is not None:
+                    # The peer sees the end now; the close itself (the bookkeeping) once
+                    # every peer due now has seen it (they come in bursts).
+                    self._drop_silent_peer()
+                    self.scheduler.call_after_pass(self._close_dropped)
+                    return
+                self.close(event.reason)
         if self.parser is not None and not self.namespaces and now >= self.connect_deadline:
             self.close(DisconnectReason.CONNECT_TIMEOUT)
         if now >= self.attachments_deadline:
@@ -315,12 +324,8 @@ class Connection:
         if self.close_reason is None:
             self._reschedule()
 
-    def _apply(self, events: list[EioEvent]) -> None:
-        for event in events:
-            if isinstance(event, SendPacket):
-                self.outbox.send_control(encode_ws_frame(event.packet))
-            elif isinstance(event, Closed):
-                self.close(event.reason)
+    def _close_dropped(self) -> None:
+        self.close(DisconnectReason.PING_TIMEOUT)
 
     # -- the actor ------------------------------------------------------------------------
 
@@ -424,7 +429,7 @@ class Connection:
                     messages = await transport.receive_messages()
                     if transport.control:
                         self.outbox.kick()
-                    if not self._take_messages(messages):
+                    if not self._take_messages(messages, trio.current_time()):
                         return
                     await self._wait_for_work_room()
             except TransportClosed as exc:
@@ -432,11 +437,10 @@ class Connection:
                     self.outbox.kick()
                 self.close(exc.reason)
 
-    def _take_messages(self, messages: list[str | bytes]) -> bool:
-        """Handle the messages of one read, in order; False once closing. They arrived
-        together: one clock reading serves them all."""
+    def _take_messages(self, messages: list[str | bytes], now: float) -> bool:
+        """Handle the messages of one read, in order, received at ``now`` (Trio's clock:
+        they arrived together); False once closing."""
         limits = self.config.limits
-        now = trio.current_time()
         for data in messages:
             try:
                 message = decode_ws_message(data, limits)
@@ -598,8 +602,6 @@ class Connection:
         tasks)."""
         self._stop_reading()
         self._inbox.close()
-        if self.close_reason == DisconnectReason.PING_TIMEOUT:
-            self._drop_silent_peer()
         if self.sio_layer is not None:
             self.sio_layer.on_closing(self, self.close_reason or "")
         self._handler_scope.deadline = trio.current_time() + self.config.close_grace
@@ -612,15 +614,16 @@ class Connection:
         transport = self._nonblocking
         assert transport is not None
         assert self.reactor is not None
-        self.reactor.unregister(transport.fileno())
         reason = DisconnectReason.PING_TIMEOUT
         transport.close_nowait(_close_code(reason), reason)
+        self._reading = False
+        self.reactor.unregister(transport.fileno())
         self._write_failed = True
         self._writer_done.set()
 
     def _stop_reading(self) -> None:
         transport = self._nonblocking
-        if transport is not None:
+        if transport is not None and self._reading:
             self._reading = False
             self._want(transport)
 
@@ -628,8 +631,8 @@ class Connection:
         assert self.reactor is not None
         self.reactor.want(transport.fileno(), read=self._reading, write=transport.write_blocked)
 
-    def on_readable(self) -> None:
-        """The reactor saw the socket ready: read once and handle what came."""
+    def on_readable(self, now: float) -> None:
+        """The reactor saw the socket ready at ``now``: read once and handle what came."""
         transport = self._nonblocking
         if transport is None or not self._reading:
             return
@@ -638,7 +641,7 @@ class Connection:
         except TransportClosed as exc:
             self.close(exc.reason)
             return
-        if messages and not self._take_messages(messages):
+        if messages and not self._take_messages(messages, now):
             return
         closed = transport.peer_closed
         if closed is not None:

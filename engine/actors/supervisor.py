@@ -56,6 +56,7 @@ class DeadlineScheduler:
     _stale: int = 0  # heap entries whose target was rescheduled or cancelled since
     _tokens: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
     _sleep: trio.CancelScope | None = None
+    _after: list[Callable[[], None]] = attrs.field(factory=list)
 
     def schedule(self, target: Timed, deadline: float) -> None:
         """Call ``target.on_deadline`` at ``deadline``, replacing any earlier schedule."""
@@ -69,6 +70,12 @@ class DeadlineScheduler:
         heapq.heappush(self._heap, (deadline, token, weakref.ref(target)))
         if self._sleep is not None and deadline < self._sleep.deadline:
             self._sleep.deadline = deadline
+
+    def call_after_pass(self, job: Callable[[], None]) -> None:
+        """Call ``job`` (from a target's ``on_deadline``) once every deadline due now
+        has been handled: what the peers must see goes out for all of them first, the
+        bookkeeping after."""
+        self._after.append(job)
 
     def cancel(self, target: Timed) -> None:
         """Forget ``target``'s schedule."""
@@ -88,9 +95,14 @@ class DeadlineScheduler:
         """
         task_status.started()
         heap = self._heap
+        clock = trio.current_time
         while True:
-            now = trio.current_time()
-            while heap and heap[0][0] <= now:
+            now = clock()
+            # Deadlines that pass while earlier ones are handled are handled in the same
+            # step: after a burst (a hundred silent clients dropped together) the next
+            # one would otherwise wait for a pass of the scheduler, behind every task
+            # the burst woke (the dropped connections' cleanup among them).
+            while heap and (heap[0][0] <= now or heap[0][0] <= (now := clock())):
                 _, token, ref = heapq.heappop(heap)
                 target = ref()
                 if target is None or target.timer_token != token:
@@ -101,6 +113,8 @@ class DeadlineScheduler:
                         target.on_deadline(now)
                     except Exception:
                         logger.exception("deadline handler of %r failed", target)
+                if self._after and not (heap and heap[0][0] <= (now := clock())):
+                    self._run_after_pass()  # (nothing more is due)
             # Rebuild when most entries are stale (counted as they go stale, not by
             # scanning the heap on every wakeup).
             if self._stale > 64 and self._stale * 2 > len(heap):
@@ -109,6 +123,14 @@ class DeadlineScheduler:
             with trio.CancelScope(deadline=heap[0][0] if heap else math.inf) as self._sleep:
                 await trio.sleep_forever()
             self._sleep = None
+
+    def _run_after_pass(self) -> None:
+        jobs, self._after = self._after, []
+        for job in jobs:
+            try:
+                job()
+            except Exception:
+                logger.exception("deadline job %r failed", job)
 
     def _compact(self) -> None:
         self._heap = [e for e in self._heap if _live(e)]

@@ -102,7 +102,7 @@ class NonBlockingTransport(MessageTransport, Protocol):
 
     def close_nowait(self, code: int, reason: str) -> None:
         """End the connection now without blocking: the close frame if the socket takes
-        it, then a shutdown both ways (``aclose`` still releases the descriptor)."""
+        it, else a shutdown both ways (``aclose`` still releases the descriptor)."""
 
     def write_nowait(self, frames: list[OutFrame]) -> bool:
         """Write what is left, control frames and ``frames`` without blocking; True when

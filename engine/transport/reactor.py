@@ -40,8 +40,12 @@ _MAX_EVENTS: Final = 1024
 class ReactorClient(Protocol):
     """A connection the reactor reads and writes for."""
 
-    def on_readable(self) -> None:
-        """The socket has bytes (or an end, or an error): read once, without blocking."""
+    def on_readable(self, now: float) -> None:
+        """The socket has bytes (or an end, or an error): read once, without blocking.
+
+        ``now`` is when the reactor learned it (Trio's clock, read once a pass): the
+        time a pong arrived, for the heartbeat, is not pushed back by the sockets
+        served before this one."""
 
     def on_writable(self) -> None:
         """The socket takes bytes again: write what was left, without blocking."""
@@ -121,15 +125,18 @@ class Reactor:
                 nursery.start_soon(self._flush_loop)
                 task_status.started()
                 clients = self._clients
+                clock = trio.current_time
                 while True:
                     await trio.lowlevel.wait_readable(epoll)
-                    for fd, events in epoll.poll(0, _MAX_EVENTS):
+                    ready = epoll.poll(0, _MAX_EVENTS)
+                    now = clock()
+                    for fd, events in ready:
                         client = clients.get(fd)
                         if client is None:
                             continue
                         try:
                             if events & (_READ | _ERROR):
-                                client.on_readable()
+                                client.on_readable(now)
                             if events & _WRITE and fd in clients:
                                 client.on_writable()
                         except Exception:

@@ -764,9 +764,9 @@ class WebSocketTransport:
 
     def close_nowait(self, code: int, reason: str) -> None:
         """End the connection now, without blocking: the close frame goes if the socket
-        takes it, then the socket is shut down both ways, so the peer sees the end at
-        once. ``aclose`` still releases the descriptor (a plain socket only: see
-        ``nonblocking``).
+        takes it; if it does not, the socket is shut down both ways, so the peer sees
+        the end at once all the same. ``aclose`` still releases the descriptor (a plain
+        socket only: see ``nonblocking``).
 
         For a peer that went silent: Engine.IO drops its transport at the ping timeout,
         while the server's cleanup of the connection, which needs no socket, follows.
@@ -774,14 +774,16 @@ class WebSocketTransport:
         if self._fd < 0:
             return
         self._queue_close(code, reason)
+        written = False
         if not self._write_interrupted:
             with contextlib.suppress(TransportClosed):
-                self.write_nowait([])
+                written = self.write_nowait([])
         self._write_interrupted = True  # (nothing more may be written)
-        stream = self.stream
-        assert isinstance(stream, trio.SocketStream)
-        with contextlib.suppress(OSError):
-            stream.socket.shutdown(socket.SHUT_RDWR)
+        if not written:
+            stream = self.stream
+            assert isinstance(stream, trio.SocketStream)
+            with contextlib.suppress(OSError):
+                stream.socket.shutdown(socket.SHUT_RDWR)
 
     def _queue_close(self, code: int, reason: str) -> None:
         if self.ws.state is ConnectionState.OPEN:

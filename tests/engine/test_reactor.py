@@ -10,6 +10,7 @@ connection.
 from __future__ import annotations
 
 import json
+import socket
 
 import pytest
 import trio
@@ -180,10 +181,10 @@ async def test_a_failure_while_serving_one_connection_closes_only_that_one(
 
             on_readable = Connection.on_readable
 
-            def broken(conn: Connection) -> None:
+            def broken(conn: Connection, now: float) -> None:
                 if conn is victim:
                     raise RuntimeError("a bug in reading")
-                on_readable(conn)
+                on_readable(conn, now)
 
             monkeypatch.setattr(Connection, "on_readable", broken)
             await doomed.send('421["echo",1]')
@@ -261,3 +262,95 @@ async def test_what_handler_runners_send_is_written_after_their_pass_by_the_flus
             await one.aclose()
             await two.aclose()
             nursery.cancel_scope.cancel()
+
+
+async def test_the_sockets_ready_in_one_pass_are_read_at_the_same_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The reactor reads the clock once a pass: the time a message arrived (a pong, for
+    # the heartbeat) is not pushed back by the sockets served before its own.
+    reactor = Reactor()
+    seen: list[float] = []
+    all_read = trio.Event()
+
+    class Client:
+        def __init__(self, sock: socket.socket) -> None:
+            self.sock = sock
+
+        def on_readable(self, now: float) -> None:
+            seen.append(now)
+            self.sock.recv(16)
+            autojump_clock.jump(1.0)  # (serving this socket took a second)
+            if len(seen) == 3:
+                all_read.set()
+
+        def on_writable(self) -> None:
+            raise AssertionError("not asked for")
+
+        def flush_held(self) -> None:
+            raise AssertionError("not asked for")
+
+        def on_reactor_error(self) -> None:
+            raise AssertionError("nothing failed")
+
+    pairs = [socket.socketpair() for _ in range(3)]
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(reactor.run)
+            for ours, _ in pairs:
+                reactor.register(ours.fileno(), Client(ours))
+            for _, theirs in pairs:
+                theirs.send(b"x")
+            await all_read.wait()
+            for ours, _ in pairs:
+                reactor.unregister(ours.fileno())
+            nursery.cancel_scope.cancel()
+    finally:
+        for ours, theirs in pairs:
+            ours.close()
+            theirs.close()
+    assert len(set(seen)) == 1
+
+
+async def test_silent_clients_due_together_all_see_the_close_before_any_is_closed(
+    mock_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Drops come in bursts (clients connected together go silent together): each one's
+    # close frame goes out first, the bookkeeping of the closes once all have.
+    server = Server(config=Config(ping_interval=10, ping_timeout=5))
+    order: list[str] = []
+    close_nowait = WebSocketTransport.close_nowait
+    close = Connection.close
+
+    def frame(self: WebSocketTransport, code: int, reason: str) -> None:
+        order.append(f"frame: {reason}")
+        close_nowait(self, code, reason)
+
+    def closing(self: Connection, reason: str) -> None:
+        if self.close_reason is None:
+            order.append(f"close: {reason}")
+        close(self, reason)
+
+    monkeypatch.setattr(WebSocketTransport, "close_nowait", frame)
+    monkeypatch.setattr(Connection, "close", closing)
+    # Time stands still but when the test moves it (or nothing happens for a while of
+    # real time): the three connect at the same time, so are due together.
+    mock_clock.autojump_threshold = 0.5
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            host, port = await _serve(server, nursery)
+            clients = [await open_socketio(host, port) for _ in range(3)]
+            mock_clock.jump(10)
+            for client in clients:
+                assert await client.receive_message() == "2"  # the ping none answers
+            mock_clock.jump(5)
+            for client in clients:
+                messages, closed = await client.receive_until_closed()
+                assert messages == []
+                assert (closed.code, closed.reason) == (1000, "ping timeout")
+            for conn in list(server.connections.values()):
+                await conn.finished.wait()
+            for client in clients:
+                await client.aclose()
+            nursery.cancel_scope.cancel()
+    assert order == ["frame: ping timeout"] * 3 + ["close: ping timeout"] * 3
