@@ -15,6 +15,7 @@ import attrs
 import trio
 
 from roomcast.engine.actors.room import RoomActor
+from roomcast.engine.actors.wakeup import WakeupTimer
 from roomcast.engine.errors import EngineError
 from roomcast.engine.transport.reactor import Reactor
 
@@ -56,6 +57,7 @@ class DeadlineScheduler:
     _stale: int = 0  # heap entries whose target was rescheduled or cancelled since
     _tokens: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
     _sleep: trio.CancelScope | None = None
+    _timer: WakeupTimer | None = None  # (while running, where there is one)
     _after: list[Callable[[], None]] = attrs.field(factory=list)
 
     def schedule(self, target: Timed, deadline: float) -> None:
@@ -70,6 +72,8 @@ class DeadlineScheduler:
         heapq.heappush(self._heap, (deadline, token, weakref.ref(target)))
         if self._sleep is not None and deadline < self._sleep.deadline:
             self._sleep.deadline = deadline
+            if self._timer is not None:
+                self._timer.arm(deadline - trio.current_time())
 
     def call_after_pass(self, job: Callable[[], None]) -> None:
         """Call ``job`` (from a target's ``on_deadline``) once every deadline due now
@@ -93,9 +97,19 @@ class DeadlineScheduler:
 
         Cancellation: targets not yet due are not called.
         """
-        task_status.started()
+        self._timer = WakeupTimer.open()
+        try:
+            task_status.started()
+            await self._run()
+        finally:
+            if self._timer is not None:
+                self._timer.close()
+                self._timer = None
+
+    async def _run(self) -> NoReturn:
         heap = self._heap
         clock = trio.current_time
+        timer = self._timer
         while True:
             now = clock()
             # Deadlines that pass while earlier ones are handled are handled in the same
@@ -120,8 +134,14 @@ class DeadlineScheduler:
             if self._stale > 64 and self._stale * 2 > len(heap):
                 self._compact()
                 heap = self._heap
-            with trio.CancelScope(deadline=heap[0][0] if heap else math.inf) as self._sleep:
-                await trio.sleep_forever()
+            deadline = heap[0][0] if heap else math.inf
+            with trio.CancelScope(deadline=deadline) as self._sleep:
+                if timer is None:
+                    await trio.sleep_forever()
+                else:  # the timer wakes it on time; the deadline is the fallback
+                    if deadline != math.inf:
+                        timer.arm(deadline - clock())
+                    await timer.wait()
             self._sleep = None
 
     def _run_after_pass(self) -> None:

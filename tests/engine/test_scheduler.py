@@ -1,12 +1,15 @@
 """The supervisor's deadline scheduler: how it wakes and what it does in one step.
 
-A step handles every deadline that passes while it runs, and jobs queued with
-``call_after_pass`` run once nothing more is due.
+A step handles every deadline that passes while it runs, jobs queued with
+``call_after_pass`` run once nothing more is due, and on Linux a timerfd wakes it on
+time rather than Trio's millisecond-rounded epoll timeout.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from collections.abc import Callable
 
 import pytest
@@ -14,6 +17,7 @@ import trio
 import trio.testing
 
 from roomcast.engine.actors.supervisor import DeadlineScheduler
+from roomcast.engine.actors.wakeup import WakeupTimer, _Calls, _libc_calls, _os_calls
 
 
 class Target:
@@ -105,3 +109,78 @@ async def test_jobs_queued_by_deadline_handlers_run_once_nothing_more_is_due(
     assert failure.getMessage().startswith("deadline job")
     assert failure.exc_info is not None
     assert isinstance(failure.exc_info[1], RuntimeError)
+
+
+# -- the timer ---------------------------------------------------------------------------
+
+
+async def test_there_is_no_wakeup_timer_under_a_mock_clock(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # It measures real time; virtual time is the cancel scope's business.
+    assert WakeupTimer.open() is None
+
+
+def _calls() -> list[_Calls]:
+    available = [c for c in (_os_calls(), _libc_calls()) if c is not None]
+    if sys.platform.startswith("linux"):
+        assert available, "Linux has timerfd (the C library's, at least)"
+    return available
+
+
+@pytest.mark.parametrize("calls", _calls())
+async def test_a_wakeup_timer_fires_once_when_armed_and_can_be_rearmed(calls: _Calls) -> None:
+    open_fd, arm = calls
+    timer = WakeupTimer(open_fd(), arm)
+    with trio.fail_after(10):
+        timer.arm(0.001)
+        await timer.wait()
+        # It fired once: armed far off, it does not fire again now.
+        timer.arm(1000)
+        with trio.move_on_after(0.05) as waiting:
+            await timer.wait()
+        assert waiting.cancelled_caught
+        # Re-armed sooner, the new time replaces the old one; not positive means now.
+        timer.arm(0.001)
+        await timer.wait()
+        timer.arm(-5)
+        await timer.wait()
+    fd = timer._fd
+    timer.close()
+    timer.close()  # (twice is harmless)
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        os.fstat(fd)
+
+
+async def test_the_scheduler_wakes_on_its_timer_with_the_real_clock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # With Trio's own clock the scheduler waits on the timer, which wakes it (the cancel
+    # scope's deadline, which Trio rounds up to a millisecond, is only the fallback),
+    # also for a target scheduled earlier than the one it sleeps for.
+    scheduler = DeadlineScheduler()
+    log: list[str] = []
+    done = trio.Event()
+    fired = 0
+    wait = WakeupTimer.wait
+
+    async def counting(self: WakeupTimer) -> None:
+        nonlocal fired
+        await wait(self)
+        fired += 1
+
+    monkeypatch.setattr(WakeupTimer, "wait", counting)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(scheduler.run)
+            assert scheduler._timer is not None
+            now = trio.current_time()
+            late, early = Target("late", log, done.set), Target("early", log)  # (held weakly)
+            scheduler.schedule(late, now + 0.2)
+            await trio.sleep(0.01)
+            scheduler.schedule(early, now + 0.05)
+            await done.wait()
+            nursery.cancel_scope.cancel()
+    assert log == ["early", "late"]
+    assert fired == 2
+    assert scheduler._timer is None  # closed when the scheduler ended
