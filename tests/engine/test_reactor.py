@@ -15,6 +15,8 @@ import socket
 import pytest
 import trio
 import trio.testing
+from wsproto import ConnectionType
+from wsproto.connection import Connection as WsConnection
 from wsproto.events import TextMessage
 
 from roomcast.engine import Config, Server, Socket
@@ -354,3 +356,57 @@ async def test_silent_clients_due_together_all_see_the_close_before_any_is_close
                 await client.aclose()
             nursery.cancel_scope.cancel()
     assert order == ["frame: ping timeout"] * 3 + ["close: ping timeout"] * 3
+
+
+def _transport_on_socketpair() -> tuple[WebSocketTransport, socket.socket]:
+    ours, peer = socket.socketpair()
+    ours.setblocking(False)
+    peer.setblocking(False)
+    transport = WebSocketTransport(
+        stream=trio.SocketStream(trio.socket.from_stdlib_socket(ours)),
+        ws=WsConnection(ConnectionType.SERVER),
+        max_message_bytes=1 << 20,
+    )
+    return transport, peer
+
+
+def _drain(peer: socket.socket) -> tuple[bytes, bool]:
+    """What the peer can read now, and whether the stream ended."""
+    data = b""
+    while True:
+        try:
+            chunk = peer.recv(1 << 16)
+        except BlockingIOError:
+            return data, False
+        if not chunk:
+            return data, True
+        data += chunk
+
+
+async def test_close_nowait_leaves_the_socket_open_when_the_close_frame_went() -> None:
+    # The frame tells the peer; the descriptor is released after the server's cleanup.
+    transport, peer = _transport_on_socketpair()
+    with peer:
+        transport.close_nowait(1000, "ping timeout")
+        data, ended = _drain(peer)
+        assert data == b"\x88\x0e\x03\xe8ping timeout"
+        assert not ended
+        await transport.aclose()
+        assert _drain(peer) == (b"", True)
+
+
+async def test_close_nowait_shuts_the_socket_down_when_the_close_frame_cannot_go() -> None:
+    # A peer that stopped reading (the kernel pushed back): it sees the end all the same.
+    transport, peer = _transport_on_socketpair()
+    with peer:
+        big = "x" * 60_000
+        while transport.write_nowait([big]):
+            pass
+        assert transport.write_blocked
+        transport.close_nowait(1000, "ping timeout")
+        data, ended = b"", False
+        while not ended:
+            more, ended = _drain(peer)
+            data += more
+        assert b"ping timeout" not in data  # (no close frame: it could not be written)
+        await transport.aclose()
