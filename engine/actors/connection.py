@@ -313,8 +313,8 @@ class Connection:
                 if event.reason == DisconnectReason.PING_TIMEOUT and self._nonblocking is not None:
                     # The peer sees the end now; the close itself (the bookkeeping) once
                     # every peer due now has seen it (they come in bursts).
-                    self._drop_silent_peer()
                     self.scheduler.call_after_pass(self._close_dropped)
+                    self._drop_silent_peer()
                     return
                 self.close(event.reason)
         if self.parser is not None and not self.namespaces and now >= self.connect_deadline:

@@ -152,6 +152,7 @@ async def test_a_wakeup_timer_fires_once_when_armed_and_can_be_rearmed(calls: _C
         os.fstat(fd)
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="timerfd: Linux only")
 async def test_the_scheduler_wakes_on_its_timer_with_the_real_clock(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
