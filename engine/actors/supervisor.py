@@ -127,8 +127,9 @@ class DeadlineScheduler:
                         target.on_deadline(now)
                     except Exception:
                         logger.exception("deadline handler of %r failed", target)
-                if self._after and not (heap and heap[0][0] <= (now := clock())):
-                    self._run_after_pass()  # (nothing more is due)
+            if self._after:  # nothing more is due: the jobs the handlers queued
+                self._run_after_pass()
+                continue  # (then what became due while they ran, before sleeping)
             # Rebuild when most entries are stale (counted as they go stale, not by
             # scanning the heap on every wakeup).
             if self._stale > 64 and self._stale * 2 > len(heap):
