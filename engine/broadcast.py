@@ -78,12 +78,9 @@ class Broadcaster:
     observe: Callable[[float], None] | None = attrs.field(default=None, init=False, kw_only=True)
     """Told how long each broadcast took to reach its recipients' outboxes on this node
     (set by the server while its metrics are on: ``roomcast_broadcast_seconds``)."""
-
-    @property
-    def records_client_events(self) -> bool:
-        """Whether a client's events are recorded (a log is on, and
-        ``record_client_events``)."""
-        return False
+    records_client_events: bool = attrs.field(default=False, init=False)
+    """Whether a client's events are recorded (a log is on, and
+    ``record_client_events``): fixed when the strategy is picked."""
 
     async def _deliver_now(
         self, ns: Namespace, packet: SioPacket, opts: BroadcastOptions, on_member: OnMember
@@ -137,6 +134,26 @@ class Broadcaster:
         Cancellation: the record may or may not be queued.
         """
         await trio.lowlevel.checkpoint()
+        return True
+
+    def record_nowait(
+        self,
+        kind: RecordKind,
+        namespace: str,
+        room: str = "",
+        sender: str | None = None,
+        event: str | None = None,
+        args: tuple[LogValue, ...] = (),
+    ) -> bool:
+        """``record_event`` for a record nobody waits for, without waiting: the hot path
+        of a client's event. Returns False when the record cannot be encoded (logged as
+        a warning, as ``record_event`` does).
+
+        Raises:
+            trio.WouldBlock: It would have to wait (a join or leave, which is durable
+                before it returns, or a full inbox): nothing was recorded, and
+                ``record_event`` records it.
+        """
         return True
 
     async def record_session(
@@ -227,10 +244,7 @@ class Recorded(Broadcaster):
     def __attrs_post_init__(self) -> None:
         if self.log is not None:
             self.log.on_batch_done = self._release
-
-    @property
-    def records_client_events(self) -> bool:
-        return self.log is not None and self.log_config.record_client_events
+        self.records_client_events = self.log is not None and self.log_config.record_client_events
 
     async def broadcast(
         self, ns: Namespace, packet: SioPacket, opts: BroadcastOptions, on_member: OnMember
@@ -439,28 +453,14 @@ class Recorded(Broadcaster):
         if log is None:
             await trio.lowlevel.checkpoint()
             return True
-        # A number in the server's sequence, done at once: nothing waits on its turn.
-        sequencer = self.sequencer
-        offset = sequencer.take()
-        sequencer.finish(offset)
         try:
-            # A join or leave is durable before it returns, as in the shared log: a
-            # client recovered after a crash must get back the rooms it was told it is
-            # in, even when no event of the room reached it before the crash.
-            if not (
-                (kind is RecordKind.JOIN or kind is RecordKind.LEAVE)
-                and log.config.fsync is not FsyncPolicy.NEVER
-            ):
-                try:
-                    log.append_fields_nowait(
-                        offset, self.wall_now(), namespace, room, kind, sender, event, args
-                    )
-                    return True
-                except trio.WouldBlock:
-                    pass  # the log's inbox is full: wait for room
+            return self.record_nowait(kind, namespace, room, sender, event, args)
+        except trio.WouldBlock:
+            pass  # a join or leave, or the log's inbox is full: wait
+        try:
             await log.append(
                 LogRecord(
-                    offset=offset,
+                    offset=self.sequencer.take_done(),
                     time=self.wall_now(),
                     namespace=namespace,
                     room=room,
@@ -476,6 +476,36 @@ class Recorded(Broadcaster):
             return False
         return True
 
+    def record_nowait(
+        self,
+        kind: RecordKind,
+        namespace: str,
+        room: str = "",
+        sender: str | None = None,
+        event: str | None = None,
+        args: tuple[LogValue, ...] = (),
+    ) -> bool:
+        log = self.log
+        if log is None:
+            return True
+        # A join or leave is durable before it returns, as in the shared log: a client
+        # recovered after a crash must get back the rooms it was told it is in, even
+        # when no event of the room reached it before the crash.
+        if (
+            kind is RecordKind.JOIN or kind is RecordKind.LEAVE
+        ) and log.config.fsync is not FsyncPolicy.NEVER:
+            raise trio.WouldBlock
+        try:
+            # A number in the server's sequence, done at once: nothing waits on its turn.
+            log.append_fields_nowait(
+                self.sequencer.take_done(), self.wall_now(), namespace, room, kind, sender,
+                event, args,
+            )  # fmt: skip
+        except LocalProtocolError as exc:
+            logger.warning("not logged (%s %s): %s", kind.name, namespace, exc)
+            return False
+        return True
+
 
 @attrs.define(eq=False, kw_only=True)
 class SharedRecorded(Broadcaster):
@@ -484,9 +514,8 @@ class SharedRecorded(Broadcaster):
 
     shared: ClusterLog
 
-    @property
-    def records_client_events(self) -> bool:
-        return self.log_config.record_client_events
+    def __attrs_post_init__(self) -> None:
+        self.records_client_events = self.log_config.record_client_events
 
     async def broadcast(
         self, ns: Namespace, packet: SioPacket, opts: BroadcastOptions, on_member: OnMember
@@ -530,6 +559,47 @@ class SharedRecorded(Broadcaster):
         event: str | None = None,
         args: tuple[LogValue, ...] = (),
     ) -> bool:
+        if kind is not RecordKind.JOIN and kind is not RecordKind.LEAVE:
+            recorded = self.record_nowait(kind, namespace, room, sender, event, args)
+            await trio.lowlevel.checkpoint()
+            return recorded
+        data = self._encode(kind, namespace, room, sender, event, args)
+        if data is None:
+            await trio.lowlevel.checkpoint()
+            return False
+        # In Redis before the join is done: what the member is sent next, from any
+        # node, comes after it in the log.
+        await self.shared.append(data)
+        return True
+
+    def record_nowait(
+        self,
+        kind: RecordKind,
+        namespace: str,
+        room: str = "",
+        sender: str | None = None,
+        event: str | None = None,
+        args: tuple[LogValue, ...] = (),
+    ) -> bool:
+        if kind is RecordKind.JOIN or kind is RecordKind.LEAVE:
+            raise trio.WouldBlock  # (in Redis before the join is done: record_event)
+        data = self._encode(kind, namespace, room, sender, event, args)
+        if data is None:
+            return False
+        self.shared.append_nowait(data)  # (what cannot be queued is counted there)
+        return True
+
+    def _encode(
+        self,
+        kind: RecordKind,
+        namespace: str,
+        room: str,
+        sender: str | None,
+        event: str | None,
+        args: tuple[LogValue, ...],
+    ) -> bytes | None:
+        """A record for the shared log (which numbers it), or None when it cannot be
+        encoded (logged)."""
         try:
             record = LogRecord(
                 offset=0,  # numbered by the shared log
@@ -542,19 +612,10 @@ class SharedRecorded(Broadcaster):
                 args=args,
                 epoch="",
             )
-            data = encode_records([record], max_record_bytes=self.log_config.max_record_bytes)
+            return encode_records([record], max_record_bytes=self.log_config.max_record_bytes)
         except LocalProtocolError as exc:
             logger.warning("not logged (%s %s): %s", kind.name, namespace, exc)
-            await trio.lowlevel.checkpoint()
-            return False
-        if kind in (RecordKind.JOIN, RecordKind.LEAVE):
-            # In Redis before the join is done: what the member is sent next, from any
-            # node, comes after it in the log.
-            await self.shared.append(data)
-            return True
-        self.shared.append_nowait(data)
-        await trio.lowlevel.checkpoint()
-        return True
+            return None
 
 
 def pick_broadcaster(

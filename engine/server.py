@@ -146,7 +146,8 @@ class Server:
     """How broadcasts are recorded and delivered (``engine/broadcast.py``): it owns the
     sequencer, the event log, the recovery store and the shared log; picked again when
     the settings or the log change."""
-    _wall_base: float | None = attrs.field(default=None, init=False)
+    _wall: tuple[float, Callable[[], float]] | None = attrs.field(default=None, init=False)
+    """What ``wall_now`` adds to the run's clock, and that clock's reading."""
     connections: dict[str, Connection] = attrs.field(factory=dict, init=False)
     _per_address: dict[str, int] = attrs.field(factory=dict, init=False)
     _connections: trio.Nursery | None = attrs.field(default=None, init=False)
@@ -594,9 +595,12 @@ class Server:
         ns = socket.namespace
         broadcaster = self.broadcaster
         if broadcaster.records_client_events:
-            await broadcaster.record_event(
-                RecordKind.MESSAGE, namespace, sender=socket.sid, event=name, args=args
-            )
+            try:
+                broadcaster.record_nowait(RecordKind.MESSAGE, namespace, "", socket.sid, name, args)
+            except trio.WouldBlock:  # the log's inbox is full: wait for room
+                await broadcaster.record_event(
+                    RecordKind.MESSAGE, namespace, sender=socket.sid, event=name, args=args
+                )
         if (
             ns.any_handlers
             or ns.packet_middlewares
@@ -783,9 +787,13 @@ class Server:
 
     def wall_now(self) -> float:
         """Wall-clock seconds, advancing with Trio's clock (a MockClock in tests too)."""
-        if self._wall_base is None:
-            self._wall_base = time.time() - trio.current_time()
-        return self._wall_base + trio.current_time()
+        wall = self._wall
+        if wall is None:
+            # The run's clock itself, read directly: every recorded event reads it.
+            clock_now = trio.lowlevel.current_clock().current_time
+            wall = self._wall = (time.time() - clock_now(), clock_now)
+        base, clock_now = wall
+        return base + clock_now()
 
     async def _rebuild_recovery(self, log: EventLog, store: RecoveryStore) -> None:
         """Refill the recovery store from the log's current epoch, so a client that was

@@ -55,6 +55,7 @@ HEADER_BYTES: Final = 8
 """Size of the frame header: body length and body checksum, each a big-endian uint32."""
 
 _HEADER: Final = struct.Struct(">II")
+_HEADER_PACK: Final = _HEADER.pack
 _packb: Final = msgpack.packb
 _fast_pack: Callable[[object], bytes] | None
 # What msgspec's encoder raises on what it refuses (a str subclass, a cycle).
@@ -272,19 +273,8 @@ def _check_fields(
     event: object,
     epoch: object,
 ) -> None:
-    """Raise `_InvalidRecord` unless the scalar fields have their declared types."""
-    if (
-        type(offset) is int
-        and 0 <= offset <= _MAX_OFFSET
-        and type(time) is float
-        and -math.inf < time < math.inf  # (False for NaN too)
-        and type(namespace) is str
-        and type(room) is str
-        and type(epoch) is str
-        and (sender is None or type(sender) is str)
-        and (event is None or type(event) is str)
-    ):
-        return  # the common case, in one expression; the checks below say what is wrong
+    """Raise `_InvalidRecord` unless the scalar fields have their declared types (str
+    subclasses pass)."""
     if type(offset) is not int:
         raise _InvalidRecord(f"offset is a {type(offset).__name__}, not an int")
     if not 0 <= offset <= _MAX_OFFSET:
@@ -298,9 +288,10 @@ def _check_fields(
         for name, value in (("namespace", namespace), ("room", room), ("epoch", epoch)):
             if not isinstance(value, str):
                 raise _InvalidRecord(f"{name} is a {type(value).__name__}, not a str")
-    for name, value in (("sender", sender), ("event", event)):
-        if value is not None and type(value) is not str and not isinstance(value, str):
-            raise _InvalidRecord(f"{name} is a {type(value).__name__}, not a str or None")
+    if sender is not None and not isinstance(sender, str):
+        raise _InvalidRecord(f"sender is a {type(sender).__name__}, not a str or None")
+    if event is not None and not isinstance(event, str):
+        raise _InvalidRecord(f"event is a {type(event).__name__}, not a str or None")
 
 
 def _check_exclude(exclude: Iterable[object]) -> None:
@@ -371,38 +362,65 @@ def encode_record_fields(
     if max_record_bytes != DEFAULT_MAX_RECORD_BYTES:
         _check_max_record_bytes(max_record_bytes)
     try:
-        _check_fields(offset, time, namespace, room, sender, event, epoch)
-        if type(kind) is not RecordKind:
-            raise _InvalidRecord(f"kind {kind!r} is not a RecordKind")
-        if exclude:
+        # The common record passes one expression; anything else gets the checks that
+        # say what is wrong (and accept the str subclasses the expression does not).
+        if not (
+            type(offset) is int
+            and 0 <= offset <= _MAX_OFFSET
+            and type(time) is float
+            and -math.inf < time < math.inf  # (False for NaN too)
+            and type(namespace) is str
+            and type(room) is str
+            and type(epoch) is str
+            and (sender is None or type(sender) is str)
+            and (event is None or type(event) is str)
+            and type(kind) is RecordKind
+            and not exclude
+        ):
+            _check_fields(offset, time, namespace, room, sender, event, epoch)
+            if type(kind) is not RecordKind:
+                raise _InvalidRecord(f"kind {kind!r} is not a RecordKind")
             _check_exclude(exclude)
         # Pack before walking the arguments: the packer bounds recursion itself, so a
         # cyclic argument fails here instead of sending the walk round forever.
         fields = [SCHEMA_VERSION, offset, time, namespace, room, int(kind), sender, event,
                   args, epoch, exclude]  # fmt: skip
-        body: bytes | None = None
         if _fast_pack is not None:
             # What msgspec refuses (a str subclass, a cycle), or packs but is no LogValue
-            # (a set), goes the msgpack way below: it accepts and refuses as without it.
+            # (a set), goes the msgpack way: it accepts and refuses as without it.
             try:
                 body = _fast_pack(fields)
                 _check_args(args)
             except _FAST_PACK_REFUSALS:
-                body = None
-        if body is None:
-            try:
-                body = _packb(fields, use_bin_type=True) if packer is None else packer.pack(fields)
-            except (TypeError, ValueError, OverflowError) as exc:
-                raise _InvalidRecord(f"arguments cannot be packed: {exc}") from exc
-            _check_args(args)
+                body = _slow_pack(fields, args, packer)
+        else:
+            body = _slow_pack(fields, args, packer)
     except _InvalidRecord as exc:
         raise LocalProtocolError(f"cannot encode log record: {exc.detail}") from None
-    if len(body) > max_record_bytes:
+    size = len(body)
+    if size > max_record_bytes:
         raise LocalProtocolError(
-            f"cannot encode log record: body is {len(body)} bytes,"
+            f"cannot encode log record: body is {size} bytes,"
             f" over max_record_bytes={max_record_bytes}"
         )
-    return _HEADER.pack(len(body), _crc32(body)) + body
+    return _HEADER_PACK(size, _crc32(body)) + body
+
+
+def _slow_pack(
+    fields: list[object], args: Sequence[object], packer: msgpack.Packer | None
+) -> bytes:
+    """A record's body packed by msgpack (``packer`` if given), then its arguments
+    checked.
+
+    Raises:
+        _InvalidRecord: The arguments cannot be packed, or are not `LogValue`s.
+    """
+    try:
+        body: bytes = _packb(fields, use_bin_type=True) if packer is None else packer.pack(fields)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise _InvalidRecord(f"arguments cannot be packed: {exc}") from exc
+    _check_args(args)
+    return body
 
 
 def _decode_body(body: bytes) -> LogRecord:

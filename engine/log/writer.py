@@ -674,21 +674,24 @@ class EventLog:
         """
         if self._failure is not None or self._closing:
             self._check_open()
-        frames = self._frames
-        if len(frames) >= self.config.inbox_size:
+        frames, config = self._frames, self.config
+        queued = len(frames)
+        if queued >= config.inbox_size:
             self._kick()
             raise trio.WouldBlock
         epoch = self.repair_report.epoch
-        frame = encode_record_fields(
-            offset, time, namespace, room, kind, sender, event, args, epoch, exclude,
-            max_record_bytes=self.config.max_record_bytes, packer=self._packer,
+        frames.append(
+            encode_record_fields(
+                offset, time, namespace, room, kind, sender, event, args, epoch, exclude,
+                max_record_bytes=config.max_record_bytes, packer=self._packer,
+            )
         )  # fmt: skip
-        frames.append(frame)
         self._keys.append(((offset, time, namespace, room, kind, epoch),))
-        offsets = self._last_offsets
-        if offset > offsets.get((namespace, room), -1):
-            offsets[(namespace, room)] = offset
-        self._lazy_queued()
+        offsets, key = self._last_offsets, (namespace, room)
+        if offset > offsets.get(key, -1):
+            offsets[key] = offset
+        if queued + 1 >= self._kick_at or self._lazy_deadline == math.inf:
+            self._lazy_queued()
 
     async def submit(
         self, records: Sequence[LogRecord], done: Callable[[LogError | None], None]

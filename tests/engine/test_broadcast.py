@@ -5,8 +5,9 @@ batch at a time, each recipient written once per batch and in the order the serv
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
 import trio
@@ -17,11 +18,17 @@ from roomcast.engine.actors.outbox import Outbox
 from roomcast.engine.adapters.base import BroadcastOptions
 from roomcast.engine.broadcast import Recorded, Unrecorded
 from roomcast.engine.history import join_with_history
-from roomcast.engine.log import LogConfig, LogWriteError, open_event_log
+from roomcast.engine.log import (
+    EventLog,
+    LogConfig,
+    LogWriteError,
+    iter_records,
+    open_event_log,
+)
 from roomcast.engine.recovery import RecoveryConfig
 from roomcast.engine.testing import open_harness
 from roomcast.engine.transport.frames import OutFrame, SharedFrame
-from roomcast.protocol import Event, JsonValue
+from roomcast.protocol import Event, JsonValue, RecordKind
 
 from .log_helpers import FailingIO, GatedIO
 
@@ -416,3 +423,83 @@ async def test_a_broadcast_cancelled_waiting_for_the_logs_inbox_is_withdrawn_in_
         assert [json.loads(f[2:])[1] for f in sent[:2]] == ["first", "second"]
         assert sent[2:] == ["43[]"]  # not stuck behind the withdrawn one
         assert server.sequencer.done == server.sequencer.last
+
+
+async def test_a_record_nobody_waits_for_is_queued_without_waiting(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = log_server(tmp_path / "log")
+    async with server.running():
+        broadcaster, log = server.broadcaster, server.log
+        assert log is not None
+        before = server.sequencer.last
+        assert broadcaster.record_nowait(RecordKind.MESSAGE, "/", "", "sid-1", "m", ("a", 1))
+        assert server.sequencer.done == server.sequencer.last == before + 1
+        # What the log cannot hold is left out with a warning, as ``record_event`` does.
+        assert not broadcaster.record_nowait(RecordKind.MESSAGE, "/", "", "sid-1", "m", ({1},))  # type: ignore[arg-type]
+        assert "not logged (MESSAGE /)" in caplog.text
+        # A join must be durable before it returns: only ``record_event`` records it.
+        with pytest.raises(trio.WouldBlock):
+            broadcaster.record_nowait(RecordKind.JOIN, "/", "r", "sid-1")
+        await log.flush()
+    records = [r for r in iter_records(tmp_path / "log") if r.namespace == "/"]
+    assert [(r.kind, r.sender, r.event, r.args) for r in records] == [
+        (RecordKind.MESSAGE, "sid-1", "m", ("a", 1))
+    ]
+    assert records[0].offset == before + 1
+
+
+async def test_a_record_that_must_wait_goes_the_waiting_way(tmp_path: Path) -> None:
+    server = Server()
+    config = LogConfig(directory=tmp_path / "log", fsync="always", inbox_size=1)
+    io = GatedIO()
+    async with server.running(), open_event_log(config, io=io) as log:
+        recorded = Recorded(
+            sequencer=server.sequencer, wall_now=server.wall_now, log_config=config, log=log
+        )
+        io.blocked = True  # the next sync waits for the gate: the inbox fills up
+        assert recorded.record_nowait(RecordKind.MESSAGE, "/", "", "s", "first")
+        await trio.to_thread.run_sync(io.entered.wait)  # the writer syncs "first"
+        assert recorded.record_nowait(RecordKind.MESSAGE, "/", "", "s", "second")  # queued
+        with pytest.raises(trio.WouldBlock):  # no room: nothing is recorded
+            recorded.record_nowait(RecordKind.MESSAGE, "/", "", "s", "third")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                partial(recorded.record_event, RecordKind.MESSAGE, "/", sender="s", event="third")
+            )
+            await trio.testing.wait_all_tasks_blocked()
+            io.blocked = False
+            io.gate.set()
+        await log.flush()
+    events = [r.event for r in iter_records(tmp_path / "log") if r.namespace == "/"]
+    assert events == ["first", "second", "third"]
+
+
+async def test_a_client_event_the_log_cannot_take_at_once_waits_and_is_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = log_server(tmp_path / "log")
+
+    @server.on("echo")
+    async def echo(socket: Socket, value: JsonValue) -> tuple[JsonValue, ...]:
+        return (value,)
+
+    async with server.running(), open_harness(server) as harness:
+        client = await harness.connect()
+        log = server.log
+        assert log is not None
+        take = EventLog.append_fields_nowait
+        refused: list[object] = []
+
+        def full_once(self: EventLog, *fields: Any) -> None:
+            if not refused:
+                refused.append(fields)
+                raise trio.WouldBlock  # (as when the inbox is full)
+            take(self, *fields)
+
+        monkeypatch.setattr(EventLog, "append_fields_nowait", full_once)
+        assert await client.call("echo", "x") == ("x",)
+        assert refused
+        await log.flush()
+    records = [r for r in iter_records(tmp_path / "log") if r.kind is RecordKind.MESSAGE]
+    assert [(r.event, r.args) for r in records] == [("echo", ("x",))]

@@ -61,3 +61,17 @@ def test_numbers_finished_in_order_advance_at_once() -> None:
     assert sequencer.done == 12
     sequencer.finish(13)
     assert sequencer.done == 13
+
+
+def test_a_number_taken_done_waits_for_nothing_and_holds_nothing_up() -> None:
+    sequencer = Sequencer(last=10, done=10)
+    assert sequencer.take_done() == 11  # nothing pending: done at once
+    assert sequencer.done == 11
+    pending = sequencer.take()
+    assert sequencer.take_done() == 13  # finished, but behind the pending 12
+    assert sequencer.done == 11
+    turns: list[int] = []
+    sequencer.when_turn(14, lambda: turns.append(14))
+    sequencer.finish(pending)
+    assert sequencer.done == 13
+    assert turns == [14]  # the number after it got its turn
