@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -23,7 +24,14 @@ from roomcast.engine.log import (
     open_event_log,
     verify_log,
 )
-from roomcast.engine.log.segment import list_segments, read_state, read_summary
+from roomcast.engine.log.segment import (
+    SummaryBuilder,
+    iter_segment,
+    list_segments,
+    read_state,
+    read_summary,
+    segment_path,
+)
 from roomcast.protocol import LocalProtocolError, LogValue, RecordKind
 
 from .log_helpers import T0, GatedIO, offsets, record
@@ -431,6 +439,48 @@ async def test_segments_roll_at_size_with_summaries(tmp_path: Path) -> None:
     assert state is not None
     assert (state.first_segment, state.last_segment) == (1, numbers[-1])
     assert verify_log(directory).ok
+
+
+async def test_summaries_count_batches_of_many_rooms_kinds_and_times(tmp_path: Path) -> None:
+    # The writer sums a batch up at once (one pass per part of the summary) and a reader
+    # record by record (verify_log rebuilds every sealed segment's summary): they agree,
+    # for batches in one place and in several, with times out of order.
+    directory = tmp_path / "log"
+    async with open_event_log(
+        config(tmp_path, fsync="never", segment_bytes=2000, retention_bytes=None),
+        record_start=False,
+    ) as log:
+        offset = 0
+        for round_ in range(30):
+            for _ in range(5):  # a client's events: the lobby only
+                offset += 1
+                log.append_fields_nowait(
+                    offset, T0 + 100 - offset, "/", "", RecordKind.MESSAGE, "sid", "m", ("x",)
+                )
+            if round_ % 2:  # a broadcast's records for two rooms, and a join elsewhere
+                offset += 1
+                await log.append_all(
+                    [record(offset, room="a"), record(offset, room="b", time=T0 + offset)]
+                )
+                offset += 1
+                log.append_fields_nowait(offset, T0, "/chat", "c", RecordKind.JOIN, "sid")
+            await log.flush()
+    assert verify_log(directory).ok
+    sealed = list_segments(directory)[:-1]
+    assert len(sealed) > 3
+    for number in sealed:
+        rebuilt = SummaryBuilder()
+        with segment_path(directory, number).open("rb") as file:
+            items = list(iter_segment(file, number, max_record_bytes=1 << 20))
+        records = [item[1] for item in items if isinstance(item, tuple)]
+        assert len(records) == len(items)  # (no damage)
+        for record_ in records:
+            rebuilt.add(record_)
+        size = segment_path(directory, number).stat().st_size
+        summary = read_summary(directory, number)
+        assert summary == rebuilt.build(number, size)
+        assert summary.kinds == dict(Counter(r.kind.name.lower() for r in records))
+        assert summary.first_time == min(r.time for r in records)
 
 
 async def test_a_record_larger_than_a_segment_gets_one_alone(tmp_path: Path) -> None:
