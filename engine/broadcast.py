@@ -48,6 +48,10 @@ logger = logging.getLogger(__name__)
 
 OnMember = Callable[[str], None] | None
 
+# Joins and leaves: durable before they return (``record_event``). A set, not two
+# ``RecordKind.X`` lookups, which cost an enum attribute access each on every record.
+_MEMBERSHIP_KINDS = frozenset({RecordKind.JOIN, RecordKind.LEAVE})
+
 
 def _loggable(packet: SioPacket, opts: BroadcastOptions) -> bool:
     """Whether a broadcast is recorded: an event without an ack (acks cannot be replayed),
@@ -491,9 +495,7 @@ class Recorded(Broadcaster):
         # A join or leave is durable before it returns, as in the shared log: a client
         # recovered after a crash must get back the rooms it was told it is in, even
         # when no event of the room reached it before the crash.
-        if (
-            kind is RecordKind.JOIN or kind is RecordKind.LEAVE
-        ) and log.config.fsync is not FsyncPolicy.NEVER:
+        if (kind in _MEMBERSHIP_KINDS) and log.config.fsync is not FsyncPolicy.NEVER:
             raise trio.WouldBlock
         try:
             # A number in the server's sequence, done at once: nothing waits on its turn.
@@ -559,7 +561,7 @@ class SharedRecorded(Broadcaster):
         event: str | None = None,
         args: tuple[LogValue, ...] = (),
     ) -> bool:
-        if kind is not RecordKind.JOIN and kind is not RecordKind.LEAVE:
+        if kind not in _MEMBERSHIP_KINDS:
             recorded = self.record_nowait(kind, namespace, room, sender, event, args)
             await trio.lowlevel.checkpoint()
             return recorded
@@ -581,7 +583,7 @@ class SharedRecorded(Broadcaster):
         event: str | None = None,
         args: tuple[LogValue, ...] = (),
     ) -> bool:
-        if kind is RecordKind.JOIN or kind is RecordKind.LEAVE:
+        if kind in _MEMBERSHIP_KINDS:
             raise trio.WouldBlock  # (in Redis before the join is done: record_event)
         data = self._encode(kind, namespace, room, sender, event, args)
         if data is None:

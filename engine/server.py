@@ -68,6 +68,8 @@ __all__ = ["AdapterFactory", "Server"]
 
 logger = logging.getLogger(__name__)
 
+_MESSAGE = RecordKind.MESSAGE  # (read on every client event: an enum member lookup costs more)
+
 AdapterFactory = Callable[[str, Callable[..., None], Config], Adapter]
 
 
@@ -596,7 +598,7 @@ class Server:
         broadcaster = self.broadcaster
         if broadcaster.records_client_events:
             try:
-                broadcaster.record_nowait(RecordKind.MESSAGE, namespace, "", socket.sid, name, args)
+                broadcaster.record_nowait(_MESSAGE, namespace, "", socket.sid, name, args)
             except trio.WouldBlock:  # the log's inbox is full: wait for room
                 await broadcaster.record_event(
                     RecordKind.MESSAGE, namespace, sender=socket.sid, event=name, args=args
