@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -84,24 +85,37 @@ def _env_seconds(name: str, default_ms: int) -> float:
     return int(os.environ.get(name, str(default_ms))) / 1000
 
 
-def _log_config() -> LogConfig:
+def _log_config() -> tuple[LogConfig, str | None]:
     """The event log from $ROOMCAST_LOG: ``off``, or an fsync policy (``always``,
-    ``interval``: the default, ``never``), in $ROOMCAST_LOG_DIR (a fresh temporary
-    directory by default, so runs do not share a log)."""
+    ``interval``: the default, ``never``), in $ROOMCAST_LOG_DIR, or else in a fresh
+    temporary directory (returned too: the process deletes it when it exits, so runs
+    neither share a log nor leave one behind)."""
     policy = os.environ.get("ROOMCAST_LOG", "interval")
     if policy == "off":
-        return LogConfig(enabled=False)
-    directory = os.environ.get("ROOMCAST_LOG_DIR") or tempfile.mkdtemp(prefix="roomcast-bench-")
-    return LogConfig(directory=directory, fsync=policy)
+        return LogConfig(enabled=False), None
+    directory = os.environ.get("ROOMCAST_LOG_DIR")
+    scratch = None
+    if not directory:
+        directory = scratch = tempfile.mkdtemp(prefix="roomcast-bench-")
+    return LogConfig(directory=directory, fsync=policy), scratch
 
 
 def main() -> None:
     """Serve the contract until SIGTERM/SIGINT."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+    log, scratch = _log_config()
+    try:
+        _serve(log)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _serve(log: LogConfig) -> None:
     config = Config(
         ping_interval=_env_seconds("PING_INTERVAL_MS", 25_000),
         ping_timeout=_env_seconds("PING_TIMEOUT_MS", 20_000),
-        log=_log_config(),
+        log=log,
         # $ROOMCAST_METRICS=1: Prometheus metrics on (their cost, docs/benchmarks.md).
         metrics=os.environ.get("ROOMCAST_METRICS") == "1",
     )
