@@ -495,7 +495,7 @@ class Recorded(Broadcaster):
         # A join or leave is durable before it returns, as in the shared log: a client
         # recovered after a crash must get back the rooms it was told it is in, even
         # when no event of the room reached it before the crash.
-        if (kind in _MEMBERSHIP_KINDS) and log.config.fsync is not FsyncPolicy.NEVER:
+        if kind in _MEMBERSHIP_KINDS and log.config.fsync is not FsyncPolicy.NEVER:
             raise trio.WouldBlock
         try:
             # A number in the server's sequence, done at once: nothing waits on its turn.

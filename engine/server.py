@@ -601,7 +601,7 @@ class Server:
                 broadcaster.record_nowait(_MESSAGE, namespace, "", socket.sid, name, args)
             except trio.WouldBlock:  # the log's inbox is full: wait for room
                 await broadcaster.record_event(
-                    RecordKind.MESSAGE, namespace, sender=socket.sid, event=name, args=args
+                    _MESSAGE, namespace, sender=socket.sid, event=name, args=args
                 )
         if (
             ns.any_handlers

@@ -690,8 +690,7 @@ class EventLog:
         offsets, key = self._last_offsets, (namespace, room)
         if offset > offsets.get(key, -1):
             offsets[key] = offset
-        if queued + 1 >= self._kick_at or self._lazy_deadline == math.inf:
-            self._lazy_queued()
+        self._lazy_queued()
 
     async def submit(
         self, records: Sequence[LogRecord], done: Callable[[LogError | None], None]

@@ -442,9 +442,9 @@ async def test_segments_roll_at_size_with_summaries(tmp_path: Path) -> None:
 
 
 async def test_summaries_count_batches_of_many_rooms_kinds_and_times(tmp_path: Path) -> None:
-    # The writer sums a batch up at once (one pass per part of the summary) and a reader
-    # record by record (verify_log rebuilds every sealed segment's summary): they agree,
-    # for batches in one place and in several, with times out of order.
+    # The writer sums a batch up at once (one pass per part of the summary); here every
+    # sealed segment's summary is rebuilt record by record from what the segment holds:
+    # they agree, for batches in one place and in several, with times out of order.
     directory = tmp_path / "log"
     async with open_event_log(
         config(tmp_path, fsync="never", segment_bytes=2000, retention_bytes=None),
