@@ -47,6 +47,7 @@ from roomcast.protocol._log import (
     CorruptRecordError,
     LogRecord,
     LogValue,
+    RecordEncoder,
     RecordKind,
     RecordReader,
     ScanResult,
@@ -55,6 +56,7 @@ from roomcast.protocol._log import (
     decode_record,
     encode_record,
     encode_record_fields,
+    record_encoder,
     scan,
 )
 from roomcast.protocol._reasons import DisconnectReason
@@ -125,6 +127,7 @@ __all__ = [
     "Parser",
     "ProtocolError",
     "RESERVED_EVENTS",
+    "RecordEncoder",
     "RecordKind",
     "RecordReader",
     "RemoteProtocolError",
@@ -155,5 +158,6 @@ __all__ = [
     "encode_record",
     "encode_record_fields",
     "encode_ws_frame",
+    "record_encoder",
     "scan",
 ]

@@ -40,7 +40,14 @@ from roomcast.engine.log.segment import (
     write_state,
     write_summary,
 )
-from roomcast.protocol import LogRecord, LogValue, RecordKind, encode_record_fields
+from roomcast.protocol import (
+    LogRecord,
+    LogValue,
+    RecordEncoder,
+    RecordKind,
+    encode_record_fields,
+    record_encoder,
+)
 
 __all__ = ["EventLog", "LogIO", "LogStatistics", "open_event_log"]
 
@@ -424,10 +431,15 @@ class EventLog:
         factory=lambda: msgpack.Packer(use_bin_type=True), init=False
     )
     """Encodes the records appended (from the event loop only)."""
+    _encode_record: RecordEncoder = attrs.field(init=False)
+    """Encodes a record with the log's epoch and bound (and ``_packer``)."""
 
     def __attrs_post_init__(self) -> None:
         config = self.config
         self._kick_at = 1 if config.fsync is FsyncPolicy.ALWAYS else config.max_batch
+        self._encode_record = record_encoder(
+            self.repair_report.epoch, max_record_bytes=config.max_record_bytes, packer=self._packer
+        )
 
     # -- reading the state --------------------------------------------------------------
 
@@ -518,10 +530,13 @@ class EventLog:
             LocalProtocolError: The record cannot be encoded.
         """
         epoch = self.repair_report.epoch
-        frame = encode_record_fields(
-            offset, time, namespace, room, kind, sender, event, args, epoch, exclude,
-            max_record_bytes=self.config.max_record_bytes, packer=self._packer,
-        )  # fmt: skip
+        if exclude:
+            frame = encode_record_fields(
+                offset, time, namespace, room, kind, sender, event, args, epoch, exclude,
+                max_record_bytes=self.config.max_record_bytes, packer=self._packer,
+            )  # fmt: skip
+        else:
+            frame = self._encode_record(offset, time, namespace, room, kind, sender, event, args)
         return frame, (offset, time, namespace, room, kind, epoch)
 
     def _stored(self, record: LogRecord) -> LogRecord:
@@ -674,19 +689,21 @@ class EventLog:
         """
         if self._failure is not None or self._closing:
             self._check_open()
-        frames, config = self._frames, self.config
-        queued = len(frames)
-        if queued >= config.inbox_size:
+        frames = self._frames
+        if len(frames) >= self.config.inbox_size:
             self._kick()
             raise trio.WouldBlock
-        epoch = self.repair_report.epoch
-        frames.append(
-            encode_record_fields(
-                offset, time, namespace, room, kind, sender, event, args, epoch, exclude,
-                max_record_bytes=config.max_record_bytes, packer=self._packer,
+        if exclude:
+            frame, record_key = self._encode(
+                offset, time, namespace, room, kind, sender, event, args, exclude
             )
-        )  # fmt: skip
-        self._keys.append(((offset, time, namespace, room, kind, epoch),))
+            frames.append(frame)
+            self._keys.append((record_key,))
+        else:
+            frames.append(
+                self._encode_record(offset, time, namespace, room, kind, sender, event, args)
+            )
+            self._keys.append(((offset, time, namespace, room, kind, self.repair_report.epoch),))
         offsets, key = self._last_offsets, (namespace, room)
         if offset > offsets.get(key, -1):
             offsets[key] = offset

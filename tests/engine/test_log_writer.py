@@ -133,6 +133,23 @@ async def test_record_epoch_is_replaced_by_the_logs(tmp_path: Path) -> None:
         assert log.append_nowait(record(2)).epoch == log.epoch
 
 
+async def test_append_nowait_stores_every_field(tmp_path: Path) -> None:
+    """A record with ``exclude`` and one without (the common record, which the log's
+    own encoder packs) read back as appended, with the log's epoch, in order; one the
+    log cannot store is refused and queues nothing."""
+    plain = attrs.evolve(record(1, sender="sid-1", args=("hi", 2, None)), exclude=())
+    excluding = attrs.evolve(record(2, args=({"k": [1.5]},)), exclude=("sid-2", "sid-3"))
+    async with open_event_log(config(tmp_path), record_start=False, record_stop=False) as log:
+        log.append_nowait(plain)
+        with pytest.raises(LocalProtocolError, match="argument of type bytearray"):
+            log.append_nowait(record(3, args=(bytearray(b"x"),)))  # type: ignore[arg-type]  # the error under test
+        log.append_nowait(excluding)
+        assert log.statistics().queued == 2
+        epoch = log.epoch
+    stored = [r for r in iter_records(tmp_path / "log") if r.namespace]
+    assert stored == [attrs.evolve(plain, epoch=epoch), attrs.evolve(excluding, epoch=epoch)]
+
+
 async def test_group_commit_batches_concurrent_appends(tmp_path: Path) -> None:
     """With fsync=always, appends that queue while a sync runs share the next one."""
     with trio.fail_after(20):

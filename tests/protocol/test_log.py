@@ -33,6 +33,7 @@ from roomcast.protocol._log import (
     decode_record,
     encode_record,
     encode_record_fields,
+    record_encoder,
     scan,
 )
 
@@ -378,6 +379,105 @@ def test_encode_rejects_invalid_values_inside_flat_maps_and_lists(
             fields_of(make_record(**changes), packer)
     # A packer that failed half-way is reset: the next record encodes as it should.
     assert fields_of(make_record(), PACKER) == encode_record(make_record())
+
+
+# --- record_encoder: encode_record_fields with the epoch and bound fixed --------------------
+
+
+def by_encoder(record: LogRecord, *, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> bytes:
+    encode = record_encoder(record.epoch, max_record_bytes=max_record_bytes, packer=PACKER)
+    return encode(
+        record.offset, record.time, record.namespace, record.room, record.kind,
+        record.sender, record.event, record.args,
+    )  # fmt: skip
+
+
+def encoder_outcome(record: LogRecord, *, fast: bool) -> tuple[str, object]:
+    """What the encoder gives for ``record`` (made with msgspec's packer allowed or not)."""
+    saved = _log._fast_pack
+    if not fast:
+        _log._fast_pack = None
+    try:
+        return "bytes", by_encoder(record)
+    except LocalProtocolError as exc:
+        return "error", str(exc)
+    finally:
+        _log._fast_pack = saved
+
+
+def fields_outcome(record: LogRecord) -> tuple[str, object]:
+    try:
+        return "bytes", fields_of(record, None)
+    except LocalProtocolError as exc:
+        return "error", str(exc)
+
+
+@FAST
+@given(record=log_records)
+def test_record_encoder_gives_the_same_bytes(record: LogRecord) -> None:
+    assert by_encoder(record) == encode_record(record)
+    assert encoder_outcome(record, fast=False) == ("bytes", encode_record(record))
+
+
+@FAST
+@given(args=st.lists(log_values | odd_values | odd_values.map(lambda v: [v]), max_size=3))
+def test_record_encoder_accepts_and_refuses_as_encode_record_fields(args: list[object]) -> None:
+    """Odd arguments (subclasses, enums, numbers beyond 64 bits, what is no LogValue):
+    the same bytes or the same error, with msgspec's packer and without it."""
+    record = make_record(args=tuple(args), exclude=())
+    expected = fields_outcome(record)
+    assert encoder_outcome(record, fast=True) == expected
+    assert encoder_outcome(record, fast=False) == expected
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"offset": -1},
+        {"offset": 2**63},
+        {"offset": True},
+        {"time": math.nan},
+        {"time": -math.inf},
+        {"time": 1},
+        {"namespace": Text("/")},
+        {"room": None},
+        {"sender": 5},
+        {"sender": Text("sid")},
+        {"event": b"x"},
+        {"kind": 7},
+        {"kind": Color.RED},
+        {"args": (2**64,)},
+        {"args": (-(2**63) - 1,)},
+        {"args": ("\ud800",)},
+        {"args": (Text("x"),)},
+        {"args": (msgpack.ExtType(1, b"x"),)},
+        {"args": (bytearray(b"x"),)},
+        {"args": ({"k": {1, 2}},)},
+    ],
+)
+def test_record_encoder_takes_every_odd_field_the_detailed_way(changes: dict[str, object]) -> None:
+    """A field the one-expression check does not pass goes to `encode_record_fields`,
+    which accepts it (a str subclass) or says what is wrong with it, as it would."""
+    record = make_record(**{"exclude": (), **changes})
+    outcome = encoder_outcome(record, fast=True)
+    assert outcome == fields_outcome(record)
+    assert outcome == encoder_outcome(record, fast=False)
+
+
+def test_record_encoder_checks_its_epoch_and_bound_once() -> None:
+    with pytest.raises(LocalProtocolError, match="epoch is a bytes"):
+        record_encoder(b"ep")  # type: ignore[arg-type]  # the error under test
+    for bad in (0, 2**32):
+        with pytest.raises(ValueError, match="max_record_bytes"):
+            record_encoder("ep", max_record_bytes=bad)
+
+
+def test_record_encoder_enforces_max_record_bytes() -> None:
+    record = make_record(args=("x" * 1000,), exclude=())
+    size = len(encode_record(record)) - HEADER_BYTES
+    assert by_encoder(record, max_record_bytes=size) == encode_record(record)
+    with pytest.raises(LocalProtocolError, match=f"body is {size} bytes"):
+        by_encoder(record, max_record_bytes=size - 1)
 
 
 def nested(depth: int) -> LogValue:
