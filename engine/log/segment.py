@@ -22,8 +22,7 @@ import re
 import struct
 import zlib
 from collections import Counter
-from collections.abc import Generator, Iterable, Iterator
-from itertools import chain
+from collections.abc import Generator, Iterator, Sequence
 from operator import itemgetter
 from pathlib import Path
 from typing import IO, Final, Literal, TypeAlias
@@ -87,13 +86,12 @@ _KIND_NAMES: Final = {kind: kind.name.lower() for kind in RecordKind}
 # The parts of a `RecordKey`, for `SummaryBuilder.add_keys`.
 _KEY_OFFSET: Final = itemgetter(0)
 _KEY_TIME: Final = itemgetter(1)
-_KEY_PLACE: Final = itemgetter(2, 3)
-_KEY_KIND: Final = itemgetter(4)
-_KEY_EPOCH: Final = itemgetter(5)
+_KEY_PLACE: Final = itemgetter(2)
+_KEY_KIND: Final = itemgetter(3)
 
-RecordKey: TypeAlias = tuple[int, float, str, str, RecordKind, str]
-"""What a segment's summary needs of a record: offset, time, namespace, room, kind and
-epoch (`SummaryBuilder.add_keys`)."""
+RecordKey: TypeAlias = tuple[int, float, tuple[str, str], RecordKind]
+"""What a segment's summary needs of a record besides its epoch: offset, time, place
+(namespace, room) and kind (`SummaryBuilder.add_keys`)."""
 
 DamageKind: TypeAlias = Literal["torn", "corrupt", "unsupported"]
 
@@ -594,19 +592,17 @@ class SummaryBuilder:
 
     def add(self, record: LogRecord) -> None:
         """Count one record."""
-        key = (record.offset, record.time, record.namespace, record.room, record.kind,
-               record.epoch)  # fmt: skip
-        self.add_keys([(key,)])
+        key = (record.offset, record.time, (record.namespace, record.room), record.kind)
+        self.add_keys([key], record.epoch)
 
-    def add_keys(self, groups: Iterable[tuple[RecordKey, ...]]) -> int:
-        """Count records given by what a summary needs of them (the writer keeps only
-        that of the records it writes: one group per append); return how many.
+    def add_keys(self, keys: Sequence[RecordKey], epoch: str) -> int:
+        """Count records of ``epoch`` given by what a summary needs of them (the writer
+        keeps only that of the records it writes); return how many.
 
         Each part of the summary is one pass in C over the keys (``map``, ``min``,
         ``Counter``): a batch of a thousand records costs no Python loop over them,
         unless they are in several rooms (then the room spans take one).
         """
-        keys = list(chain.from_iterable(groups))
         if not keys:
             return 0
         times = list(map(_KEY_TIME, keys))
@@ -615,10 +611,8 @@ class SummaryBuilder:
             self.first_time = first
         if self.last_time is None or last > self.last_time:
             self.last_time = last
-        epochs = self.epochs
-        for epoch in dict.fromkeys(map(_KEY_EPOCH, keys)):  # (in order of appearance)
-            if epoch not in epochs:
-                epochs.append(epoch)
+        if epoch not in self.epochs:
+            self.epochs.append(epoch)
         kinds = self.kinds
         for kind, count in Counter(map(_KEY_KIND, keys)).items():
             name = _KIND_NAMES[kind]
@@ -628,8 +622,8 @@ class SummaryBuilder:
             offsets = list(map(_KEY_OFFSET, keys))
             self._span(next(iter(places)), min(offsets), max(offsets), len(offsets))
         else:
-            for offset, _, namespace, room, _, _ in keys:
-                self._span((namespace, room), offset, offset, 1)
+            for offset, _, place, _ in keys:
+                self._span(place, offset, offset, 1)
         self.records += len(keys)
         return len(keys)
 

@@ -158,11 +158,12 @@ class _Files:
         return self.since is not None and self.clock() - self.since > age
 
     def write_batch(
-        self, keys: list[tuple[RecordKey, ...]], frames: list[bytes], sync: bool
+        self, keys: list[RecordKey], counts: list[int], frames: list[bytes], sync: bool
     ) -> None:
         """Append ``frames`` (rolling segments as needed), then sync if ``sync``.
-        ``frames[i]`` holds the encoded records of one append, ``keys[i]`` what the
-        summary needs of them (they are written together: a segment never splits them).
+        ``frames[i]`` holds the encoded records of one append, ``counts[i]`` how many
+        (they are written together: a segment never splits them), and ``keys`` what the
+        summary needs of every record, in order.
 
         Raises:
             OSError: A write, sync or roll failed. A partly written chunk was cut off
@@ -180,7 +181,12 @@ class _Files:
             if self.size == 0:
                 self.since = self.clock()
             self._write(b"".join(frames[start:end]))
-            self.records_written += self.builder.add_keys(keys[start:end])
+            if start == 0 and end == count:
+                written = keys
+            else:
+                first = sum(counts[:start])
+                written = keys[first : first + sum(counts[start:end])]
+            self.records_written += self.builder.add_keys(written, self.state.epoch)
             start = end
         if frames:
             self.batches += 1
@@ -334,7 +340,9 @@ class _Batch:
     """What the writer took from the inbox in one round."""
 
     frames: list[bytes]
-    keys: list[tuple[RecordKey, ...]]
+    keys: list[RecordKey]
+    counts: list[int]
+    """How many records each frame holds."""
     marks: list[_Mark]
     """The ``done`` of every append taken (and of every flush before the last of them)."""
     ended: bool
@@ -396,12 +404,13 @@ class EventLog:
     _files: _Files
     _clock: Callable[[], float]
     _last_offsets: dict[tuple[str, str], int]
-    # The inbox: the appends queued for the writer, oldest first (their frames, and what
-    # the segment's summary needs of their records), and the ``done`` of each that
-    # somebody waits for. Plain lists: an append nobody waits for (a client's event) is
-    # two list appends, and the writer swaps the lists out whole.
+    # The inbox: the appends queued for the writer, oldest first (their frames, how many
+    # records each holds, and what the segment's summary needs of every record), and the
+    # ``done`` of each that somebody waits for. Plain lists: an append nobody waits for (a
+    # client's event) is three list appends, and the writer swaps the lists out whole.
     _frames: list[bytes] = attrs.field(factory=list, init=False)
-    _keys: list[tuple[RecordKey, ...]] = attrs.field(factory=list, init=False)
+    _keys: list[RecordKey] = attrs.field(factory=list, init=False)
+    _counts: list[int] = attrs.field(factory=list, init=False)
     _marks: collections.deque[_Mark] = attrs.field(factory=collections.deque, init=False)
     _taken: int = attrs.field(default=0, init=False)
     """Appends the writer took since the log was opened (with those in the inbox: the
@@ -537,7 +546,7 @@ class EventLog:
             )  # fmt: skip
         else:
             frame = self._encode_record(offset, time, namespace, room, kind, sender, event, args)
-        return frame, (offset, time, namespace, room, kind, epoch)
+        return frame, (offset, time, (namespace, room), kind)
 
     def _stored(self, record: LogRecord) -> LogRecord:
         """``record`` as the log stores it: with the log's epoch."""
@@ -547,11 +556,12 @@ class EventLog:
     def _put(self, item: _Item) -> None:
         """Queue an append (there is room): it is accepted."""
         self._frames.append(item.frame)
-        self._keys.append(item.keys)
+        self._keys.extend(item.keys)
+        self._counts.append(len(item.keys))
         offsets = self._last_offsets
-        for offset, _, namespace, room, _, _ in item.keys:
-            if offset > offsets.get((namespace, room), -1):
-                offsets[(namespace, room)] = offset
+        for offset, _, place, _ in item.keys:
+            if offset > offsets.get(place, -1):
+                offsets[place] = offset
         if item.done is not None:
             self._marks.append(_Mark(self._taken + len(self._frames), item.done))
 
@@ -694,19 +704,19 @@ class EventLog:
             self._kick()
             raise trio.WouldBlock
         if exclude:
-            frame, record_key = self._encode(
+            frame, key = self._encode(
                 offset, time, namespace, room, kind, sender, event, args, exclude
             )
-            frames.append(frame)
-            self._keys.append((record_key,))
         else:
-            frames.append(
-                self._encode_record(offset, time, namespace, room, kind, sender, event, args)
-            )
-            self._keys.append(((offset, time, namespace, room, kind, self.repair_report.epoch),))
-        offsets, key = self._last_offsets, (namespace, room)
-        if offset > offsets.get(key, -1):
-            offsets[key] = offset
+            frame = self._encode_record(offset, time, namespace, room, kind, sender, event, args)
+            key = (offset, time, (namespace, room), kind)
+        frames.append(frame)
+        self._keys.append(key)
+        self._counts.append(1)
+        place = key[2]
+        offsets = self._last_offsets
+        if offset > offsets.get(place, -1):
+            offsets[place] = offset
         self._lazy_queued()
 
     async def submit(
@@ -794,17 +804,18 @@ class EventLog:
         await trio.lowlevel.cancel_shielded_checkpoint()
         self._urgent = False
         config = self.config
-        frames, keys = self._frames, self._keys
+        frames, keys, counts = self._frames, self._keys, self._counts
         count = len(frames)
         if count <= config.max_batch and sum(map(len, frames)) <= config.max_batch_bytes:
-            self._frames, self._keys = [], []
+            self._frames, self._keys, self._counts = [], [], []
         else:
             count, size = 0, 0
             while count < config.max_batch and size < config.max_batch_bytes:
                 size += len(frames[count])
                 count += 1
-            frames, keys = frames[:count], keys[:count]
-            del self._frames[:count], self._keys[:count]
+            records = sum(counts[:count])
+            frames, keys, counts = frames[:count], keys[:records], counts[:count]
+            del self._frames[:count], self._keys[:records], self._counts[:count]
             self._urgent = True  # more is queued: the next round takes it at once
         self._taken += count
         marks: list[_Mark] = []
@@ -814,7 +825,7 @@ class EventLog:
         self._admit()
         self._lazy_deadline = math.inf
         ended = self._closing and not self._frames and not self._marks
-        return _Batch(frames, keys, marks, ended)
+        return _Batch(frames, keys, counts, marks, ended)
 
     def _finish(self, marks: list[_Mark], error: LogError | None = None) -> None:
         for mark in marks:
@@ -887,7 +898,7 @@ class EventLog:
             self._stop_accepting()
             leftover = unsynced + list(self._marks)
             self._marks.clear()
-            self._frames, self._keys = [], []
+            self._frames, self._keys, self._counts = [], [], []
             self._finish(leftover, LogClosedError("the event log closed before writing this"))
             if not files.closed:
                 files.close(clean=False)
@@ -907,9 +918,11 @@ class EventLog:
         """
         files = self._files
         if files.rolls_for(batch.frames):
-            await trio.to_thread.run_sync(files.write_batch, batch.keys, batch.frames, sync)
+            await trio.to_thread.run_sync(
+                files.write_batch, batch.keys, batch.counts, batch.frames, sync
+            )
             return
-        files.write_batch(batch.keys, batch.frames, False)
+        files.write_batch(batch.keys, batch.counts, batch.frames, False)
         if sync:
             await trio.to_thread.run_sync(files.sync)
         else:

@@ -500,6 +500,46 @@ async def test_summaries_count_batches_of_many_rooms_kinds_and_times(tmp_path: P
         assert summary.first_time == min(r.time for r in records)
 
 
+async def test_batches_cut_between_appends_of_several_records_keep_their_summaries(
+    tmp_path: Path,
+) -> None:
+    """Appends of one record and of three (a broadcast's, one per room) queued together
+    and taken two appends a batch, over segments that roll inside batches: every segment's
+    summary counts exactly the records it holds, and no append is split."""
+    directory = tmp_path / "log"
+    async with open_event_log(
+        config(tmp_path, fsync="never", fsync_interval=10.0, max_batch=2, segment_bytes=800),
+        record_start=False,
+    ) as log:
+        offset = 0
+        for round_ in range(24):
+            for _ in range(round_ % 4):
+                offset += 1
+                log.append_nowait(record(offset, room="", args=("x" * 30,)))
+            offset += 1
+            rooms = [record(offset, room=room, time=T0 - offset) for room in "abc"]
+            await log.submit(rooms, lambda error: None)
+        await log.flush()
+        statistics = log.statistics()
+        assert statistics.segment > 5
+        assert statistics.batches > 30  # (24 appends of three records, 36 of one)
+    assert verify_log(directory).ok
+    for number in list_segments(directory)[:-1]:  # (the sealed ones: they have summaries)
+        with segment_path(directory, number).open("rb") as file:
+            items = list(iter_segment(file, number, max_record_bytes=1 << 20))
+        records = [item[1] for item in items if isinstance(item, tuple)]
+        assert len(records) == len(items)
+        rebuilt = SummaryBuilder()
+        for record_ in records:
+            rebuilt.add(record_)
+        size = segment_path(directory, number).stat().st_size
+        summary = read_summary(directory, number)
+        assert summary == rebuilt.build(number, size)
+        # A broadcast's three records are in one segment.
+        by_offset = Counter(r.offset for r in records if r.room in ("a", "b", "c"))
+        assert set(by_offset.values()) <= {3}
+
+
 async def test_a_record_larger_than_a_segment_gets_one_alone(tmp_path: Path) -> None:
     async with open_event_log(config(tmp_path, segment_bytes=100), record_start=False) as log:
         await log.append(record(1, args=("y" * 500,)))
