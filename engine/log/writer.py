@@ -573,20 +573,6 @@ class EventLog:
             self._parked = None
             trio.lowlevel.reschedule(task)
 
-    def _lazy_queued(self) -> None:
-        """An append nobody waits for was queued. It does not wake the writer: it goes
-        with the next append somebody waits for, or ``fsync_interval`` after it was
-        queued (at once under ``always``, or when a batch is full), so that a stream of
-        them costs one wake-up and one ``write`` per interval, not one per scheduler pass.
-        """
-        if len(self._frames) >= self._kick_at:
-            self._kick()
-        elif self._lazy_deadline == math.inf:
-            self._lazy_deadline = deadline = trio.current_time() + self.config.fsync_interval
-            scope = self._park_scope
-            if scope is not None and deadline < scope.deadline:
-                scope.deadline = deadline
-
     async def _queue(self, item: _Item) -> None:
         """Queue an append that may wait (built by ``_item``, which checked that the log
         is open): while the inbox is full it waits for room, behind the appends that
@@ -694,6 +680,11 @@ class EventLog:
         """`append_nowait` for a record given by its fields, with the log's epoch: the
         hot path of a client's event, which builds no `LogRecord`.
 
+        The append does not wake the writer: it goes with the next append somebody
+        waits for, or ``fsync_interval`` after it was queued (at once under ``always``,
+        or when a batch is full), so that a stream of them costs one wake-up and one
+        ``write`` per interval, not one per scheduler pass.
+
         Raises:
             As `append_nowait`.
         """
@@ -717,7 +708,13 @@ class EventLog:
         offsets = self._last_offsets
         if offset > offsets.get(place, -1):
             offsets[place] = offset
-        self._lazy_queued()
+        if len(frames) >= self._kick_at:
+            self._kick()
+        elif self._lazy_deadline == math.inf:
+            self._lazy_deadline = deadline = trio.current_time() + self.config.fsync_interval
+            scope = self._park_scope
+            if scope is not None and deadline < scope.deadline:
+                scope.deadline = deadline
 
     async def submit(
         self, records: Sequence[LogRecord], done: Callable[[LogError | None], None]
