@@ -174,13 +174,17 @@ class _Files:
         while start < count:
             if self.size and (self.size + len(frames[start]) > limit or self._too_old()):
                 self.roll()
-            end, total = start + 1, self.size + len(frames[start])
-            while end < count and total + len(frames[end]) <= limit:
-                total += len(frames[end])
-                end += 1
+            data = b"".join(frames[start:] if start else frames)
+            end = count  # (the common case: the rest fits, and no loop over the appends)
+            if self.size + len(data) > limit:
+                end, total = start + 1, self.size + len(frames[start])
+                while end < count and total + len(frames[end]) <= limit:
+                    total += len(frames[end])
+                    end += 1
+                data = b"".join(frames[start:end])
             if self.size == 0:
                 self.since = self.clock()
-            self._write(b"".join(frames[start:end]))
+            self._write(data)
             if start == 0 and end == count:
                 written = keys
             else:

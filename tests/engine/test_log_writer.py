@@ -533,6 +533,7 @@ async def test_batches_cut_between_appends_of_several_records_keep_their_summari
         for record_ in records:
             rebuilt.add(record_)
         size = segment_path(directory, number).stat().st_size
+        assert size <= 800  # (a batch that does not fit is cut between its appends)
         summary = read_summary(directory, number)
         assert summary == rebuilt.build(number, size)
         # A broadcast's three records are in one segment.
