@@ -750,6 +750,7 @@ class Server:
         """
         if self._connections is not None:
             raise RuntimeError("the server is running already")
+        self._wall = None  # (``wall_now`` reads this run's clock, not a previous run's)
         async with self._open_log(), trio.open_nursery() as nursery:
             # Shut down in order: connections first (their cleanup leaves rooms and
             # runs disconnect handlers), then the supervisor with the room actors.

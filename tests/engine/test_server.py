@@ -562,3 +562,21 @@ async def test_reconfigure_only_before_serving() -> None:
                 server.reconfigure(config=Config(), recovery=None)
             assert server.config.ping_interval == 3.0
             nursery.cancel_scope.cancel()
+
+
+def test_wall_clock_follows_the_clock_of_each_run_the_server_serves_in() -> None:
+    """A server served again in a later ``trio.run`` reads that run's clock: here a
+    MockClock standing still, then one that jumps an hour."""
+    server = Server(config=Config())
+    stamps: list[float] = []
+
+    async def serve_once(advance: float) -> None:
+        async with server.running():
+            first = server.wall_now()
+            trio.lowlevel.current_clock().jump(advance)  # type: ignore[attr-defined]
+            stamps.append(server.wall_now() - first)
+
+    trio.run(serve_once, 0.0, clock=trio.testing.MockClock(autojump_threshold=0))
+    trio.run(serve_once, 3600.0, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert stamps[0] == pytest.approx(0.0, abs=0.5)
+    assert stamps[1] == pytest.approx(3600.0, abs=0.5)
