@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import subprocess
@@ -14,20 +13,16 @@ from typing import Final
 
 import pytest
 
+from .scripts import ROOT, load_script
+
 pytest.importorskip("matplotlib")  # in the test extra; skipped only outside it
 
-ROOT: Final = Path(__file__).resolve().parents[2]
 CHARTS: Final = ROOT / "bench" / "charts.py"
 SVG: Final = "{http://www.w3.org/2000/svg}"
 
 
 def load_charts() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_charts", CHARTS)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("charts")
 
 
 def summary(rate: float | None, p50_us: float, p99_us: float, **more: object) -> dict[str, object]:

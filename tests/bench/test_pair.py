@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import Final
 
 import pytest
 
-ROOT: Final = Path(__file__).resolve().parents[2]
+from .scripts import ROOT, load_script
 
 
 def load_pair() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_pair", ROOT / "bench" / "pair.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_pair"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("pair")
 
 
 def result(rate: float, server_cpu: float | None = 0.5, **extra: object) -> dict[str, object]:

@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import ModuleType
-from typing import Final
 
-ROOT: Final = Path(__file__).resolve().parents[2]
+from .scripts import load_script
 
 
 def load_run() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "bench" / "run.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_run"] = module  # (attrs and dataclasses look their module up)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("run")
 
 
 def test_the_report_names_the_cpu_and_the_versions() -> None:
