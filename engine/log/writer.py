@@ -171,27 +171,25 @@ class _Files:
         """
         limit = self.config.segment_bytes
         start, count = 0, len(frames)
+        first = 0  # the first record of ``frames[start]`` in ``keys``
+        rest = sum(map(len, frames))  # the bytes of ``frames[start:]``
         while start < count:
             if self.size and (self.size + len(frames[start]) > limit or self._too_old()):
                 self.roll()
-            data = b"".join(frames[start:] if start else frames)
             end = count  # (the common case: the rest fits, and no loop over the appends)
-            if self.size + len(data) > limit:
+            if self.size + rest > limit:
                 end, total = start + 1, self.size + len(frames[start])
                 while end < count and total + len(frames[end]) <= limit:
                     total += len(frames[end])
                     end += 1
-                data = b"".join(frames[start:end])
             if self.size == 0:
                 self.since = self.clock()
+            data = b"".join(frames[start:end] if start or end < count else frames)
             self._write(data)
-            if start == 0 and end == count:
-                written = keys
-            else:
-                first = sum(counts[:start])
-                written = keys[first : first + sum(counts[start:end])]
+            records = sum(counts[start:end])
+            written = keys if records == len(keys) else keys[first : first + records]
             self.records_written += self.builder.add_keys(written, self.state.epoch)
-            start = end
+            start, first, rest = end, first + records, rest - len(data)
         if frames:
             self.batches += 1
         if sync:
