@@ -41,7 +41,6 @@ from typing import Final
 __all__ = ["main", "parse_env", "per_operation", "ratios"]
 
 BENCH: Final = Path(__file__).resolve().parent
-SCENARIOS: Final = ("echo", "rooms", "fanout")
 
 
 def _load_run() -> ModuleType:
@@ -119,52 +118,26 @@ def ratios(rounds: Sequence[dict[str, float | None]]) -> dict[str, float | None]
     }
 
 
-def _loadgen_config(
-    run: ModuleType, scenario: str, port: int, pid: int, seconds: float
-) -> dict[str, object]:
-    config: dict[str, object] = {
-        "scenario": scenario,
-        "port": port,
-        "serverPid": pid,
-        "warmupS": 2.0,
-        "durationS": seconds,
-        "drainS": 15.0,
-    }
-    if scenario == "echo":
-        config.update(mode="echo", clients=100, window=run.ECHO_WINDOW)
-    elif scenario == "rooms":
-        config.update(mode="pubsub", rooms=1000, membersPerRoom=10, window=run.ROOMS_WINDOW)
-    else:
-        config.update(mode="pubsub", rooms=1, membersPerRoom=1000, window=run.FANOUT_WINDOW)
-    return config
-
-
 def one_round(
     run: ModuleType,
     scenario: str,
     sides: Sequence[tuple[str, dict[str, str]]],
-    seconds: float,
+    plan: object,
     run_dir: Path,
     index: int,
 ) -> dict[str, float | None]:
     """Both servers at once (started in the order of ``sides``), each with its own load
-    generator; their rates and CPU times per operation."""
+    generator (``plan``: bench/run.py's ``Plan``); their rates and CPU times per
+    operation."""
     servers = []
     try:
         for label, env in sides:
             log_path = run_dir / f"{scenario}.{label}.{index}.log"
             servers.append((label, run.ServerProcess("roomcast", env, log_path)))
         loadgens = [
-            (
-                label,
-                run.Loadgen(
-                    _loadgen_config(run, scenario, server.port, server.pid, seconds),
-                    server.log_path.with_suffix(".loadgen.log"),
-                ),
-            )
-            for label, server in servers
+            (label, run.throughput_loadgen(server, plan, scenario)) for label, server in servers
         ]
-        timeout = seconds + 2.0 + 15.0 + 240.0
+        timeout = run._timed_run(plan)
         results = {label: loadgen.result(timeout) for label, loadgen in loadgens}
     finally:
         for _, server in servers:
@@ -182,8 +155,9 @@ def _fmt(value: float | None, digits: int = 2) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the rounds, print the table, save it as JSON in bench/results/."""
+    run = _load_run()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--scenario", choices=SCENARIOS, default="echo")
+    parser.add_argument("--scenario", choices=tuple(run.THROUGHPUT_LOADS), default="echo")
     parser.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per round")
     parser.add_argument("--a", action="append", default=[], metavar="NAME=VALUE")
@@ -193,7 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 1 <= args.rounds <= 20 or not 1.0 <= args.seconds <= 120.0:
         parser.error("--rounds must be 1..20 and --seconds 1..120")
-    run = _load_run()
+    plan = run.Plan(quick=False, idle_max=0)
+    plan.duration_s = args.seconds
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     run_dir = run.RESULTS / f"pair-{stamp}"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -214,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             started = time.monotonic()
             try:
                 row = one_round(
-                    run, args.scenario, [(s, envs[s]) for s in order], args.seconds, run_dir, index
+                    run, args.scenario, [(s, envs[s]) for s in order], plan, run_dir, index
                 )
             except (RuntimeError, ValueError) as exc:
                 run.log(f"round {index + 1} failed: {exc}")

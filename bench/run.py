@@ -377,39 +377,28 @@ def _timed_run(plan: Plan) -> float:
     return plan.warmup_s + plan.duration_s + plan.drain_s + 240.0
 
 
-def run_pubsub(
-    server: ServerProcess, plan: Plan, scenario: str, rooms: int, members: int, window: int
-) -> JsonDict:
-    """Fan-out (1 room) or many rooms: publishers with a bounded window, checked delivery."""
+# The load of each throughput scenario: its part of the load generator's config.
+THROUGHPUT_LOADS: Final[dict[str, JsonDict]] = {
+    "fanout": {"mode": "pubsub", "rooms": 1, "membersPerRoom": 1000, "window": FANOUT_WINDOW},
+    "rooms": {"mode": "pubsub", "rooms": 1000, "membersPerRoom": 10, "window": ROOMS_WINDOW},
+    "echo": {"mode": "echo", "clients": 100, "window": ECHO_WINDOW},
+}
+
+
+def throughput_loadgen(server: ServerProcess, plan: Plan, scenario: str) -> Loadgen:
+    """A load generator started on ``server`` for ``scenario`` (``fanout``: one room,
+    ``rooms``: many, both publishers with a bounded window and checked delivery; ``echo``:
+    100 clients, each with a bounded number of calls in flight)."""
     config: JsonDict = {
-        "mode": "pubsub",
+        **THROUGHPUT_LOADS[scenario],
         "scenario": scenario,
         "port": server.port,
         "serverPid": server.pid,
-        "rooms": rooms,
-        "membersPerRoom": members,
-        "window": window,
         "warmupS": plan.warmup_s,
         "durationS": plan.duration_s,
         "drainS": plan.drain_s,
     }
-    return Loadgen(config, server.log_path.with_suffix(".loadgen.log")).result(_timed_run(plan))
-
-
-def run_echo(server: ServerProcess, plan: Plan) -> JsonDict:
-    """Echo with ack: 100 clients, each with a bounded number of calls in flight."""
-    config: JsonDict = {
-        "mode": "echo",
-        "scenario": "echo",
-        "port": server.port,
-        "serverPid": server.pid,
-        "clients": 100,
-        "window": ECHO_WINDOW,
-        "warmupS": plan.warmup_s,
-        "durationS": plan.duration_s,
-        "drainS": plan.drain_s,
-    }
-    return Loadgen(config, server.log_path.with_suffix(".loadgen.log")).result(_timed_run(plan))
+    return Loadgen(config, server.log_path.with_suffix(".loadgen.log"))
 
 
 def run_idle(server: ServerProcess, plan: Plan, clients: int, procs: int) -> JsonDict:
@@ -557,12 +546,8 @@ def run_scenario(name: str, scenario: str, plan: Plan, run_dir: Path, index: int
     try:
         with running_server(name, env, log_path) as server:
             result: JsonDict
-            if scenario == "fanout":
-                result = run_pubsub(server, plan, scenario, 1, 1000, FANOUT_WINDOW)
-            elif scenario == "rooms":
-                result = run_pubsub(server, plan, scenario, 1000, 10, ROOMS_WINDOW)
-            elif scenario == "echo":
-                result = run_echo(server, plan)
+            if scenario in THROUGHPUT_LOADS:
+                result = throughput_loadgen(server, plan, scenario).result(_timed_run(plan))
             elif scenario == "idle":
                 result = run_idle(server, plan, plan.idle, 1)
             elif scenario == "idle-max":
